@@ -1,0 +1,97 @@
+//! The one place errors become HTTP responses: `{"error":{"code","message"}}` with
+//! a fitting status, for node errors, bad bodies and warp's own rejections alike.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+use crate::node::NodeError;
+
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// A JSON error response.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail { code, message },
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+impl From<&NodeError> for Response {
+    fn from(e: &NodeError) -> Response {
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(error = %e, "request failed");
+        }
+        error_response(status, e.code(), &e.to_string())
+    }
+}
+
+/// A JSON success response.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+/// The response for a node operation's result.
+pub fn respond<T: Serialize>(status: StatusCode, result: Result<T, NodeError>) -> Response {
+    match result {
+        Ok(value) => json_response(status, &value),
+        Err(e) => Response::from(&e),
+    }
+}
+
+/// Turns warp's rejections (no route, wrong method, body too large) into JSON.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType};
+    let (status, code, message) = if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint".to_string(),
+        )
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is larger than http.max_body_bytes".to_string(),
+        )
+    } else if rejection.find::<LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a content-length header is required".to_string(),
+        )
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this endpoint".to_string(),
+        )
+    } else if rejection.find::<UnsupportedMediaType>().is_some() {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "unsupported content type".to_string(),
+        )
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{rejection:?}"),
+        )
+    };
+    Ok(error_response(status, code, &message))
+}

@@ -1,0 +1,202 @@
+//! The HTTP API (v1, JSON). Routes call the node and turn its results into
+//! responses; `error.rs` is the one place errors become `{"error":{…}}`.
+
+mod error;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use warp::Filter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+pub use error::{error_response, json_response};
+use error::{recover, respond};
+
+use crate::node::{AddDatabase, AliasAction, Node, NodeError};
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(node))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// Parses a JSON body strictly (unknown fields are errors).
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, NodeError> {
+    if body.is_empty() {
+        return Err(NodeError::InvalidInput(
+            "request body is empty; expected JSON".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| NodeError::InvalidInput(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    target: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBatch {
+    actions: Vec<AliasAction>,
+}
+
+pub fn routes(
+    node: Node,
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
+    let max_body = node.config().http.max_body_bytes;
+    let with_node = warp::any().map(move || node.clone());
+    let body = warp::body::content_length_limit(max_body).and(warp::body::bytes());
+
+    let health = warp::path!("v1" / "health")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Node| {
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "ok",
+                    "node": node.id(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                }),
+            )
+        });
+
+    let list_databases = warp::path!("v1" / "databases")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Node| {
+            respond(
+                StatusCode::OK,
+                node.databases()
+                    .map(|databases| serde_json::json!({ "databases": databases })),
+            )
+        });
+
+    let add_database = warp::path!("v1" / "databases")
+        .and(warp::post())
+        .and(body)
+        .and(with_node.clone())
+        .then(|body: Bytes, node: Node| async move {
+            let result = match parse::<AddDatabase>(&body) {
+                Ok(request) => node.add_database(request).await,
+                Err(e) => Err(e),
+            };
+            respond(StatusCode::ACCEPTED, result)
+        });
+
+    let get_database = warp::path!("v1" / "databases" / String)
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|name: String, node: Node| respond(StatusCode::OK, node.database(&name)));
+
+    let delete_database = warp::path!("v1" / "databases" / String)
+        .and(warp::delete())
+        .and(with_node.clone())
+        .then(|name: String, node: Node| async move {
+            respond(StatusCode::OK, node.remove_database(&name).await)
+        });
+
+    let restore_database = warp::path!("v1" / "databases" / String / "restore")
+        .and(warp::post())
+        .and(with_node.clone())
+        .then(|name: String, node: Node| async move {
+            respond(StatusCode::OK, node.restore_database(&name).await)
+        });
+
+    let list_aliases = warp::path!("v1" / "aliases")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Node| {
+            respond(
+                StatusCode::OK,
+                node.aliases()
+                    .map(|aliases| serde_json::json!({ "aliases": aliases })),
+            )
+        });
+
+    let batch_aliases = warp::path!("v1" / "aliases" / "_batch")
+        .and(warp::post())
+        .and(body)
+        .and(with_node.clone())
+        .map(|body: Bytes, node: Node| {
+            let result = parse::<AliasBatch>(&body)
+                .and_then(|batch| node.apply_aliases(&batch.actions))
+                .map(|aliases| serde_json::json!({ "applied": aliases }));
+            respond(StatusCode::OK, result)
+        });
+
+    let get_alias = warp::path!("v1" / "aliases" / String)
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|name: String, node: Node| respond(StatusCode::OK, node.alias(&name)));
+
+    let put_alias = warp::path!("v1" / "aliases" / String)
+        .and(warp::put())
+        .and(body)
+        .and(with_node.clone())
+        .map(|name: String, body: Bytes, node: Node| {
+            let result = parse::<AliasBody>(&body).and_then(|b| node.set_alias(&name, &b.target));
+            respond(StatusCode::OK, result)
+        });
+
+    let delete_alias = warp::path!("v1" / "aliases" / String)
+        .and(warp::delete())
+        .and(with_node.clone())
+        .map(|name: String, node: Node| respond(StatusCode::OK, node.remove_alias(&name)));
+
+    let stats = warp::path!("v1" / "stats")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Node| respond(StatusCode::OK, node.stats()));
+
+    health
+        .or(list_databases)
+        .unify()
+        .or(add_database)
+        .unify()
+        .or(get_database)
+        .unify()
+        .or(delete_database)
+        .unify()
+        .or(restore_database)
+        .unify()
+        .or(list_aliases)
+        .unify()
+        .or(batch_aliases)
+        .unify()
+        .or(get_alias)
+        .unify()
+        .or(put_alias)
+        .unify()
+        .or(delete_alias)
+        .unify()
+        .or(stats)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_unknown_fields_and_empty_bodies() {
+        let err = parse::<AliasBody>(&Bytes::from_static(br#"{"target":"a","x":1}"#)).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert!(parse::<AliasBody>(&Bytes::new()).is_err());
+    }
+}

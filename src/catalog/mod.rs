@@ -1,0 +1,232 @@
+//! The node's durable state, in one redb file: databases, their manifests and parts,
+//! aliases, the lazy-file cache and read counters. Values are JSON (small, readable,
+//! forward-compatible); keys are strings, with `\0` joining compound keys so a
+//! prefix scan finds all entries of one database.
+//!
+//! Every change that must be seen whole (a part becoming ready, an alias batch) is
+//! one write transaction: after a crash the catalog shows it entirely or not at all.
+
+pub mod records;
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use records::*;
+
+pub type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+pub const META: Table = TableDefinition::new("meta");
+pub const DATABASES: Table = TableDefinition::new("databases");
+pub const MANIFESTS: Table = TableDefinition::new("manifests");
+/// Key: `<database>\0<part key>`.
+pub const PARTS: Table = TableDefinition::new("parts");
+/// Key: `<alias>`; tombstones stay (their version orders later merges).
+pub const ALIASES: Table = TableDefinition::new("aliases");
+/// Key: `<database>\0<part key>\0<local path>`: lazily fetched files on disk.
+pub const CACHE: Table = TableDefinition::new("cache");
+/// Key: `<database>`: reads and last read, flushed from memory now and then.
+pub const READS: Table = TableDefinition::new("reads");
+
+const ALL_TABLES: [Table; 7] = [META, DATABASES, MANIFESTS, PARTS, ALIASES, CACHE, READS];
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    #[error("catalog storage error: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("catalog entry {key:?} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CatalogError {
+            fn from(e: $t) -> Self {
+                CatalogError::Storage(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Joins the parts of a compound key.
+pub fn key(parts: &[&str]) -> String {
+    parts.join("\0")
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    db: Database,
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        for table in ALL_TABLES {
+            txn.open_table(table)?;
+        }
+        txn.commit()?;
+        Ok(Catalog { db })
+    }
+
+    /// Runs `f` in one write transaction, committed only if `f` succeeds.
+    pub fn write<T, E>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<CatalogError>,
+    {
+        let txn = self.db.begin_write().map_err(CatalogError::from)?;
+        let mut writer = Writer { txn };
+        let out = f(&mut writer)?;
+        writer.txn.commit().map_err(CatalogError::from)?;
+        Ok(out)
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        match table.get(key)? {
+            Some(value) => decode(key, value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries whose key starts with `prefix` (all entries for `""`).
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        scan_table(&table, prefix)
+    }
+}
+
+/// A write transaction with JSON values.
+pub struct Writer {
+    txn: WriteTransaction,
+}
+
+impl Writer {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>, CatalogError> {
+        let table = self.txn.open_table(table)?;
+        let value = table.get(key)?;
+        match value {
+            Some(value) => decode(key, value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put<T: Serialize>(
+        &mut self,
+        table: Table,
+        key: &str,
+        value: &T,
+    ) -> Result<(), CatalogError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| CatalogError::Corrupt {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut table = self.txn.open_table(table)?;
+        table.insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn remove(&mut self, table: Table, key: &str) -> Result<bool, CatalogError> {
+        let mut table = self.txn.open_table(table)?;
+        Ok(table.remove(key)?.is_some())
+    }
+
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        let table = self.txn.open_table(table)?;
+        scan_table(&table, prefix)
+    }
+
+    /// Removes every entry whose key starts with `prefix`.
+    pub fn remove_prefix(&mut self, table: Table, prefix: &str) -> Result<(), CatalogError> {
+        let mut table = self.txn.open_table(table)?;
+        table.retain(|key, _| !key.starts_with(prefix))?;
+        Ok(())
+    }
+}
+
+fn scan_table<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<(String, T)>, CatalogError> {
+    let mut out = Vec::new();
+    for entry in table.range::<&str>(prefix..)? {
+        let (key, value) = entry?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        out.push((key.to_string(), decode(key, value.value())?));
+    }
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt {
+        key: key.replace('\0', "/"),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+        catalog
+            .write(|w| {
+                w.put(META, "a", &1u32)?;
+                w.put(PARTS, &key(&["db", "shards/0"]), &2u32)?;
+                w.put(PARTS, &key(&["db", "shards/1"]), &3u32)?;
+                w.put(PARTS, &key(&["db2", "shards/0"]), &4u32)?;
+                Ok::<_, CatalogError>(())
+            })
+            .unwrap();
+        let failed: Result<(), CatalogError> = catalog.write(|w| {
+            w.put(META, "a", &9u32)?;
+            Err(CatalogError::Corrupt {
+                key: "x".into(),
+                message: "abort".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(catalog.get::<u32>(META, "a").unwrap(), Some(1));
+        let db_parts: Vec<(String, u32)> = catalog.scan(PARTS, &key(&["db", ""])).unwrap();
+        assert_eq!(db_parts.len(), 2);
+        catalog
+            .write(|w| w.remove_prefix(PARTS, &key(&["db", ""])))
+            .unwrap();
+        let all: Vec<(String, u32)> = catalog.scan(PARTS, "").unwrap();
+        assert_eq!(all, vec![(key(&["db2", "shards/0"]), 4)]);
+    }
+}

@@ -1,0 +1,99 @@
+//! A small client of the HTTP API, used by the command line (and handy in tests).
+
+use reqwest::Method;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot reach node at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected response from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the node's URL, such as `http://127.0.0.1:7070`.
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Sends a request and returns the JSON body of a success, or the API's error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
+            url: url.clone(),
+            message: format!(
+                "HTTP {status}, not JSON ({e}): {}",
+                text.chars().take(200).collect::<String>()
+            ),
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let error = &value["error"];
+        Err(ClientError::Api {
+            status,
+            code: error["code"].as_str().unwrap_or("unknown").to_string(),
+            message: error["message"]
+                .as_str()
+                .unwrap_or("no message")
+                .to_string(),
+        })
+    }
+}

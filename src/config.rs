@@ -1,0 +1,307 @@
+//! Node configuration: one `Config` struct read from TOML, with embedded defaults so
+//! that `dram serve` runs with no file at all. `validate()` names the bad field.
+//! Every option here is shown, with its default, in `config.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    /// Data directories. Empty means one disk at `node.data_dir`.
+    pub disks: Vec<DiskConfig>,
+    pub store: StoreConfig,
+    pub download: DownloadConfig,
+    pub trash: TrashConfig,
+    pub http: HttpConfig,
+    pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Node id; generated once and kept in `data_dir` when empty.
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub http_listen: String,
+    pub zone: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: String::new(),
+            data_dir: PathBuf::from("./dram-data"),
+            http_listen: "127.0.0.1:7070".to_string(),
+            zone: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Fraction of the file system's capacity above which dram stops adding data
+    /// and evicts lazily cached files.
+    #[serde(default = "default_high_watermark")]
+    pub high_watermark: f64,
+}
+
+fn default_high_watermark() -> f64 {
+    0.90
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Base URL that relative database sources resolve against.
+    pub url: String,
+    /// S3 endpoint (for S3-compatible servers); AWS_ENDPOINT otherwise.
+    pub endpoint: Option<String>,
+    /// S3 region; AWS_REGION / AWS_DEFAULT_REGION otherwise.
+    pub region: Option<String>,
+    /// Allow plain-HTTP endpoints; AWS_ALLOW_HTTP otherwise.
+    pub allow_http: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "file://./dram-store".to_string(),
+            endpoint: None,
+            region: None,
+            allow_http: None,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// Files fetched at once, over all databases loading on this node.
+    pub concurrency: usize,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig { concurrency: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrashConfig {
+    /// How long a deleted database stays restorable, in seconds.
+    pub lifetime_secs: u64,
+}
+
+impl Default for TrashConfig {
+    fn default() -> Self {
+        TrashConfig {
+            lifetime_secs: 24 * 3600,
+        }
+    }
+}
+
+impl TrashConfig {
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.lifetime_secs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub id: String,
+    pub gossip_listen: String,
+    pub gossip_advertise: Option<String>,
+    pub seeds: Vec<String>,
+    pub gossip_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            id: "dram".to_string(),
+            gossip_listen: "127.0.0.1:7071".to_string(),
+            gossip_advertise: None,
+            seeds: Vec::new(),
+            gossip_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub admin_token: Option<String>,
+    pub cluster_secret: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The disks to use: the configured ones, or one at `node.data_dir`.
+    pub fn effective_disks(&self) -> Vec<DiskConfig> {
+        if self.disks.is_empty() {
+            vec![DiskConfig {
+                path: self.node.data_dir.clone(),
+                high_watermark: default_high_watermark(),
+            }]
+        } else {
+            self.disks.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.node.id.is_empty() && !crate::names::is_valid_name(&self.node.id) {
+            return Err(invalid(
+                "node.id",
+                "must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+            ));
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(invalid("node.data_dir", "must not be empty"));
+        }
+        self.node
+            .http_listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("node.http_listen", format!("not an address: {e}")))?;
+        for (i, disk) in self.disks.iter().enumerate() {
+            if disk.path.as_os_str().is_empty() {
+                return Err(invalid(format!("disks[{i}].path"), "must not be empty"));
+            }
+            if !(disk.high_watermark > 0.0 && disk.high_watermark <= 1.0) {
+                return Err(invalid(
+                    format!("disks[{i}].high_watermark"),
+                    "must be in (0, 1]",
+                ));
+            }
+        }
+        crate::storage::source::SourceUrl::parse(&self.store.url)
+            .map_err(|e| invalid("store.url", e.to_string()))?;
+        if self.download.concurrency == 0 || self.download.concurrency > 1024 {
+            return Err(invalid("download.concurrency", "must be in 1..=1024"));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        self.cluster
+            .gossip_listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("cluster.gossip_listen", format!("not an address: {e}")))?;
+        if self.cluster.gossip_interval_ms == 0 {
+            return Err(invalid("cluster.gossip_interval_ms", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../config.example.toml");
+        let parsed: Config = toml::from_str(text).unwrap();
+        parsed.validate().unwrap();
+        let defaults = Config::default();
+        assert_eq!(parsed.node.http_listen, defaults.node.http_listen);
+        assert_eq!(parsed.store.url, defaults.store.url);
+        assert_eq!(parsed.download.concurrency, defaults.download.concurrency);
+        assert_eq!(parsed.trash.lifetime_secs, defaults.trash.lifetime_secs);
+        assert_eq!(parsed.http.max_body_bytes, defaults.http.max_body_bytes);
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let mut config = Config::default();
+        config.disks.push(DiskConfig {
+            path: "/tmp/x".into(),
+            high_watermark: 1.5,
+        });
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("disks[0].high_watermark"), "{err}");
+
+        let mut config = Config::default();
+        config.node.http_listen = "nope".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("node.http_listen"), "{err}");
+
+        let mut config = Config::default();
+        config.store.url = "ftp://x".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("store.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = toml::from_str::<Config>("[node]\nidd = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("idd"), "{err}");
+    }
+}

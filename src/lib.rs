@@ -1,0 +1,33 @@
+//! dram (Data Retrieval Application Manager): serve read-only databases from
+//! object storage on local disk.
+//!
+//! A *database* is an immutable folder in object storage (`shards/<id>/**`,
+//! `global/**`, and a `dram.json` manifest). A node downloads it, fully or lazily,
+//! verifies every byte, keeps each distinct file once (content-addressed blobs
+//! hard-linked into place), serves it, and deletes it through a trash.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`catalog`]: the node's durable state in redb.
+//! - [`storage`]: sources in object storage, manifests, fetching, local disks.
+//! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
+//! - [`api`]: the HTTP API over warp.
+//! - [`server`]: a node with its HTTP API, as `dram serve` runs it.
+//! - [`publish`]: uploading a local folder as a database.
+//! - [`client`]: the HTTP client the command line uses.
+
+pub mod api;
+pub mod catalog;
+pub mod client;
+pub mod config;
+pub mod hlc;
+pub mod names;
+pub mod node;
+pub mod publish;
+pub mod server;
+pub mod storage;
+
+pub use config::Config;
+pub use node::{Node, NodeError, ShardContext};
+pub use server::Server;

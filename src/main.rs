@@ -1,0 +1,385 @@
+//! The `dram` command: runs a node, publishes databases, and talks to a node's API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use dram::client::Client;
+use dram::storage::{Source, SourceUrl};
+use dram::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "dram",
+    version,
+    about = "Serve read-only databases from object storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (embedded defaults without --config).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Upload a local folder as a database, with its manifest.
+    Publish {
+        /// Folder with shards/<id>/ and global/ (or flat: one shard "0").
+        dir: PathBuf,
+        /// Destination: file://…, s3://bucket/prefix, or a name under store.url.
+        url: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Files uploaded at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Databases on a node.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Aliases on a node.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Per-database and per-disk statistics of a node.
+    Stats {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Args, Clone)]
+struct NodeArg {
+    /// The node's URL.
+    #[arg(long, env = "DRAM_NODE", default_value = "http://127.0.0.1:7070")]
+    node: String,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Load a database on the node.
+    Add {
+        name: String,
+        /// Source URL, or a name under the node's store.url.
+        url: String,
+        /// Fetch shard files on first use instead of now.
+        #[arg(long)]
+        lazy: bool,
+        /// Copies to keep in a cluster: a number or "all".
+        #[arg(long, default_value = "1")]
+        replicas: String,
+        /// Wait until the database is ready (or failed).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List databases.
+    Ls {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Show one database with its shards and progress.
+    Show {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Delete a database (to the trash; restorable until purged).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Bring a database back from the trash.
+    Restore {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCommand {
+    /// Point NAME at database TARGET.
+    Set {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Remove an alias.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List aliases.
+    Ls {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(path) => Ok(Config::from_file(path)?),
+        None => Ok(Config::default()),
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve { config } => serve(load_config(config.as_ref())?).await,
+        Command::Publish {
+            dir,
+            url,
+            config,
+            concurrency,
+        } => publish(&dir, &url, &load_config(config.as_ref())?, concurrency).await,
+        Command::Db(command) => db(command).await,
+        Command::Alias(command) => alias(command).await,
+        Command::Stats { node } => {
+            let stats = Client::new(&node.node).get("/v1/stats").await?;
+            print_json(&stats);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let server = Server::start(config).await?;
+    eprintln!(
+        "dram node {} listening on {}",
+        server.node.id(),
+        server.url()
+    );
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn publish(
+    dir: &std::path::Path,
+    url: &str,
+    config: &Config,
+    concurrency: usize,
+) -> Result<()> {
+    let plan = dram::publish::plan(dir)?;
+    let target = SourceUrl::resolve(&config.store.url, url)?;
+    let source = Source::open(&target, &config.store, true)?;
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(plan.total_bytes),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let manifest = dram::publish::publish(&plan, &source, concurrency, &|n| bar.inc(n)).await;
+    bar.finish_and_clear();
+    let manifest = manifest?;
+    println!(
+        "published {} files ({} bytes) to {} (version {})",
+        manifest.files.len(),
+        manifest.total_bytes(),
+        source.url,
+        manifest.version()
+    );
+    Ok(())
+}
+
+fn replicas(text: &str) -> Result<Value> {
+    if text == "all" {
+        return Ok(json!("all"));
+    }
+    match text.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(json!(n)),
+        _ => bail!("--replicas must be a positive number or \"all\", not {text:?}"),
+    }
+}
+
+async fn db(command: DbCommand) -> Result<()> {
+    match command {
+        DbCommand::Add {
+            name,
+            url,
+            lazy,
+            replicas: count,
+            wait,
+            node,
+        } => {
+            let client = Client::new(&node.node);
+            let body = json!({
+                "name": name,
+                "source": url,
+                "mode": if lazy { "lazy" } else { "full" },
+                "replicas": replicas(&count)?,
+            });
+            let mut info = client.post("/v1/databases", &body).await?;
+            if wait {
+                info = wait_for_database(&client, &name).await?;
+            }
+            println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
+            if let Some(error) = info["error"].as_str() {
+                bail!("database {name} failed: {error}");
+            }
+            Ok(())
+        }
+        DbCommand::Ls { node } => {
+            let list = Client::new(&node.node).get("/v1/databases").await?;
+            println!(
+                "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>7}",
+                "NAME", "STATE", "MODE", "SHARDS", "FILES", "BYTES", "DONE"
+            );
+            for db in list["databases"].as_array().into_iter().flatten() {
+                let bytes = db["bytes"].as_u64().unwrap_or(0);
+                let done = db["bytes_done"].as_u64().unwrap_or(0);
+                let pct = if bytes == 0 {
+                    100.0
+                } else {
+                    done as f64 * 100.0 / bytes as f64
+                };
+                println!(
+                    "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>6.1}%",
+                    db["name"].as_str().unwrap_or("?"),
+                    db["state"].as_str().unwrap_or("?"),
+                    db["mode"].as_str().unwrap_or("?"),
+                    db["shard_count"].as_u64().unwrap_or(0),
+                    db["files"].as_u64().unwrap_or(0),
+                    bytes,
+                    pct
+                );
+            }
+            Ok(())
+        }
+        DbCommand::Show { name, node } => {
+            print_json(
+                &Client::new(&node.node)
+                    .get(&format!("/v1/databases/{name}"))
+                    .await?,
+            );
+            Ok(())
+        }
+        DbCommand::Rm { name, node } => {
+            let info = Client::new(&node.node)
+                .delete(&format!("/v1/databases/{name}"))
+                .await?;
+            println!(
+                "{name}: moved to trash, purged at {} ms",
+                info["purge_at_ms"]
+            );
+            Ok(())
+        }
+        DbCommand::Restore { name, node } => {
+            let info = Client::new(&node.node)
+                .post(&format!("/v1/databases/{name}/restore"), &json!({}))
+                .await?;
+            println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_database(client: &Client, name: &str) -> Result<Value> {
+    loop {
+        let info = client.get(&format!("/v1/databases/{name}")).await?;
+        match info["state"].as_str() {
+            Some("loading") => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => return Ok(info),
+        }
+    }
+}
+
+async fn alias(command: AliasCommand) -> Result<()> {
+    match command {
+        AliasCommand::Set { name, target, node } => {
+            Client::new(&node.node)
+                .put(&format!("/v1/aliases/{name}"), &json!({ "target": target }))
+                .await
+                .with_context(|| format!("setting alias {name}"))?;
+            println!("{name} -> {target}");
+        }
+        AliasCommand::Rm { name, node } => {
+            Client::new(&node.node)
+                .delete(&format!("/v1/aliases/{name}"))
+                .await
+                .with_context(|| format!("removing alias {name}"))?;
+            println!("{name} removed");
+        }
+        AliasCommand::Ls { node } => {
+            let list = Client::new(&node.node).get("/v1/aliases").await?;
+            for alias in list["aliases"].as_array().into_iter().flatten() {
+                println!(
+                    "{} -> {}",
+                    alias["name"].as_str().unwrap_or("?"),
+                    alias["target"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}

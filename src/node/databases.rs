@@ -1,0 +1,259 @@
+//! Adding, showing, listing, trashing and restoring databases.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Inner, Node, NodeError, load, lock, now_ms};
+use crate::catalog::{
+    ALIASES, AliasRecord, DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState,
+    Replicas, key,
+};
+use crate::names::check_name;
+use crate::storage::{Part, SourceUrl};
+
+/// A request to load a database on this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDatabase {
+    pub name: String,
+    pub source: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub replicas: Replicas,
+}
+
+/// What the API shows of a database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    #[serde(flatten)]
+    pub record: DatabaseRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_at_ms: Option<u64>,
+    pub shard_count: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_done: u64,
+    /// Present when the database is shown alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<PartInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<PartInfo>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// Shard id, or `None` for global data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub state: PartState,
+    pub disk: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_done: u64,
+}
+
+impl Node {
+    /// Registers a database and starts loading it in the background.
+    pub async fn add_database(&self, request: AddDatabase) -> Result<DatabaseInfo, NodeError> {
+        check_name("database", &request.name).map_err(NodeError::InvalidInput)?;
+        if let Replicas::Count(0) = request.replicas {
+            return Err(NodeError::InvalidInput(
+                "replicas must be at least 1".into(),
+            ));
+        }
+        let inner = &self.inner;
+        let source = SourceUrl::resolve(&inner.config.store.url, &request.source)?;
+        let record = DatabaseRecord {
+            name: request.name.clone(),
+            source: source.to_url(),
+            mode: request.mode,
+            replicas: request.replicas,
+            state: DbState::Loading,
+            error: None,
+            version: None,
+            created_ms: now_ms(),
+            ready_ms: None,
+            trashed_ms: None,
+        };
+        inner.catalog.write(|w| {
+            if let Some(existing) = w.get::<DatabaseRecord>(DATABASES, &request.name)? {
+                let hint = if existing.state == DbState::Trashed {
+                    " (it is in the trash: restore it, or wait for the purge)"
+                } else {
+                    ""
+                };
+                return Err(NodeError::Conflict(format!(
+                    "database {:?} already exists{hint}",
+                    request.name
+                )));
+            }
+            if let Some(alias) = w.get::<AliasRecord>(ALIASES, &request.name)?
+                && alias.target.is_some()
+            {
+                return Err(NodeError::Conflict(format!(
+                    "{:?} is an alias; databases and aliases share one namespace",
+                    request.name
+                )));
+            }
+            w.put(DATABASES, &record.name, &record)?;
+            Ok(())
+        })?;
+        load::spawn(inner, &record.name);
+        self.database(&record.name)
+    }
+
+    /// One database, with its parts and progress.
+    pub fn database(&self, name: &str) -> Result<DatabaseInfo, NodeError> {
+        let record: DatabaseRecord = self
+            .inner
+            .catalog
+            .get(DATABASES, name)?
+            .ok_or_else(|| NodeError::not_found("database", name))?;
+        self.inner.info(record, true)
+    }
+
+    /// Every database on this node, without per-part detail.
+    pub fn databases(&self) -> Result<Vec<DatabaseInfo>, NodeError> {
+        let records: Vec<(String, DatabaseRecord)> = self.inner.catalog.scan(DATABASES, "")?;
+        records
+            .into_iter()
+            .map(|(_, record)| self.inner.info(record, false))
+            .collect()
+    }
+
+    /// Stops serving a database at once and moves it to the trash; a database that
+    /// failed to load is purged at once (nothing of it was ever served).
+    pub async fn remove_database(&self, name: &str) -> Result<DatabaseInfo, NodeError> {
+        let inner = &self.inner;
+        let record: DatabaseRecord = inner
+            .catalog
+            .get(DATABASES, name)?
+            .ok_or_else(|| NodeError::not_found("database", name))?;
+        match record.state {
+            DbState::Trashed => {
+                return Err(NodeError::Conflict(format!(
+                    "database {name:?} is already in the trash"
+                )));
+            }
+            DbState::Failed => {
+                let mut info = inner.info(record, false)?;
+                inner.purge(name).await?;
+                info.record.state = DbState::Trashed;
+                info.record.trashed_ms = Some(now_ms());
+                info.purge_at_ms = info.record.trashed_ms;
+                return Ok(info);
+            }
+            DbState::Loading | DbState::Ready => {}
+        }
+        load::cancel(inner, name);
+        let trashed = inner.catalog.write(|w| {
+            let mut record: DatabaseRecord = w
+                .get(DATABASES, name)?
+                .ok_or_else(|| NodeError::not_found("database", name))?;
+            record.state = DbState::Trashed;
+            record.trashed_ms = Some(now_ms());
+            w.put(DATABASES, name, &record)?;
+            Ok::<_, NodeError>(record)
+        })?;
+        lock(&inner.manifests).remove(name);
+        tracing::info!(database = %name, "database moved to trash");
+        inner.info(trashed, false)
+    }
+
+    /// Takes a database out of the trash: served again if it was whole, its load
+    /// resumed otherwise.
+    pub async fn restore_database(&self, name: &str) -> Result<DatabaseInfo, NodeError> {
+        let inner = &self.inner;
+        let restored = inner.catalog.write(|w| {
+            let mut record: DatabaseRecord = w
+                .get(DATABASES, name)?
+                .ok_or_else(|| NodeError::not_found("database", name))?;
+            if record.state != DbState::Trashed {
+                return Err(NodeError::Conflict(format!(
+                    "database {name:?} is not in the trash"
+                )));
+            }
+            let parts: Vec<(String, PartRecord)> = w.scan(PARTS, &key(&[name, ""]))?;
+            let whole = record.ready_ms.is_some()
+                && !parts.is_empty()
+                && parts
+                    .iter()
+                    .all(|(_, p)| matches!(p.state, PartState::Ready | PartState::Lazy));
+            record.state = if whole {
+                DbState::Ready
+            } else {
+                DbState::Loading
+            };
+            record.trashed_ms = None;
+            w.put(DATABASES, name, &record)?;
+            Ok::<_, NodeError>(record)
+        })?;
+        if restored.state == DbState::Loading {
+            load::spawn(inner, name);
+        }
+        tracing::info!(database = %name, "database restored from trash");
+        inner.info(restored, true)
+    }
+}
+
+impl Inner {
+    pub(super) fn info(
+        &self,
+        record: DatabaseRecord,
+        detail: bool,
+    ) -> Result<DatabaseInfo, NodeError> {
+        let parts: Vec<(String, PartRecord)> =
+            self.catalog.scan(PARTS, &key(&[&record.name, ""]))?;
+        let progress = load::progress(self, &record.name);
+        let mut info = DatabaseInfo {
+            purge_at_ms: record
+                .trashed_ms
+                .map(|t| t + self.config.trash.lifetime_secs * 1000),
+            shard_count: 0,
+            files: 0,
+            bytes: 0,
+            bytes_done: 0,
+            global: None,
+            shards: detail.then(Vec::new),
+            record,
+        };
+        for (key, part) in parts {
+            let Some(part_key) = key.split('\0').nth(1) else {
+                continue;
+            };
+            let Some(which) = Part::from_key(part_key) else {
+                continue;
+            };
+            let bytes_done = match part.state {
+                PartState::Ready => part.bytes,
+                PartState::Downloading => progress.get(&which).copied().unwrap_or(0),
+                PartState::Lazy | PartState::Failed => 0,
+            };
+            info.files += part.files;
+            info.bytes += part.bytes;
+            info.bytes_done += bytes_done;
+            let part_info = PartInfo {
+                id: which.shard_id().map(str::to_string),
+                state: part.state,
+                disk: part.disk,
+                files: part.files,
+                bytes: part.bytes,
+                bytes_done,
+            };
+            match which {
+                Part::Global => {
+                    if detail {
+                        info.global = Some(part_info);
+                    }
+                }
+                Part::Shard(_) => {
+                    info.shard_count += 1;
+                    if let Some(shards) = info.shards.as_mut() {
+                        shards.push(part_info);
+                    }
+                }
+            }
+        }
+        Ok(info)
+    }
+}

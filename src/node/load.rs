@@ -1,0 +1,401 @@
+//! Loading a database: read its manifest, give each part a disk, fetch every file
+//! of every part not yet ready (in parallel, bounded), link it into place, and mark
+//! each part ready in one catalog transaction once all its files are verified. A
+//! load that stops for any reason resumes from the catalog: ready parts are kept,
+//! verified blobs are not fetched again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use tracing::{info, warn};
+
+use super::{Inner, NodeError, lock, now_ms};
+use crate::catalog::{
+    DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord, PartState, key,
+};
+use crate::storage::fetch::{fetch_blob, read_manifest};
+use crate::storage::manifest::PlacedFile;
+use crate::storage::{Disk, Manifest, Part, Source, SourceUrl, StorageError};
+
+type Progress = Arc<Mutex<BTreeMap<Part, Arc<AtomicU64>>>>;
+
+pub(super) struct LoadHandle {
+    pub(super) task: tokio::task::AbortHandle,
+    generation: u64,
+    progress: Progress,
+}
+
+/// Starts (or restarts) the load of `name` in the background.
+pub(super) fn spawn(inner: &Arc<Inner>, name: &str) {
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    let progress = Progress::default();
+    let mut loads = lock(&inner.loads);
+    if let Some(previous) = loads.remove(name) {
+        previous.task.abort();
+    }
+    let task = tokio::spawn(run(
+        inner.clone(),
+        name.to_string(),
+        progress.clone(),
+        generation,
+    ));
+    loads.insert(
+        name.to_string(),
+        LoadHandle {
+            task: task.abort_handle(),
+            generation,
+            progress,
+        },
+    );
+}
+
+/// Stops the load of `name`, if one is under way.
+pub(super) fn cancel(inner: &Inner, name: &str) {
+    if let Some(handle) = lock(&inner.loads).remove(name) {
+        handle.task.abort();
+    }
+}
+
+/// Bytes fetched so far for each part of a load under way.
+pub(super) fn progress(inner: &Inner, name: &str) -> BTreeMap<Part, u64> {
+    let loads = lock(&inner.loads);
+    let Some(handle) = loads.get(name) else {
+        return BTreeMap::new();
+    };
+    lock(&handle.progress)
+        .iter()
+        .map(|(part, done)| (part.clone(), done.load(Ordering::Relaxed)))
+        .collect()
+}
+
+async fn run(inner: Arc<Inner>, name: String, progress: Progress, generation: u64) {
+    let started = std::time::Instant::now();
+    match load(&inner, &name, &progress).await {
+        Ok(()) => {
+            info!(database = %name, took_ms = started.elapsed().as_millis() as u64, "database loaded")
+        }
+        Err(e) => {
+            warn!(database = %name, error = %e, "loading failed");
+            if let Err(e2) = mark_failed(&inner, &name, &e.to_string()) {
+                warn!(database = %name, error = %e2, "recording the failure failed");
+            }
+        }
+    }
+    let mut loads = lock(&inner.loads);
+    if loads.get(&name).is_some_and(|h| h.generation == generation) {
+        loads.remove(&name);
+    }
+}
+
+fn mark_failed(inner: &Inner, name: &str, message: &str) -> Result<(), NodeError> {
+    inner.catalog.write(|w| {
+        if let Some(mut record) = w.get::<DatabaseRecord>(DATABASES, name)?
+            && record.state == DbState::Loading
+        {
+            record.state = DbState::Failed;
+            record.error = Some(message.to_string());
+            w.put(DATABASES, name, &record)?;
+        }
+        Ok(())
+    })
+}
+
+async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(), NodeError> {
+    let Some(record) = inner.catalog.get::<DatabaseRecord>(DATABASES, name)? else {
+        return Ok(());
+    };
+    if record.state != DbState::Loading {
+        return Ok(());
+    }
+    let source = Source::open(
+        &SourceUrl::parse(&record.source)?,
+        &inner.config.store,
+        false,
+    )?;
+    let mut manifest = match inner.catalog.get::<Manifest>(MANIFESTS, name)? {
+        Some(manifest) => manifest,
+        None => register_manifest(inner, &record, &source).await?,
+    };
+    let parts = manifest.parts().map_err(StorageError::Manifest)?;
+    let records: BTreeMap<Part, PartRecord> = inner
+        .catalog
+        .scan::<PartRecord>(PARTS, &key(&[name, ""]))?
+        .into_iter()
+        .filter_map(|(k, r)| Some((Part::from_key(k.split('\0').nth(1)?)?, r)))
+        .collect();
+
+    // What is left to fetch, and whether it fits.
+    let mut work: Vec<(Part, Arc<Disk>, PlacedFile)> = Vec::new();
+    let mut remaining: HashMap<Part, usize> = HashMap::new();
+    let mut needed: HashMap<String, u64> = HashMap::new();
+    for (part, files) in &parts {
+        let Some(part_record) = records.get(part) else {
+            return Err(NodeError::Conflict(format!(
+                "catalog has no record of {} of database {name}",
+                part.key()
+            )));
+        };
+        if part_record.state != PartState::Downloading {
+            continue;
+        }
+        let disk = inner.disk(&part_record.disk)?.clone();
+        lock(progress).insert(part.clone(), Arc::new(AtomicU64::new(0)));
+        remaining.insert(part.clone(), files.len());
+        for placed in files {
+            let present = placed
+                .file
+                .sha256
+                .as_deref()
+                .is_some_and(|sha| disk.has_blob(sha, placed.file.size));
+            if !present {
+                *needed.entry(disk.id.clone()).or_default() += placed.file.size;
+            }
+            work.push((part.clone(), disk.clone(), placed.clone()));
+        }
+    }
+    for (disk_id, bytes) in &needed {
+        let disk = inner.disk(disk_id)?;
+        let available = disk.room();
+        if *bytes > available {
+            return Err(StorageError::DiskFull {
+                disk: disk_id.clone(),
+                needed: *bytes,
+                available,
+            }
+            .into());
+        }
+    }
+
+    let pinned: Vec<String> = manifest
+        .files
+        .iter()
+        .filter_map(|f| f.sha256.clone())
+        .collect();
+    inner.pin(pinned.clone());
+    let mut fetched_hashes = Vec::new();
+    let result = fetch_all(
+        inner,
+        name,
+        &source,
+        work,
+        progress,
+        &mut remaining,
+        &mut manifest,
+        &mut fetched_hashes,
+    )
+    .await;
+    inner.unpin(pinned);
+    inner.unpin(fetched_hashes);
+    result?;
+
+    inner.catalog.write(|w| {
+        let Some(mut record) = w.get::<DatabaseRecord>(DATABASES, name)? else {
+            return Ok(());
+        };
+        if record.state == DbState::Loading {
+            record.state = DbState::Ready;
+            record.ready_ms = Some(now_ms());
+            record.version = Some(manifest.version());
+            record.error = None;
+            w.put(DATABASES, name, &record)?;
+        }
+        Ok::<_, NodeError>(())
+    })
+}
+
+/// Reads the manifest from the source and records it with a disk for each part.
+async fn register_manifest(
+    inner: &Inner,
+    record: &DatabaseRecord,
+    source: &Source,
+) -> Result<Manifest, NodeError> {
+    let manifest = read_manifest(source).await?;
+    let parts = manifest.parts().map_err(StorageError::Manifest)?;
+    let sizes: Vec<(Part, u64)> = parts
+        .iter()
+        .map(|(part, files)| (part.clone(), files.iter().map(|f| f.file.size).sum()))
+        .collect();
+    let rooms: Vec<(String, u64)> = inner
+        .disks
+        .iter()
+        .map(|d| (d.id.clone(), d.room()))
+        .collect();
+    let disks = assign_disks(&rooms, &sizes);
+    let complete = manifest.files.iter().all(|f| f.sha256.is_some());
+    inner.catalog.write(|w| {
+        w.put(MANIFESTS, &record.name, &manifest)?;
+        for (part, files) in &parts {
+            let lazy = record.mode == Mode::Lazy && *part != Part::Global;
+            let part_record = PartRecord {
+                disk: disks.get(part).cloned().unwrap_or_else(|| "0".to_string()),
+                state: if lazy {
+                    PartState::Lazy
+                } else {
+                    PartState::Downloading
+                },
+                files: files.len() as u64,
+                bytes: files.iter().map(|f| f.file.size).sum(),
+            };
+            w.put(PARTS, &key(&[&record.name, &part.key()]), &part_record)?;
+        }
+        if complete && let Some(mut stored) = w.get::<DatabaseRecord>(DATABASES, &record.name)? {
+            stored.version = Some(manifest.version());
+            w.put(DATABASES, &record.name, &stored)?;
+        }
+        Ok::<_, NodeError>(())
+    })?;
+    Ok(manifest)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_all(
+    inner: &Arc<Inner>,
+    name: &str,
+    source: &Source,
+    work: Vec<(Part, Arc<Disk>, PlacedFile)>,
+    progress: &Progress,
+    remaining: &mut HashMap<Part, usize>,
+    manifest: &mut Manifest,
+    fetched_hashes: &mut Vec<String>,
+) -> Result<(), NodeError> {
+    let concurrency = inner.config.download.concurrency;
+    let mut unhashed_parts: HashMap<Part, bool> = HashMap::new();
+    // Parts with no files left to fetch are ready at once.
+    let empty: Vec<Part> = remaining
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(p, _)| p.clone())
+        .collect();
+    for part in empty {
+        commit_part(inner, name, &part, None)?;
+    }
+    let mut results = futures::stream::iter(work.into_iter().map(|(part, disk, placed)| {
+        let counter = lock(progress).get(&part).cloned().unwrap_or_default();
+        async move {
+            let _permit = inner
+                .download_slots
+                .acquire()
+                .await
+                .map_err(|_| NodeError::ShuttingDown)?;
+            let sha = fetch_file(inner, source, &disk, name, &part, &placed, &counter).await?;
+            Ok::<_, NodeError>((part, placed, sha))
+        }
+    }))
+    .buffer_unordered(concurrency);
+
+    while let Some((part, placed, sha)) = results.try_next().await? {
+        if placed.file.sha256.is_none() {
+            fetched_hashes.push(sha.clone());
+            inner.pin([sha.clone()]);
+            if let Some(entry) = manifest
+                .files
+                .iter_mut()
+                .find(|f| f.path == placed.file.path)
+            {
+                entry.sha256 = Some(sha);
+            }
+            unhashed_parts.insert(part.clone(), true);
+        }
+        let left = remaining.entry(part.clone()).or_insert(1);
+        *left -= 1;
+        if *left == 0 {
+            let updated = unhashed_parts.remove(&part).map(|_| &*manifest);
+            commit_part(inner, name, &part, updated)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches (or finds) one file's blob and links it into its part; returns its hash.
+async fn fetch_file(
+    inner: &Inner,
+    source: &Source,
+    disk: &Disk,
+    name: &str,
+    part: &Part,
+    placed: &PlacedFile,
+    counter: &AtomicU64,
+) -> Result<String, NodeError> {
+    let file = &placed.file;
+    let sha = match &file.sha256 {
+        Some(sha) if disk.has_blob(sha, file.size) => {
+            counter.fetch_add(file.size, Ordering::Relaxed);
+            inner.count_download(0, false);
+            sha.clone()
+        }
+        _ => {
+            let fetched = fetch_blob(source, disk, file, counter).await?;
+            inner.count_download(fetched.size, fetched.new_blob);
+            fetched.sha256
+        }
+    };
+    disk.link(&sha, name, part, &placed.local)?;
+    Ok(sha)
+}
+
+/// Marks one part ready, with the manifest if hashes were learned while loading.
+fn commit_part(
+    inner: &Inner,
+    name: &str,
+    part: &Part,
+    manifest: Option<&Manifest>,
+) -> Result<(), NodeError> {
+    inner.catalog.write(|w| {
+        let part_key = key(&[name, &part.key()]);
+        if let Some(mut record) = w.get::<PartRecord>(PARTS, &part_key)? {
+            record.state = PartState::Ready;
+            w.put(PARTS, &part_key, &record)?;
+        }
+        if let Some(manifest) = manifest {
+            w.put(MANIFESTS, name, manifest)?;
+        }
+        Ok(())
+    })
+}
+
+/// Gives each part the disk with the most room left, largest parts first.
+pub(crate) fn assign_disks(
+    rooms: &[(String, u64)],
+    parts: &[(Part, u64)],
+) -> HashMap<Part, String> {
+    let mut rooms: Vec<(String, i128)> = rooms
+        .iter()
+        .map(|(id, r)| (id.clone(), *r as i128))
+        .collect();
+    let mut order: Vec<&(Part, u64)> = parts.iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut out = HashMap::new();
+    for (part, size) in order {
+        let Some(best) = rooms
+            .iter_mut()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        else {
+            break;
+        };
+        best.1 -= *size as i128;
+        out.insert(part.clone(), best.0.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assigns_largest_parts_to_emptiest_disks() {
+        let rooms = vec![("0".to_string(), 100), ("1".to_string(), 60)];
+        let parts = vec![
+            (Part::Shard("a".into()), 50),
+            (Part::Shard("b".into()), 40),
+            (Part::Global, 5),
+        ];
+        let plan = assign_disks(&rooms, &parts);
+        assert_eq!(plan[&Part::Shard("a".into())], "0"); // 100 → 50
+        assert_eq!(plan[&Part::Shard("b".into())], "1"); // 60 → 20
+        assert_eq!(plan[&Part::Global], "0"); // 50 > 20
+    }
+}

@@ -1,0 +1,311 @@
+//! One dram node: its disks, its catalog, the databases it loads and serves, the
+//! trash and the aliases. `Node::start` opens everything, resumes unfinished loads
+//! and starts the background tasks (trash purge, lazy-cache eviction, counters
+//! flush); `Node::shutdown` stops them all.
+//!
+//! The node is the async shell: decisions (which disk, what is garbage) are small
+//! functions over plain data; downloads, catalog writes and deletions happen here.
+
+mod aliases;
+mod databases;
+mod error;
+mod gc;
+mod load;
+mod shard;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::catalog::{Catalog, DATABASES, DatabaseRecord, DbState, META};
+use crate::config::Config;
+use crate::hlc::HlcClock;
+use crate::storage::{Disk, StorageError};
+
+pub use aliases::AliasAction;
+pub use databases::{AddDatabase, DatabaseInfo, PartInfo};
+pub use error::NodeError;
+pub use shard::ShardContext;
+pub use stats::{DatabaseStats, NodeStats, Stats};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Locks a std mutex, recovering from poisoning (a panicked holder cannot leave
+/// these maps in a state worse than stale).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A handle to a running node; cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: Config,
+    node_id: String,
+    catalog: Catalog,
+    disks: Vec<Arc<Disk>>,
+    download_slots: Arc<Semaphore>,
+    loads: Mutex<HashMap<String, load::LoadHandle>>,
+    clock: Mutex<HlcClock>,
+    /// Blob hashes that loads under way rely on; garbage collection keeps them.
+    pins: Mutex<HashMap<String, usize>>,
+    /// Read counters not yet flushed to the catalog.
+    reads: Mutex<HashMap<String, crate::catalog::ReadStats>>,
+    /// Last access of lazily cached files not yet flushed (cache key → ms).
+    lazy_access: Mutex<HashMap<String, u64>>,
+    /// One fetch at a time per lazily fetched file.
+    lazy_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    manifests: Mutex<HashMap<String, Arc<shard::DatabaseFiles>>>,
+    counters: Counters,
+    started_ms: u64,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    bytes_downloaded: AtomicU64,
+    files_downloaded: AtomicU64,
+    files_deduplicated: AtomicU64,
+}
+
+impl Node {
+    /// Opens the node's disks and catalog, resumes loads and starts background
+    /// tasks. The configuration must be valid.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        config
+            .validate()
+            .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
+        let data_dir = config.node.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(StorageError::io(&data_dir))?;
+        let mut disks = Vec::new();
+        for (i, disk) in config.effective_disks().iter().enumerate() {
+            disks.push(Arc::new(Disk::open(
+                i.to_string(),
+                &disk.path,
+                disk.high_watermark,
+            )?));
+        }
+        let catalog = Catalog::open(&data_dir.join("catalog.redb"))?;
+        let node_id = node_id(&config, &catalog)?;
+        let (shutdown_tx, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            download_slots: Arc::new(Semaphore::new(config.download.concurrency)),
+            clock: Mutex::new(HlcClock::new(node_id.clone())),
+            node_id,
+            catalog,
+            disks,
+            loads: Mutex::default(),
+            pins: Mutex::default(),
+            reads: Mutex::default(),
+            lazy_access: Mutex::default(),
+            lazy_fetches: Mutex::default(),
+            manifests: Mutex::default(),
+            counters: Counters::default(),
+            started_ms: now_ms(),
+            shutdown_tx,
+            tasks: Mutex::default(),
+            config,
+        });
+        let node = Node { inner };
+        node.inner.observe_alias_clock()?;
+        node.inner.remove_stray_database_dirs()?;
+        node.resume_loads()?;
+        node.spawn_background();
+        info!(node = %node.inner.node_id, disks = node.inner.disks.len(), "node started");
+        Ok(node)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Stops background tasks and loads; flushes counters. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+        let loads: Vec<_> = lock(&self.inner.loads).drain().collect();
+        for (_, handle) in loads {
+            handle.task.abort();
+        }
+        let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Err(e) = self.inner.flush_counters() {
+            warn!(error = %e, "flushing counters at shutdown failed");
+        }
+    }
+
+    /// Resolves a database name or an alias to the database name.
+    pub fn resolve(&self, name: &str) -> Result<String, NodeError> {
+        self.inner.resolve(name)
+    }
+
+    fn resume_loads(&self) -> Result<(), NodeError> {
+        let records: Vec<(String, DatabaseRecord)> = self.inner.catalog.scan(DATABASES, "")?;
+        for (_, record) in records {
+            if record.state == DbState::Loading {
+                info!(database = %record.name, "resuming load");
+                load::spawn(&self.inner, &record.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_background(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut shutdown_rx = self.inner.shutdown_tx.subscribe();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut rounds = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown_rx.changed() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.purge_expired().await {
+                    warn!(error = %e, "trash purge failed");
+                }
+                if let Err(e) = inner.evict_if_needed().await {
+                    warn!(error = %e, "lazy cache eviction failed");
+                }
+                rounds += 1;
+                if rounds.is_multiple_of(10)
+                    && let Err(e) = inner.flush_counters()
+                {
+                    warn!(error = %e, "flushing counters failed");
+                }
+            }
+        });
+        lock(&self.inner.tasks).push(task);
+    }
+}
+
+fn node_id(config: &Config, catalog: &Catalog) -> Result<String, NodeError> {
+    let stored: Option<String> = catalog.get(META, "node_id")?;
+    let id = if !config.node.id.is_empty() {
+        config.node.id.clone()
+    } else if let Some(stored) = stored.clone() {
+        stored
+    } else {
+        format!("node-{:08x}", rand::random::<u32>())
+    };
+    if stored.as_deref() != Some(id.as_str()) {
+        catalog.write(|w| w.put(META, "node_id", &id))?;
+    }
+    Ok(id)
+}
+
+impl Inner {
+    fn disk(&self, id: &str) -> Result<&Arc<Disk>, NodeError> {
+        self.disks
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| NodeError::Conflict(format!("disk {id} is not configured on this node")))
+    }
+
+    fn pin(&self, hashes: impl IntoIterator<Item = String>) {
+        let mut pins = lock(&self.pins);
+        for hash in hashes {
+            *pins.entry(hash).or_default() += 1;
+        }
+    }
+
+    fn unpin(&self, hashes: impl IntoIterator<Item = String>) {
+        let mut pins = lock(&self.pins);
+        for hash in hashes {
+            if let Some(count) = pins.get_mut(&hash) {
+                *count -= 1;
+                if *count == 0 {
+                    pins.remove(&hash);
+                }
+            }
+        }
+    }
+
+    /// Removes `dbs/<name>` folders of databases the catalog does not know (left
+    /// by a crash during a purge).
+    fn remove_stray_database_dirs(&self) -> Result<(), NodeError> {
+        let known: Vec<(String, DatabaseRecord)> = self.catalog.scan(DATABASES, "")?;
+        for disk in &self.disks {
+            let dbs = disk.root.join("dbs");
+            let entries = std::fs::read_dir(&dbs).map_err(StorageError::io(&dbs))?;
+            for entry in entries {
+                let entry = entry.map_err(StorageError::io(&dbs))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !known.iter().any(|(key, _)| *key == name) {
+                    warn!(database = %name, disk = %disk.id, "removing folder of unknown database");
+                    disk.remove_database_dir(&name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_counters(&self) -> Result<(), NodeError> {
+        let reads: Vec<_> = lock(&self.reads).drain().collect();
+        let access: Vec<_> = lock(&self.lazy_access).drain().collect();
+        if reads.is_empty() && access.is_empty() {
+            return Ok(());
+        }
+        self.catalog.write(|w| {
+            for (database, delta) in &reads {
+                if w.get::<DatabaseRecord>(DATABASES, database)?.is_none() {
+                    continue;
+                }
+                let mut stored: crate::catalog::ReadStats =
+                    w.get(crate::catalog::READS, database)?.unwrap_or_default();
+                stored.reads += delta.reads;
+                stored.last_read_ms = stored.last_read_ms.max(delta.last_read_ms);
+                w.put(crate::catalog::READS, database, &stored)?;
+            }
+            for (key, ms) in &access {
+                let entry: Option<crate::catalog::CacheEntry> =
+                    w.get(crate::catalog::CACHE, key)?;
+                if let Some(mut entry) = entry {
+                    entry.last_access_ms = entry.last_access_ms.max(*ms);
+                    w.put(crate::catalog::CACHE, key, &entry)?;
+                }
+            }
+            Ok::<_, NodeError>(())
+        })
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn count_download(&self, bytes: u64, new_blob: bool) {
+        let counters = self.counters();
+        counters
+            .bytes_downloaded
+            .fetch_add(bytes, Ordering::Relaxed);
+        counters.files_downloaded.fetch_add(1, Ordering::Relaxed);
+        if !new_blob {
+            counters.files_deduplicated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Reading a served database: `ShardContext` opens the files of one shard (or of
+//! the global data) by their path inside it. For a lazy shard, the first open of a
+//! file fetches and verifies it, caches it as a blob, and records it so eviction
+//! can take it back under disk pressure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+
+use super::{Inner, Node, NodeError, lock, now_ms};
+use crate::catalog::{
+    CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord, PartState,
+    key,
+};
+use crate::storage::fetch::fetch_blob;
+use crate::storage::{Disk, Manifest, ManifestFile, Part, Source, SourceUrl, StorageError};
+
+/// The files of one database by part and local path, kept in memory while served.
+#[derive(Debug)]
+pub(crate) struct DatabaseFiles {
+    pub(crate) parts: BTreeMap<Part, HashMap<String, ManifestFile>>,
+}
+
+/// A handle on one part of a served database.
+#[derive(Clone)]
+pub struct ShardContext {
+    inner: Arc<Inner>,
+    database: String,
+    part: Part,
+    disk: Arc<Disk>,
+    lazy: bool,
+    files: Arc<DatabaseFiles>,
+}
+
+impl std::fmt::Debug for ShardContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardContext")
+            .field("database", &self.database)
+            .field("part", &self.part)
+            .field("lazy", &self.lazy)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Opens shard `shard_id` of a database (or alias) that is served here.
+    pub fn shard(&self, database: &str, shard_id: &str) -> Result<ShardContext, NodeError> {
+        self.inner
+            .context(database, Part::Shard(shard_id.to_string()))
+    }
+
+    /// Opens the global data of a database (or alias) that is served here.
+    pub fn global(&self, database: &str) -> Result<ShardContext, NodeError> {
+        self.inner.context(database, Part::Global)
+    }
+
+    /// The shard ids of a served database, sorted.
+    pub fn shard_ids(&self, database: &str) -> Result<Vec<String>, NodeError> {
+        let name = self.inner.resolve(database)?;
+        let files = self.inner.files(&name)?;
+        Ok(files
+            .parts
+            .keys()
+            .filter_map(|p| p.shard_id().map(str::to_string))
+            .collect())
+    }
+}
+
+impl Inner {
+    fn context(self: &Arc<Self>, database: &str, part: Part) -> Result<ShardContext, NodeError> {
+        let name = self.resolve(database)?;
+        let record: DatabaseRecord = self
+            .catalog
+            .get(DATABASES, &name)?
+            .ok_or_else(|| NodeError::not_found("database", &name))?;
+        if record.state != DbState::Ready {
+            return Err(NodeError::NotReady(
+                format!("database {name:?} is {:?}, not ready", record.state).to_lowercase(),
+            ));
+        }
+        let part_record: PartRecord = self
+            .catalog
+            .get(PARTS, &key(&[&name, &part.key()]))?
+            .ok_or_else(|| match &part {
+                Part::Global => NodeError::not_found("global data of database", &name),
+                Part::Shard(id) => NodeError::not_found("shard", format!("{name}/{id}")),
+            })?;
+        let lazy = match part_record.state {
+            PartState::Ready => false,
+            PartState::Lazy => true,
+            other => {
+                return Err(NodeError::NotReady(format!(
+                    "{} of {name:?} is {other:?}",
+                    part.key()
+                )));
+            }
+        };
+        Ok(ShardContext {
+            inner: self.clone(),
+            disk: self.disk(&part_record.disk)?.clone(),
+            files: self.files(&name)?,
+            database: name,
+            part,
+            lazy,
+        })
+    }
+
+    pub(super) fn files(&self, name: &str) -> Result<Arc<DatabaseFiles>, NodeError> {
+        if let Some(files) = lock(&self.manifests).get(name) {
+            return Ok(files.clone());
+        }
+        let manifest: Manifest = self
+            .catalog
+            .get(MANIFESTS, name)?
+            .ok_or_else(|| NodeError::NotReady(format!("database {name:?} has no manifest yet")))?;
+        let parts = manifest.parts().map_err(StorageError::Manifest)?;
+        let files = Arc::new(DatabaseFiles {
+            parts: parts
+                .into_iter()
+                .map(|(part, files)| {
+                    let by_path = files.into_iter().map(|p| (p.local, p.file)).collect();
+                    (part, by_path)
+                })
+                .collect(),
+        });
+        lock(&self.manifests).insert(name.to_string(), files.clone());
+        Ok(files)
+    }
+
+    fn count_read(&self, database: &str) {
+        let mut reads = lock(&self.reads);
+        let stats = reads.entry(database.to_string()).or_default();
+        stats.reads += 1;
+        stats.last_read_ms = Some(now_ms());
+    }
+}
+
+impl ShardContext {
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The shard id, or `None` for global data.
+    pub fn shard_id(&self) -> Option<&str> {
+        self.part.shard_id()
+    }
+
+    /// Paths of the files of this part, sorted.
+    pub fn files(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .files
+            .parts
+            .get(&self.part)
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        paths.sort();
+        paths
+    }
+
+    /// Size of a file, from the manifest.
+    pub fn size(&self, path: &str) -> Result<u64, NodeError> {
+        Ok(self.entry(path)?.size)
+    }
+
+    /// Opens a file for reading; for a lazy shard the first open fetches it.
+    pub async fn open(&self, path: &str) -> Result<std::fs::File, NodeError> {
+        let local = self.local_path(path).await?;
+        self.inner.count_read(&self.database);
+        std::fs::File::open(&local).map_err(|e| StorageError::io(&local)(e).into())
+    }
+
+    /// Reads a whole file.
+    pub async fn read(&self, path: &str) -> Result<Bytes, NodeError> {
+        let local = self.local_path(path).await?;
+        self.inner.count_read(&self.database);
+        let bytes = tokio::fs::read(&local)
+            .await
+            .map_err(StorageError::io(&local))?;
+        Ok(Bytes::from(bytes))
+    }
+
+    fn entry(&self, path: &str) -> Result<&ManifestFile, NodeError> {
+        self.files
+            .parts
+            .get(&self.part)
+            .and_then(|files| files.get(path))
+            .ok_or_else(|| NodeError::not_found("file", format!("{}/{path}", self.part.key())))
+    }
+
+    /// The file's path on local disk, fetching it first for a lazy shard.
+    async fn local_path(&self, path: &str) -> Result<PathBuf, NodeError> {
+        let entry = self.entry(path)?.clone();
+        let local = self.disk.part_dir(&self.database, &self.part).join(path);
+        if !self.lazy {
+            return Ok(local);
+        }
+        let cache_key = key(&[&self.database, &self.part.key(), path]);
+        let gate = lock(&self.inner.lazy_fetches)
+            .entry(cache_key.clone())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        let result = if std::fs::metadata(&local).is_ok() {
+            lock(&self.inner.lazy_access).insert(cache_key.clone(), now_ms());
+            Ok(())
+        } else {
+            self.fetch_lazy(&entry, path, &cache_key).await
+        };
+        lock(&self.inner.lazy_fetches).remove(&cache_key);
+        result.map(|()| local)
+    }
+
+    async fn fetch_lazy(
+        &self,
+        entry: &ManifestFile,
+        path: &str,
+        cache_key: &str,
+    ) -> Result<(), NodeError> {
+        let inner = &self.inner;
+        let record: DatabaseRecord = inner
+            .catalog
+            .get(DATABASES, &self.database)?
+            .ok_or_else(|| NodeError::not_found("database", &self.database))?;
+        let sha = match &entry.sha256 {
+            Some(sha) if self.disk.has_blob(sha, entry.size) => sha.clone(),
+            _ => {
+                let source = Source::open(
+                    &SourceUrl::parse(&record.source)?,
+                    &inner.config.store,
+                    false,
+                )?;
+                let _permit = inner
+                    .download_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| NodeError::ShuttingDown)?;
+                let fetched = fetch_blob(&source, &self.disk, entry, &AtomicU64::new(0)).await?;
+                inner.count_download(fetched.size, fetched.new_blob);
+                fetched.sha256
+            }
+        };
+        let cached = CacheEntry {
+            sha256: sha.clone(),
+            size: entry.size,
+            disk: self.disk.id.clone(),
+            last_access_ms: now_ms(),
+        };
+        inner.catalog.write(|w| w.put(CACHE, cache_key, &cached))?;
+        self.disk.link(&sha, &self.database, &self.part, path)?;
+        Ok(())
+    }
+}

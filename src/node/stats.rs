@@ -1,0 +1,183 @@
+//! Statistics: per database (state, shards, files, bytes, bytes shared with other
+//! databases, reads) and per disk (capacity, free, used by dram, bytes saved by
+//! storing identical files once).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Node, NodeError, lock, now_ms};
+use crate::catalog::{
+    CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord,
+    PartState, READS, ReadStats, key,
+};
+use crate::storage::{DiskStats, Manifest, Part};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub node: NodeStats,
+    pub databases: Vec<DatabaseStats>,
+    pub disks: Vec<DiskUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub id: String,
+    pub uptime_secs: u64,
+    /// Bytes fetched from object storage since start.
+    pub bytes_downloaded: u64,
+    pub files_downloaded: u64,
+    /// Files whose content was already on disk (not stored again).
+    pub files_deduplicated: u64,
+    /// Bytes on disk that serve more than one file (space saved by dedup).
+    pub dedup_saved_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseStats {
+    pub name: String,
+    pub state: DbState,
+    pub mode: Mode,
+    pub shards: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Bytes of this database's files whose content another database also has.
+    pub bytes_shared: u64,
+    /// Bytes of this database on local disk (for lazy ones, the cached part).
+    pub bytes_local: u64,
+    pub reads: u64,
+    pub last_read_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskUsage {
+    #[serde(flatten)]
+    pub disk: DiskStats,
+    pub dedup_saved_bytes: u64,
+}
+
+impl Node {
+    pub fn stats(&self) -> Result<Stats, NodeError> {
+        let inner = &self.inner;
+        let records: Vec<(String, DatabaseRecord)> = inner.catalog.scan(DATABASES, "")?;
+        let manifests: HashMap<String, Manifest> =
+            inner.catalog.scan(MANIFESTS, "")?.into_iter().collect();
+        let parts: HashMap<String, PartRecord> =
+            inner.catalog.scan(PARTS, "")?.into_iter().collect();
+        let cached: Vec<(String, CacheEntry)> = inner.catalog.scan(CACHE, "")?;
+        let stored_reads: HashMap<String, ReadStats> =
+            inner.catalog.scan(READS, "")?.into_iter().collect();
+        let pending_reads = lock(&inner.reads).clone();
+
+        // Which databases hold each content hash.
+        let mut holders: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (name, manifest) in &manifests {
+            for file in &manifest.files {
+                if let Some(sha) = &file.sha256 {
+                    holders.entry(sha).or_default().insert(name);
+                }
+            }
+        }
+        // Local files per (disk, hash): each beyond the first is space saved.
+        let mut local: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        let mut local_bytes: HashMap<String, u64> = HashMap::new();
+        for (name, manifest) in &manifests {
+            let Ok(split) = manifest.parts() else {
+                continue;
+            };
+            for (part, files) in split {
+                let Some(record) = parts.get(&key(&[name, &part.key()])) else {
+                    continue;
+                };
+                if record.state != PartState::Ready {
+                    continue;
+                }
+                for placed in files {
+                    if let Some(sha) = placed.file.sha256 {
+                        let slot = local
+                            .entry((record.disk.clone(), sha))
+                            .or_insert((placed.file.size, 0));
+                        slot.1 += 1;
+                        *local_bytes.entry(name.clone()).or_default() += placed.file.size;
+                    }
+                }
+            }
+        }
+        for (cache_key, entry) in &cached {
+            let name = cache_key.split('\0').next().unwrap_or_default().to_string();
+            let slot = local
+                .entry((entry.disk.clone(), entry.sha256.clone()))
+                .or_insert((entry.size, 0));
+            slot.1 += 1;
+            *local_bytes.entry(name).or_default() += entry.size;
+        }
+        let mut saved_per_disk: HashMap<String, u64> = HashMap::new();
+        for ((disk, _), (size, count)) in &local {
+            *saved_per_disk.entry(disk.clone()).or_default() += size * count.saturating_sub(1);
+        }
+
+        let databases = records
+            .iter()
+            .map(|(name, record)| {
+                let manifest = manifests.get(name);
+                let mut shared = 0;
+                let mut seen = HashSet::new();
+                for file in manifest.map(|m| m.files.as_slice()).unwrap_or_default() {
+                    if let Some(sha) = &file.sha256
+                        && holders.get(sha.as_str()).is_some_and(|h| h.len() > 1)
+                        && seen.insert(sha)
+                    {
+                        shared += file.size;
+                    }
+                }
+                let shards = parts
+                    .keys()
+                    .filter(|k| {
+                        k.split_once('\0').is_some_and(|(db, p)| {
+                            db == name && matches!(Part::from_key(p), Some(Part::Shard(_)))
+                        })
+                    })
+                    .count() as u64;
+                let mut reads = stored_reads.get(name).copied().unwrap_or_default();
+                if let Some(pending) = pending_reads.get(name) {
+                    reads.reads += pending.reads;
+                    reads.last_read_ms = reads.last_read_ms.max(pending.last_read_ms);
+                }
+                DatabaseStats {
+                    name: name.clone(),
+                    state: record.state,
+                    mode: record.mode,
+                    shards,
+                    files: manifest.map(|m| m.files.len() as u64).unwrap_or(0),
+                    bytes: manifest.map(Manifest::total_bytes).unwrap_or(0),
+                    bytes_shared: shared,
+                    bytes_local: local_bytes.get(name).copied().unwrap_or(0),
+                    reads: reads.reads,
+                    last_read_ms: reads.last_read_ms,
+                }
+            })
+            .collect();
+        let disks: Vec<DiskUsage> = inner
+            .disks
+            .iter()
+            .map(|d| DiskUsage {
+                dedup_saved_bytes: saved_per_disk.get(&d.id).copied().unwrap_or(0),
+                disk: d.stats(),
+            })
+            .collect();
+        let counters = &inner.counters;
+        Ok(Stats {
+            node: NodeStats {
+                id: inner.node_id.clone(),
+                uptime_secs: now_ms().saturating_sub(inner.started_ms) / 1000,
+                bytes_downloaded: counters.bytes_downloaded.load(Ordering::Relaxed),
+                files_downloaded: counters.files_downloaded.load(Ordering::Relaxed),
+                files_deduplicated: counters.files_deduplicated.load(Ordering::Relaxed),
+                dedup_saved_bytes: disks.iter().map(|d| d.dedup_saved_bytes).sum(),
+            },
+            databases,
+            disks,
+        })
+    }
+}

@@ -1,0 +1,57 @@
+//! A running node with its HTTP API: what `dram serve` and the tests start.
+
+use std::net::SocketAddr;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::node::{Node, NodeError};
+
+/// A node serving HTTP; `shutdown()` stops both.
+pub struct Server {
+    pub node: Node,
+    pub http_addr: SocketAddr,
+    shutdown_tx: Option<oneshot::Sender<()>>,
+    http: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts a node and binds its HTTP listener (`node.http_listen`; port 0 picks
+    /// a free port, see `http_addr`).
+    pub async fn start(config: Config) -> Result<Server, NodeError> {
+        let listen = config.node.http_listen.clone();
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| NodeError::InvalidInput(format!("cannot listen on {listen}: {e}")))?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| NodeError::InvalidInput(format!("cannot listen on {listen}: {e}")))?;
+        let node = Node::start(config).await?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let http = tokio::spawn(crate::api::run(listener, node.clone(), async move {
+            let _ = shutdown_rx.await;
+        }));
+        tracing::info!(node = %node.id(), http = %http_addr, "serving");
+        Ok(Server {
+            node,
+            http_addr,
+            shutdown_tx: Some(shutdown_tx),
+            http,
+        })
+    }
+
+    /// The base URL of the API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Stops serving and shuts the node down.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.http).await;
+        self.node.shutdown().await;
+    }
+}

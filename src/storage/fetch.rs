@@ -1,0 +1,274 @@
+//! Fetching one object into a verified blob: a whole-object GET streamed into a
+//! temp file by a blocking writer that hashes as it writes; size and sha256 are
+//! checked against the manifest before the blob is committed. On any error the
+//! temp file is removed.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::StorageError;
+use super::disk::Disk;
+use super::manifest::{MANIFEST_NAME, Manifest, ManifestFile};
+use super::source::Source;
+
+/// Largest manifest read into memory.
+const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Removes a temp file unless disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What a fetch stored.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub sha256: String,
+    pub size: u64,
+    /// False when an identical blob was already on the disk.
+    pub new_blob: bool,
+}
+
+/// Downloads `file` from `source` into a blob on `disk`, adding bytes to `progress`
+/// as they arrive.
+pub async fn fetch_blob(
+    source: &Source,
+    disk: &Disk,
+    file: &ManifestFile,
+    progress: &AtomicU64,
+) -> Result<Fetched, StorageError> {
+    let location = source.object_path(&file.path);
+    let result = source
+        .store
+        .get(&location)
+        .await
+        .map_err(StorageError::store(&location))?;
+    let temp = disk.temp_path();
+    let mut guard = TempGuard(Some(temp.clone()));
+    let out = File::create(&temp).map_err(StorageError::io(&temp))?;
+
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Bytes>(16);
+    let writer_path = temp.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(String, u64), StorageError> {
+        let mut out = out;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = chunk_rx.blocking_recv() {
+            hasher.update(&chunk);
+            out.write_all(&chunk)
+                .map_err(StorageError::io(&writer_path))?;
+            size += chunk.len() as u64;
+        }
+        out.sync_all().map_err(StorageError::io(&writer_path))?;
+        Ok((hex::encode(hasher.finalize()), size))
+    });
+
+    let mut stream = result.into_stream();
+    let mut received = 0u64;
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                failure = Some(StorageError::store(&location)(e));
+                break;
+            }
+        };
+        received += chunk.len() as u64;
+        if received > file.size {
+            failure = Some(StorageError::Mismatch {
+                path: file.path.clone(),
+                message: format!("larger than the {} bytes the manifest says", file.size),
+            });
+            break;
+        }
+        progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if chunk_tx.send(chunk).await.is_err() {
+            break; // the writer failed; its error is reported below
+        }
+    }
+    drop(chunk_tx);
+    let written = writer.await.map_err(|e| StorageError::Io {
+        path: temp.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    let (sha256, size) = written?;
+    if size != file.size {
+        return Err(StorageError::Mismatch {
+            path: file.path.clone(),
+            message: format!("{size} bytes, the manifest says {}", file.size),
+        });
+    }
+    if let Some(expected) = &file.sha256
+        && *expected != sha256
+    {
+        return Err(StorageError::Mismatch {
+            path: file.path.clone(),
+            message: format!("sha256 {sha256}, the manifest says {expected}"),
+        });
+    }
+    let new_blob = disk.commit_blob(&temp, &sha256, size)?;
+    guard.0 = None;
+    Ok(Fetched {
+        sha256,
+        size,
+        new_blob,
+    })
+}
+
+/// Reads `dram.json`; without one, lists the prefix and returns a manifest whose
+/// hashes are unknown until the files are fetched.
+pub async fn read_manifest(source: &Source) -> Result<Manifest, StorageError> {
+    let location = source.object_path(MANIFEST_NAME);
+    match source.store.get(&location).await {
+        Ok(result) => {
+            if result.meta.size > MAX_MANIFEST_BYTES {
+                return Err(StorageError::Manifest(format!(
+                    "manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
+                    result.meta.size
+                )));
+            }
+            let bytes = result
+                .bytes()
+                .await
+                .map_err(StorageError::store(&location))?;
+            Manifest::parse(&bytes).map_err(StorageError::Manifest)
+        }
+        Err(object_store::Error::NotFound { .. }) => list_manifest(source).await,
+        Err(e) => Err(StorageError::store(&location)(e)),
+    }
+}
+
+async fn list_manifest(source: &Source) -> Result<Manifest, StorageError> {
+    let prefix = (!source.prefix.as_ref().is_empty()).then_some(&source.prefix);
+    let mut listing = source.store.list(prefix);
+    let mut files = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(StorageError::store(&source.url))?;
+        let Some(relative) = source.relative_path(&meta.location) else {
+            continue;
+        };
+        if relative == MANIFEST_NAME {
+            continue;
+        }
+        files.push(ManifestFile {
+            path: relative.to_string(),
+            size: meta.size,
+            sha256: None,
+        });
+    }
+    if files.is_empty() {
+        return Err(StorageError::SourceNotFound {
+            url: source.url.clone(),
+            message: "no manifest and no files".to_string(),
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let manifest = Manifest { format: 1, files };
+    manifest.check().map_err(StorageError::Manifest)?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::storage::SourceUrl;
+    use object_store::PutPayload;
+
+    async fn memory_source(name: &str) -> Source {
+        Source::open(
+            &SourceUrl::parse(&format!("memory://{name}/db")).unwrap(),
+            &StoreConfig::default(),
+            false,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn verifies_size_and_hash() {
+        let source = memory_source("fetch-verify").await;
+        source
+            .store
+            .put(&source.object_path("a"), PutPayload::from_static(b"hello"))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open("0".into(), dir.path(), 0.9).unwrap();
+        let sha = hex::encode(Sha256::digest(b"hello"));
+        let progress = AtomicU64::new(0);
+        let good = ManifestFile {
+            path: "a".into(),
+            size: 5,
+            sha256: Some(sha.clone()),
+        };
+        let fetched = fetch_blob(&source, &disk, &good, &progress).await.unwrap();
+        assert_eq!(fetched.sha256, sha);
+        assert!(disk.has_blob(&sha, 5));
+
+        let wrong_hash = ManifestFile {
+            sha256: Some("0".repeat(64)),
+            ..good.clone()
+        };
+        let err = fetch_blob(&source, &disk, &wrong_hash, &progress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        let short = ManifestFile {
+            size: 3,
+            ..good.clone()
+        };
+        let err = fetch_blob(&source, &disk, &short, &progress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("larger"), "{err}");
+        let long = ManifestFile {
+            size: 9,
+            ..good.clone()
+        };
+        let err = fetch_blob(&source, &disk, &long, &progress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("5 bytes"), "{err}");
+        let tmp_entries = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        assert_eq!(tmp_entries, 0, "failed fetches leave no temp files");
+    }
+
+    #[tokio::test]
+    async fn lists_without_manifest() {
+        let source = memory_source("fetch-list").await;
+        for path in ["shards/1/x", "global/g", "shards/0/y"] {
+            source
+                .store
+                .put(&source.object_path(path), PutPayload::from_static(b"1"))
+                .await
+                .unwrap();
+        }
+        let manifest = read_manifest(&source).await.unwrap();
+        let paths: Vec<_> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["global/g", "shards/0/y", "shards/1/x"]);
+        assert!(manifest.files.iter().all(|f| f.sha256.is_none()));
+
+        let empty = memory_source("fetch-empty").await;
+        assert!(matches!(
+            read_manifest(&empty).await,
+            Err(StorageError::SourceNotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,245 @@
+//! The manifest `dram.json`: every file of a database with its size and sha256,
+//! and how files split into global data and shards. Parsing checks everything a
+//! hostile or broken manifest could get wrong before any byte is downloaded.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::names::{check_relative_path, is_valid_shard_id};
+
+pub const MANIFEST_NAME: &str = "dram.json";
+pub const FORMAT: u32 = 1;
+
+/// One file of a database. `sha256` is `None` only for a database published
+/// without a manifest, until its bytes have been hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    pub path: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub files: Vec<ManifestFile>,
+}
+
+/// A part of a database: its global data or one shard. Its key (`global`,
+/// `shards/<id>`) is also its folder, in object storage and on local disk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Part {
+    Global,
+    Shard(String),
+}
+
+impl Part {
+    pub fn key(&self) -> String {
+        match self {
+            Part::Global => "global".to_string(),
+            Part::Shard(id) => format!("shards/{id}"),
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Part> {
+        if key == "global" {
+            Some(Part::Global)
+        } else {
+            key.strip_prefix("shards/")
+                .filter(|id| is_valid_shard_id(id))
+                .map(|id| Part::Shard(id.to_string()))
+        }
+    }
+
+    pub fn shard_id(&self) -> Option<&str> {
+        match self {
+            Part::Global => None,
+            Part::Shard(id) => Some(id),
+        }
+    }
+}
+
+/// A file placed in its part: `local` is its path inside the part's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedFile {
+    pub file: ManifestFile,
+    pub local: String,
+}
+
+impl Manifest {
+    /// Parses and checks `dram.json`.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("malformed manifest: {e}"))?;
+        if manifest.format != FORMAT {
+            return Err(format!(
+                "unsupported manifest format {} (expected {FORMAT})",
+                manifest.format
+            ));
+        }
+        if manifest.files.iter().any(|f| f.sha256.is_none()) {
+            return Err("manifest entry without sha256".to_string());
+        }
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// Checks paths, hashes and duplicates.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = HashSet::with_capacity(self.files.len());
+        for file in &self.files {
+            check_relative_path(&file.path).map_err(|e| format!("manifest: {e}"))?;
+            if file.path == MANIFEST_NAME {
+                return Err(format!("manifest lists itself ({MANIFEST_NAME})"));
+            }
+            if let Some(hash) = &file.sha256
+                && !is_sha256_hex(hash)
+            {
+                return Err(format!(
+                    "manifest: {}: sha256 must be 64 lowercase hex digits",
+                    file.path
+                ));
+            }
+            if !seen.insert(file.path.as_str()) {
+                return Err(format!("manifest lists {} twice", file.path));
+            }
+        }
+        self.parts().map(|_| ())
+    }
+
+    /// Splits files into parts. With a `shards/` folder, every file must be under
+    /// `shards/<id>/` or `global/`; without one, every non-global file is shard `0`.
+    pub fn parts(&self) -> Result<BTreeMap<Part, Vec<PlacedFile>>, String> {
+        let sharded = self.files.iter().any(|f| f.path.starts_with("shards/"));
+        let mut parts: BTreeMap<Part, Vec<PlacedFile>> = BTreeMap::new();
+        for file in &self.files {
+            let (part, local) = if let Some(rest) = file.path.strip_prefix("global/") {
+                (Part::Global, rest.to_string())
+            } else if sharded {
+                let rest = file.path.strip_prefix("shards/").ok_or_else(|| {
+                    format!(
+                        "{} is outside shards/ and global/ in a sharded database",
+                        file.path
+                    )
+                })?;
+                let (id, local) = rest
+                    .split_once('/')
+                    .ok_or_else(|| format!("{} is not inside a shard folder", file.path))?;
+                if !is_valid_shard_id(id) {
+                    return Err(format!(
+                        "{}: shard id {id:?} must match [A-Za-z0-9_-]{{1,64}}",
+                        file.path
+                    ));
+                }
+                (Part::Shard(id.to_string()), local.to_string())
+            } else {
+                (Part::Shard("0".to_string()), file.path.clone())
+            };
+            parts.entry(part).or_default().push(PlacedFile {
+                file: file.clone(),
+                local,
+            });
+        }
+        Ok(parts)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// The version of a database: sha256 of its canonical manifest.
+    pub fn version(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> ManifestFile {
+        ManifestFile {
+            path: path.into(),
+            size: 1,
+            sha256: Some("a".repeat(64)),
+        }
+    }
+
+    #[test]
+    fn sharded_layout() {
+        let m = Manifest {
+            format: 1,
+            files: vec![
+                file("global/dict"),
+                file("shards/a/x"),
+                file("shards/b/y/z"),
+            ],
+        };
+        let parts = m.parts().unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[&Part::Shard("b".into())][0].local, "y/z");
+        assert_eq!(parts[&Part::Global][0].local, "dict");
+    }
+
+    #[test]
+    fn flat_layout_is_shard_zero() {
+        let m = Manifest {
+            format: 1,
+            files: vec![file("a.csv"), file("sub/b.csv"), file("global/g")],
+        };
+        let parts = m.parts().unwrap();
+        assert_eq!(parts[&Part::Shard("0".into())].len(), 2);
+        assert_eq!(parts[&Part::Global].len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_manifests() {
+        let cases = [
+            r#"{"format":2,"files":[]}"#,
+            r#"{"format":1,"files":[{"path":"../x","size":1,"sha256":"AA"}]}"#,
+            r#"{"format":1,"files":[{"path":"/x","size":1}]}"#,
+            r#"{"format":1,"files":[{"path":"x","size":1,"sha256":"zz"}]}"#,
+            r#"{"format":1,"files":[],"extra":1}"#,
+            r#"not json"#,
+        ];
+        for case in cases {
+            assert!(Manifest::parse(case.as_bytes()).is_err(), "accepted {case}");
+        }
+        let dup = Manifest {
+            format: 1,
+            files: vec![file("a"), file("a")],
+        };
+        assert!(dup.check().unwrap_err().contains("twice"));
+        let stray = Manifest {
+            format: 1,
+            files: vec![file("shards/0/a"), file("b")],
+        };
+        assert!(stray.check().unwrap_err().contains("outside"));
+        let bad_id = Manifest {
+            format: 1,
+            files: vec![file("shards/a.b/x")],
+        };
+        assert!(bad_id.check().is_err());
+    }
+
+    #[test]
+    fn part_keys_round_trip() {
+        for part in [Part::Global, Part::Shard("x_1".into())] {
+            assert_eq!(Part::from_key(&part.key()), Some(part));
+        }
+        assert_eq!(Part::from_key("shards/"), None);
+    }
+}

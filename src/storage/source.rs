@@ -1,0 +1,279 @@
+//! Where a database lives in object storage: a URL (`file://`, `s3://`, `memory://`,
+//! or a relative name resolved against the configured store URL) turned into an
+//! `object_store` client and a prefix.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+
+use super::StorageError;
+use crate::config::StoreConfig;
+use crate::names::check_relative_path;
+
+/// A parsed, absolute source URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceUrl {
+    /// `file://./relative/dir` or `file:///absolute/dir`.
+    File(PathBuf),
+    /// `s3://bucket/prefix`.
+    S3 { bucket: String, prefix: String },
+    /// `memory://name/prefix`: a store shared within this process (tests, examples).
+    Memory { name: String, prefix: String },
+}
+
+impl SourceUrl {
+    /// Parses an absolute URL.
+    pub fn parse(url: &str) -> Result<SourceUrl, StorageError> {
+        let bad = |message: &str| StorageError::InvalidSource {
+            url: url.to_string(),
+            message: message.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected file://, s3:// or memory://"))?;
+        match scheme {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(bad("file:// needs a path"));
+                }
+                Ok(SourceUrl::File(PathBuf::from(rest)))
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("s3:// needs a bucket"));
+                }
+                Ok(SourceUrl::S3 {
+                    bucket: bucket.to_string(),
+                    prefix: trim_prefix(prefix, url)?,
+                })
+            }
+            "memory" => {
+                let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                Ok(SourceUrl::Memory {
+                    name: name.to_string(),
+                    prefix: trim_prefix(prefix, url)?,
+                })
+            }
+            _ => Err(bad(
+                "unsupported scheme: expected file://, s3:// or memory://",
+            )),
+        }
+    }
+
+    /// Resolves a database source: absolute URLs stand as they are, anything else
+    /// is a relative path under `base`.
+    pub fn resolve(base: &str, source: &str) -> Result<SourceUrl, StorageError> {
+        if source.contains("://") {
+            return SourceUrl::parse(source);
+        }
+        let relative = source.trim_matches('/');
+        check_relative_path(relative).map_err(|message| StorageError::InvalidSource {
+            url: source.to_string(),
+            message,
+        })?;
+        let base = base.trim_end_matches('/');
+        SourceUrl::parse(&format!("{base}/{relative}"))
+    }
+
+    pub fn to_url(&self) -> String {
+        match self {
+            SourceUrl::File(path) => format!("file://{}", path.display()),
+            SourceUrl::S3 { bucket, prefix } => join_url("s3://", bucket, prefix),
+            SourceUrl::Memory { name, prefix } => join_url("memory://", name, prefix),
+        }
+    }
+}
+
+fn join_url(scheme: &str, host: &str, prefix: &str) -> String {
+    if prefix.is_empty() {
+        format!("{scheme}{host}")
+    } else {
+        format!("{scheme}{host}/{prefix}")
+    }
+}
+
+fn trim_prefix(prefix: &str, url: &str) -> Result<String, StorageError> {
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        check_relative_path(prefix).map_err(|message| StorageError::InvalidSource {
+            url: url.to_string(),
+            message,
+        })?;
+    }
+    Ok(prefix.to_string())
+}
+
+/// An opened source: a store client and the prefix of the database inside it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: StorePath,
+}
+
+impl Source {
+    /// Opens `url`. For `file://`, `create` makes the directory (for publishing);
+    /// otherwise a missing directory is an error.
+    pub fn open(
+        url: &SourceUrl,
+        config: &StoreConfig,
+        create: bool,
+    ) -> Result<Source, StorageError> {
+        let text = url.to_url();
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = match url {
+            SourceUrl::File(path) => {
+                if create {
+                    std::fs::create_dir_all(path).map_err(|e| StorageError::InvalidSource {
+                        url: text.clone(),
+                        message: format!("cannot create directory: {e}"),
+                    })?;
+                } else if !path.is_dir() {
+                    return Err(StorageError::SourceNotFound {
+                        url: text.clone(),
+                        message: "no such directory".to_string(),
+                    });
+                }
+                let store = LocalFileSystem::new_with_prefix(path).map_err(|e| {
+                    StorageError::InvalidSource {
+                        url: text.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                (Arc::new(store), String::new())
+            }
+            SourceUrl::S3 { bucket, prefix } => {
+                (Arc::new(s3_store(bucket, config, &text)?), prefix.clone())
+            }
+            SourceUrl::Memory { name, prefix } => (memory_store(name), prefix.clone()),
+        };
+        Ok(Source {
+            url: text,
+            store,
+            prefix: StorePath::from(prefix.as_str()),
+        })
+    }
+
+    /// The object path of a file of the database, given its relative path.
+    pub fn object_path(&self, relative: &str) -> StorePath {
+        if self.prefix.as_ref().is_empty() {
+            StorePath::from(relative)
+        } else {
+            StorePath::from(format!("{}/{}", self.prefix, relative))
+        }
+    }
+
+    /// The relative path of an object listed under the prefix.
+    pub fn relative_path<'a>(&self, object: &'a StorePath) -> Option<&'a str> {
+        let full = object.as_ref();
+        let prefix = self.prefix.as_ref();
+        if prefix.is_empty() {
+            Some(full)
+        } else {
+            full.strip_prefix(prefix)?.strip_prefix('/')
+        }
+    }
+}
+
+fn s3_store(
+    bucket: &str,
+    config: &StoreConfig,
+    url: &str,
+) -> Result<object_store::aws::AmazonS3, StorageError> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+        });
+    if let Some(endpoint) = &config.endpoint {
+        // A custom endpoint is an S3-compatible server: path-style requests.
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_virtual_hosted_style_request(false);
+    }
+    if let Some(region) = &config.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(allow) = config.allow_http {
+        builder = builder.with_allow_http(allow);
+    }
+    if let Some(key) = &config.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &config.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    builder.build().map_err(|e| StorageError::InvalidSource {
+        url: url.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let mut stores = stores
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_resolve() {
+        assert_eq!(
+            SourceUrl::parse("file://./dram-store").unwrap(),
+            SourceUrl::File("./dram-store".into())
+        );
+        assert_eq!(
+            SourceUrl::parse("s3://bucket/a/b/").unwrap(),
+            SourceUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            SourceUrl::resolve("file://./dram-store", "sales").unwrap(),
+            SourceUrl::File("./dram-store/sales".into())
+        );
+        assert_eq!(
+            SourceUrl::resolve("s3://b/dbs/", "sales/v1")
+                .unwrap()
+                .to_url(),
+            "s3://b/dbs/sales/v1"
+        );
+        assert!(SourceUrl::resolve("file://./x", "../etc").is_err());
+        assert!(SourceUrl::parse("s3:///x").is_err());
+        assert!(SourceUrl::parse("ftp://x").is_err());
+        assert!(SourceUrl::parse("s3://b/a/../c").is_err());
+    }
+
+    #[test]
+    fn object_paths() {
+        let source = Source::open(
+            &SourceUrl::parse("memory://t/db/v1").unwrap(),
+            &StoreConfig::default(),
+            false,
+        )
+        .unwrap();
+        let path = source.object_path("shards/0/a");
+        assert_eq!(path.as_ref(), "db/v1/shards/0/a");
+        assert_eq!(source.relative_path(&path), Some("shards/0/a"));
+        assert_eq!(source.relative_path(&StorePath::from("other/x")), None);
+    }
+}
