@@ -38,6 +38,7 @@ pub struct Config {
     pub disks: Vec<DiskConfig>,
     pub store: StoreConfig,
     pub download: DownloadConfig,
+    pub cache: CacheConfig,
     pub trash: TrashConfig,
     pub http: HttpConfig,
     pub cluster: ClusterConfig,
@@ -73,6 +74,10 @@ pub struct DiskConfig {
     /// and evicts lazily cached files.
     #[serde(default = "default_high_watermark")]
     pub high_watermark: f64,
+    /// Most bytes dram may keep on this disk; the watermark then applies to this
+    /// instead of the file system's capacity. Unset: the whole file system.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 fn default_high_watermark() -> f64 {
@@ -117,6 +122,21 @@ pub struct DownloadConfig {
 impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig { concurrency: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Lazily fetched files read within this many milliseconds are not evicted.
+    pub eviction_grace_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            eviction_grace_ms: 10_000,
+        }
     }
 }
 
@@ -206,6 +226,7 @@ impl Config {
             vec![DiskConfig {
                 path: self.node.data_dir.clone(),
                 high_watermark: default_high_watermark(),
+                max_bytes: None,
             }]
         } else {
             self.disks.clone()
@@ -229,6 +250,9 @@ impl Config {
         for (i, disk) in self.disks.iter().enumerate() {
             if disk.path.as_os_str().is_empty() {
                 return Err(invalid(format!("disks[{i}].path"), "must not be empty"));
+            }
+            if disk.max_bytes == Some(0) {
+                return Err(invalid(format!("disks[{i}].max_bytes"), "must be positive"));
             }
             if !(disk.high_watermark > 0.0 && disk.high_watermark <= 1.0) {
                 return Err(invalid(
@@ -284,6 +308,7 @@ mod tests {
         config.disks.push(DiskConfig {
             path: "/tmp/x".into(),
             high_watermark: 1.5,
+            max_bytes: None,
         });
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("disks[0].high_watermark"), "{err}");

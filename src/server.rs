@@ -1,6 +1,7 @@
 //! A running node with its HTTP API: what `dram serve` and the tests start.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,12 +47,19 @@ impl Server {
         format!("http://{}", self.http_addr)
     }
 
-    /// Stops serving and shuts the node down.
+    /// Stops serving and shuts the node down. Returns once the node's catalog is
+    /// closed, unless the caller still holds handles on it (`Node` clones,
+    /// `ShardContext`s): then it gives up waiting after a few seconds.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown_tx.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.http).await;
         self.node.shutdown().await;
+        if !self.node.wait_released(Duration::from_secs(3)).await {
+            tracing::warn!(
+                "node handles are still held after shutdown; the catalog stays open until they are dropped"
+            );
+        }
     }
 }

@@ -13,9 +13,6 @@ use crate::catalog::{
 };
 use crate::storage::{Manifest, Part};
 
-/// Lazily cached files read this recently are not evicted.
-const EVICTION_GRACE_MS: u64 = 10_000;
-
 /// What a garbage collection freed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GcReport {
@@ -163,6 +160,7 @@ impl Inner {
         }
         self.flush_counters()?;
         let now = now_ms();
+        let grace = self.config.cache.eviction_grace_ms;
         let live = self.live_blobs_but_cache()?;
         let all: Vec<(String, CacheEntry)> = self.catalog.scan(CACHE, "")?;
         let mut cache_refs: HashMap<String, usize> = HashMap::new();
@@ -172,7 +170,7 @@ impl Inner {
         for disk in full {
             let mut entries: Vec<&(String, CacheEntry)> = all
                 .iter()
-                .filter(|(_, e)| e.disk == disk.id && e.last_access_ms + EVICTION_GRACE_MS < now)
+                .filter(|(_, e)| e.disk == disk.id && e.last_access_ms + grace <= now)
                 .collect();
             entries.sort_by_key(|(_, e)| e.last_access_ms);
             let mut evicted = 0u64;

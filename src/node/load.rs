@@ -323,7 +323,7 @@ async fn fetch_file(
     let sha = match &file.sha256 {
         Some(sha) if disk.has_blob(sha, file.size) => {
             counter.fetch_add(file.size, Ordering::Relaxed);
-            inner.count_download(0, false);
+            inner.count_reuse();
             sha.clone()
         }
         _ => {

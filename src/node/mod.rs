@@ -101,6 +101,7 @@ impl Node {
                 i.to_string(),
                 &disk.path,
                 disk.high_watermark,
+                disk.max_bytes,
             )?));
         }
         let catalog = Catalog::open(&data_dir.join("catalog.redb"))?;
@@ -156,6 +157,20 @@ impl Node {
         if let Err(e) = self.inner.flush_counters() {
             warn!(error = %e, "flushing counters at shutdown failed");
         }
+    }
+
+    /// Waits (at most `timeout`) until this is the last handle on the node, so that
+    /// dropping it closes the catalog. Connections and tasks that just finished
+    /// drop their handles a moment after they are done.
+    pub async fn wait_released(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while Arc::strong_count(&self.inner) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Resolves a database name or an alias to the database name.
@@ -294,12 +309,10 @@ impl Inner {
         })
     }
 
-    fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
+    /// Counts a file fetched from object storage; `new_blob` is false when its
+    /// content was already on disk.
     fn count_download(&self, bytes: u64, new_blob: bool) {
-        let counters = self.counters();
+        let counters = &self.counters;
         counters
             .bytes_downloaded
             .fetch_add(bytes, Ordering::Relaxed);
@@ -307,5 +320,12 @@ impl Inner {
         if !new_blob {
             counters.files_deduplicated.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a file whose verified content was on disk already (not fetched).
+    fn count_reuse(&self) {
+        self.counters
+            .files_deduplicated
+            .fetch_add(1, Ordering::Relaxed);
     }
 }

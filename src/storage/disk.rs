@@ -18,6 +18,7 @@ pub struct Disk {
     pub id: String,
     pub root: PathBuf,
     pub high_watermark: f64,
+    pub max_bytes: Option<u64>,
     /// Bytes of blobs on this disk: counted at open, kept up to date after.
     used_bytes: AtomicU64,
     next_temp: AtomicU64,
@@ -31,11 +32,18 @@ pub struct DiskStats {
     pub free_bytes: u64,
     pub used_by_dram_bytes: u64,
     pub high_watermark: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_bytes: Option<u64>,
 }
 
 impl Disk {
     /// Opens (creating if needed) a data directory and empties its `tmp/`.
-    pub fn open(id: String, root: &Path, high_watermark: f64) -> Result<Disk, StorageError> {
+    pub fn open(
+        id: String,
+        root: &Path,
+        high_watermark: f64,
+        max_bytes: Option<u64>,
+    ) -> Result<Disk, StorageError> {
         for sub in ["blobs", "dbs", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
@@ -49,6 +57,7 @@ impl Disk {
             id,
             root: root.to_path_buf(),
             high_watermark,
+            max_bytes,
             used_bytes: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
         };
@@ -216,20 +225,31 @@ impl Disk {
             free_bytes,
             used_by_dram_bytes: self.used_bytes(),
             high_watermark: self.high_watermark,
+            max_bytes: self.max_bytes,
+        }
+    }
+
+    /// (capacity, used, free on the file system): with `max_bytes`, capacity is
+    /// the cap and used is dram's own bytes; otherwise the file system's figures.
+    fn usage(&self) -> (u64, u64, u64) {
+        let (total, free) = capacity(&self.root).unwrap_or((0, 0));
+        match self.max_bytes {
+            Some(max) => (max.min(total), self.used_bytes(), free),
+            None => (total, total.saturating_sub(free), free),
         }
     }
 
     /// Bytes that may still be written before the high watermark is passed.
     pub fn room(&self) -> u64 {
-        let (total, free) = capacity(&self.root).unwrap_or((0, 0));
-        let reserve = ((1.0 - self.high_watermark) * total as f64) as u64;
-        free.saturating_sub(reserve)
+        let (capacity, used, free) = self.usage();
+        let limit = (self.high_watermark * capacity as f64) as u64;
+        limit.saturating_sub(used).min(free)
     }
 
     /// Whether usage is above the high watermark.
     pub fn over_watermark(&self) -> bool {
-        let (total, free) = capacity(&self.root).unwrap_or((0, 0));
-        total > 0 && (total - free) as f64 > self.high_watermark * total as f64
+        let (capacity, used, _) = self.usage();
+        capacity > 0 && used as f64 > self.high_watermark * capacity as f64
     }
 }
 
@@ -258,7 +278,7 @@ mod tests {
     #[test]
     fn commit_link_and_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = Disk::open("0".into(), dir.path(), 0.9).unwrap();
+        let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
         let sha = "ab".repeat(32);
         for _ in 0..2 {
             let temp = disk.temp_path();
@@ -289,7 +309,7 @@ mod tests {
     #[test]
     fn open_empties_tmp_and_counts_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let disk = Disk::open("0".into(), dir.path(), 0.9).unwrap();
+        let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
         let temp = disk.temp_path();
         fs::write(&temp, b"partial").unwrap();
         let sha = "cd".repeat(32);
@@ -297,7 +317,7 @@ mod tests {
         fs::write(&other, b"abc").unwrap();
         disk.commit_blob(&other, &sha, 3).unwrap();
         drop(disk);
-        let disk = Disk::open("0".into(), dir.path(), 0.9).unwrap();
+        let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
         assert!(!temp.exists());
         assert_eq!(disk.used_bytes(), 3);
         assert!(disk.has_blob(&sha, 3));

@@ -210,7 +210,7 @@ mod tests {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let disk = Disk::open("0".into(), dir.path(), 0.9).unwrap();
+        let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
         let sha = hex::encode(Sha256::digest(b"hello"));
         let progress = AtomicU64::new(0);
         let good = ManifestFile {

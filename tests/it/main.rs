@@ -1,0 +1,8 @@
+//! Integration tests: real nodes on 127.0.0.1, driven through the HTTP API (and the
+//! library API where the issue names it, e.g. lazy opens). One test binary.
+
+mod aliases;
+mod databases;
+mod restart;
+mod s3;
+mod support;

@@ -1,0 +1,137 @@
+//! Crash consistency: a node process killed with SIGKILL in the middle of a download
+//! restarts, serves what was ready without downloading it again, and finishes the
+//! rest; nothing half-written is ever served.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dram::client::Client;
+use serde_json::json;
+
+use crate::support::*;
+
+struct NodeProcess {
+    child: Child,
+    client: Client,
+}
+
+impl NodeProcess {
+    /// Runs `dram serve --config FILE` and waits for it to say where it listens.
+    fn start(config_file: &Path) -> NodeProcess {
+        let mut child = Command::new(dram_binary())
+            .args(["serve", "--config"])
+            .arg(config_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dram serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some((_, url)) = line.split_once("listening on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("dram serve exited before listening");
+                }
+            }
+        };
+        // Keep draining stderr so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess {
+            child,
+            client: Client::new(&url),
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_download_restarts_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.download.concurrency = 1; // slow enough to be caught mid-way
+    let store = config.store.clone();
+    let files: Vec<(String, Vec<u8>)> = (0..240)
+        .map(|i| {
+            let body: Vec<u8> = (0..100_000u32).map(|j| ((i * 7 + j) % 253) as u8).collect();
+            (format!("shards/{}/f{i}", i % 6), body)
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    publish(dir.path(), &format!("{}/big", store.url), &store, &refs).await;
+    let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+    let config_file = dir.path().join("node.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+
+    let node = NodeProcess::start(&config_file);
+    node.client
+        .post("/v1/databases", &json!({"name": "big", "source": "big"}))
+        .await
+        .unwrap();
+    // Kill it once a good part, but not all, is downloaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = node.client.get("/v1/databases/big").await.unwrap();
+        let done = info["bytes_done"].as_u64().unwrap_or(0);
+        assert_eq!(
+            info["state"], "loading",
+            "finished before it could be killed: {info}"
+        );
+        if done > total / 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "download made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node.kill();
+
+    let data = dir.path().join("data");
+    let node = NodeProcess::start(&config_file);
+    // Nothing of the unfinished database is served while it resumes.
+    let info = node.client.get("/v1/databases/big").await.unwrap();
+    assert_ne!(info["state"], "ready", "{info}");
+    let info = wait_loaded(&node.client, "big").await;
+    assert_eq!(info["state"], "ready", "{info}");
+    let stats = node.client.get("/v1/stats").await.unwrap();
+    let fetched_again = stats["node"]["bytes_downloaded"].as_u64().unwrap();
+    assert!(
+        fetched_again < total,
+        "verified blobs from before the kill are kept: fetched {fetched_again} of {total}"
+    );
+    for (path, body) in &files {
+        let on_disk = std::fs::read(data.join("dbs/big").join(path)).unwrap();
+        assert!(on_disk == *body, "{path} differs after resume");
+    }
+    assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
+    node.kill();
+
+    // A ready database is served after a crash without any download.
+    let node = NodeProcess::start(&config_file);
+    let info = node.client.get("/v1/databases/big").await.unwrap();
+    assert_eq!(info["state"], "ready");
+    let stats = node.client.get("/v1/stats").await.unwrap();
+    assert_eq!(stats["node"]["bytes_downloaded"], 0);
+    assert_eq!(stats["node"]["files_downloaded"], 0);
+}

@@ -1,0 +1,197 @@
+//! Test helpers: real nodes on 127.0.0.1 (port 0), databases published through the
+//! library, an s3s-fs server on a free port, and bounded waits.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dram::client::Client;
+use dram::config::StoreConfig;
+use dram::storage::{Source, SourceUrl};
+use dram::{Config, Server};
+use serde_json::Value;
+
+/// A node config in `dir`: its own data folder, a local store, any free port.
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.node.data_dir = dir.join("data");
+    config.node.http_listen = "127.0.0.1:0".into();
+    config.store.url = format!("file://{}", dir.join("store").display());
+    config
+}
+
+pub async fn start(config: Config) -> (Server, Client) {
+    let server = Server::start(config).await.expect("node starts");
+    let client = Client::new(&server.url());
+    (server, client)
+}
+
+/// Writes `files` into a fresh folder and publishes it at `url`.
+pub async fn publish(dir: &Path, url: &str, store: &StoreConfig, files: &[(&str, &[u8])]) {
+    let folder = dir.join(format!("src-{}", url.replace(['/', ':'], "_")));
+    for (path, bytes) in files {
+        let target = folder.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, bytes).unwrap();
+    }
+    let plan = dram::publish::plan(&folder).expect("valid layout");
+    let source = Source::open(&SourceUrl::parse(url).unwrap(), store, true).unwrap();
+    dram::publish::publish(&plan, &source, 8, &|_| {})
+        .await
+        .expect("publish");
+}
+
+/// Polls `GET /v1/databases/{name}` until its state is not `loading` (at most 60 s).
+pub async fn wait_loaded(client: &Client, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = client.get(&format!("/v1/databases/{name}")).await.unwrap();
+        if info["state"] != "loading" {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "{name} still loading: {info}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true (at most `secs` seconds).
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Expects an API error with this HTTP status and code.
+pub fn expect_error(
+    result: Result<Value, dram::client::ClientError>,
+    status: u16,
+    code: &str,
+) -> String {
+    match result {
+        Err(dram::client::ClientError::Api {
+            status: s,
+            code: c,
+            message,
+        }) => {
+            assert_eq!((s, c.as_str()), (status, code), "{message}");
+            message
+        }
+        other => panic!("expected HTTP {status} {code}, got {other:?}"),
+    }
+}
+
+/// Number of blob files under a data folder.
+pub fn blob_count(data_dir: &Path) -> usize {
+    walkdir::WalkDir::new(data_dir.join("blobs"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An s3s-fs server on 127.0.0.1, killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+pub const S3_KEY: &str = "dramtestkey";
+pub const S3_SECRET: &str = "dramtestsecret";
+
+impl S3Server {
+    /// Starts s3s-fs with a bucket `bucket`; `None` (with a loud message) if the
+    /// binary is missing outside CI. In CI a missing binary fails the test.
+    pub async fn start(dir: &Path, bucket: &str) -> Option<S3Server> {
+        let binary = find_s3s_fs();
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "s3s-fs is missing in CI: .ci/run must install it"
+            );
+            eprintln!(
+                "\n*** SKIPPING S3 TEST: s3s-fs not found; install it with \
+                 `cargo install s3s-fs@0.14.1 --locked --features binary` ***\n"
+            );
+            return None;
+        };
+        let root = dir.join("s3");
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&binary)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+                .arg(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn s3s-fs");
+            let mut server = S3Server {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            };
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(server);
+                }
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break; // port taken meanwhile: try another
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("s3s-fs did not start");
+    }
+
+    pub fn store_config(&self, bucket: &str) -> StoreConfig {
+        StoreConfig {
+            url: format!("s3://{bucket}"),
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            allow_http: Some(true),
+            access_key_id: Some(S3_KEY.into()),
+            secret_access_key: Some(S3_SECRET.into()),
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_s3s_fs() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("s3s-fs"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/s3s-fs"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// The `dram` binary built for these tests.
+pub fn dram_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_dram")
+}
