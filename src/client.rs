@@ -6,8 +6,8 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("cannot reach node at {url}: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    #[error("cannot reach node at {url}: {message}")]
+    Unreachable { url: String, message: String },
     #[error("{message} ({code}, HTTP {status})")]
     Api {
         status: u16,
@@ -64,18 +64,12 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|e| unreachable(&self.base, &e))?;
         let status = response.status().as_u16();
         let text = response
             .text()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|e| unreachable(&self.base, &e))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
             url: url.clone(),
             message: format!(
@@ -95,5 +89,17 @@ impl Client {
                 .unwrap_or("no message")
                 .to_string(),
         })
+    }
+}
+
+/// The innermost cause of a transport error: "Connection refused (os error 111)".
+fn unreachable(base: &str, error: &reqwest::Error) -> ClientError {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    ClientError::Unreachable {
+        url: base.to_string(),
+        message: cause.to_string(),
     }
 }
