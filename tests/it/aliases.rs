@@ -20,11 +20,10 @@ async fn aliases_move_atomically() {
     }
     let (server, client) = start(config).await;
     for name in ["day1", "day2"] {
-        client
-            .post("/v1/databases", &json!({"name": name, "source": name}))
-            .await
-            .unwrap();
-        assert_eq!(wait_loaded(&client, name).await["state"], "ready");
+        assert_eq!(
+            load(&client, json!({"name": name, "source": name})).await["state"],
+            "ready"
+        );
     }
 
     let first = client

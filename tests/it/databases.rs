@@ -216,11 +216,10 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
     let data_dir = config.node.data_dir.clone();
     let (server, client) = start(config).await;
     for name in ["keep", "gone"] {
-        client
-            .post("/v1/databases", &json!({"name": name, "source": name}))
-            .await
-            .unwrap();
-        assert_eq!(wait_loaded(&client, name).await["state"], "ready");
+        assert_eq!(
+            load(&client, json!({"name": name, "source": name})).await["state"],
+            "ready"
+        );
     }
     client
         .put("/v1/aliases/current", &json!({"target": "gone"}))
@@ -336,11 +335,10 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     write_db("garbage", "{not json", &[]);
 
     let (server, client) = start(config).await;
-    client
-        .post("/v1/databases", &json!({"name": "good", "source": "good"}))
-        .await
-        .unwrap();
-    assert_eq!(wait_loaded(&client, "good").await["state"], "ready");
+    assert_eq!(
+        load(&client, json!({"name": "good", "source": "good"})).await["state"],
+        "ready"
+    );
 
     for (name, needle) in [
         ("wrongsize", "99"),
@@ -349,11 +347,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         ("garbage", "malformed manifest"),
         ("missing", "not found"),
     ] {
-        client
-            .post("/v1/databases", &json!({"name": name, "source": name}))
-            .await
-            .unwrap();
-        let info = wait_loaded(&client, name).await;
+        let info = load(&client, json!({"name": name, "source": name})).await;
         assert_eq!(info["state"], "failed", "{name}: {info}");
         let error = info["error"].as_str().unwrap();
         assert!(error.contains(needle), "{name}: {error}");
@@ -477,11 +471,7 @@ async fn a_database_that_does_not_fit_fails_and_others_keep_serving() {
         max_bytes: None,
     }];
     let (server, client) = start(config).await;
-    client
-        .post("/v1/databases", &json!({"name": "big", "source": "big"}))
-        .await
-        .unwrap();
-    let info = wait_loaded(&client, "big").await;
+    let info = load(&client, json!({"name": "big", "source": "big"})).await;
     assert_eq!(info["state"], "failed");
     assert!(
         info["error"].as_str().unwrap().contains("no room"),

@@ -195,3 +195,16 @@ fn find_s3s_fs() -> Option<PathBuf> {
 pub fn dram_binary() -> &'static str {
     env!("CARGO_BIN_EXE_dram")
 }
+
+/// `POST /v1/databases` with `body`, then waits until the load has ended.
+pub async fn load(client: &Client, body: Value) -> Value {
+    let name = body["name"]
+        .as_str()
+        .expect("body names the database")
+        .to_string();
+    client
+        .post("/v1/databases", &body)
+        .await
+        .expect("load accepted");
+    wait_loaded(client, &name).await
+}
