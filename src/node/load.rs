@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
+use super::space::Reservation;
 use super::{Inner, NodeError, lock, now_ms};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord, PartState, key,
@@ -156,18 +157,7 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
             work.push((part.clone(), disk.clone(), placed.clone()));
         }
     }
-    for (disk_id, bytes) in &needed {
-        let disk = inner.disk(disk_id)?;
-        let available = disk.room();
-        if *bytes > available {
-            return Err(StorageError::DiskFull {
-                disk: disk_id.clone(),
-                needed: *bytes,
-                available,
-            }
-            .into());
-        }
-    }
+    let reservation = Reservation::take(inner, &needed)?;
 
     let pinned: Vec<String> = manifest
         .files
@@ -185,8 +175,10 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
         &mut remaining,
         &mut manifest,
         &mut fetched_hashes,
+        &reservation.written,
     )
     .await;
+    drop(reservation);
     inner.unpin(pinned);
     inner.unpin(fetched_hashes);
     result?;
@@ -260,6 +252,7 @@ async fn fetch_all(
     remaining: &mut HashMap<Part, usize>,
     manifest: &mut Manifest,
     fetched_hashes: &mut Vec<String>,
+    written: &AtomicU64,
 ) -> Result<(), NodeError> {
     let concurrency = inner.config.download.concurrency;
     let mut unhashed_parts: HashMap<Part, bool> = HashMap::new();
@@ -281,6 +274,10 @@ async fn fetch_all(
                 .await
                 .map_err(|_| NodeError::ShuttingDown)?;
             let sha = fetch_file(inner, source, &disk, name, &part, &placed, &counter).await?;
+            if let Some(new_bytes) = sha.1 {
+                written.fetch_add(new_bytes, Ordering::Relaxed);
+            }
+            let sha = sha.0;
             Ok::<_, NodeError>((part, placed, sha))
         }
     }))
@@ -309,7 +306,8 @@ async fn fetch_all(
     Ok(())
 }
 
-/// Fetches (or finds) one file's blob and links it into its part; returns its hash.
+/// Fetches (or finds) one file's blob and links it into its part; returns its hash
+/// and, when a new blob was stored, its size.
 async fn fetch_file(
     inner: &Inner,
     source: &Source,
@@ -318,22 +316,22 @@ async fn fetch_file(
     part: &Part,
     placed: &PlacedFile,
     counter: &AtomicU64,
-) -> Result<String, NodeError> {
+) -> Result<(String, Option<u64>), NodeError> {
     let file = &placed.file;
-    let sha = match &file.sha256 {
+    let (sha, new_bytes) = match &file.sha256 {
         Some(sha) if disk.has_blob(sha, file.size) => {
             counter.fetch_add(file.size, Ordering::Relaxed);
             inner.count_reuse();
-            sha.clone()
+            (sha.clone(), None)
         }
         _ => {
             let fetched = fetch_blob(source, disk, file, counter).await?;
             inner.count_download(fetched.size, fetched.new_blob);
-            fetched.sha256
+            (fetched.sha256, fetched.new_blob.then_some(fetched.size))
         }
     };
     disk.link(&sha, name, part, &placed.local)?;
-    Ok(sha)
+    Ok((sha, new_bytes))
 }
 
 /// Marks one part ready, with the manifest if hashes were learned while loading.

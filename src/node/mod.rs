@@ -12,6 +12,7 @@ mod error;
 mod gc;
 mod load;
 mod shard;
+mod space;
 mod stats;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ pub(crate) struct Inner {
     clock: Mutex<HlcClock>,
     /// Blob hashes that loads under way rely on; garbage collection keeps them.
     pins: Mutex<HashMap<String, usize>>,
+    /// Disk space promised to loads under way.
+    reservations: Mutex<space::Reservations>,
     /// Read counters not yet flushed to the catalog.
     reads: Mutex<HashMap<String, crate::catalog::ReadStats>>,
     /// Last access of lazily cached files not yet flushed (cache key → ms).
@@ -115,6 +118,7 @@ impl Node {
             disks,
             loads: Mutex::default(),
             pins: Mutex::default(),
+            reservations: Mutex::default(),
             reads: Mutex::default(),
             lazy_access: Mutex::default(),
             lazy_fetches: Mutex::default(),

@@ -556,3 +556,67 @@ async fn lazy_files_are_evicted_least_recently_used_first() {
     drop(shard);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_never_promise_the_same_space_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.disks = vec![dram::config::DiskConfig {
+        path: config.node.data_dir.clone(),
+        high_watermark: 1.0,
+        max_bytes: Some(1_000_000),
+    }];
+    config.download.concurrency = 1;
+    let store = config.store.clone();
+    for (name, seed) in [("a", 40u8), ("b", 80u8)] {
+        let bodies: Vec<(String, Vec<u8>)> = (0..40u8)
+            .map(|i| (format!("f{i}"), blob(seed + i, 20_000)))
+            .collect();
+        let files: Vec<(&str, &[u8])> = bodies
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        publish(dir.path(), &format!("{}/{name}", store.url), &store, &files).await;
+    }
+    let (server, client) = start(config).await;
+    // Each fits alone (800,000 of 1,000,000 bytes); together they do not.
+    let (body_a, body_b) = (
+        json!({"name": "a", "source": "a"}),
+        json!({"name": "b", "source": "b"}),
+    );
+    let (a, b) = tokio::join!(
+        client.post("/v1/databases", &body_a),
+        client.post("/v1/databases", &body_b),
+    );
+    a.unwrap();
+    b.unwrap();
+    let a = wait_loaded(&client, "a").await;
+    let b = wait_loaded(&client, "b").await;
+    let mut states = [a["state"].as_str().unwrap(), b["state"].as_str().unwrap()];
+    states.sort();
+    assert_eq!(states, ["failed", "ready"], "{a}\n{b}");
+    let failed = if a["state"] == "failed" { &a } else { &b };
+    assert!(
+        failed["error"].as_str().unwrap().contains("no room"),
+        "{failed}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("data/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let ready = if a["state"] == "ready" { "a" } else { "b" };
+    assert_eq!(
+        server
+            .node
+            .shard(ready, "0")
+            .unwrap()
+            .read("f3")
+            .await
+            .unwrap()
+            .len(),
+        20_000
+    );
+    server.shutdown().await;
+}
