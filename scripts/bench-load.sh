@@ -16,7 +16,7 @@
 #
 # Run from anywhere:  scripts/bench-load.sh          (FILES=200 RUNS=1 … to shorten)
 # Needs: cargo, ~/.cargo/bin/s3s-fs (cargo install s3s-fs@0.14.1 --locked --features
-# binary), rclone (apt-get install -y rclone), curl, jq, python3. Uses ~3 GB in a temp
+# binary), rclone (apt-get install -y rclone), curl, jq, python3. Uses ~2 GB in a temp
 # dir under $TMPDIR (/tmp), removed at exit with every process started (KEEP=1 keeps it).
 set -euo pipefail
 
