@@ -247,17 +247,7 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
         .await
         .unwrap();
     assert_eq!(restored["state"], "ready");
-    assert_eq!(
-        server
-            .node
-            .shard("current", "0")
-            .unwrap()
-            .read("own")
-            .await
-            .unwrap()
-            .as_ref(),
-        b"only in gone"
-    );
+    assert_eq!(read(&server, "current", "0", "own").await, b"only in gone");
     expect_error(
         client.post("/v1/databases/keep/restore", &json!({})).await,
         409,
@@ -278,17 +268,7 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
     );
     assert!(!data_dir.join("dbs/gone").exists());
     expect_error(client.get("/v1/aliases/current").await, 404, "not_found");
-    assert_eq!(
-        server
-            .node
-            .shard("keep", "0")
-            .unwrap()
-            .read("k")
-            .await
-            .unwrap()
-            .as_ref(),
-        b"shared!"
-    );
+    assert_eq!(read(&server, "keep", "0", "k").await, b"shared!");
     server.shutdown().await;
 }
 
@@ -420,17 +400,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     expect_error(client.get("/v1/databases/nope").await, 404, "not_found");
 
     // The good database kept serving throughout.
-    assert_eq!(
-        server
-            .node
-            .shard("good", "0")
-            .unwrap()
-            .read("a")
-            .await
-            .unwrap()
-            .as_ref(),
-        b"fine"
-    );
+    assert_eq!(read(&server, "good", "0", "a").await, b"fine");
     server.shutdown().await;
 }
 
@@ -477,17 +447,7 @@ async fn a_database_that_does_not_fit_fails_and_others_keep_serving() {
         info["error"].as_str().unwrap().contains("no room"),
         "{info}"
     );
-    assert_eq!(
-        server
-            .node
-            .shard("small", "0")
-            .unwrap()
-            .read("a")
-            .await
-            .unwrap()
-            .as_ref(),
-        b"1"
-    );
+    assert_eq!(read(&server, "small", "0", "a").await, b"1");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         std::fs::read_dir(dir.path().join("data/tmp"))
@@ -607,16 +567,6 @@ async fn concurrent_loads_never_promise_the_same_space_twice() {
         0
     );
     let ready = if a["state"] == "ready" { "a" } else { "b" };
-    assert_eq!(
-        server
-            .node
-            .shard(ready, "0")
-            .unwrap()
-            .read("f3")
-            .await
-            .unwrap()
-            .len(),
-        20_000
-    );
+    assert_eq!(read(&server, ready, "0", "f3").await.len(), 20_000);
     server.shutdown().await;
 }

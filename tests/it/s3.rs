@@ -66,17 +66,7 @@ async fn publish_and_load_through_s3() {
     let raw_info = wait_loaded(&client, "raw").await;
     assert_eq!(raw_info["state"], "ready", "{raw_info}");
     assert_eq!(raw_info["version"].as_str().unwrap().len(), 64);
-    assert_eq!(
-        server
-            .node
-            .shard("raw", "0")
-            .unwrap()
-            .read("y.csv")
-            .await
-            .unwrap()
-            .as_ref(),
-        b"3,4"
-    );
+    assert_eq!(read(&server, "raw", "0", "y.csv").await, b"3,4");
 
     // A missing prefix and an unreachable endpoint end `failed` with the cause.
     client
@@ -110,16 +100,6 @@ async fn publish_and_load_through_s3() {
     assert_eq!(away["state"], "failed");
     assert!(!away["error"].as_str().unwrap().is_empty());
     // Databases loaded before are still served.
-    assert_eq!(
-        server
-            .node
-            .shard("daily", "b")
-            .unwrap()
-            .read("small")
-            .await
-            .unwrap()
-            .as_ref(),
-        b"small"
-    );
+    assert_eq!(read(&server, "daily", "b", "small").await, b"small");
     server.shutdown().await;
 }

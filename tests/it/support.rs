@@ -208,3 +208,9 @@ pub async fn load(client: &Client, body: Value) -> Value {
         .expect("load accepted");
     wait_loaded(client, &name).await
 }
+
+/// Reads a file of a served shard through the library API.
+pub async fn read(server: &Server, database: &str, shard: &str, path: &str) -> Vec<u8> {
+    let context = server.node.shard(database, shard).expect("shard is served");
+    context.read(path).await.expect("file reads").to_vec()
+}
