@@ -77,9 +77,10 @@ impl Inner {
             .get(DATABASES, &name)?
             .ok_or_else(|| NodeError::not_found("database", &name))?;
         if record.state != DbState::Ready {
-            return Err(NodeError::NotReady(
-                format!("database {name:?} is {:?}, not ready", record.state).to_lowercase(),
-            ));
+            return Err(NodeError::NotReady(format!(
+                "database {name:?} is {}, not ready",
+                json_name(&record.state)
+            )));
         }
         let part_record: PartRecord = self
             .catalog
@@ -93,8 +94,9 @@ impl Inner {
             PartState::Lazy => true,
             other => {
                 return Err(NodeError::NotReady(format!(
-                    "{} of {name:?} is {other:?}",
-                    part.key()
+                    "{} of {name:?} is {}",
+                    part.key(),
+                    json_name(&other)
                 )));
             }
         };
@@ -252,4 +254,12 @@ impl ShardContext {
         self.disk.link(&sha, &self.database, &self.part, path)?;
         Ok(())
     }
+}
+
+/// A state as the API spells it (`loading`, `trashed`, …).
+fn json_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

@@ -231,7 +231,7 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
     assert!(trashed["purge_at_ms"].as_u64().unwrap() > trashed["trashed_ms"].as_u64().unwrap());
     assert!(matches!(
         server.node.shard("gone", "0"),
-        Err(dram::NodeError::NotReady(_))
+        Err(dram::NodeError::NotReady(message)) if message == "database \"gone\" is trashed, not ready"
     ));
     expect_error(client.delete("/v1/databases/gone").await, 409, "conflict");
     expect_error(
