@@ -10,13 +10,7 @@ async fn aliases_move_atomically() {
     let config = config(dir.path());
     let store = config.store.clone();
     for (name, body) in [("day1", b"first"), ("day2", b"secnd")] {
-        publish(
-            dir.path(),
-            &format!("{}/{name}", store.url),
-            &store,
-            &[("f", body)],
-        )
-        .await;
+        publish(dir.path(), &store, name, &[("f", body)]).await;
     }
     let (server, client) = start(config).await;
     for name in ["day1", "day2"] {

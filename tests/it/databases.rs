@@ -20,11 +20,10 @@ async fn full_load_serves_and_stores_shared_files_once() {
     let only_a = blob(2, 1000);
     let only_b = blob(3, 2000);
     let store = config.store.clone();
-    let base = store.url.clone();
     publish(
         dir.path(),
-        &format!("{base}/a"),
         &store,
+        "a",
         &[
             ("shards/0/shared.bin", &shared),
             ("shards/1/a.bin", &only_a),
@@ -34,8 +33,8 @@ async fn full_load_serves_and_stores_shared_files_once() {
     .await;
     publish(
         dir.path(),
-        &format!("{base}/b"),
         &store,
+        "b",
         &[("part.bin", &only_b), ("same.bin", &shared)],
     )
     .await;
@@ -122,8 +121,8 @@ async fn lazy_load_fetches_shard_files_on_first_open() {
     let big = blob(7, 100_000);
     publish(
         dir.path(),
-        &format!("{}/lz", store.url),
         &store,
+        "lz",
         &[
             ("global/meta.json", b"{}"),
             ("shards/x/f1", &big),
@@ -199,17 +198,11 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
     let mut config = config(dir.path());
     config.trash.lifetime_secs = 2;
     let store = config.store.clone();
+    publish(dir.path(), &store, "keep", &[("k", b"shared!")]).await;
     publish(
         dir.path(),
-        &format!("{}/keep", store.url),
         &store,
-        &[("k", b"shared!")],
-    )
-    .await;
-    publish(
-        dir.path(),
-        &format!("{}/gone", store.url),
-        &store,
+        "gone",
         &[("k", b"shared!"), ("own", b"only in gone")],
     )
     .await;
@@ -278,14 +271,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     let mut config = config(dir.path());
     config.trash.lifetime_secs = 3600;
     let store = config.store.clone();
-    let base = store.url.clone();
-    publish(
-        dir.path(),
-        &format!("{base}/good"),
-        &store,
-        &[("a", b"fine")],
-    )
-    .await;
+    publish(dir.path(), &store, "good", &[("a", b"fine")]).await;
     // Hand-written manifests that lie or escape.
     let root = dir.path().join("store");
     let write_db = |name: &str, manifest: &str, files: &[(&str, &[u8])]| {
@@ -409,20 +395,8 @@ async fn a_database_that_does_not_fit_fails_and_others_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     let store = config.store.clone();
-    publish(
-        dir.path(),
-        &format!("{}/small", store.url),
-        &store,
-        &[("a", b"1")],
-    )
-    .await;
-    publish(
-        dir.path(),
-        &format!("{}/big", store.url),
-        &store,
-        &[("b", &blob(9, 4096))],
-    )
-    .await;
+    publish(dir.path(), &store, "small", &[("a", b"1")]).await;
+    publish(dir.path(), &store, "big", &[("b", &blob(9, 4096))]).await;
     let (server, client) = start(config.clone()).await;
     client
         .post(
@@ -472,8 +446,8 @@ async fn lazy_files_are_evicted_least_recently_used_first() {
     let bodies: Vec<Vec<u8>> = (0..3).map(|i| blob(20 + i, 100_000)).collect();
     publish(
         dir.path(),
-        &format!("{}/lz", store.url),
         &store,
+        "lz",
         &[
             ("shards/0/f0", &bodies[0]),
             ("shards/0/f1", &bodies[1]),
@@ -536,7 +510,7 @@ async fn concurrent_loads_never_promise_the_same_space_twice() {
             .iter()
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
-        publish(dir.path(), &format!("{}/{name}", store.url), &store, &files).await;
+        publish(dir.path(), &store, name, &files).await;
     }
     let (server, client) = start(config).await;
     // Each fits alone (800,000 of 1,000,000 bytes); together they do not.

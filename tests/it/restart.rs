@@ -80,7 +80,7 @@ async fn killed_mid_download_restarts_and_finishes() {
         .iter()
         .map(|(p, b)| (p.as_str(), b.as_slice()))
         .collect();
-    publish(dir.path(), &format!("{}/big", store.url), &store, &refs).await;
+    publish(dir.path(), &store, "big", &refs).await;
     let total: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
     let config_file = dir.path().join("node.toml");
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();

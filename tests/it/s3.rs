@@ -16,8 +16,8 @@ async fn publish_and_load_through_s3() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     publish(
         dir.path(),
-        "s3://dbs/daily/v1",
         &store,
+        "s3://dbs/daily/v1",
         &[
             ("global/g", b"global"),
             ("shards/a/big", &big),

@@ -27,16 +27,18 @@ pub async fn start(config: Config) -> (Server, Client) {
     (server, client)
 }
 
-/// Writes `files` into a fresh folder and publishes it at `url`.
-pub async fn publish(dir: &Path, url: &str, store: &StoreConfig, files: &[(&str, &[u8])]) {
-    let folder = dir.join(format!("src-{}", url.replace(['/', ':'], "_")));
+/// Writes `files` into a fresh folder and publishes it at `source`: a URL, or a
+/// name under `store.url`, as `dram publish` takes it.
+pub async fn publish(dir: &Path, store: &StoreConfig, source: &str, files: &[(&str, &[u8])]) {
+    let url = SourceUrl::resolve(&store.url, source).unwrap();
+    let folder = dir.join(format!("src-{}", url.to_url().replace(['/', ':'], "_")));
     for (path, bytes) in files {
         let target = folder.join(path);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(target, bytes).unwrap();
     }
     let plan = dram::publish::plan(&folder).expect("valid layout");
-    let source = Source::open(&SourceUrl::parse(url).unwrap(), store, true).unwrap();
+    let source = Source::open(&url, store, true).unwrap();
     dram::publish::publish(&plan, &source, 8, &|_| {})
         .await
         .expect("publish");
