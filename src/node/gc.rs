@@ -95,7 +95,8 @@ impl Inner {
     /// Like `live_blobs`, without the lazily cached files.
     fn live_blobs_but_cache(&self) -> Result<HashSet<String>, NodeError> {
         let mut live = HashSet::new();
-        let parts: Vec<(String, PartRecord)> = self.catalog.scan(PARTS, "")?;
+        let parts: HashMap<String, PartRecord> =
+            self.catalog.scan(PARTS, "")?.into_iter().collect();
         let manifests: Vec<(String, Manifest)> = self.catalog.scan(MANIFESTS, "")?;
         for (name, manifest) in manifests {
             let Ok(split) = manifest.parts() else {
@@ -103,9 +104,8 @@ impl Inner {
             };
             for (part, files) in split {
                 let lazy = parts
-                    .iter()
-                    .find(|(k, _)| *k == key(&[&name, &part.key()]))
-                    .is_some_and(|(_, r)| r.state == PartState::Lazy);
+                    .get(&key(&[&name, &part.key()]))
+                    .is_some_and(|r| r.state == PartState::Lazy);
                 if !lazy {
                     live.extend(files.into_iter().filter_map(|f| f.file.sha256));
                 }
