@@ -41,6 +41,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub trash: TrashConfig,
     pub http: HttpConfig,
+    pub query: QueryConfig,
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
 }
@@ -178,6 +179,39 @@ impl Default for HttpConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// `map` calls running at once on this node, over all queries; 0 means one
+    /// per CPU core.
+    pub max_concurrent_maps: usize,
+    /// A query's deadline when the request gives none, in milliseconds.
+    pub timeout_ms: u64,
+    /// The largest deadline a request may ask for, in milliseconds.
+    pub max_timeout_ms: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            max_concurrent_maps: 0,
+            timeout_ms: 30_000,
+            max_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl QueryConfig {
+    /// `max_concurrent_maps`, with 0 resolved to the number of CPU cores.
+    pub fn map_slots(&self) -> usize {
+        if self.max_concurrent_maps > 0 {
+            self.max_concurrent_maps
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     pub id: String,
     pub gossip_listen: String,
@@ -269,6 +303,18 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
+        if self.query.max_concurrent_maps > 4096 {
+            return Err(invalid("query.max_concurrent_maps", "must be in 0..=4096"));
+        }
+        if self.query.timeout_ms == 0 {
+            return Err(invalid("query.timeout_ms", "must be positive"));
+        }
+        if self.query.max_timeout_ms < self.query.timeout_ms {
+            return Err(invalid(
+                "query.max_timeout_ms",
+                "must be at least query.timeout_ms",
+            ));
+        }
         self.cluster
             .gossip_listen
             .parse::<SocketAddr>()
@@ -300,6 +346,12 @@ mod tests {
         assert_eq!(parsed.download.concurrency, defaults.download.concurrency);
         assert_eq!(parsed.trash.lifetime_secs, defaults.trash.lifetime_secs);
         assert_eq!(parsed.http.max_body_bytes, defaults.http.max_body_bytes);
+        assert_eq!(parsed.query.timeout_ms, defaults.query.timeout_ms);
+        assert_eq!(parsed.query.max_timeout_ms, defaults.query.max_timeout_ms);
+        assert_eq!(
+            parsed.query.max_concurrent_maps,
+            defaults.query.max_concurrent_maps
+        );
     }
 
     #[test]

@@ -12,12 +12,17 @@
 //! - [`catalog`]: the node's durable state in redb.
 //! - [`storage`]: sources in object storage, manifests, fetching, local disks.
 //! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
+//! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them.
+//! - [`builder`]: building a node with analyses and extra routes.
+//! - [`builtin`]: the analyses the `dram` binary serves out of the box.
 //! - [`api`]: the HTTP API over warp.
 //! - [`server`]: a node with its HTTP API, as `dram serve` runs it.
 //! - [`publish`]: uploading a local folder as a database.
 //! - [`client`]: the HTTP client the command line uses.
 
 pub mod api;
+pub mod builder;
+pub mod builtin;
 pub mod catalog;
 pub mod client;
 pub mod config;
@@ -25,9 +30,12 @@ pub mod hlc;
 pub mod names;
 pub mod node;
 pub mod publish;
+pub mod query;
 pub mod server;
 pub mod storage;
 
+pub use builder::NodeBuilder;
 pub use config::Config;
 pub use node::{Node, NodeError, ShardContext};
+pub use query::{Analysis, AnalysisError, Shard};
 pub use server::Server;

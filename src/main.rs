@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use dram::client::Client;
 use dram::storage::{Source, SourceUrl};
-use dram::{Config, Server};
+use dram::{Config, Node};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +48,32 @@ enum Command {
     /// Aliases on a node.
     #[command(subcommand)]
     Alias(AliasCommand),
+    /// Run an analysis over a database (or alias) and print its answer.
+    Query {
+        /// Database or alias.
+        database: String,
+        /// Analysis name (`dram analyses` lists them).
+        analysis: String,
+        /// The analysis's parameters, as JSON.
+        #[arg(long)]
+        params: Option<String>,
+        /// Map only this shard (repeat for several); all shards without it.
+        #[arg(long = "shard", value_name = "ID")]
+        shards: Vec<String>,
+        /// Deadline in milliseconds (the node's query.timeout_ms without it).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Print only the result, without the meta.
+        #[arg(long)]
+        result_only: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// The analyses a node serves.
+    Analyses {
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// Per-database and per-disk statistics of a node.
     Stats {
         #[command(flatten)]
@@ -172,6 +198,47 @@ async fn run(command: Command) -> Result<()> {
         } => publish(&dir, &url, &load_config(config.as_ref())?, concurrency).await,
         Command::Db(command) => db(command).await,
         Command::Alias(command) => alias(command).await,
+        Command::Query {
+            database,
+            analysis,
+            params,
+            shards,
+            timeout_ms,
+            result_only,
+            node,
+        } => {
+            let mut body = json!({});
+            if let Some(params) = params {
+                let params: Value = serde_json::from_str(&params)
+                    .with_context(|| format!("--params is not valid JSON: {params}"))?;
+                body["params"] = params;
+            }
+            if !shards.is_empty() {
+                body["shards"] = json!(shards);
+            }
+            if let Some(ms) = timeout_ms {
+                body["timeout_ms"] = json!(ms);
+            }
+            let path = format!("/v1/query/{}/{}", segment(&database)?, segment(&analysis)?);
+            let answer = Client::new(&node.node).post(&path, &body).await?;
+            print_json(if result_only {
+                &answer["result"]
+            } else {
+                &answer
+            });
+            Ok(())
+        }
+        Command::Analyses { node } => {
+            let listed = Client::new(&node.node).get("/v1/analyses").await?;
+            for analysis in listed["analyses"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    analysis["name"].as_str().unwrap_or("?"),
+                    analysis["description"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         Command::Stats { node } => {
             let stats = Client::new(&node.node).get("/v1/stats").await?;
             print_json(&stats);
@@ -180,8 +247,23 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// A name as one URL path segment; names never need escaping, so anything that
+/// would is refused here with a clear message rather than sent.
+fn segment(name: &str) -> Result<&str> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        bail!("{name:?} is not a valid name (letters, digits, '.', '_', '-')");
+    }
+    Ok(name)
+}
+
 async fn serve(config: Config) -> Result<()> {
-    let server = Server::start(config).await?;
+    let server = dram::builtin::register(Node::builder(config))
+        .serve()
+        .await?;
     eprintln!(
         "dram node {} listening on {}",
         server.node.id(),

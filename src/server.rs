@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
 
 use crate::config::Config;
 use crate::node::{Node, NodeError};
@@ -18,28 +21,37 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a node and binds its HTTP listener (`node.http_listen`; port 0 picks
-    /// a free port, see `http_addr`).
+    /// Starts a node that serves no analyses and binds its HTTP listener
+    /// (`node.http_listen`; port 0 picks a free port, see `http_addr`). Use
+    /// [`Node::builder`] to serve analyses and extra routes.
     pub async fn start(config: Config) -> Result<Server, NodeError> {
-        let listen = config.node.http_listen.clone();
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|e| NodeError::InvalidInput(format!("cannot listen on {listen}: {e}")))?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|e| NodeError::InvalidInput(format!("cannot listen on {listen}: {e}")))?;
-        let node = Node::start(config).await?;
+        Node::builder(config).serve().await
+    }
+
+    pub(crate) async fn bind(listen: &str) -> Result<(TcpListener, SocketAddr), NodeError> {
+        let fail =
+            |e: std::io::Error| NodeError::InvalidInput(format!("cannot listen on {listen}: {e}"));
+        let listener = TcpListener::bind(listen).await.map_err(fail)?;
+        let addr = listener.local_addr().map_err(fail)?;
+        Ok((listener, addr))
+    }
+
+    pub(crate) fn serve(
+        (listener, http_addr): (TcpListener, SocketAddr),
+        node: Node,
+        extra: Option<BoxedFilter<(Response,)>>,
+    ) -> Server {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let http = tokio::spawn(crate::api::run(listener, node.clone(), async move {
+        let http = tokio::spawn(crate::api::run(listener, node.clone(), extra, async move {
             let _ = shutdown_rx.await;
         }));
         tracing::info!(node = %node.id(), http = %http_addr, "serving");
-        Ok(Server {
+        Server {
             node,
             http_addr,
             shutdown_tx: Some(shutdown_tx),
             http,
-        })
+        }
     }
 
     /// The base URL of the API.

@@ -9,6 +9,7 @@ use warp::reply::Response;
 use warp::{Rejection, Reply};
 
 use crate::node::NodeError;
+use crate::query::QueryError;
 
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
@@ -29,15 +30,37 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-impl From<&NodeError> for Response {
-    fn from(e: &NodeError) -> Response {
-        let status =
-            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::warn!(error = %e, "request failed");
-        }
-        error_response(status, e.code(), &e.to_string())
+/// An error with a stable code and an HTTP status: what the API reports.
+pub trait ApiError: std::fmt::Display {
+    fn code(&self) -> &'static str;
+    fn http_status(&self) -> u16;
+}
+
+impl ApiError for NodeError {
+    fn code(&self) -> &'static str {
+        NodeError::code(self)
     }
+    fn http_status(&self) -> u16 {
+        NodeError::http_status(self)
+    }
+}
+
+impl ApiError for QueryError {
+    fn code(&self) -> &'static str {
+        QueryError::code(self)
+    }
+    fn http_status(&self) -> u16 {
+        QueryError::http_status(self)
+    }
+}
+
+/// The response for an error.
+pub fn api_error_response(e: &impl ApiError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "request failed");
+    }
+    error_response(status, e.code(), &e.to_string())
 }
 
 /// A JSON success response.
@@ -46,10 +69,10 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
 }
 
 /// The response for a node operation's result.
-pub fn respond<T: Serialize>(status: StatusCode, result: Result<T, NodeError>) -> Response {
+pub fn respond<T: Serialize, E: ApiError>(status: StatusCode, result: Result<T, E>) -> Response {
     match result {
         Ok(value) => json_response(status, &value),
-        Err(e) => Response::from(&e),
+        Err(e) => api_error_response(&e),
     }
 }
 

@@ -9,21 +9,24 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use warp::Filter;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-pub use error::{error_response, json_response};
+pub use error::{ApiError, api_error_response, error_response, json_response};
 use error::{recover, respond};
 
 use crate::node::{AddDatabase, AliasAction, Node, NodeError};
+use crate::query::{QueryError, QueryRequest};
 
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn run(
     listener: tokio::net::TcpListener,
     node: Node,
+    extra: Option<BoxedFilter<(Response,)>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(node))
+    warp::serve(routes(node, extra))
         .incoming(listener)
         .graceful(shutdown)
         .run()
@@ -53,8 +56,11 @@ struct AliasBatch {
     actions: Vec<AliasAction>,
 }
 
+/// dram's routes, then `extra` (routes a program mounted through the builder),
+/// with every rejection turned into a JSON error.
 pub fn routes(
     node: Node,
+    extra: Option<BoxedFilter<(Response,)>>,
 ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let max_body = node.config().http.max_body_bytes;
     let with_node = warp::any().map(move || node.clone());
@@ -162,7 +168,47 @@ pub fn routes(
         .and(with_node.clone())
         .map(|node: Node| respond(StatusCode::OK, node.stats()));
 
+    let list_analyses = warp::path!("v1" / "analyses")
+        .and(warp::get())
+        .and(with_node.clone())
+        .map(|node: Node| {
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "analyses": node.analyses().list() }),
+            )
+        });
+
+    let query = warp::path!("v1" / "query" / String / String)
+        .and(warp::post())
+        .and(body)
+        .and(with_node.clone())
+        .then(
+            |target: String, analysis: String, body: Bytes, node: Node| async move {
+                let request = if body.is_empty() {
+                    Ok(QueryRequest::default())
+                } else {
+                    parse::<QueryRequest>(&body).map_err(QueryError::from)
+                };
+                let result = match request {
+                    Ok(request) => node.query(&target, &analysis, request).await,
+                    Err(e) => Err(e),
+                };
+                respond(StatusCode::OK, result)
+            },
+        );
+
+    // Routes mounted by the program; none matches a path when there are none.
+    let extra = extra.unwrap_or_else(|| {
+        warp::any()
+            .and_then(|| async { Err::<Response, _>(warp::reject::not_found()) })
+            .boxed()
+    });
+
     health
+        .or(list_analyses)
+        .unify()
+        .or(query)
+        .unify()
         .or(list_databases)
         .unify()
         .or(add_database)
@@ -184,6 +230,8 @@ pub fn routes(
         .or(delete_alias)
         .unify()
         .or(stats)
+        .unify()
+        .or(extra)
         .unify()
         .recover(recover)
         .unify()

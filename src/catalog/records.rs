@@ -109,6 +109,10 @@ pub struct CacheEntry {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadStats {
+    /// Files opened.
     pub reads: u64,
+    /// Queries that mapped it.
+    #[serde(default)]
+    pub queries: u64,
     pub last_read_ms: Option<u64>,
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{Inner, Node, NodeError, load, lock, now_ms};
 use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState,
-    Replicas, key,
+    ReadStats, Replicas, key,
 };
 use crate::names::check_name;
 use crate::storage::{Part, SourceUrl};
@@ -50,6 +50,13 @@ pub struct PartInfo {
     pub files: u64,
     pub bytes: u64,
     pub bytes_done: u64,
+    /// Files read and queries that mapped this part (shown with the database).
+    #[serde(default)]
+    pub reads: u64,
+    #[serde(default)]
+    pub queries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read_ms: Option<u64>,
 }
 
 impl Node {
@@ -232,6 +239,11 @@ impl Inner {
             info.files += part.files;
             info.bytes += part.bytes;
             info.bytes_done += bytes_done;
+            let reads = if detail {
+                self.read_stats(&key)?
+            } else {
+                ReadStats::default()
+            };
             let part_info = PartInfo {
                 id: which.shard_id().map(str::to_string),
                 state: part.state,
@@ -239,6 +251,9 @@ impl Inner {
                 files: part.files,
                 bytes: part.bytes,
                 bytes_done,
+                reads: reads.reads,
+                queries: reads.queries,
+                last_read_ms: reads.last_read_ms,
             };
             match which {
                 Part::Global => {

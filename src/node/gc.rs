@@ -60,6 +60,7 @@ impl Inner {
             w.remove(DATABASES, name)?;
             w.remove(MANIFESTS, name)?;
             w.remove(READS, name)?;
+            w.remove_prefix(READS, &key(&[name, ""]))?;
             w.remove_prefix(PARTS, &key(&[name, ""]))?;
             w.remove_prefix(CACHE, &key(&[name, ""]))?;
             let aliases: Vec<(String, AliasRecord)> = w.scan(ALIASES, "")?;

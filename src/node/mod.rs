@@ -27,12 +27,14 @@ use tracing::{info, warn};
 use crate::catalog::{Catalog, DATABASES, DatabaseRecord, DbState, META};
 use crate::config::Config;
 use crate::hlc::HlcClock;
+use crate::query::Analyses;
 use crate::storage::{Disk, StorageError};
 
 pub use aliases::AliasAction;
 pub use databases::{AddDatabase, DatabaseInfo, PartInfo};
 pub use error::NodeError;
 pub use shard::ShardContext;
+pub(crate) use shard::json_name;
 pub use stats::{DatabaseStats, NodeStats, Stats};
 
 /// Milliseconds since the Unix epoch.
@@ -77,6 +79,9 @@ pub(crate) struct Inner {
     lazy_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     manifests: Mutex<HashMap<String, Arc<shard::DatabaseFiles>>>,
     counters: Counters,
+    /// The analyses this node serves, and the slots bounding their `map` calls.
+    analyses: Analyses,
+    map_slots: Arc<Semaphore>,
     started_ms: u64,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -90,9 +95,14 @@ pub(crate) struct Counters {
 }
 
 impl Node {
+    /// Starts a node that serves no analyses; see [`Node::builder`] to add some.
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        Node::start_with(config, Analyses::default()).await
+    }
+
     /// Opens the node's disks and catalog, resumes loads and starts background
     /// tasks. The configuration must be valid.
-    pub async fn start(config: Config) -> Result<Node, NodeError> {
+    pub(crate) async fn start_with(config: Config, analyses: Analyses) -> Result<Node, NodeError> {
         config
             .validate()
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
@@ -124,6 +134,8 @@ impl Node {
             lazy_fetches: Mutex::default(),
             manifests: Mutex::default(),
             counters: Counters::default(),
+            map_slots: Arc::new(Semaphore::new(config.query.map_slots())),
+            analyses,
             started_ms: now_ms(),
             shutdown_tx,
             tasks: Mutex::default(),
@@ -144,6 +156,23 @@ impl Node {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The analyses this node serves.
+    pub fn analyses(&self) -> &Analyses {
+        &self.inner.analyses
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub(crate) fn map_slots(&self) -> Arc<Semaphore> {
+        self.inner.map_slots.clone()
+    }
+
+    pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
+        self.inner.count_query(database, shards);
     }
 
     /// Stops background tasks and loads; flushes counters. Idempotent.
@@ -291,15 +320,18 @@ impl Inner {
             return Ok(());
         }
         self.catalog.write(|w| {
-            for (database, delta) in &reads {
+            // Keys are a database name, or `database\0part key` for one part.
+            for (counter, delta) in &reads {
+                let database = counter.split('\0').next().unwrap_or_default();
                 if w.get::<DatabaseRecord>(DATABASES, database)?.is_none() {
                     continue;
                 }
                 let mut stored: crate::catalog::ReadStats =
-                    w.get(crate::catalog::READS, database)?.unwrap_or_default();
+                    w.get(crate::catalog::READS, counter)?.unwrap_or_default();
                 stored.reads += delta.reads;
+                stored.queries += delta.queries;
                 stored.last_read_ms = stored.last_read_ms.max(delta.last_read_ms);
-                w.put(crate::catalog::READS, database, &stored)?;
+                w.put(crate::catalog::READS, counter, &stored)?;
             }
             for (key, ms) in &access {
                 let entry: Option<crate::catalog::CacheEntry> =

@@ -132,11 +132,31 @@ impl Inner {
         Ok(files)
     }
 
-    fn count_read(&self, database: &str) {
+    /// Counts a file read of one part, for the database and for the part.
+    fn count_read(&self, database: &str, part: &Part) {
+        let now = Some(now_ms());
         let mut reads = lock(&self.reads);
-        let stats = reads.entry(database.to_string()).or_default();
-        stats.reads += 1;
-        stats.last_read_ms = Some(now_ms());
+        for counter in [database.to_string(), key(&[database, &part.key()])] {
+            let stats = reads.entry(counter).or_default();
+            stats.reads += 1;
+            stats.last_read_ms = now;
+        }
+    }
+
+    /// Counts a query of a database and of each shard it mapped.
+    pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
+        let now = Some(now_ms());
+        let mut reads = lock(&self.reads);
+        let db = reads.entry(database.to_string()).or_default();
+        db.queries += 1;
+        db.last_read_ms = now;
+        for id in shards {
+            let shard = reads
+                .entry(key(&[database, &Part::Shard(id.clone()).key()]))
+                .or_default();
+            shard.queries += 1;
+            shard.last_read_ms = now;
+        }
     }
 }
 
@@ -167,17 +187,44 @@ impl ShardContext {
         Ok(self.entry(path)?.size)
     }
 
+    /// The local folder of this part (for a lazy shard, files appear in it once
+    /// they are opened).
+    pub fn dir(&self) -> PathBuf {
+        self.disk.part_dir(&self.database, &self.part)
+    }
+
+    /// True when files are fetched on first open.
+    pub fn is_lazy(&self) -> bool {
+        self.lazy
+    }
+
+    /// The local path of a file, fetched first for a lazy shard. Counts a read.
+    pub async fn path(&self, path: &str) -> Result<PathBuf, NodeError> {
+        let local = self.local_path(path).await?;
+        self.inner.count_read(&self.database, &self.part);
+        Ok(local)
+    }
+
+    /// The local path of a file when no fetch is needed (the part is fully
+    /// loaded); `None` for a lazy part. Counts a read when it answers.
+    pub(crate) fn local_path_now(&self, path: &str) -> Result<Option<PathBuf>, NodeError> {
+        if self.lazy {
+            return Ok(None);
+        }
+        self.entry(path)?;
+        self.inner.count_read(&self.database, &self.part);
+        Ok(Some(self.dir().join(path)))
+    }
+
     /// Opens a file for reading; for a lazy shard the first open fetches it.
     pub async fn open(&self, path: &str) -> Result<std::fs::File, NodeError> {
-        let local = self.local_path(path).await?;
-        self.inner.count_read(&self.database);
+        let local = self.path(path).await?;
         std::fs::File::open(&local).map_err(|e| StorageError::io(&local)(e).into())
     }
 
     /// Reads a whole file.
     pub async fn read(&self, path: &str) -> Result<Bytes, NodeError> {
-        let local = self.local_path(path).await?;
-        self.inner.count_read(&self.database);
+        let local = self.path(path).await?;
         let bytes = tokio::fs::read(&local)
             .await
             .map_err(StorageError::io(&local))?;
@@ -195,7 +242,7 @@ impl ShardContext {
     /// The file's path on local disk, fetching it first for a lazy shard.
     async fn local_path(&self, path: &str) -> Result<PathBuf, NodeError> {
         let entry = self.entry(path)?.clone();
-        let local = self.disk.part_dir(&self.database, &self.part).join(path);
+        let local = self.dir().join(path);
         if !self.lazy {
             return Ok(local);
         }
@@ -257,7 +304,7 @@ impl ShardContext {
 }
 
 /// A state as the API spells it (`loading`, `trashed`, …).
-fn json_name<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn json_name<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Node, NodeError, lock, now_ms};
+use super::{Inner, Node, NodeError, lock, now_ms};
 use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord,
     PartState, READS, ReadStats, key,
@@ -46,7 +46,10 @@ pub struct DatabaseStats {
     pub bytes_shared: u64,
     /// Bytes of this database on local disk (for lazy ones, the cached part).
     pub bytes_local: u64,
+    /// Files read.
     pub reads: u64,
+    /// Queries run on it.
+    pub queries: u64,
     pub last_read_ms: Option<u64>,
 }
 
@@ -66,9 +69,6 @@ impl Node {
         let parts: HashMap<String, PartRecord> =
             inner.catalog.scan(PARTS, "")?.into_iter().collect();
         let cached: Vec<(String, CacheEntry)> = inner.catalog.scan(CACHE, "")?;
-        let stored_reads: HashMap<String, ReadStats> =
-            inner.catalog.scan(READS, "")?.into_iter().collect();
-        let pending_reads = lock(&inner.reads).clone();
 
         // Which databases hold each content hash.
         let mut holders: HashMap<&str, HashSet<&str>> = HashMap::new();
@@ -139,12 +139,8 @@ impl Node {
                         })
                     })
                     .count() as u64;
-                let mut reads = stored_reads.get(name).copied().unwrap_or_default();
-                if let Some(pending) = pending_reads.get(name) {
-                    reads.reads += pending.reads;
-                    reads.last_read_ms = reads.last_read_ms.max(pending.last_read_ms);
-                }
-                DatabaseStats {
+                let reads = inner.read_stats(name)?;
+                Ok(DatabaseStats {
                     name: name.clone(),
                     state: record.state,
                     mode: record.mode,
@@ -154,10 +150,11 @@ impl Node {
                     bytes_shared: shared,
                     bytes_local: local_bytes.get(name).copied().unwrap_or(0),
                     reads: reads.reads,
+                    queries: reads.queries,
                     last_read_ms: reads.last_read_ms,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, NodeError>>()?;
         let disks: Vec<DiskUsage> = inner
             .disks
             .iter()
@@ -179,5 +176,19 @@ impl Node {
             databases,
             disks,
         })
+    }
+}
+
+impl Inner {
+    /// Read counters of a database (`name`) or one of its parts
+    /// (`name\0part key`): what the catalog has plus what is not flushed yet.
+    pub(super) fn read_stats(&self, counter: &str) -> Result<ReadStats, NodeError> {
+        let mut stats: ReadStats = self.catalog.get(READS, counter)?.unwrap_or_default();
+        if let Some(pending) = lock(&self.reads).get(counter) {
+            stats.reads += pending.reads;
+            stats.queries += pending.queries;
+            stats.last_read_ms = stats.last_read_ms.max(pending.last_read_ms);
+        }
+        Ok(stats)
     }
 }

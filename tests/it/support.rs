@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dram::client::Client;
 use dram::config::StoreConfig;
 use dram::storage::{Source, SourceUrl};
-use dram::{Config, Server};
+use dram::{Config, Node, NodeBuilder, Server};
 use serde_json::Value;
 
 /// A node config in `dir`: its own data folder, a local store, any free port.
@@ -22,7 +22,12 @@ pub fn config(dir: &Path) -> Config {
 }
 
 pub async fn start(config: Config) -> (Server, Client) {
-    let server = Server::start(config).await.expect("node starts");
+    serve(Node::builder(config)).await
+}
+
+/// Serves a node built by the caller (analyses, extra routes).
+pub async fn serve(builder: NodeBuilder) -> (Server, Client) {
+    let server = builder.serve().await.expect("node starts");
     let client = Client::new(&server.url());
     (server, client)
 }

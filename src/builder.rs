@@ -1,0 +1,101 @@
+//! `Node::builder`: how a program makes its own dram server. Register analyses
+//! by name, mount extra warp routes, then `serve()` (a node with its HTTP API) or
+//! `start()` (the node alone, for embedding). The `dram` binary is built this way.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), dram::NodeError> {
+//! use dram::{Config, Node};
+//! use warp::Filter;
+//!
+//! let server = Node::builder(Config::default())
+//!     .analysis("files", dram::builtin::Files)
+//!     .routes(|_node| warp::path!("hello").map(|| "hello"))
+//!     .serve()
+//!     .await?;
+//! println!("serving on {}", server.url());
+//! # Ok(()) }
+//! ```
+
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::Config;
+use crate::node::{Node, NodeError};
+use crate::query::{Analyses, Analysis};
+use crate::server::Server;
+
+type MountRoutes = Box<dyn FnOnce(Node) -> BoxedFilter<(Response,)> + Send>;
+
+/// Builds a node: its configuration, its analyses and extra HTTP routes.
+pub struct NodeBuilder {
+    config: Config,
+    analyses: Analyses,
+    routes: Vec<MountRoutes>,
+    error: Option<String>,
+}
+
+impl Node {
+    /// A builder for a node with this configuration.
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            analyses: Analyses::default(),
+            routes: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// Serves `analysis` at `POST /v1/query/{database}/{name}`. A name that is
+    /// invalid or taken makes `start`/`serve` fail.
+    pub fn analysis(mut self, name: &str, analysis: impl Analysis) -> Self {
+        if let Err(e) = self.analyses.insert(name, analysis)
+            && self.error.is_none()
+        {
+            self.error = Some(e);
+        }
+        self
+    }
+
+    /// Mounts extra warp routes beside the API (tried after dram's own). The
+    /// closure receives the started node, e.g. to run queries from a route.
+    pub fn routes<F, R, T>(mut self, mount: F) -> Self
+    where
+        F: FnOnce(Node) -> R + Send + 'static,
+        R: Filter<Extract = (T,), Error = Rejection> + Clone + Send + Sync + 'static,
+        T: Reply + 'static,
+    {
+        self.routes.push(Box::new(move |node| {
+            mount(node).map(|reply: T| reply.into_response()).boxed()
+        }));
+        self
+    }
+
+    fn check(&mut self) -> Result<(), NodeError> {
+        match self.error.take() {
+            Some(e) => Err(NodeError::InvalidInput(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the node without HTTP (extra routes are not mounted).
+    pub async fn start(mut self) -> Result<Node, NodeError> {
+        self.check()?;
+        Node::start_with(self.config, self.analyses).await
+    }
+
+    /// Starts the node and serves its HTTP API on `node.http_listen`.
+    pub async fn serve(mut self) -> Result<Server, NodeError> {
+        self.check()?;
+        let listener = Server::bind(&self.config.node.http_listen).await?;
+        let node = Node::start_with(self.config, self.analyses).await?;
+        let extra = self
+            .routes
+            .into_iter()
+            .map(|mount| mount(node.clone()))
+            .reduce(|a, b| a.or(b).unify().boxed());
+        Ok(Server::serve(listener, node, extra))
+    }
+}

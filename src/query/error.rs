@@ -1,0 +1,85 @@
+//! Errors of a query, with the stable code and HTTP status each maps to.
+
+use super::{AnalysisError, AnalysisErrorKind};
+use crate::node::NodeError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The database or alias (not found, not ready, …).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("analysis {0:?} not found (GET /v1/analyses lists those this node serves)")]
+    UnknownAnalysis(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("invalid params for analysis {analysis:?}: {message}")]
+    InvalidParams { analysis: String, message: String },
+    #[error("analysis {analysis:?} failed{}: {message}", on_shard(.shard))]
+    Failed {
+        analysis: String,
+        shard: Option<String>,
+        message: String,
+    },
+    #[error("analysis {analysis:?} panicked{}: {message}", on_shard(.shard))]
+    Panicked {
+        analysis: String,
+        shard: Option<String>,
+        message: String,
+    },
+    #[error("the query passed its deadline of {timeout_ms} ms and was cancelled")]
+    Timeout { timeout_ms: u64 },
+    #[error("the query was cancelled")]
+    Cancelled,
+}
+
+fn on_shard(shard: &Option<String>) -> String {
+    shard
+        .as_ref()
+        .map(|id| format!(" on shard {id:?}"))
+        .unwrap_or_default()
+}
+
+impl QueryError {
+    /// Wraps what an analysis returned, naming where it happened.
+    pub(crate) fn from_analysis(analysis: &str, shard: Option<&str>, e: AnalysisError) -> Self {
+        match e.kind() {
+            AnalysisErrorKind::InvalidParams => QueryError::InvalidParams {
+                analysis: analysis.to_string(),
+                message: e.message().to_string(),
+            },
+            AnalysisErrorKind::Cancelled => QueryError::Cancelled,
+            _ => QueryError::Failed {
+                analysis: analysis.to_string(),
+                shard: shard.map(str::to_string),
+                message: e.message().to_string(),
+            },
+        }
+    }
+
+    /// The stable, machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::Node(e) => e.code(),
+            QueryError::UnknownAnalysis(_) => "not_found",
+            QueryError::InvalidRequest(_) => "invalid_input",
+            QueryError::InvalidParams { .. } => "invalid_params",
+            QueryError::Failed { .. } => "analysis_failed",
+            QueryError::Panicked { .. } => "analysis_panicked",
+            QueryError::Timeout { .. } => "timeout",
+            QueryError::Cancelled => "cancelled",
+        }
+    }
+
+    /// The HTTP status this error is reported with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            QueryError::Node(e) => e.http_status(),
+            QueryError::UnknownAnalysis(_) => 404,
+            QueryError::InvalidRequest(_) | QueryError::InvalidParams { .. } => 400,
+            QueryError::Failed { .. } | QueryError::Panicked { .. } => 500,
+            QueryError::Timeout { .. } => 504,
+            QueryError::Cancelled => 503,
+        }
+    }
+}

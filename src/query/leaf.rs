@@ -1,0 +1,113 @@
+//! The leaf side of a query: runs `map` on this node's shards, in parallel on the
+//! blocking pool and bounded by the node's map slots, then pre-reduces the
+//! partials into one. A panic or error in user code fails this query only.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::analysis::{DynAnalysis, DynParams, DynPartial};
+use super::{AnalysisError, QueryError, Shard};
+
+/// One query's work on this node.
+pub(crate) struct LeafTask {
+    pub name: String,
+    pub analysis: Arc<dyn DynAnalysis>,
+    pub params: DynParams,
+    pub shards: Vec<Shard>,
+    pub slots: Arc<Semaphore>,
+    pub cancel: CancellationToken,
+}
+
+impl LeafTask {
+    /// Maps every shard and reduces the partials into one.
+    pub async fn run(self) -> Result<DynPartial, QueryError> {
+        let mut maps = JoinSet::new();
+        for shard in self.shards {
+            let analysis = self.analysis.clone();
+            let params = self.params.clone();
+            let slots = self.slots.clone();
+            let cancel = self.cancel.clone();
+            maps.spawn(async move {
+                let id = shard.id().to_string();
+                let _slot = tokio::select! {
+                    slot = slots.acquire_owned() => slot.map_err(|_| QueryError::Cancelled)?,
+                    () = cancel.cancelled() => return Err(QueryError::Cancelled),
+                };
+                let result = tokio::task::spawn_blocking(move || {
+                    shard.check_cancelled()?;
+                    analysis.map(&params, &shard)
+                })
+                .await;
+                Ok((id, result))
+            });
+        }
+        let mut partials = Vec::with_capacity(maps.len());
+        while let Some(joined) = maps.join_next().await {
+            let (shard, mapped) = joined
+                .map_err(|e| panicked(&self.name, None, e))
+                .and_then(|r| r)?;
+            let partial = mapped
+                .map_err(|e| panicked(&self.name, Some(&shard), e))?
+                .map_err(|e| QueryError::from_analysis(&self.name, Some(&shard), e))?;
+            partials.push(partial);
+        }
+        reduce(
+            &self.name,
+            &self.analysis,
+            &self.params,
+            &self.slots,
+            partials,
+        )
+        .await
+    }
+}
+
+/// Reduces partials on the blocking pool, holding one map slot.
+pub(crate) async fn reduce(
+    name: &str,
+    analysis: &Arc<dyn DynAnalysis>,
+    params: &DynParams,
+    slots: &Arc<Semaphore>,
+    partials: Vec<DynPartial>,
+) -> Result<DynPartial, QueryError> {
+    let _slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| QueryError::Cancelled)?;
+    let (analysis, params) = (analysis.clone(), params.clone());
+    blocking(name, move || analysis.reduce(&params, partials)).await
+}
+
+/// Runs user code on the blocking pool, turning its errors and panics into
+/// query errors.
+pub(crate) async fn blocking<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, AnalysisError> + Send + 'static,
+) -> Result<T, QueryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| panicked(name, None, e))?
+        .map_err(|e| QueryError::from_analysis(name, None, e))
+}
+
+fn panicked(analysis: &str, shard: Option<&str>, e: JoinError) -> QueryError {
+    if !e.is_panic() {
+        return QueryError::Cancelled;
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string());
+    tracing::warn!(analysis, shard, message, "analysis panicked");
+    QueryError::Panicked {
+        analysis: analysis.to_string(),
+        shard: shard.map(str::to_string),
+        message,
+    }
+}

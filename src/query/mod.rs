@@ -1,0 +1,206 @@
+//! Analyses and queries. A team implements [`Analysis`] (`map` per shard, an
+//! associative `reduce`, `finish`), registers it on the node builder, and the node
+//! serves it at `POST /v1/query/{database_or_alias}/{analysis}`.
+//!
+//! A query resolves its alias once and pins the database it names: a concurrent
+//! alias swap never mixes two versions in one answer. `map` runs on the blocking
+//! pool, at most `query.max_concurrent_maps` at once over all queries; a query past
+//! its deadline is cancelled (its maps see it through [`Shard::is_cancelled`]).
+//!
+//! Files: `analysis.rs` (the trait, errors, the registry), `shard.rs` (what `map`
+//! sees), `leaf.rs` (running maps and the pre-reduce), `error.rs`.
+
+mod analysis;
+mod error;
+mod leaf;
+mod shard;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, AnalysisInfo};
+pub use error::QueryError;
+pub use shard::{DataDir, Shard};
+
+use crate::catalog::{DATABASES, DatabaseRecord, DbState};
+use crate::node::{Node, NodeError};
+
+/// The body of `POST /v1/query/{database_or_alias}/{analysis}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// The analysis's parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+    /// Shards to map; all of the database's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<String>>,
+    /// Deadline in milliseconds (default `query.timeout_ms`, at most
+    /// `query.max_timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A query's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryResponse {
+    pub result: serde_json::Value,
+    pub meta: QueryMeta,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryMeta {
+    /// The database that answered (the alias resolved).
+    pub database: String,
+    /// Its version (sha256 of its manifest).
+    pub version: String,
+    /// The alias the request named, if it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Number of shards mapped.
+    pub shards: usize,
+    pub took_ms: u64,
+}
+
+impl Node {
+    /// Runs an analysis over a database (or alias) served by this node.
+    pub async fn query(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: QueryRequest,
+    ) -> Result<QueryResponse, QueryError> {
+        let started = Instant::now();
+        let analysis = self
+            .analyses()
+            .get(analysis_name)
+            .ok_or_else(|| QueryError::UnknownAnalysis(analysis_name.to_string()))?;
+        let timeout_ms = self.query_timeout(request.timeout_ms)?;
+        let database = self.resolve(target)?;
+        let record: DatabaseRecord = self
+            .catalog()
+            .get(DATABASES, &database)
+            .map_err(NodeError::from)?
+            .ok_or_else(|| NodeError::not_found("database", &database))?;
+        if record.state != DbState::Ready {
+            return Err(NodeError::NotReady(format!(
+                "database {database:?} is {}, not ready",
+                crate::node::json_name(&record.state)
+            ))
+            .into());
+        }
+        let version = record.version.clone().unwrap_or_default();
+        let shard_ids = self.chosen_shards(&database, request.shards)?;
+        let params = analysis
+            .params(request.params)
+            .map_err(|e| QueryError::from_analysis(analysis_name, None, e))?;
+
+        // Every handle is opened before any map runs: the query reads this
+        // database whatever happens to the alias meanwhile.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let runtime = tokio::runtime::Handle::current();
+        let global = match self.global(&database) {
+            Ok(context) => Some(DataDir::new(context, runtime.clone(), cancel.clone())),
+            Err(NodeError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let shards = shard_ids
+            .iter()
+            .map(|id| {
+                let data =
+                    DataDir::new(self.shard(&database, id)?, runtime.clone(), cancel.clone());
+                Ok(Shard::new(
+                    version.clone(),
+                    data,
+                    global.clone(),
+                    cancel.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        self.count_query(&database, &shard_ids);
+
+        let slots = self.map_slots();
+        let leaf = leaf::LeafTask {
+            name: analysis_name.to_string(),
+            analysis: analysis.clone(),
+            params: params.clone(),
+            shards,
+            slots,
+            cancel: cancel.clone(),
+        };
+        let work = async {
+            let partial = leaf.run().await?;
+            let (analysis, params) = (analysis.clone(), params.clone());
+            leaf::blocking(analysis_name, move || analysis.finish(&params, partial)).await
+        };
+        let result = match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+            Ok(result) => result?,
+            Err(_) => {
+                cancel.cancel();
+                tracing::info!(
+                    database,
+                    analysis = analysis_name,
+                    timeout_ms,
+                    "query timed out"
+                );
+                return Err(QueryError::Timeout { timeout_ms });
+            }
+        };
+        Ok(QueryResponse {
+            result,
+            meta: QueryMeta {
+                alias: (target != database).then(|| target.to_string()),
+                database,
+                version,
+                shards: shard_ids.len(),
+                took_ms: started.elapsed().as_millis() as u64,
+            },
+        })
+    }
+
+    fn query_timeout(&self, requested: Option<u64>) -> Result<u64, QueryError> {
+        let config = &self.config().query;
+        match requested {
+            None => Ok(config.timeout_ms),
+            Some(0) => Err(QueryError::InvalidRequest(
+                "timeout_ms must be positive".into(),
+            )),
+            Some(ms) if ms > config.max_timeout_ms => Err(QueryError::InvalidRequest(format!(
+                "timeout_ms {ms} is above this node's query.max_timeout_ms ({})",
+                config.max_timeout_ms
+            ))),
+            Some(ms) => Ok(ms),
+        }
+    }
+
+    /// The shards a query maps: those asked for (each once, each existing), or all.
+    fn chosen_shards(
+        &self,
+        database: &str,
+        requested: Option<Vec<String>>,
+    ) -> Result<Vec<String>, QueryError> {
+        let all = self.shard_ids(database)?;
+        let Some(requested) = requested else {
+            return Ok(all);
+        };
+        if requested.is_empty() {
+            return Err(QueryError::InvalidRequest(
+                "shards is empty: leave it out to query every shard".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut chosen: Vec<String> = Vec::with_capacity(requested.len());
+        for id in requested {
+            if all.binary_search(&id).is_err() {
+                return Err(NodeError::not_found("shard", format!("{database}/{id}")).into());
+            }
+            if seen.insert(id.clone()) {
+                chosen.push(id);
+            }
+        }
+        Ok(chosen)
+    }
+}
