@@ -3,6 +3,7 @@
 
 mod aliases;
 mod databases;
+mod query;
 mod restart;
 mod s3;
 mod support;
