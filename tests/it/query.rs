@@ -58,7 +58,11 @@ impl Analysis for SumNumbers {
         Ok(partial)
     }
 
-    fn reduce(&self, _: &SumParams, partials: Vec<SumPartial>) -> Result<SumPartial, AnalysisError> {
+    fn reduce(
+        &self,
+        _: &SumParams,
+        partials: Vec<SumPartial>,
+    ) -> Result<SumPartial, AnalysisError> {
         Ok(partials
             .into_iter()
             .fold(SumPartial::default(), |a, b| SumPartial {
@@ -140,7 +144,11 @@ impl Analysis for Labels {
         Ok(BTreeSet::from([label?.trim().to_string()]))
     }
 
-    fn reduce(&self, _: &(), partials: Vec<BTreeSet<String>>) -> Result<BTreeSet<String>, AnalysisError> {
+    fn reduce(
+        &self,
+        _: &(),
+        partials: Vec<BTreeSet<String>>,
+    ) -> Result<BTreeSet<String>, AnalysisError> {
         Ok(partials.into_iter().flatten().collect())
     }
 
@@ -184,7 +192,10 @@ async fn query_maps_every_shard_with_global_data_and_reduces() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"sum") && names.contains(&"files"), "{listed}");
+    assert!(
+        names.contains(&"sum") && names.contains(&"files"),
+        "{listed}"
+    );
     assert!(listed.to_string().contains("sums numbers"), "{listed}");
 
     let answer = client
@@ -212,7 +223,10 @@ async fn query_maps_every_shard_with_global_data_and_reduces() {
         .await
         .unwrap();
     assert_eq!(files["result"]["total"], json!({"files": 4, "bytes": 12}));
-    assert_eq!(files["result"]["shards"]["a"], json!({"files": 2, "bytes": 6}));
+    assert_eq!(
+        files["result"]["shards"]["a"],
+        json!({"files": 2, "bytes": 6})
+    );
 
     // Reads are recorded per database and per shard.
     let info = client.get("/v1/databases/numbers").await.unwrap();
@@ -224,7 +238,10 @@ async fn query_maps_every_shard_with_global_data_and_reduces() {
         .unwrap()
         .clone();
     assert_eq!(shard_a["queries"], 3, "{shard_a}");
-    assert_eq!(shard_a["reads"], 4, "two queries read its two files: {shard_a}");
+    assert_eq!(
+        shard_a["reads"], 4,
+        "two queries read its two files: {shard_a}"
+    );
     assert!(shard_a["last_read_ms"].is_u64());
     let stats = client.get("/v1/stats").await.unwrap();
     assert_eq!(stats["databases"][0]["queries"], 3, "{stats}");
@@ -245,9 +262,17 @@ async fn bad_queries_get_clear_errors_and_the_node_keeps_serving() {
         async move { client.post(path, &body).await }
     };
 
-    let message = expect_error(post("/v1/query/numbers/nope", json!({})).await, 404, "not_found");
+    let message = expect_error(
+        post("/v1/query/numbers/nope", json!({})).await,
+        404,
+        "not_found",
+    );
     assert!(message.contains("nope"), "{message}");
-    expect_error(post("/v1/query/nothing/sum", json!({})).await, 404, "not_found");
+    expect_error(
+        post("/v1/query/nothing/sum", json!({})).await,
+        404,
+        "not_found",
+    );
     let message = expect_error(
         post("/v1/query/numbers/sum", json!({"params": {"add": "x"}})).await,
         400,
@@ -259,8 +284,16 @@ async fn bad_queries_get_clear_errors_and_the_node_keeps_serving() {
         400,
         "invalid_params",
     );
-    expect_error(post("/v1/query/numbers/sum", json!({"param": {}})).await, 400, "invalid_input");
-    expect_error(post("/v1/query/numbers/sum", json!({"shards": []})).await, 400, "invalid_input");
+    expect_error(
+        post("/v1/query/numbers/sum", json!({"param": {}})).await,
+        400,
+        "invalid_input",
+    );
+    expect_error(
+        post("/v1/query/numbers/sum", json!({"shards": []})).await,
+        400,
+        "invalid_input",
+    );
     let message = expect_error(
         post("/v1/query/numbers/sum", json!({"shards": ["zz"]})).await,
         404,
@@ -275,19 +308,34 @@ async fn bad_queries_get_clear_errors_and_the_node_keeps_serving() {
     assert!(message.contains("max_timeout_ms"), "{message}");
 
     let message = expect_error(
-        post("/v1/query/numbers/misbehave", json!({"params": {"mode": "fail"}})).await,
+        post(
+            "/v1/query/numbers/misbehave",
+            json!({"params": {"mode": "fail"}}),
+        )
+        .await,
         500,
         "analysis_failed",
     );
-    assert!(message.contains("bad data in b") && message.contains("\"b\""), "{message}");
+    assert!(
+        message.contains("bad data in b") && message.contains("\"b\""),
+        "{message}"
+    );
     let message = expect_error(
-        post("/v1/query/numbers/misbehave", json!({"params": {"mode": "panic"}})).await,
+        post(
+            "/v1/query/numbers/misbehave",
+            json!({"params": {"mode": "panic"}}),
+        )
+        .await,
         500,
         "analysis_panicked",
     );
     assert!(message.contains("boom in b"), "{message}");
     expect_error(
-        post("/v1/query/numbers/misbehave", json!({"params": {"mode": "invalid"}})).await,
+        post(
+            "/v1/query/numbers/misbehave",
+            json!({"params": {"mode": "invalid"}}),
+        )
+        .await,
         400,
         "invalid_params",
     );
@@ -312,9 +360,12 @@ async fn bad_queries_get_clear_errors_and_the_node_keeps_serving() {
     .await;
 
     // None of that hurt the node.
-    let answer = post("/v1/query/numbers/misbehave", json!({"params": {"mode": "ok"}}))
-        .await
-        .unwrap();
+    let answer = post(
+        "/v1/query/numbers/misbehave",
+        json!({"params": {"mode": "ok"}}),
+    )
+    .await
+    .unwrap();
     assert_eq!(answer["result"], 3);
     let answer = post("/v1/query/numbers/sum", json!({})).await.unwrap();
     assert_eq!(answer["result"]["total"], 210);
@@ -344,7 +395,13 @@ async fn an_alias_swap_never_mixes_versions_in_one_answer() {
             .iter()
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
-        publish(dir.path(), &config.store, &format!("daily-{version}"), &files).await;
+        publish(
+            dir.path(),
+            &config.store,
+            &format!("daily-{version}"),
+            &files,
+        )
+        .await;
     }
     let labels = Labels::default();
     let (server, client) = serve(builder(config, &labels, &Arc::default())).await;
@@ -361,7 +418,11 @@ async fn an_alias_swap_never_mixes_versions_in_one_answer() {
         let client = client.clone();
         tokio::spawn(async move {
             for round in 0..40 {
-                let target = if round % 2 == 0 { "daily-v2" } else { "daily-v1" };
+                let target = if round % 2 == 0 {
+                    "daily-v2"
+                } else {
+                    "daily-v1"
+                };
                 client
                     .put("/v1/aliases/daily", &json!({"target": target}))
                     .await
@@ -397,11 +458,18 @@ async fn an_alias_swap_never_mixes_versions_in_one_answer() {
     swapping.await.unwrap();
     assert_eq!(seen.len(), 2, "queries ran while the alias moved: {seen:?}");
     let most = labels.most.load(Ordering::SeqCst);
-    assert!((2..=4).contains(&most), "map calls at once: {most} (bound 4)");
+    assert!(
+        (2..=4).contains(&most),
+        "map calls at once: {most} (bound 4)"
+    );
 
     // A removed alias is a 404 for the next query, not a mixed answer.
     client.delete("/v1/aliases/daily").await.unwrap();
-    expect_error(client.post("/v1/query/daily/labels", &json!({})).await, 404, "not_found");
+    expect_error(
+        client.post("/v1/query/daily/labels", &json!({})).await,
+        404,
+        "not_found",
+    );
     server.shutdown().await;
 }
 
@@ -411,7 +479,11 @@ async fn queries_fetch_the_files_of_a_lazy_database_on_first_use() {
     let config = config(dir.path());
     publish(dir.path(), &config.store, "numbers", NUMBERS).await;
     let (server, client) = serve(builder(config, &Labels::default(), &Arc::default())).await;
-    load(&client, json!({"name": "numbers", "source": "numbers", "mode": "lazy"})).await;
+    load(
+        &client,
+        json!({"name": "numbers", "source": "numbers", "mode": "lazy"}),
+    )
+    .await;
     let before = client.get("/v1/stats").await.unwrap()["node"]["files_downloaded"]
         .as_u64()
         .unwrap();
@@ -451,10 +523,22 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
                 .unwrap()
         })
     };
-    let out = run(vec!["query", "numbers", "sum", "--params", r#"{"add":1}"#, "--shard", "b"])
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(vec![
+        "query",
+        "numbers",
+        "sum",
+        "--params",
+        r#"{"add":1}"#,
+        "--shard",
+        "b",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["result"]["total"], 41);
     assert_eq!(printed["meta"]["shards"], 1);
@@ -469,7 +553,10 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
 
     let out = run(vec!["query", "numbers", "nope"]).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("\"nope\" not found"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("\"nope\" not found"),
+        "{stderr}"
+    );
 
     let out = run(vec!["analyses"]).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
