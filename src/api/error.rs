@@ -78,7 +78,9 @@ pub fn respond<T: Serialize, E: ApiError>(status: StatusCode, result: Result<T, 
 
 /// Turns warp's rejections (no route, wrong method, body too large) into JSON.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType};
+    use warp::reject::{
+        InvalidQuery, LengthRequired, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType,
+    };
     let (status, code, message) = if rejection.is_not_found() {
         (
             StatusCode::NOT_FOUND,
@@ -102,6 +104,12 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "method not allowed on this endpoint".to_string(),
+        )
+    } else if rejection.find::<InvalidQuery>().is_some() {
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "the query string has an unknown parameter or a value of the wrong type".to_string(),
         )
     } else if rejection.find::<UnsupportedMediaType>().is_some() {
         (

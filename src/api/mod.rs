@@ -204,13 +204,17 @@ pub fn routes(
             .boxed()
     });
 
-    health
+    // Grouped and boxed: one long chain of `or`s overflows the type checker's
+    // recursion limit in release builds.
+    let queries = health
         .or(list_analyses)
         .unify()
         .or(query)
         .unify()
-        .or(list_databases)
+        .or(stats)
         .unify()
+        .boxed();
+    let databases = list_databases
         .or(add_database)
         .unify()
         .or(get_database)
@@ -219,8 +223,8 @@ pub fn routes(
         .unify()
         .or(restore_database)
         .unify()
-        .or(list_aliases)
-        .unify()
+        .boxed();
+    let aliases = list_aliases
         .or(batch_aliases)
         .unify()
         .or(get_alias)
@@ -229,7 +233,12 @@ pub fn routes(
         .unify()
         .or(delete_alias)
         .unify()
-        .or(stats)
+        .boxed();
+
+    queries
+        .or(databases)
+        .unify()
+        .or(aliases)
         .unify()
         .or(extra)
         .unify()

@@ -1,15 +1,26 @@
 //! Analyses the `dram` binary serves out of the box; a custom server registers
-//! any of them with [`register`] or one by one.
+//! all of them with [`register`], or one by one.
 //!
-//! - `files`: per shard, the number of files and bytes.
+//! - `files`: per shard, the number of files and bytes (from the manifest).
+//! - `count`: rows of CSV, TSV and JSON-lines files, optionally filtered.
+//! - `group`: count and sums per group of rows, by column name.
 
+mod count;
 mod files;
+mod group;
+mod rows;
 
+pub use count::{Count, CountParams, RowCount};
 pub use files::Files;
+pub use group::{Group, GroupOutput, GroupParams, GroupRow};
+pub use rows::{Columns, Format};
 
 use crate::builder::NodeBuilder;
 
 /// Registers every built-in analysis under its usual name.
 pub fn register(builder: NodeBuilder) -> NodeBuilder {
-    builder.analysis("files", Files)
+    builder
+        .analysis("files", Files)
+        .analysis("count", Count)
+        .analysis("group", Group)
 }

@@ -2,7 +2,9 @@
 //! library API where the issue names it, e.g. lazy opens). One test binary.
 
 mod aliases;
+mod builtin;
 mod databases;
+mod example;
 mod query;
 mod restart;
 mod s3;
