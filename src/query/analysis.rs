@@ -46,8 +46,9 @@ use super::Shard;
 /// }
 /// ```
 pub trait Analysis: Send + Sync + 'static {
-    /// The query's parameters, from the request's `"params"` (an absent `params`
-    /// is read as `{}`, then as `null`, so `()` and all-default structs work).
+    /// The query's parameters, from the request's `"params"` (an absent, `null`
+    /// or `{}` `params` is read as `{}`, then as `null`, so `()` and all-default
+    /// structs accept each of them).
     type Params: DeserializeOwned + Send + Sync + 'static;
     /// What `map` returns and `reduce` merges; serializable so that it can travel
     /// between nodes.
@@ -192,9 +193,16 @@ impl<A: Analysis> DynAnalysis for A {
     }
 
     fn params(&self, params: Option<serde_json::Value>) -> Result<DynParams, AnalysisError> {
+        // Absent, `null` and `{}` all mean "no params": read as `{}`, then as `null`,
+        // so that `()` and all-default structs accept each of them.
+        let empty = match &params {
+            None | Some(serde_json::Value::Null) => true,
+            Some(serde_json::Value::Object(map)) => map.is_empty(),
+            Some(_) => false,
+        };
         let parsed = match params {
-            Some(value) => serde_json::from_value::<A::Params>(value),
-            None => serde_json::from_value::<A::Params>(serde_json::json!({}))
+            Some(value) if !empty => serde_json::from_value::<A::Params>(value),
+            _ => serde_json::from_value::<A::Params>(serde_json::json!({}))
                 .or_else(|e| serde_json::from_value(serde_json::Value::Null).map_err(|_| e)),
         };
         let params = parsed.map_err(AnalysisError::invalid_params)?;
@@ -307,6 +315,23 @@ mod tests {
         }
     }
 
+    struct Unit;
+
+    impl Analysis for Unit {
+        type Params = ();
+        type Partial = ();
+        type Output = ();
+        fn map(&self, _: &(), _: &Shard) -> Result<(), AnalysisError> {
+            Ok(())
+        }
+        fn reduce(&self, _: &(), _: Vec<()>) -> Result<(), AnalysisError> {
+            Ok(())
+        }
+        fn finish(&self, _: &(), _: ()) -> Result<(), AnalysisError> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn erased_analysis_round_trips_typed_values() {
         let sum: Arc<dyn DynAnalysis> = Arc::new(Sum);
@@ -323,6 +348,19 @@ mod tests {
     fn absent_params_default_and_bad_params_are_invalid() {
         let sum: Arc<dyn DynAnalysis> = Arc::new(Sum);
         assert!(sum.params(None).is_ok());
+        assert!(sum.params(Some(serde_json::Value::Null)).is_ok());
+        assert!(sum.params(Some(serde_json::json!({}))).is_ok());
+        assert!(sum.params(Some(serde_json::json!("text"))).is_err());
+        // `()` params take absent, null and {} alike, and nothing else.
+        let unit: Arc<dyn DynAnalysis> = Arc::new(Unit);
+        for empty in [
+            None,
+            Some(serde_json::Value::Null),
+            Some(serde_json::json!({})),
+        ] {
+            assert!(unit.params(empty.clone()).is_ok(), "{empty:?}");
+        }
+        assert!(unit.params(Some(serde_json::json!({"a": 1}))).is_err());
         let err = sum
             .params(Some(serde_json::json!({"offset": "x"})))
             .err()

@@ -1,0 +1,214 @@
+//! Query benchmark: the sales example's analyses (and the built-in `files`, which
+//! reads no data: dram's own cost per query) over HTTP at concurrency 1 and 32,
+//! against the same queries called in-process (`Node::query`), and a bare warp
+//! route (no dram work) as the floor, all in one run on one node.
+//!
+//! ```text
+//! cargo run --release --example bench_query [-- --secs 5]
+//! ```
+//!
+//! The client shares the machine with the node, so compare figures within one
+//! run (ratios), not across machines.
+
+#[path = "sales/analyses.rs"]
+#[allow(dead_code)]
+mod analyses;
+#[path = "sales/server.rs"]
+mod server;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use dram::Config;
+use dram::query::QueryRequest;
+use dram::storage::{Source, SourceUrl};
+use serde_json::json;
+use warp::Filter;
+
+const DATABASE: &str = "sales";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let secs: u64 = std::env::args()
+        .skip_while(|a| a != "--secs")
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("--secs takes a number")?
+        .unwrap_or(3);
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.node.data_dir = dir.path().join("data");
+    config.node.http_listen = "127.0.0.1:0".into();
+    config.store.url = format!("file://{}", dir.path().join("store").display());
+    publish(Path::new("examples/sales/data"), &config).await?;
+
+    let server = server::builder(config)
+        .routes(|_| {
+            warp::path!("bench" / "bare")
+                .and(warp::post())
+                .and(warp::body::bytes())
+                .map(|_body: bytes::Bytes| warp::reply::json(&json!({"result": 1})))
+        })
+        .serve()
+        .await?;
+    let node = server.node.clone();
+    node.add_database(serde_json::from_value(
+        json!({"name": DATABASE, "source": DATABASE}),
+    )?)
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.database(DATABASE)?.record.state != dram::catalog::DbState::Ready {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the sample database did not load"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shards = node.shard_ids(DATABASE)?.len();
+    println!(
+        "sales example: {shards} shards; {secs} s per row; cores: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<30} {:>5} {:>10} {:>10} {:>10}",
+        "target", "conc", "queries/s", "p50 µs", "p99 µs"
+    );
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let base = server.url();
+    for analysis in ["files", "top_orders", "revenue_by_category"] {
+        let params = if analysis == "top_orders" {
+            json!({"k": 5})
+        } else {
+            json!({})
+        };
+        for concurrency in [1usize, 32] {
+            let in_process = {
+                let node = node.clone();
+                let params = params.clone();
+                run(concurrency, secs, move || {
+                    let node = node.clone();
+                    let request = QueryRequest {
+                        params: Some(params.clone()),
+                        ..QueryRequest::default()
+                    };
+                    async move {
+                        node.query(DATABASE, analysis, request)
+                            .await
+                            .map(|_| ())
+                            .map_err(anyhow::Error::from)
+                    }
+                })
+                .await?
+            };
+            let over_http = {
+                let url = format!("{base}/v1/query/{DATABASE}/{analysis}");
+                let body = json!({ "params": params }).to_string();
+                let http = http.clone();
+                run(concurrency, secs, move || {
+                    post(http.clone(), url.clone(), body.clone())
+                })
+                .await?
+            };
+            print_row(&format!("{analysis} in-process"), concurrency, &in_process);
+            print_row(&format!("{analysis} http"), concurrency, &over_http);
+            println!(
+                "{:<30} {:>5} {:>10.2} {:>10} {:>10}",
+                "  http / in-process",
+                concurrency,
+                over_http.qps / in_process.qps,
+                format!("+{}", over_http.p50.saturating_sub(in_process.p50)),
+                format!("+{}", over_http.p99.saturating_sub(in_process.p99)),
+            );
+        }
+    }
+    for concurrency in [1usize, 32] {
+        let url = format!("{base}/bench/bare");
+        let http = http.clone();
+        let bare = run(concurrency, secs, move || {
+            post(http.clone(), url.clone(), "{}".into())
+        })
+        .await?;
+        print_row("bare warp route", concurrency, &bare);
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn post(http: reqwest::Client, url: String, body: String) -> Result<()> {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+    response.bytes().await?;
+    Ok(())
+}
+
+struct Measured {
+    qps: f64,
+    p50: u64,
+    p99: u64,
+}
+
+fn print_row(target: &str, concurrency: usize, m: &Measured) {
+    println!(
+        "{target:<30} {concurrency:>5} {:>10.0} {:>10} {:>10}",
+        m.qps, m.p50, m.p99
+    );
+}
+
+/// Runs `call` from `concurrency` tasks for `secs` seconds (after a short warm-up)
+/// and reports throughput and latency percentiles in microseconds.
+async fn run<F, Fut>(concurrency: usize, secs: u64, call: F) -> Result<Measured>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    for _ in 0..50 {
+        call().await?;
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let call = call.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < until {
+                let t = Instant::now();
+                call().await?;
+                latencies.push(t.elapsed().as_micros() as u64);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Measured {
+        qps: latencies.len() as f64 / elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    })
+}
+
+async fn publish(folder: &Path, config: &Config) -> Result<()> {
+    let url = SourceUrl::resolve(&config.store.url, DATABASE)?;
+    let source = Source::open(&url, &config.store, true)?;
+    let plan = dram::publish::plan(folder)?;
+    dram::publish::publish(&plan, &source, 8, &|_| {}).await?;
+    Ok(())
+}
