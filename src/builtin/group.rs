@@ -20,7 +20,8 @@ pub const MAX_LIMIT: usize = 10_000;
 /// Grouped count and sums.
 pub struct Group;
 
-/// Params of `group`.
+/// Params of `group`. `files`, `format` and `where` repeat `CountParams`' fields:
+/// serde cannot `flatten` into a struct that denies unknown fields.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupParams {
