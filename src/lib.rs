@@ -25,6 +25,7 @@ pub mod builder;
 pub mod builtin;
 pub mod catalog;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod hlc;
 pub mod names;

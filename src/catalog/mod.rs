@@ -25,12 +25,23 @@ pub const MANIFESTS: Table = TableDefinition::new("manifests");
 pub const PARTS: Table = TableDefinition::new("parts");
 /// Key: `<alias>`; tombstones stay (their version orders later merges).
 pub const ALIASES: Table = TableDefinition::new("aliases");
+/// Key: `<database>`: the cluster-wide definition (tombstone once deleted).
+pub const DEFINITIONS: Table = TableDefinition::new("definitions");
 /// Key: `<database>\0<part key>\0<local path>`: lazily fetched files on disk.
 pub const CACHE: Table = TableDefinition::new("cache");
 /// Key: `<database>`: reads and last read, flushed from memory now and then.
 pub const READS: Table = TableDefinition::new("reads");
 
-const ALL_TABLES: [Table; 7] = [META, DATABASES, MANIFESTS, PARTS, ALIASES, CACHE, READS];
+const ALL_TABLES: [Table; 8] = [
+    META,
+    DATABASES,
+    MANIFESTS,
+    PARTS,
+    ALIASES,
+    DEFINITIONS,
+    CACHE,
+    READS,
+];
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -112,6 +123,31 @@ impl Catalog {
     ) -> Result<Vec<(String, T)>, CatalogError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(table)?;
+        scan_table(&table, prefix)
+    }
+
+    /// Runs `f` on one read transaction: every scan sees the same snapshot.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Reader) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let txn = self.db.begin_read()?;
+        f(&Reader { txn })
+    }
+}
+
+/// A read transaction with JSON values.
+pub struct Reader {
+    txn: redb::ReadTransaction,
+}
+
+impl Reader {
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        let table = self.txn.open_table(table)?;
         scan_table(&table, prefix)
     }
 }

@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Inner, Node, NodeError, lock, now_ms};
-use crate::catalog::{ALIASES, AliasRecord, DATABASES, DatabaseRecord, DbState, Writer};
+use crate::catalog::{ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, Writer};
+use crate::cluster::DefinitionRecord;
 use crate::names::check_name;
 
 /// One action of an atomic alias batch.
@@ -101,16 +102,23 @@ impl Inner {
     fn set_in(&self, w: &Writer, name: &str, target: &str) -> Result<AliasRecord, NodeError> {
         check_name("alias", name).map_err(NodeError::InvalidInput)?;
         check_name("database", target).map_err(NodeError::InvalidInput)?;
-        if w.get::<DatabaseRecord>(DATABASES, name)?.is_some() {
+        // Definitions are cluster-wide: a database defined on any node counts,
+        // whether or not this node holds it yet.
+        let defined = |name: &str| -> Result<Option<DefinitionRecord>, NodeError> {
+            Ok(w.get::<DefinitionRecord>(DEFINITIONS, name)?)
+        };
+        if defined(name)?.is_some_and(|d| d.definition.is_some())
+            || w.get::<DatabaseRecord>(DATABASES, name)?.is_some()
+        {
             return Err(NodeError::Conflict(format!(
                 "{name:?} is a database; databases and aliases share one namespace"
             )));
         }
-        match w.get::<DatabaseRecord>(DATABASES, target)? {
+        match defined(target)? {
             None => return Err(NodeError::not_found("database", target)),
-            Some(record) if record.state == DbState::Trashed => {
+            Some(record) if record.definition.is_none() => {
                 return Err(NodeError::Conflict(format!(
-                    "database {target:?} is in the trash"
+                    "database {target:?} was deleted (it is in the trash)"
                 )));
             }
             Some(_) => {}
@@ -147,13 +155,11 @@ impl Inner {
         }
     }
 
-    /// Moves the clock past every alias version on disk, so versions never repeat
-    /// across restarts.
-    pub(super) fn observe_alias_clock(&self) -> Result<(), NodeError> {
-        let all: Vec<(String, AliasRecord)> = self.catalog.scan(ALIASES, "")?;
-        let mut clock = lock(&self.clock);
-        for (_, record) in &all {
-            clock.observe(&record.version);
+    /// Moves the clock past every version on disk (aliases and definitions), so
+    /// versions never repeat across restarts.
+    pub(super) fn observe_registry_clock(&self) -> Result<(), NodeError> {
+        if let Some(max) = self.registry()?.digest().max {
+            lock(&self.clock).observe(&max);
         }
         Ok(())
     }

@@ -2,11 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError, load, lock, now_ms};
+use super::{Inner, Node, NodeError, load, lock, now_ms, registry};
 use crate::catalog::{
-    ALIASES, AliasRecord, DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState,
-    ReadStats, Replicas, key,
+    ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, Mode, PARTS, PartRecord,
+    PartState, ReadStats, Replicas, key,
 };
+use crate::cluster::{Definition, DefinitionRecord};
 use crate::names::check_name;
 use crate::storage::{Part, SourceUrl};
 
@@ -94,6 +95,14 @@ impl Node {
                     request.name
                 )));
             }
+            if let Some(defined) = w.get::<DefinitionRecord>(DEFINITIONS, &request.name)?
+                && defined.definition.is_some()
+            {
+                return Err(NodeError::Conflict(format!(
+                    "database {:?} already exists (defined on node {})",
+                    request.name, defined.version.node
+                )));
+            }
             if let Some(alias) = w.get::<AliasRecord>(ALIASES, &request.name)?
                 && alias.target.is_some()
             {
@@ -102,6 +111,16 @@ impl Node {
                     request.name
                 )));
             }
+            let definition = Definition {
+                source: record.source.clone(),
+                mode: record.mode,
+                replicas: record.replicas,
+            };
+            w.put(
+                DEFINITIONS,
+                &record.name,
+                &inner.stamp_definition(&record.name, Some(definition)),
+            )?;
             w.put(DATABASES, &record.name, &record)?;
             Ok(())
         })?;
@@ -143,6 +162,9 @@ impl Node {
                 )));
             }
             DbState::Failed => {
+                inner
+                    .catalog
+                    .write(|w| w.put(DEFINITIONS, name, &inner.stamp_definition(name, None)))?;
                 let mut info = inner.info(record, false)?;
                 inner.purge(name).await?;
                 info.record.state = DbState::Trashed;
@@ -160,6 +182,7 @@ impl Node {
             record.state = DbState::Trashed;
             record.trashed_ms = Some(now_ms());
             w.put(DATABASES, name, &record)?;
+            w.put(DEFINITIONS, name, &inner.stamp_definition(name, None))?;
             Ok::<_, NodeError>(record)
         })?;
         lock(&inner.manifests).remove(name);
@@ -172,7 +195,7 @@ impl Node {
     pub async fn restore_database(&self, name: &str) -> Result<DatabaseInfo, NodeError> {
         let inner = &self.inner;
         let restored = inner.catalog.write(|w| {
-            let mut record: DatabaseRecord = w
+            let record: DatabaseRecord = w
                 .get(DATABASES, name)?
                 .ok_or_else(|| NodeError::not_found("database", name))?;
             if record.state != DbState::Trashed {
@@ -180,20 +203,17 @@ impl Node {
                     "database {name:?} is not in the trash"
                 )));
             }
-            let parts: Vec<(String, PartRecord)> = w.scan(PARTS, &key(&[name, ""]))?;
-            let whole = record.ready_ms.is_some()
-                && !parts.is_empty()
-                && parts
-                    .iter()
-                    .all(|(_, p)| matches!(p.state, PartState::Ready | PartState::Lazy));
-            record.state = if whole {
-                DbState::Ready
-            } else {
-                DbState::Loading
+            let definition = Definition {
+                source: record.source.clone(),
+                mode: record.mode,
+                replicas: record.replicas,
             };
-            record.trashed_ms = None;
-            w.put(DATABASES, name, &record)?;
-            Ok::<_, NodeError>(record)
+            w.put(
+                DEFINITIONS,
+                name,
+                &inner.stamp_definition(name, Some(definition)),
+            )?;
+            registry::restore_in(w, record)
         })?;
         if restored.state == DbState::Loading {
             load::spawn(inner, name);

@@ -11,6 +11,7 @@ mod databases;
 mod error;
 mod gc;
 mod load;
+mod registry;
 mod shard;
 mod space;
 mod stats;
@@ -142,7 +143,8 @@ impl Node {
             config,
         });
         let node = Node { inner };
-        node.inner.observe_alias_clock()?;
+        node.inner.observe_registry_clock()?;
+        node.inner.define_existing_databases()?;
         node.inner.remove_stray_database_dirs()?;
         node.resume_loads()?;
         node.spawn_background();

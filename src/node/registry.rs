@@ -1,0 +1,205 @@
+//! The node's side of the registry: definitions and aliases as stored in the
+//! catalog, merged with other nodes' registries, and turned into local work —
+//! a database defined elsewhere starts loading here, one deleted elsewhere goes
+//! to this node's trash.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::{Inner, Node, NodeError, load, lock, now_ms};
+use crate::catalog::{
+    ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PartRecord,
+    PartState, Writer, key,
+};
+use crate::cluster::{Changes, Definition, DefinitionRecord, Registry};
+
+/// What a registry change asks of this node once it is committed.
+#[derive(Debug, Default)]
+pub(super) struct LocalWork {
+    /// Databases to load (new, or restored but not whole).
+    pub load: Vec<String>,
+    /// Databases moved to the trash: their loads stop, their files are no
+    /// longer served.
+    pub trashed: Vec<String>,
+}
+
+impl Node {
+    /// This node's registry, tombstones included, from one catalog snapshot.
+    pub fn registry(&self) -> Result<Registry, NodeError> {
+        self.inner.registry()
+    }
+
+    /// Merges another node's registry into this one: the entries that win are
+    /// written in one transaction (a batch of alias changes arrives whole), and
+    /// definitions that changed become local loads or trashings.
+    pub fn merge_registry(&self, remote: &Registry) -> Result<Changes, NodeError> {
+        let inner = &self.inner;
+        let (changes, work) = inner.catalog.write(|w| {
+            let mut local = registry_in(w)?;
+            let changes = local.merge(remote);
+            for definition in &changes.definitions {
+                w.put(DEFINITIONS, &definition.name, definition)?;
+            }
+            for alias in &changes.aliases {
+                w.put(ALIASES, &alias.name, alias)?;
+            }
+            let work = inner.apply_definitions(w, &changes.definitions)?;
+            Ok::<_, NodeError>((changes, work))
+        })?;
+        if let Some(max) = remote.digest().max {
+            lock(&inner.clock).observe(&max);
+        }
+        if !changes.is_empty() {
+            info!(
+                definitions = changes.definitions.len(),
+                aliases = changes.aliases.len(),
+                "merged registry changes"
+            );
+        }
+        inner.start_local_work(work);
+        Ok(changes)
+    }
+}
+
+fn registry_in(w: &Writer) -> Result<Registry, NodeError> {
+    let definitions: Vec<(String, DefinitionRecord)> = w.scan(DEFINITIONS, "")?;
+    let aliases: Vec<(String, AliasRecord)> = w.scan(ALIASES, "")?;
+    Ok(Registry {
+        definitions: definitions.into_iter().collect(),
+        aliases: aliases.into_iter().collect(),
+    })
+}
+
+impl Inner {
+    pub(super) fn registry(&self) -> Result<Registry, NodeError> {
+        Ok(self.catalog.read(|r| {
+            let definitions: Vec<(String, DefinitionRecord)> = r.scan(DEFINITIONS, "")?;
+            let aliases: Vec<(String, AliasRecord)> = r.scan(ALIASES, "")?;
+            Ok(Registry {
+                definitions: definitions.into_iter().collect::<BTreeMap<_, _>>(),
+                aliases: aliases.into_iter().collect(),
+            })
+        })?)
+    }
+
+    /// A new version of the definition of `name` (`None`: deleted).
+    pub(super) fn stamp_definition(
+        &self,
+        name: &str,
+        definition: Option<Definition>,
+    ) -> DefinitionRecord {
+        let now = now_ms();
+        DefinitionRecord {
+            name: name.to_string(),
+            definition,
+            version: lock(&self.clock).tick(now),
+            updated_ms: now,
+        }
+    }
+
+    /// Brings this node's databases in line with definitions that changed, inside
+    /// the transaction that wrote them.
+    pub(super) fn apply_definitions(
+        &self,
+        w: &mut Writer,
+        changed: &[DefinitionRecord],
+    ) -> Result<LocalWork, NodeError> {
+        let mut work = LocalWork::default();
+        for record in changed {
+            let name = &record.name;
+            let local: Option<DatabaseRecord> = w.get(DATABASES, name)?;
+            match (&record.definition, local) {
+                (Some(definition), None) => {
+                    let database = DatabaseRecord {
+                        name: name.clone(),
+                        source: definition.source.clone(),
+                        mode: definition.mode,
+                        replicas: definition.replicas,
+                        state: DbState::Loading,
+                        error: None,
+                        version: None,
+                        created_ms: now_ms(),
+                        ready_ms: None,
+                        trashed_ms: None,
+                    };
+                    w.put(DATABASES, name, &database)?;
+                    work.load.push(name.clone());
+                }
+                (Some(_), Some(local)) if local.state == DbState::Trashed => {
+                    let restored = restore_in(w, local)?;
+                    if restored.state == DbState::Loading {
+                        work.load.push(name.clone());
+                    }
+                }
+                (None, Some(mut local)) if local.state != DbState::Trashed => {
+                    local.state = DbState::Trashed;
+                    local.trashed_ms = Some(now_ms());
+                    w.put(DATABASES, name, &local)?;
+                    work.trashed.push(name.clone());
+                }
+                _ => {}
+            }
+        }
+        Ok(work)
+    }
+
+    pub(super) fn start_local_work(self: &Arc<Self>, work: LocalWork) {
+        for name in work.trashed {
+            load::cancel(self, &name);
+            lock(&self.manifests).remove(&name);
+            info!(database = %name, "database deleted in the cluster: moved to trash");
+        }
+        for name in work.load {
+            info!(database = %name, "loading a database defined in the cluster");
+            load::spawn(self, &name);
+        }
+    }
+
+    /// Gives every database that predates definitions one (a catalog written by
+    /// an older dram), so that the registry describes what this node holds.
+    pub(super) fn define_existing_databases(&self) -> Result<(), NodeError> {
+        self.catalog.write(|w| {
+            let records: Vec<(String, DatabaseRecord)> = w.scan(DATABASES, "")?;
+            for (name, record) in records {
+                if w.get::<DefinitionRecord>(DEFINITIONS, &name)?.is_some() {
+                    continue;
+                }
+                let definition = (record.state != DbState::Trashed).then(|| Definition {
+                    source: record.source.clone(),
+                    mode: record.mode,
+                    replicas: record.replicas,
+                });
+                w.put(
+                    DEFINITIONS,
+                    &name,
+                    &self.stamp_definition(&name, definition),
+                )?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Takes a trashed database out of the trash: `Ready` again if it was whole,
+/// `Loading` (to be resumed by the caller) otherwise.
+pub(super) fn restore_in(
+    w: &mut Writer,
+    mut record: DatabaseRecord,
+) -> Result<DatabaseRecord, NodeError> {
+    let parts: Vec<(String, PartRecord)> = w.scan(PARTS, &key(&[&record.name, ""]))?;
+    let whole = record.ready_ms.is_some()
+        && !parts.is_empty()
+        && parts
+            .iter()
+            .all(|(_, p)| matches!(p.state, PartState::Ready | PartState::Lazy));
+    record.state = if whole {
+        DbState::Ready
+    } else {
+        DbState::Loading
+    };
+    record.trashed_ms = None;
+    w.put(DATABASES, &record.name.clone(), &record)?;
+    Ok(record)
+}
