@@ -96,6 +96,6 @@ impl NodeBuilder {
             .into_iter()
             .map(|mount| mount(node.clone()))
             .reduce(|a, b| a.or(b).unify().boxed());
-        Ok(Server::serve(listener, node, extra))
+        Server::serve(listener, node, extra).await
     }
 }

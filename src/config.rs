@@ -213,11 +213,25 @@ impl QueryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// Nodes gossip only with nodes of the same cluster id.
     pub id: String,
+    /// UDP address gossip listens on (a fixed port: peers must know it).
     pub gossip_listen: String,
+    /// The address peers reach this node's gossip at (default: `gossip_listen`).
     pub gossip_advertise: Option<String>,
+    /// Gossip addresses (`host:port`) of nodes to join through.
     pub seeds: Vec<String>,
     pub gossip_interval_ms: u64,
+    /// How long a dead node is still listed before it is forgotten.
+    pub dead_node_grace_period_secs: u64,
+    /// How long gossip keeps deleted keys before collecting them.
+    pub marked_for_deletion_grace_period_secs: u64,
+    /// How long registry tombstones (deleted aliases and databases) are kept: a
+    /// node away for longer must rejoin with a fresh data directory.
+    pub tombstone_lifetime_secs: u64,
+    /// A node whose registry digest differs from the majority's for longer than
+    /// this is listed as disagreeing.
+    pub disagreement_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -228,7 +242,44 @@ impl Default for ClusterConfig {
             gossip_advertise: None,
             seeds: Vec::new(),
             gossip_interval_ms: 1000,
+            dead_node_grace_period_secs: 3600,
+            marked_for_deletion_grace_period_secs: 3600,
+            tombstone_lifetime_secs: 7 * 24 * 3600,
+            disagreement_secs: 30,
         }
+    }
+}
+
+impl ClusterConfig {
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms)
+    }
+
+    /// The address gossip listens on and the one it advertises.
+    pub fn gossip_addresses(&self) -> Result<(SocketAddr, SocketAddr), ConfigError> {
+        let listen: SocketAddr = self
+            .gossip_listen
+            .parse()
+            .map_err(|e| invalid("cluster.gossip_listen", format!("not an address: {e}")))?;
+        if listen.port() == 0 {
+            return Err(invalid(
+                "cluster.gossip_listen",
+                "port 0 is not allowed: peers must know the gossip port",
+            ));
+        }
+        let advertise = match &self.gossip_advertise {
+            Some(text) => text
+                .parse()
+                .map_err(|e| invalid("cluster.gossip_advertise", format!("not an address: {e}")))?,
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "cluster.gossip_advertise",
+                    "must be set when gossip_listen is an unspecified address (0.0.0.0 or ::)",
+                ));
+            }
+            None => listen,
+        };
+        Ok((listen, advertise))
     }
 }
 
@@ -315,12 +366,44 @@ impl Config {
                 "must be at least query.timeout_ms",
             ));
         }
-        self.cluster
-            .gossip_listen
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("cluster.gossip_listen", format!("not an address: {e}")))?;
-        if self.cluster.gossip_interval_ms == 0 {
-            return Err(invalid("cluster.gossip_interval_ms", "must be positive"));
+        if self.cluster.id.is_empty() {
+            return Err(invalid("cluster.id", "must not be empty"));
+        }
+        self.cluster.gossip_addresses()?;
+        for (i, seed) in self.cluster.seeds.iter().enumerate() {
+            if seed.rsplit_once(':').is_none_or(|(host, port)| {
+                host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
+            }) {
+                return Err(invalid(
+                    format!("cluster.seeds[{i}]"),
+                    format!("{seed:?} is not host:port"),
+                ));
+            }
+        }
+        if self.cluster.gossip_interval_ms == 0 || self.cluster.gossip_interval_ms > 60_000 {
+            return Err(invalid(
+                "cluster.gossip_interval_ms",
+                "must be in 1..=60000",
+            ));
+        }
+        for (field, value) in [
+            (
+                "cluster.dead_node_grace_period_secs",
+                self.cluster.dead_node_grace_period_secs,
+            ),
+            (
+                "cluster.marked_for_deletion_grace_period_secs",
+                self.cluster.marked_for_deletion_grace_period_secs,
+            ),
+            (
+                "cluster.tombstone_lifetime_secs",
+                self.cluster.tombstone_lifetime_secs,
+            ),
+            ("cluster.disagreement_secs", self.cluster.disagreement_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be positive"));
+            }
         }
         Ok(())
     }
@@ -352,6 +435,10 @@ mod tests {
             parsed.query.max_concurrent_maps,
             defaults.query.max_concurrent_maps
         );
+        assert_eq!(
+            serde_json::to_value(&parsed.cluster).unwrap(),
+            serde_json::to_value(&defaults.cluster).unwrap()
+        );
     }
 
     #[test]
@@ -369,6 +456,16 @@ mod tests {
         config.node.http_listen = "nope".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("node.http_listen"), "{err}");
+
+        let mut config = Config::default();
+        config.cluster.seeds = vec!["127.0.0.1".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.seeds[0]"), "{err}");
+
+        let mut config = Config::default();
+        config.cluster.gossip_listen = "0.0.0.0:7071".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("cluster.gossip_advertise"), "{err}");
 
         let mut config = Config::default();
         config.store.url = "ftp://x".into();

@@ -36,22 +36,31 @@ impl Server {
         Ok((listener, addr))
     }
 
-    pub(crate) fn serve(
+    /// Serves HTTP on `listener` and joins the cluster's gossip.
+    pub(crate) async fn serve(
         (listener, http_addr): (TcpListener, SocketAddr),
         node: Node,
         extra: Option<BoxedFilter<(Response,)>>,
-    ) -> Server {
+    ) -> Result<Server, NodeError> {
+        let membership = match crate::cluster::Membership::start(node.clone(), http_addr).await {
+            Ok(membership) => membership,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e);
+            }
+        };
+        node.set_membership(membership);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let http = tokio::spawn(crate::api::run(listener, node.clone(), extra, async move {
             let _ = shutdown_rx.await;
         }));
         tracing::info!(node = %node.id(), http = %http_addr, "serving");
-        Server {
+        Ok(Server {
             node,
             http_addr,
             shutdown_tx: Some(shutdown_tx),
             http,
-        }
+        })
     }
 
     /// The base URL of the API.
@@ -67,6 +76,9 @@ impl Server {
             let _ = tx.send(());
         }
         let _ = (&mut self.http).await;
+        if let Some(membership) = self.node.membership() {
+            membership.shutdown().await;
+        }
         self.node.shutdown().await;
         if !self.node.wait_released(Duration::from_secs(3)).await {
             tracing::warn!(

@@ -81,6 +81,9 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject::{
         InvalidQuery, LengthRequired, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType,
     };
+    if rejection.find::<super::cluster::Unauthorized>().is_some() {
+        return Ok(super::cluster::unauthorized_response());
+    }
     let (status, code, message) = if rejection.is_not_found() {
         (
             StatusCode::NOT_FOUND,

@@ -1,6 +1,7 @@
 //! The HTTP API (v1, JSON). Routes call the node and turn its results into
 //! responses; `error.rs` is the one place errors become `{"error":{…}}`.
 
+mod cluster;
 mod error;
 
 use std::future::Future;
@@ -63,6 +64,7 @@ pub fn routes(
     extra: Option<BoxedFilter<(Response,)>>,
 ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let max_body = node.config().http.max_body_bytes;
+    let node_for_cluster = node.clone();
     let with_node = warp::any().map(move || node.clone());
     let body = warp::body::content_length_limit(max_body).and(warp::body::bytes());
 
@@ -235,8 +237,12 @@ pub fn routes(
         .unify()
         .boxed();
 
+    let cluster = cluster::routes(node_for_cluster);
+
     queries
         .or(databases)
+        .unify()
+        .or(cluster)
         .unify()
         .or(aliases)
         .unify()

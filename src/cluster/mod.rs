@@ -3,6 +3,14 @@
 //! - `registry`: the cluster-wide desired state (definitions, aliases) and its
 //!   last-writer-wins merge — pure.
 
+//! - `health`: green / yellow / red from definitions and inventories — pure.
+//! - `membership`: chitchat gossip of small digests, and the sync loop that pulls
+//!   registries and inventories over HTTP when digests differ.
+
+pub mod health;
+pub mod membership;
 pub mod registry;
 
+pub use health::{Health, HealthReport};
+pub use membership::{ClusterStatus, Member, Membership, ShardHolders};
 pub use registry::{Changes, Definition, DefinitionRecord, Registry, RegistryDigest};

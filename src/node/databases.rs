@@ -147,6 +147,15 @@ impl Node {
             .collect()
     }
 
+    /// Every database on this node, with per-part detail.
+    pub(crate) fn databases_detailed(&self) -> Result<Vec<DatabaseInfo>, NodeError> {
+        let records: Vec<(String, DatabaseRecord)> = self.inner.catalog.scan(DATABASES, "")?;
+        records
+            .into_iter()
+            .map(|(_, record)| self.inner.info(record, true))
+            .collect()
+    }
+
     /// Stops serving a database at once and moves it to the trash; a database that
     /// failed to load is purged at once (nothing of it was ever served).
     pub async fn remove_database(&self, name: &str) -> Result<DatabaseInfo, NodeError> {

@@ -10,6 +10,7 @@ mod aliases;
 mod databases;
 mod error;
 mod gc;
+mod inventory;
 mod load;
 mod registry;
 mod shard;
@@ -34,6 +35,7 @@ use crate::storage::{Disk, StorageError};
 pub use aliases::AliasAction;
 pub use databases::{AddDatabase, DatabaseInfo, PartInfo};
 pub use error::NodeError;
+pub use inventory::{HeldDatabase, HeldPart, HeldState, Inventory, InventoryDigest};
 pub use shard::ShardContext;
 pub(crate) use shard::json_name;
 pub use stats::{DatabaseStats, NodeStats, Stats};
@@ -84,6 +86,8 @@ pub(crate) struct Inner {
     analyses: Analyses,
     map_slots: Arc<Semaphore>,
     started_ms: u64,
+    /// Gossip membership, once the node serves HTTP (see `Server`).
+    membership: std::sync::OnceLock<Arc<crate::cluster::Membership>>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -138,6 +142,7 @@ impl Node {
             map_slots: Arc::new(Semaphore::new(config.query.map_slots())),
             analyses,
             started_ms: now_ms(),
+            membership: std::sync::OnceLock::new(),
             shutdown_tx,
             tasks: Mutex::default(),
             config,
@@ -163,6 +168,20 @@ impl Node {
     /// The analyses this node serves.
     pub fn analyses(&self) -> &Analyses {
         &self.inner.analyses
+    }
+
+    /// Gossip membership: `None` for a node started without HTTP.
+    pub fn membership(&self) -> Option<&Arc<crate::cluster::Membership>> {
+        self.inner.membership.get()
+    }
+
+    pub(crate) fn set_membership(&self, membership: Arc<crate::cluster::Membership>) {
+        let _ = self.inner.membership.set(membership);
+    }
+
+    /// Capacity and use of each disk.
+    pub fn disk_stats(&self) -> Vec<crate::storage::DiskStats> {
+        self.inner.disks.iter().map(|d| d.stats()).collect()
     }
 
     pub(crate) fn catalog(&self) -> &Catalog {

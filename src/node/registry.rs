@@ -63,6 +63,34 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Drops registry tombstones older than `cluster.tombstone_lifetime_secs`.
+    pub fn collect_registry_tombstones(&self) -> Result<usize, NodeError> {
+        let lifetime_ms = self.inner.config.cluster.tombstone_lifetime_secs * 1000;
+        let now = now_ms();
+        let collected = self.inner.catalog.write(|w| {
+            let registry = registry_in(w)?;
+            let mut kept = registry.clone();
+            let collected = kept.collect_tombstones(now, lifetime_ms);
+            for name in registry.definitions.keys() {
+                if !kept.definitions.contains_key(name) {
+                    w.remove(DEFINITIONS, name)?;
+                }
+            }
+            for name in registry.aliases.keys() {
+                if !kept.aliases.contains_key(name) {
+                    w.remove(ALIASES, name)?;
+                }
+            }
+            Ok::<_, NodeError>(collected)
+        })?;
+        if collected > 0 {
+            info!(collected, "registry tombstones collected");
+        }
+        Ok(collected)
+    }
+}
+
 fn registry_in(w: &Writer) -> Result<Registry, NodeError> {
     let definitions: Vec<(String, DefinitionRecord)> = w.scan(DEFINITIONS, "")?;
     let aliases: Vec<(String, AliasRecord)> = w.scan(ALIASES, "")?;

@@ -3,6 +3,7 @@
 
 mod aliases;
 mod builtin;
+mod cluster;
 mod databases;
 mod example;
 mod query;

@@ -18,7 +18,17 @@ pub fn config(dir: &Path) -> Config {
     config.node.data_dir = dir.join("data");
     config.node.http_listen = "127.0.0.1:0".into();
     config.store.url = format!("file://{}", dir.join("store").display());
+    config.cluster.gossip_listen = format!("127.0.0.1:{}", free_udp_port());
     config
+}
+
+/// A UDP port free right now on 127.0.0.1 (gossip needs a fixed port).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub async fn start(config: Config) -> (Server, Client) {

@@ -1,0 +1,536 @@
+//! Gossip membership (chitchat) and the sync loop of a serving node.
+//!
+//! Each node gossips small summaries of its own state only (DESIGN.md, "Gossip"):
+//! `node` (http address, version, start time, zone), `registry` (digest of its
+//! definitions and aliases), `inv` (digest of its inventory) and `disk:<id>`.
+//! Every gossip interval the sync loop refreshes those keys, and for each live
+//! peer whose registry digest differs from ours pulls `GET /v1/internal/registry`
+//! from it and merges; whose inventory digest changed pulls
+//! `GET /v1/internal/inventory` and caches it. Bulk data moves over HTTP; gossip
+//! values stay well under 1 KB.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chitchat::transport::UdpTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::health::{HealthReport, health};
+use super::{Registry, RegistryDigest};
+use crate::node::{Inventory, InventoryDigest, Node, NodeError, lock, now_ms};
+use crate::storage::DiskStats;
+
+/// Gossip keys (each node writes only its own).
+pub const KEY_NODE: &str = "node";
+pub const KEY_REGISTRY: &str = "registry";
+pub const KEY_INVENTORY: &str = "inv";
+pub const KEY_DISK_PREFIX: &str = "disk:";
+
+/// Registry pulls started per sync round, at most.
+const PULLS_PER_ROUND: usize = 3;
+/// How long a pull from a peer may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `node` key: what a member is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Address of its HTTP API.
+    pub http: String,
+    pub version: String,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub zone: String,
+}
+
+/// A `disk:<id>` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSummary {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// One member as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub live: bool,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    pub gossip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeInfo>,
+    pub disks: BTreeMap<String, DiskSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryDigest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryDigest>,
+}
+
+/// A member whose registry digest has differed from the majority's for too long.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub node: String,
+    pub since_ms: u64,
+    pub hash: String,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub node: String,
+    #[serde(flatten)]
+    pub health: HealthReport,
+    pub members: Vec<Member>,
+    pub registry: RegistryDigest,
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// One holder of a shard, as `GET /v1/cluster/shards` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: String,
+    pub state: crate::node::HeldState,
+    pub pct: u8,
+}
+
+/// `GET /v1/cluster/shards?database=D`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardHolders {
+    pub database: String,
+    pub global: Vec<Holder>,
+    pub shards: BTreeMap<String, Vec<Holder>>,
+}
+
+/// Gossip and the sync loop of one node; `shutdown` stops both.
+pub struct Membership {
+    chitchat: Mutex<Option<ChitchatHandle>>,
+    handle: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    self_id: ChitchatId,
+    cluster_id: String,
+    /// Inventories pulled from peers, by node id, with the digest they had.
+    inventories: Mutex<HashMap<String, (String, Inventory)>>,
+    /// Since when each member's registry digest differs from the majority's.
+    disagreeing: Mutex<HashMap<String, (u64, String)>>,
+    sync: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the sync loop reads of a live peer.
+struct Peer {
+    id: String,
+    http: Option<String>,
+    registry: Option<RegistryDigest>,
+    inventory: Option<InventoryDigest>,
+}
+
+impl Membership {
+    /// Joins the cluster: binds the gossip socket and starts the sync loop.
+    pub async fn start(node: Node, http_addr: SocketAddr) -> Result<Arc<Membership>, NodeError> {
+        let config = node.config().cluster.clone();
+        let (listen, advertise) = config
+            .gossip_addresses()
+            .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
+        let interval = config.gossip_interval();
+        let self_id = ChitchatId::new(node.id().to_string(), now_ms(), advertise);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: self_id.clone(),
+            cluster_id: config.id.clone(),
+            gossip_interval: interval,
+            listen_addr: listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                // Near the gossip interval: a dead node is noticed in a few rounds
+                // rather than chitchat's default 5 s start.
+                initial_interval: interval,
+                max_interval: interval.max(Duration::from_secs(10)),
+                dead_node_grace_period: Duration::from_secs(config.dead_node_grace_period_secs),
+                ..FailureDetectorConfig::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(
+                config.marked_for_deletion_grace_period_secs,
+            ),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let advertised_http = if http_addr.ip().is_unspecified() {
+            SocketAddr::new(advertise.ip(), http_addr.port())
+        } else {
+            http_addr
+        };
+        let info = NodeInfo {
+            http: advertised_http.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ms: now_ms(),
+            zone: node.config().node.zone.clone(),
+        };
+        let initial = vec![(KEY_NODE.to_string(), to_json(&info))];
+        let chitchat = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+            .await
+            .map_err(|e| {
+                NodeError::InvalidInput(format!("cannot start gossip on {listen}: {e:#}"))
+            })?;
+        let membership = Arc::new(Membership {
+            handle: chitchat.chitchat(),
+            chitchat: Mutex::new(Some(chitchat)),
+            self_id,
+            cluster_id: config.id.clone(),
+            inventories: Mutex::default(),
+            disagreeing: Mutex::default(),
+            sync: Mutex::new(None),
+        });
+        let task = tokio::spawn(sync_loop(Arc::downgrade(&membership), node, interval));
+        *lock(&membership.sync) = Some(task);
+        info!(gossip = %listen, advertise = %advertise, seeds = ?config.seeds, "joined gossip");
+        Ok(membership)
+    }
+
+    /// Stops the sync loop and leaves gossip.
+    pub async fn shutdown(&self) {
+        let task = lock(&self.sync).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        let chitchat = lock(&self.chitchat).take();
+        if let Some(chitchat) = chitchat
+            && let Err(e) = chitchat.shutdown().await
+        {
+            warn!(error = %e, "gossip did not shut down cleanly");
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.self_id.node_id
+    }
+
+    /// Every member gossip knows, live and dead, with its keys.
+    async fn members(&self) -> Vec<Member> {
+        let chitchat = self.handle.lock().await;
+        let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+        let dead: Vec<ChitchatId> = chitchat.dead_nodes().cloned().collect();
+        let mut members = Vec::with_capacity(live.len() + dead.len());
+        for (id, is_live) in live
+            .iter()
+            .map(|id| (id, true))
+            .chain(dead.iter().map(|id| (id, false)))
+        {
+            let Some(state) = chitchat.node_state(id) else {
+                continue;
+            };
+            let disks = state
+                .iter_prefix(KEY_DISK_PREFIX)
+                .filter_map(|(key, value)| {
+                    let disk = key.strip_prefix(KEY_DISK_PREFIX)?.to_string();
+                    Some((disk, serde_json::from_str(&value.value).ok()?))
+                })
+                .collect();
+            members.push(Member {
+                id: id.node_id.to_string(),
+                live: is_live,
+                is_self: *id == self.self_id,
+                gossip: id.gossip_advertise_addr.to_string(),
+                node: parse(state.get(KEY_NODE)),
+                disks,
+                inventory: parse(state.get(KEY_INVENTORY)),
+                registry: parse(state.get(KEY_REGISTRY)),
+            });
+        }
+        members.sort_by(|a, b| (!a.live, &a.id).cmp(&(!b.live, &b.id)));
+        members
+    }
+
+    /// The inventories of the live members: this node's own, and the last pulled
+    /// of every other live member.
+    fn live_inventories(
+        &self,
+        node: &Node,
+        members: &[Member],
+    ) -> Result<Vec<Inventory>, NodeError> {
+        let cached = lock(&self.inventories);
+        let mut inventories = vec![node.inventory()?];
+        for member in members.iter().filter(|m| m.live && !m.is_self) {
+            if let Some((_, inventory)) = cached.get(&member.id) {
+                inventories.push(inventory.clone());
+            }
+        }
+        Ok(inventories)
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn status(&self, node: &Node) -> Result<ClusterStatus, NodeError> {
+        let members = self.members().await;
+        let registry = node.registry()?;
+        let inventories = self.live_inventories(node, &members)?;
+        let disagreement_ms = node.config().cluster.disagreement_secs * 1000;
+        let now = now_ms();
+        let disagreements = lock(&self.disagreeing)
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_sub(*since) >= disagreement_ms)
+            .map(|(id, (since, hash))| Disagreement {
+                node: id.clone(),
+                since_ms: *since,
+                hash: hash.clone(),
+            })
+            .collect();
+        Ok(ClusterStatus {
+            cluster_id: self.cluster_id.clone(),
+            node: self.node_id().to_string(),
+            health: health(&registry, &inventories),
+            members,
+            registry: registry.digest(),
+            disagreements,
+        })
+    }
+
+    /// `GET /v1/cluster/shards?database=D`: the holders of each shard among the
+    /// live members.
+    pub async fn shard_holders(
+        &self,
+        node: &Node,
+        database: &str,
+    ) -> Result<ShardHolders, NodeError> {
+        let members = self.members().await;
+        let inventories = self.live_inventories(node, &members)?;
+        let mut holders = ShardHolders {
+            database: database.to_string(),
+            global: Vec::new(),
+            shards: BTreeMap::new(),
+        };
+        let mut known = node.registry()?.definitions.contains_key(database);
+        for inventory in &inventories {
+            let Some(held) = inventory.databases.get(database) else {
+                continue;
+            };
+            known = true;
+            if let Some(global) = &held.global {
+                holders.global.push(Holder {
+                    node: inventory.node.clone(),
+                    state: global.state,
+                    pct: global.pct,
+                });
+            }
+            for (id, part) in &held.shards {
+                holders.shards.entry(id.clone()).or_default().push(Holder {
+                    node: inventory.node.clone(),
+                    state: part.state,
+                    pct: part.pct,
+                });
+            }
+        }
+        if !known {
+            return Err(NodeError::not_found("database", database));
+        }
+        Ok(holders)
+    }
+
+    async fn live_peers(&self) -> Vec<Peer> {
+        let chitchat = self.handle.lock().await;
+        let ids: Vec<ChitchatId> = chitchat
+            .live_nodes()
+            .filter(|id| **id != self.self_id)
+            .cloned()
+            .collect();
+        ids.iter()
+            .filter_map(|id| {
+                let state = chitchat.node_state(id)?;
+                Some(Peer {
+                    id: id.node_id.to_string(),
+                    http: parse::<NodeInfo>(state.get(KEY_NODE)).map(|n| n.http),
+                    registry: parse(state.get(KEY_REGISTRY)),
+                    inventory: parse(state.get(KEY_INVENTORY)),
+                })
+            })
+            .collect()
+    }
+
+    async fn publish(&self, node: &Node, registry: &RegistryDigest, inventory: &InventoryDigest) {
+        let disks: Vec<DiskStats> = node.disk_stats();
+        let mut chitchat = self.handle.lock().await;
+        let state = chitchat.self_node_state();
+        set_if_changed(state, KEY_REGISTRY, to_json(registry));
+        set_if_changed(state, KEY_INVENTORY, to_json(inventory));
+        for disk in disks {
+            let summary = DiskSummary {
+                total: disk.total_bytes,
+                free: disk.free_bytes,
+                used: disk.used_by_dram_bytes,
+            };
+            set_if_changed(
+                state,
+                &format!("{KEY_DISK_PREFIX}{}", disk.id),
+                to_json(&summary),
+            );
+        }
+    }
+
+    /// One round: publish our digests, pull what differs, track disagreement.
+    async fn sync_once(&self, node: &Node, client: &reqwest::Client) -> Result<(), NodeError> {
+        let registry = node.registry()?.digest();
+        let inventory = node.inventory()?.digest();
+        self.publish(node, &registry, &inventory).await;
+        let peers = self.live_peers().await;
+
+        let mut differing: Vec<&Peer> = peers
+            .iter()
+            .filter(|p| p.http.is_some())
+            .filter(|p| p.registry.as_ref().is_some_and(|r| r.hash != registry.hash))
+            .collect();
+        differing.shuffle(&mut rand::rng());
+        differing.truncate(PULLS_PER_ROUND);
+        let pulls = differing.iter().map(|peer| async move {
+            let http = peer.http.as_deref().unwrap_or_default();
+            (
+                peer,
+                pull::<Registry>(client, node, http, "/v1/internal/registry").await,
+            )
+        });
+        for (peer, pulled) in futures::future::join_all(pulls).await {
+            match pulled.and_then(|remote| node.merge_registry(&remote).map_err(|e| e.to_string()))
+            {
+                Ok(changes) if !changes.is_empty() => {
+                    debug!(peer = %peer.id, "registry merged from peer");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(peer = %peer.id, error = %e, "registry pull failed"),
+            }
+        }
+
+        let stale: Vec<&Peer> = {
+            let cached = lock(&self.inventories);
+            peers
+                .iter()
+                .filter(|p| p.http.is_some())
+                .filter(|p| {
+                    let hash = p.inventory.as_ref().map(|i| i.hash.as_str());
+                    hash.is_some() && cached.get(&p.id).map(|(h, _)| h.as_str()) != hash
+                })
+                .collect()
+        };
+        let pulls = stale.iter().map(|peer| async move {
+            let http = peer.http.as_deref().unwrap_or_default();
+            (
+                peer,
+                pull::<Inventory>(client, node, http, "/v1/internal/inventory").await,
+            )
+        });
+        for (peer, pulled) in futures::future::join_all(pulls).await {
+            match pulled {
+                Ok(inventory) => {
+                    let hash = inventory.digest().hash;
+                    lock(&self.inventories).insert(peer.id.clone(), (hash, inventory));
+                }
+                Err(e) => warn!(peer = %peer.id, error = %e, "inventory pull failed"),
+            }
+        }
+        {
+            let live: std::collections::HashSet<&str> =
+                peers.iter().map(|p| p.id.as_str()).collect();
+            lock(&self.inventories).retain(|id, _| live.contains(id.as_str()));
+        }
+        self.track_disagreement(&registry, &peers);
+        Ok(())
+    }
+
+    /// Notes, for every live member, since when its registry digest differs from
+    /// the one most members have.
+    fn track_disagreement(&self, own: &RegistryDigest, peers: &[Peer]) {
+        let mut digests: Vec<(&str, &str)> = vec![(self.node_id(), own.hash.as_str())];
+        for peer in peers {
+            if let Some(registry) = &peer.registry {
+                digests.push((&peer.id, &registry.hash));
+            }
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, hash) in &digests {
+            *counts.entry(hash).or_default() += 1;
+        }
+        let Some(majority) = counts
+            .iter()
+            .max_by_key(|(hash, count)| (**count, std::cmp::Reverse(**hash)))
+            .map(|(hash, _)| *hash)
+        else {
+            return;
+        };
+        let now = now_ms();
+        let mut disagreeing = lock(&self.disagreeing);
+        disagreeing.retain(|id, _| digests.iter().any(|(d, h)| d == id && *h != majority));
+        for (id, hash) in digests {
+            if hash != majority {
+                let entry = disagreeing
+                    .entry(id.to_string())
+                    .or_insert_with(|| (now, hash.to_string()));
+                entry.1 = hash.to_string();
+            }
+        }
+    }
+}
+
+async fn sync_loop(membership: std::sync::Weak<Membership>, node: Node, interval: Duration) {
+    let client = match reqwest::Client::builder().timeout(PULL_TIMEOUT).build() {
+        Ok(client) => client,
+        Err(e) => {
+            warn!(error = %e, "cannot build the HTTP client: the registry will not sync");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tombstone_every = (60_000 / interval.as_millis().max(1) as u64).max(1);
+    let mut rounds = 0u64;
+    loop {
+        tick.tick().await;
+        let Some(membership) = membership.upgrade() else {
+            return;
+        };
+        if let Err(e) = membership.sync_once(&node, &client).await {
+            warn!(error = %e, "cluster sync round failed");
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(tombstone_every)
+            && let Err(e) = node.collect_registry_tombstones()
+        {
+            warn!(error = %e, "collecting registry tombstones failed");
+        }
+    }
+}
+
+/// `GET http://{http}{path}` with the cluster secret, as JSON.
+async fn pull<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    node: &Node,
+    http: &str,
+    path: &str,
+) -> Result<T, String> {
+    let mut request = client.get(format!("http://{http}{path}"));
+    if let Some(secret) = &node.config().auth.cluster_secret {
+        request = request.bearer_auth(secret);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("{path} answered HTTP {status}"));
+    }
+    response.json::<T>().await.map_err(|e| e.to_string())
+}
+
+fn set_if_changed(state: &mut chitchat::NodeState, key: &str, value: String) {
+    if state.get(key) != Some(value.as_str()) {
+        state.set(key, value);
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
+    serde_json::from_str(value?).ok()
+}

@@ -1,0 +1,320 @@
+//! A cluster of real nodes on 127.0.0.1 (HTTP on port 0, gossip on free UDP
+//! ports, 100 ms gossip), driven as a script: members find each other through a
+//! seed; a database defined on one node is loaded by all; aliases set, raced and
+//! removed on different nodes converge everywhere; a batch never shows half; a
+//! node stops, a new one joins and catches up.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use dram::Server;
+use dram::client::Client;
+use serde_json::{Value, json};
+
+use crate::support::{config, expect_error, publish, serve};
+
+const SECRET: &str = "test-cluster-secret";
+
+struct Member {
+    server: Server,
+    client: Client,
+    gossip: String,
+}
+
+/// Starts a node whose store is the shared `store` folder, joining via `seeds`.
+async fn member(dir: &Path, name: &str, store: &Path, seeds: &[&str]) -> Member {
+    let mut config = config(&dir.join(name));
+    config.node.id = name.to_string();
+    config.store.url = format!("file://{}", store.display());
+    config.cluster.seeds = seeds.iter().map(|s| s.to_string()).collect();
+    config.cluster.gossip_interval_ms = 100;
+    config.cluster.disagreement_secs = 1;
+    config.auth.cluster_secret = Some(SECRET.into());
+    let gossip = config.cluster.gossip_listen.clone();
+    let (server, client) = serve(dram::builtin::register(dram::Node::builder(config))).await;
+    Member {
+        server,
+        client,
+        gossip,
+    }
+}
+
+/// Polls `check` on every client until all agree it holds (at most `secs`).
+async fn on_all(
+    clients: &[&Client],
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Client) -> futures::future::BoxFuture<'_, bool>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut all = true;
+        for client in clients {
+            if !check(client).await {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn live_members(status: &Value) -> Vec<String> {
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["live"] == true)
+        .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn alias_target(client: &Client, name: &str) -> Option<String> {
+    let aliases = client.get("/v1/aliases").await.ok()?;
+    aliases["aliases"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == name)
+        .and_then(|a| a["target"].as_str().map(str::to_string))
+}
+
+async fn database_state(client: &Client, name: &str) -> Option<String> {
+    let info = client.get(&format!("/v1/databases/{name}")).await.ok()?;
+    info["state"].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn nodes_share_definitions_and_aliases_through_gossip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let store_config = dram::config::StoreConfig {
+        url: format!("file://{}", store.display()),
+        ..Default::default()
+    };
+    for (name, rows) in [("daily-1", "1\n2\n"), ("daily-2", "3\n")] {
+        publish(
+            dir.path(),
+            &store_config,
+            name,
+            &[
+                ("shards/a/x.csv", format!("n\n{rows}").as_bytes()),
+                ("shards/b/x.csv", b"n\n9\n".as_slice()),
+            ],
+        )
+        .await;
+    }
+
+    // Three members: n1 alone, n2 and n3 join through it.
+    let n1 = member(dir.path(), "n1", &store, &[]).await;
+    let seed = n1.gossip.clone();
+    let n2 = member(dir.path(), "n2", &store, &[&seed]).await;
+    let n3 = member(dir.path(), "n3", &store, &[&seed]).await;
+    let all = [&n1.client, &n2.client, &n3.client];
+    on_all(&all, 20, "three live members", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            live_members(&status) == ["n1", "n2", "n3"]
+        })
+    })
+    .await;
+
+    // One command, all members download.
+    n1.client
+        .post(
+            "/v1/databases",
+            &json!({"name": "daily-1", "source": "daily-1", "replicas": "all"}),
+        )
+        .await
+        .unwrap();
+    n2.client
+        .post(
+            "/v1/databases",
+            &json!({"name": "daily-2", "source": "daily-2"}),
+        )
+        .await
+        .unwrap();
+    on_all(&all, 30, "both databases ready everywhere", |c| {
+        Box::pin(async move {
+            database_state(c, "daily-1").await.as_deref() == Some("ready")
+                && database_state(c, "daily-2").await.as_deref() == Some("ready")
+        })
+    })
+    .await;
+    on_all(&all, 20, "green health and every holder known", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            let shards = c.get("/v1/cluster/shards?database=daily-1").await.unwrap();
+            let holders = |id: &str| shards["shards"][id].as_array().map_or(0, |h| h.len());
+            status["health"] == "green" && holders("a") == 3 && holders("b") == 3
+        })
+    })
+    .await;
+    let status = n3.client.get("/v1/cluster").await.unwrap();
+    let first = &status["members"][0];
+    assert_eq!(first["id"], "n1");
+    assert!(
+        first["node"]["http"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(first["disks"]["0"]["total"].as_u64().unwrap() > 0);
+    assert_eq!(
+        first["inventory"]["ready"], 4,
+        "two shards of two databases"
+    );
+    // A definition made elsewhere is a conflict here too.
+    expect_error(
+        n3.client
+            .post(
+                "/v1/databases",
+                &json!({"name": "daily-1", "source": "daily-2"}),
+            )
+            .await,
+        409,
+        "conflict",
+    );
+
+    // An alias set on one node is seen on every node.
+    n2.client
+        .put("/v1/aliases/daily", &json!({"target": "daily-1"}))
+        .await
+        .unwrap();
+    on_all(&all, 10, "alias daily on every node", |c| {
+        Box::pin(async move { alias_target(c, "daily").await.as_deref() == Some("daily-1") })
+    })
+    .await;
+    let answer = n3
+        .client
+        .post("/v1/query/daily/count", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(answer["result"]["rows"], 3);
+
+    // Two nodes write one alias at once: one winner, everywhere.
+    let (to_one, to_two) = (json!({"target": "daily-1"}), json!({"target": "daily-2"}));
+    let (r1, r3) = tokio::join!(
+        n1.client.put("/v1/aliases/race", &to_one),
+        n3.client.put("/v1/aliases/race", &to_two),
+    );
+    r1.unwrap();
+    r3.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut targets = Vec::new();
+        for client in all {
+            targets.push(alias_target(client, "race").await);
+        }
+        if targets.iter().all(|t| t.is_some() && *t == targets[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alias race never converged: {targets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A batch on n3 is never seen half-applied on n1.
+    n3.client
+        .post(
+            "/v1/aliases/_batch",
+            &json!({"actions": [
+                {"set": {"name": "left", "target": "daily-1"}},
+                {"set": {"name": "right", "target": "daily-2"}},
+                {"remove": {"name": "daily"}}
+            ]}),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let aliases = n1.client.get("/v1/aliases").await.unwrap();
+        let names: Vec<&str> = aliases["aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        let seen = [
+            names.contains(&"left"),
+            names.contains(&"right"),
+            !names.contains(&"daily"),
+        ];
+        assert!(
+            seen.iter().all(|s| *s) || seen.iter().all(|s| !*s),
+            "half a batch on n1: {names:?}"
+        );
+        if seen[0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the batch never reached n1");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Deleting a database on one node trashes it everywhere.
+    n1.client.delete("/v1/databases/daily-2").await.unwrap();
+    on_all(&all, 10, "daily-2 in every trash", |c| {
+        Box::pin(async move { database_state(c, "daily-2").await.as_deref() == Some("trashed") })
+    })
+    .await;
+
+    // Node-to-node calls need the secret.
+    let url = format!("{}/v1/internal/registry", n1.server.url());
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // n3 stops; n4 joins later and receives every definition and alias. Then
+    // the writer of most of them, n1, stops too: they survive on n2 and n4.
+    n3.server.shutdown().await;
+    let n4 = member(dir.path(), "n4", &store, &[&n2.gossip]).await;
+    on_all(&[&n1.client], 20, "n3 dead and n4 live on n1", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            live_members(&status) == ["n1", "n2", "n4"]
+                && status["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["id"] == "n3" && m["live"] == false)
+        })
+    })
+    .await;
+    n1.server.shutdown().await;
+    let rest = [&n2.client, &n4.client];
+    on_all(&rest, 30, "n4 caught up", |c| {
+        Box::pin(async move {
+            database_state(c, "daily-1").await.as_deref() == Some("ready")
+                && alias_target(c, "left").await.as_deref() == Some("daily-1")
+                && alias_target(c, "daily").await.is_none()
+                && alias_target(c, "race").await.is_some()
+        })
+    })
+    .await;
+    assert_eq!(
+        alias_target(&n4.client, "race").await,
+        alias_target(&n2.client, "race").await
+    );
+    // daily-2 was deleted before n4 joined: n4 never loads it.
+    assert_eq!(database_state(&n4.client, "daily-2").await, None);
+    let registries: Vec<Value> = futures::future::join_all(
+        rest.iter()
+            .map(|c| async move { c.get("/v1/cluster").await.unwrap()["registry"].clone() }),
+    )
+    .await;
+    assert_eq!(registries[0], registries[1], "same registry on n2 and n4");
+    n2.server.shutdown().await;
+    n4.server.shutdown().await;
+}
