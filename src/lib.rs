@@ -12,6 +12,8 @@
 //! - [`catalog`]: the node's durable state in redb.
 //! - [`storage`]: sources in object storage, manifests, fetching, local disks.
 //! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
+//! - [`cluster`]: the registry (cluster-wide definitions and aliases, merged
+//!   last-writer-wins), health, and gossip membership with its sync loop.
 //! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them.
 //! - [`builder`]: building a node with analyses and extra routes.
 //! - [`builtin`]: the analyses the `dram` binary serves out of the box.

@@ -25,10 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node (embedded defaults without --config).
+    /// Run a node (embedded defaults without --config; flags override both).
     Serve {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: ServeOverrides,
     },
     /// Upload a local folder as a database, with its manifest.
     Publish {
@@ -76,6 +78,64 @@ enum Command {
     },
     /// Per-database and per-disk statistics of a node.
     Stats {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// The cluster as a node sees it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// Settings of `dram serve` that override the config file.
+#[derive(Args, Clone, Default)]
+struct ServeOverrides {
+    /// node.id
+    #[arg(long = "id", value_name = "ID")]
+    node_id: Option<String>,
+    /// node.data_dir
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// node.http_listen
+    #[arg(long = "http", value_name = "ADDR")]
+    http_listen: Option<String>,
+    /// cluster.gossip_listen
+    #[arg(long = "gossip", value_name = "ADDR")]
+    gossip_listen: Option<String>,
+    /// cluster.seeds (repeat for several)
+    #[arg(long = "seed", value_name = "ADDR")]
+    seeds: Vec<String>,
+}
+
+impl ServeOverrides {
+    fn apply(self, config: &mut Config) {
+        if let Some(id) = self.node_id {
+            config.node.id = id;
+        }
+        if let Some(dir) = self.data_dir {
+            config.node.data_dir = dir;
+        }
+        if let Some(http) = self.http_listen {
+            config.node.http_listen = http;
+        }
+        if let Some(gossip) = self.gossip_listen {
+            config.cluster.gossip_listen = gossip;
+        }
+        if !self.seeds.is_empty() {
+            config.cluster.seeds = self.seeds;
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Health, members (live or dead), their disks and what they serve.
+    Status {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Which members hold each shard of a database, and in which state.
+    Shards {
+        database: String,
         #[command(flatten)]
         node: NodeArg,
     },
@@ -189,7 +249,13 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Serve { config } => serve(load_config(config.as_ref())?).await,
+        Command::Serve { config, overrides } => {
+            let mut config = load_config(config.as_ref())?;
+            overrides.apply(&mut config);
+            config.validate()?;
+            serve(config).await
+        }
+        Command::Cluster(command) => cluster(command).await,
         Command::Publish {
             dir,
             url,
@@ -457,6 +523,103 @@ async fn alias(command: AliasCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status { node } => {
+            let status = Client::new(&node.node).get("/v1/cluster").await?;
+            println!(
+                "cluster {}  health {}  (seen from {})",
+                status["cluster_id"].as_str().unwrap_or("?"),
+                status["health"].as_str().unwrap_or("?"),
+                status["node"].as_str().unwrap_or("?")
+            );
+            for reason in status["reasons"].as_array().into_iter().flatten() {
+                println!("  {}", reason.as_str().unwrap_or_default());
+            }
+            println!(
+                "{:<20} {:<5} {:<22} {:<10} {:>12} {:>12} {:>7} {:>12}",
+                "member", "live", "http", "zone", "disk free", "disk total", "shards", "bytes"
+            );
+            for member in status["members"].as_array().into_iter().flatten() {
+                let (mut free, mut total) = (0, 0);
+                for disk in member["disks"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|d| d.values())
+                {
+                    free += disk["free"].as_u64().unwrap_or(0);
+                    total += disk["total"].as_u64().unwrap_or(0);
+                }
+                println!(
+                    "{:<20} {:<5} {:<22} {:<10} {:>12} {:>12} {:>7} {:>12}",
+                    member["id"].as_str().unwrap_or("?"),
+                    if member["live"] == true {
+                        "yes"
+                    } else {
+                        "DEAD"
+                    },
+                    member["node"]["http"].as_str().unwrap_or("-"),
+                    member["node"]["zone"].as_str().unwrap_or(""),
+                    human(free),
+                    human(total),
+                    member["inventory"]["ready"].as_u64().unwrap_or(0),
+                    human(member["inventory"]["bytes"].as_u64().unwrap_or(0)),
+                );
+            }
+            for disagreement in status["disagreements"].as_array().into_iter().flatten() {
+                println!(
+                    "registry of {} differs from the majority's since {} ms",
+                    disagreement["node"].as_str().unwrap_or("?"),
+                    disagreement["since_ms"]
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::Shards { database, node } => {
+            let path = format!("/v1/cluster/shards?database={}", segment(&database)?);
+            let holders = Client::new(&node.node).get(&path).await?;
+            let show = |label: &str, list: &Value| {
+                let holders: Vec<String> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|h| {
+                        let state = h["state"].as_str().unwrap_or("?");
+                        let node = h["node"].as_str().unwrap_or("?");
+                        if state == "downloading" {
+                            format!("{node}:{state}({}%)", h["pct"])
+                        } else {
+                            format!("{node}:{state}")
+                        }
+                    })
+                    .collect();
+                println!("{label:<20} {}", holders.join(" "));
+            };
+            show("global", &holders["global"]);
+            for (id, list) in holders["shards"].as_object().into_iter().flatten() {
+                show(id, list);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Bytes as `12.3 GiB`.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn print_json(value: &Value) {

@@ -57,6 +57,19 @@ struct AliasBatch {
     actions: Vec<AliasAction>,
 }
 
+/// A database as this node holds it, with `holders`: which members hold each of
+/// its shards, and in which state.
+async fn database_with_holders(node: &Node, name: &str) -> Result<serde_json::Value, NodeError> {
+    let info = node.database(name)?;
+    let mut value = serde_json::to_value(&info)
+        .map_err(|e| NodeError::InvalidInput(format!("cannot show {name}: {e}")))?;
+    if let Some(membership) = node.membership() {
+        let holders = membership.shard_holders(node, name).await?;
+        value["holders"] = serde_json::json!({"global": holders.global, "shards": holders.shards});
+    }
+    Ok(value)
+}
+
 /// dram's routes, then `extra` (routes a program mounted through the builder),
 /// with every rejection turned into a JSON error.
 pub fn routes(
@@ -108,7 +121,9 @@ pub fn routes(
     let get_database = warp::path!("v1" / "databases" / String)
         .and(warp::get())
         .and(with_node.clone())
-        .map(|name: String, node: Node| respond(StatusCode::OK, node.database(&name)));
+        .then(|name: String, node: Node| async move {
+            respond(StatusCode::OK, database_with_holders(&node, &name).await)
+        });
 
     let delete_database = warp::path!("v1" / "databases" / String)
         .and(warp::delete())

@@ -448,27 +448,38 @@ impl Membership {
                 digests.push((&peer.id, &registry.hash));
             }
         }
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, hash) in &digests {
-            *counts.entry(hash).or_default() += 1;
-        }
-        let Some(majority) = counts
-            .iter()
-            .max_by_key(|(hash, count)| (**count, std::cmp::Reverse(**hash)))
-            .map(|(hash, _)| *hash)
-        else {
-            return;
-        };
-        let now = now_ms();
-        let mut disagreeing = lock(&self.disagreeing);
-        disagreeing.retain(|id, _| digests.iter().any(|(d, h)| d == id && *h != majority));
-        for (id, hash) in digests {
-            if hash != majority {
-                let entry = disagreeing
-                    .entry(id.to_string())
-                    .or_insert_with(|| (now, hash.to_string()));
-                entry.1 = hash.to_string();
-            }
+        track_disagreement(&mut lock(&self.disagreeing), &digests, now_ms());
+    }
+}
+
+/// Updates `disagreeing` (member → since when, its digest) from the registry
+/// digests of the live members: those whose digest is not the most common one
+/// are added (keeping their first time), the others removed. Ties between
+/// equally common digests go to the smaller hash, so every node picks the same.
+fn track_disagreement(
+    disagreeing: &mut HashMap<String, (u64, String)>,
+    digests: &[(&str, &str)],
+    now_ms: u64,
+) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, hash) in digests {
+        *counts.entry(hash).or_default() += 1;
+    }
+    let Some(majority) = counts
+        .iter()
+        .max_by_key(|(hash, count)| (**count, std::cmp::Reverse(**hash)))
+        .map(|(hash, _)| *hash)
+    else {
+        disagreeing.clear();
+        return;
+    };
+    disagreeing.retain(|id, _| digests.iter().any(|(d, h)| d == id && *h != majority));
+    for (id, hash) in digests {
+        if *hash != majority {
+            let entry = disagreeing
+                .entry(id.to_string())
+                .or_insert_with(|| (now_ms, hash.to_string()));
+            entry.1 = hash.to_string();
         }
     }
 }
@@ -533,4 +544,40 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 fn parse<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
     serde_json::from_str(value?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disagreement_is_tracked_from_its_start_until_it_ends() {
+        let mut disagreeing = HashMap::new();
+        track_disagreement(
+            &mut disagreeing,
+            &[("n1", "a"), ("n2", "a"), ("n3", "b")],
+            10,
+        );
+        assert_eq!(disagreeing["n3"], (10, "b".to_string()));
+        assert_eq!(disagreeing.len(), 1);
+        // Still behind later, with another digest: the start time stays.
+        track_disagreement(
+            &mut disagreeing,
+            &[("n1", "c"), ("n2", "c"), ("n3", "d")],
+            20,
+        );
+        assert_eq!(disagreeing["n3"], (10, "d".to_string()));
+        // Caught up: forgotten. A two-way tie picks the smaller hash everywhere.
+        track_disagreement(
+            &mut disagreeing,
+            &[("n1", "c"), ("n2", "c"), ("n3", "c")],
+            30,
+        );
+        assert!(disagreeing.is_empty());
+        track_disagreement(&mut disagreeing, &[("n1", "y"), ("n2", "x")], 40);
+        assert_eq!(disagreeing.keys().collect::<Vec<_>>(), ["n1"]);
+        // A member that left is no longer listed.
+        track_disagreement(&mut disagreeing, &[("n2", "x")], 50);
+        assert!(disagreeing.is_empty());
+    }
 }

@@ -11,7 +11,7 @@ use dram::Server;
 use dram::client::Client;
 use serde_json::{Value, json};
 
-use crate::support::{config, expect_error, publish, serve};
+use crate::support::{config, dram_cli, expect_error, publish, serve};
 
 const SECRET: &str = "test-cluster-secret";
 
@@ -154,6 +154,26 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
         })
     })
     .await;
+    let info = n2.client.get("/v1/databases/daily-1").await.unwrap();
+    let holders: Vec<&str> = info["holders"]["shards"]["a"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders.len(), 3, "{info}");
+    // The CLI shows the same.
+    let printed = dram_cli(&["cluster", "status"], &n3.server.url()).await;
+    assert!(printed.contains("health green"), "{printed}");
+    for id in ["n1", "n2", "n3"] {
+        assert!(printed.contains(id), "{printed}");
+    }
+    let printed = dram_cli(&["cluster", "shards", "daily-1"], &n3.server.url()).await;
+    assert!(
+        printed.contains("n1:ready") && printed.contains("n3:ready"),
+        "{printed}"
+    );
+
     let status = n3.client.get("/v1/cluster").await.unwrap();
     let first = &status["members"][0];
     assert_eq!(first["id"], "n1");
@@ -315,6 +335,32 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
     )
     .await;
     assert_eq!(registries[0], registries[1], "same registry on n2 and n4");
+    // n3 comes back with its old data: it receives what changed while it was
+    // away, and serves what it held without loading it again.
+    n4.client
+        .put("/v1/aliases/while-away", &json!({"target": "daily-1"}))
+        .await
+        .unwrap();
+    let n3 = member(dir.path(), "n3", &store, &[&n2.gossip]).await;
+    assert_eq!(
+        database_state(&n3.client, "daily-1").await.as_deref(),
+        Some("ready"),
+        "served from its own disk at once"
+    );
+    on_all(&[&n3.client], 20, "n3 caught up", |c| {
+        Box::pin(async move {
+            alias_target(c, "while-away").await.as_deref() == Some("daily-1")
+                && alias_target(c, "daily").await.is_none()
+                && database_state(c, "daily-2").await.as_deref() == Some("trashed")
+        })
+    })
+    .await;
+    let stats = n3.client.get("/v1/stats").await.unwrap();
+    assert_eq!(
+        stats["node"]["files_downloaded"], 0,
+        "nothing downloaded again"
+    );
+    n3.server.shutdown().await;
     n2.server.shutdown().await;
     n4.server.shutdown().await;
 }

@@ -213,6 +213,19 @@ pub fn dram_binary() -> &'static str {
     env!("CARGO_BIN_EXE_dram")
 }
 
+/// Runs a `dram` client command against the node at `url` (without blocking the
+/// runtime the node runs on); returns what it printed, or fails the test.
+pub async fn dram_cli(args: &[&str], url: &str) -> String {
+    let output = tokio::process::Command::new(dram_binary())
+        .args(args)
+        .args(["--node", url])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "dram {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// `POST /v1/databases` with `body`, then waits until the load has ended.
 pub async fn load(client: &Client, body: Value) -> Value {
     let name = body["name"]
