@@ -24,6 +24,33 @@ pub struct Definition {
     pub replicas: Replicas,
 }
 
+impl Definition {
+    /// A database about to be loaded from this definition.
+    pub fn loading(&self, name: &str, now_ms: u64) -> crate::catalog::DatabaseRecord {
+        crate::catalog::DatabaseRecord {
+            name: name.to_string(),
+            source: self.source.clone(),
+            mode: self.mode,
+            replicas: self.replicas,
+            state: crate::catalog::DbState::Loading,
+            error: None,
+            version: None,
+            created_ms: now_ms,
+            ready_ms: None,
+            trashed_ms: None,
+        }
+    }
+
+    /// The definition a database on this node was loaded from.
+    pub fn of(record: &crate::catalog::DatabaseRecord) -> Definition {
+        Definition {
+            source: record.source.clone(),
+            mode: record.mode,
+            replicas: record.replicas,
+        }
+    }
+}
+
 /// A definition register: `definition: None` is a tombstone (the database was
 /// deleted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,18 +71,12 @@ impl Node {
         }
         let inner = &self.inner;
         let source = SourceUrl::resolve(&inner.config.store.url, &request.source)?;
-        let record = DatabaseRecord {
-            name: request.name.clone(),
+        let record = Definition {
             source: source.to_url(),
             mode: request.mode,
             replicas: request.replicas,
-            state: DbState::Loading,
-            error: None,
-            version: None,
-            created_ms: now_ms(),
-            ready_ms: None,
-            trashed_ms: None,
-        };
+        }
+        .loading(&request.name, now_ms());
         inner.catalog.write(|w| {
             if let Some(existing) = w.get::<DatabaseRecord>(DATABASES, &request.name)? {
                 let hint = if existing.state == DbState::Trashed {
@@ -111,11 +105,7 @@ impl Node {
                     request.name
                 )));
             }
-            let definition = Definition {
-                source: record.source.clone(),
-                mode: record.mode,
-                replicas: record.replicas,
-            };
+            let definition = Definition::of(&record);
             w.put(
                 DEFINITIONS,
                 &record.name,
@@ -212,11 +202,7 @@ impl Node {
                     "database {name:?} is not in the trash"
                 )));
             }
-            let definition = Definition {
-                source: record.source.clone(),
-                mode: record.mode,
-                replicas: record.replicas,
-            };
+            let definition = Definition::of(&record);
             w.put(
                 DEFINITIONS,
                 name,

@@ -140,18 +140,7 @@ impl Inner {
             let local: Option<DatabaseRecord> = w.get(DATABASES, name)?;
             match (&record.definition, local) {
                 (Some(definition), None) => {
-                    let database = DatabaseRecord {
-                        name: name.clone(),
-                        source: definition.source.clone(),
-                        mode: definition.mode,
-                        replicas: definition.replicas,
-                        state: DbState::Loading,
-                        error: None,
-                        version: None,
-                        created_ms: now_ms(),
-                        ready_ms: None,
-                        trashed_ms: None,
-                    };
+                    let database = definition.loading(name, now_ms());
                     w.put(DATABASES, name, &database)?;
                     work.load.push(name.clone());
                 }
@@ -194,11 +183,8 @@ impl Inner {
                 if w.get::<DefinitionRecord>(DEFINITIONS, &name)?.is_some() {
                     continue;
                 }
-                let definition = (record.state != DbState::Trashed).then(|| Definition {
-                    source: record.source.clone(),
-                    mode: record.mode,
-                    replicas: record.replicas,
-                });
+                let definition =
+                    (record.state != DbState::Trashed).then(|| Definition::of(&record));
                 w.put(
                     DEFINITIONS,
                     &name,
