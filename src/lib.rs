@@ -14,6 +14,9 @@
 //! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
 //! - [`cluster`]: the registry (cluster-wide definitions and aliases, merged
 //!   last-writer-wins), health, and gossip membership with its sync loop.
+//! - [`placement`]: which members should hold each shard (weighted rendezvous
+//!   hashing, zones, full disks) — pure; not yet wired into loading.
+//! - [`primary`]: primary election and terms — pure; not yet wired into gossip.
 //! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them.
 //! - [`builder`]: building a node with analyses and extra routes.
 //! - [`builtin`]: the analyses the `dram` binary serves out of the box.
@@ -32,6 +35,8 @@ pub mod config;
 pub mod hlc;
 pub mod names;
 pub mod node;
+pub mod placement;
+pub mod primary;
 pub mod publish;
 pub mod query;
 pub mod server;
