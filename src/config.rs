@@ -232,6 +232,10 @@ pub struct ClusterConfig {
     /// A node whose registry digest differs from the majority's for longer than
     /// this is listed as disagreeing.
     pub disagreement_secs: u64,
+    /// May this node be elected primary (the one that does destructive work)?
+    pub primary_eligible: bool,
+    /// How long a new primary waits before its first destructive action.
+    pub primary_settle_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -246,6 +250,8 @@ impl Default for ClusterConfig {
             marked_for_deletion_grace_period_secs: 3600,
             tombstone_lifetime_secs: 7 * 24 * 3600,
             disagreement_secs: 30,
+            primary_eligible: true,
+            primary_settle_secs: 10,
         }
     }
 }

@@ -535,6 +535,10 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
                 status["health"].as_str().unwrap_or("?"),
                 status["node"].as_str().unwrap_or("?")
             );
+            match status["primary"]["id"].as_str() {
+                Some(primary) => println!("primary {primary} (term {})", status["primary"]["term"]),
+                None => println!("no primary (no candidate named by a majority of known members)"),
+            }
             for reason in status["reasons"].as_array().into_iter().flatten() {
                 println!("  {}", reason.as_str().unwrap_or_default());
             }

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::health::{HealthReport, health};
 use super::{Registry, RegistryDigest};
 use crate::node::{Inventory, InventoryDigest, Node, NodeError, lock, now_ms};
+use crate::primary::{Primary, PrimaryState, View, candidate, elect};
 use crate::storage::DiskStats;
 
 /// Gossip keys (each node writes only its own).
@@ -31,6 +32,7 @@ pub const KEY_NODE: &str = "node";
 pub const KEY_REGISTRY: &str = "registry";
 pub const KEY_INVENTORY: &str = "inv";
 pub const KEY_DISK_PREFIX: &str = "disk:";
+pub const KEY_PRIMARY: &str = "primary";
 
 /// Registry pulls started per sync round, at most.
 const PULLS_PER_ROUND: usize = 3;
@@ -46,6 +48,23 @@ pub struct NodeInfo {
     pub started_ms: u64,
     #[serde(default)]
     pub zone: String,
+}
+
+/// The `primary` key: whom a member names as primary, the highest term it knows,
+/// and whether it may be primary itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<String>,
+    pub term: u64,
+    pub eligible: bool,
+}
+
+/// The primary as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryStatus {
+    pub id: String,
+    pub term: u64,
 }
 
 /// A `disk:<id>` key.
@@ -71,6 +90,8 @@ pub struct Member {
     pub inventory: Option<InventoryDigest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryDigest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryKey>,
 }
 
 /// A member whose registry digest has differed from the majority's for too long.
@@ -91,6 +112,9 @@ pub struct ClusterStatus {
     pub members: Vec<Member>,
     pub registry: RegistryDigest,
     pub disagreements: Vec<Disagreement>,
+    /// The primary confirmed by a majority of the known members, if any (none on
+    /// the minority side of a partition).
+    pub primary: Option<PrimaryStatus>,
 }
 
 /// One holder of a shard, as `GET /v1/cluster/shards` shows it.
@@ -120,6 +144,8 @@ pub struct Membership {
     /// Since when each member's registry digest differs from the majority's.
     disagreeing: Mutex<HashMap<String, (u64, String)>>,
     sync: Mutex<Option<JoinHandle<()>>>,
+    /// This node's standing and the primary it last saw elected.
+    election: Mutex<(PrimaryState, Option<Primary>)>,
 }
 
 /// What the sync loop reads of a live peer.
@@ -128,6 +154,7 @@ struct Peer {
     http: Option<String>,
     registry: Option<RegistryDigest>,
     inventory: Option<InventoryDigest>,
+    primary: Option<PrimaryKey>,
 }
 
 impl Membership {
@@ -185,6 +212,7 @@ impl Membership {
             inventories: Mutex::default(),
             disagreeing: Mutex::default(),
             sync: Mutex::new(None),
+            election: Mutex::default(),
         });
         let task = tokio::spawn(sync_loop(Arc::downgrade(&membership), node, interval));
         *lock(&membership.sync) = Some(task);
@@ -241,6 +269,7 @@ impl Membership {
                 disks,
                 inventory: parse(state.get(KEY_INVENTORY)),
                 registry: parse(state.get(KEY_REGISTRY)),
+                primary: parse(state.get(KEY_PRIMARY)),
             });
         }
         members.sort_by(|a, b| (!a.live, &a.id).cmp(&(!b.live, &b.id)));
@@ -287,6 +316,10 @@ impl Membership {
             members,
             registry: registry.digest(),
             disagreements,
+            primary: lock(&self.election).1.as_ref().map(|p| PrimaryStatus {
+                id: p.id.clone(),
+                term: p.term,
+            }),
         })
     }
 
@@ -346,9 +379,74 @@ impl Membership {
                     http: parse::<NodeInfo>(state.get(KEY_NODE)).map(|n| n.http),
                     registry: parse(state.get(KEY_REGISTRY)),
                     inventory: parse(state.get(KEY_INVENTORY)),
+                    primary: parse(state.get(KEY_PRIMARY)),
                 })
             })
             .collect()
+    }
+
+    /// Members gossip knows, live or dead.
+    async fn known_members(&self) -> usize {
+        let chitchat = self.handle.lock().await;
+        chitchat.live_nodes().count() + chitchat.dead_nodes().count()
+    }
+
+    /// Names a candidate, takes the election's result into account, and
+    /// publishes this node's `primary` key.
+    async fn elect(&self, node: &Node, peers: &[Peer]) {
+        let cluster = &node.config().cluster;
+        let own = {
+            let election = lock(&self.election);
+            View {
+                id: self.node_id().to_string(),
+                eligible: cluster.primary_eligible,
+                names: None,
+                term: election.0.term,
+            }
+        };
+        let mut views = vec![own];
+        for peer in peers {
+            let key = peer.primary.clone().unwrap_or_default();
+            views.push(View {
+                id: peer.id.clone(),
+                eligible: key.eligible,
+                names: key.names,
+                term: key.term,
+            });
+        }
+        views[0].names = candidate(&views).map(str::to_string);
+        let known = self.known_members().await;
+        let elected = elect(known, &views);
+        let seen_term = views.iter().map(|v| v.term).max().unwrap_or(0);
+        let key = {
+            let mut election = lock(&self.election);
+            let was = election.1.clone();
+            election
+                .0
+                .update(self.node_id(), elected.as_ref(), seen_term, now_ms());
+            if was.as_ref().map(|p| &p.id) != elected.as_ref().map(|p| &p.id) {
+                match &elected {
+                    Some(primary) => {
+                        info!(primary = %primary.id, term = election.0.term, "primary elected")
+                    }
+                    None => info!("no primary: no candidate named by a majority of known members"),
+                }
+            }
+            election.1 = elected;
+            PrimaryKey {
+                names: views[0].names.clone(),
+                term: election.0.term,
+                eligible: cluster.primary_eligible,
+            }
+        };
+        let mut chitchat = self.handle.lock().await;
+        set_if_changed(chitchat.self_node_state(), KEY_PRIMARY, to_json(&key));
+    }
+
+    /// Whether this node is the primary and has settled, so that it may do
+    /// destructive work now.
+    pub fn may_act_as_primary(&self, settle_ms: u64) -> bool {
+        lock(&self.election).0.may_act(now_ms(), settle_ms)
     }
 
     async fn publish(&self, node: &Node, registry: &RegistryDigest, inventory: &InventoryDigest) {
@@ -436,6 +534,7 @@ impl Membership {
             lock(&self.inventories).retain(|id, _| live.contains(id.as_str()));
         }
         self.track_disagreement(&registry, &peers);
+        self.elect(node, &peers).await;
         Ok(())
     }
 

@@ -154,6 +154,18 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
         })
     })
     .await;
+    // One primary, the lowest id, named by all.
+    on_all(&all, 20, "n1 primary everywhere", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            status["primary"]["id"] == "n1" && status["primary"]["term"].as_u64() > Some(0)
+        })
+    })
+    .await;
+    let first_term = n1.client.get("/v1/cluster").await.unwrap()["primary"]["term"]
+        .as_u64()
+        .unwrap();
+
     let info = n2.client.get("/v1/databases/daily-1").await.unwrap();
     let holders: Vec<&str> = info["holders"]["shards"]["a"]
         .as_array()
@@ -327,6 +339,14 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
         alias_target(&n4.client, "race").await,
         alias_target(&n2.client, "race").await
     );
+    // Two live of four known members: no majority, no primary, nothing deleted.
+    on_all(&rest, 20, "no primary among two of four", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            status["primary"].is_null() && live_members(&status) == ["n2", "n4"]
+        })
+    })
+    .await;
     // daily-2 was deleted before n4 joined: n4 never loads it.
     assert_eq!(database_state(&n4.client, "daily-2").await, None);
     let registries: Vec<Value> = futures::future::join_all(
@@ -352,6 +372,16 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
             alias_target(c, "while-away").await.as_deref() == Some("daily-1")
                 && alias_target(c, "daily").await.is_none()
                 && database_state(c, "daily-2").await.as_deref() == Some("trashed")
+        })
+    })
+    .await;
+    // n1 is gone: with three of the four known members live, n2 is primary, in
+    // a later term. (With two of four, nobody would be.)
+    let rest = [&n2.client, &n3.client, &n4.client];
+    on_all(&rest, 20, "n2 primary in a new term", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            status["primary"]["id"] == "n2" && status["primary"]["term"].as_u64() > Some(first_term)
         })
     })
     .await;
