@@ -8,9 +8,11 @@ use tracing::{debug, info};
 
 use super::{Inner, NodeError, lock, now_ms};
 use crate::catalog::{
-    ALIASES, AliasRecord, CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS,
-    PartRecord, PartState, READS, key,
+    ALIASES, AliasRecord, CACHE, CacheEntry, DATABASES, DEFINITIONS, DatabaseRecord, DbState,
+    MANIFESTS, PARTS, PartRecord, PartState, READS, key,
 };
+use crate::cluster::DefinitionRecord;
+use crate::hlc::Hlc;
 use crate::storage::{Manifest, Part};
 
 /// What a garbage collection freed.
@@ -63,15 +65,27 @@ impl Inner {
             w.remove_prefix(READS, &key(&[name, ""]))?;
             w.remove_prefix(PARTS, &key(&[name, ""]))?;
             w.remove_prefix(CACHE, &key(&[name, ""]))?;
+            // Aliases still pointing at the database are removed, with a version
+            // derived from the deletion's: the same on every node that purges,
+            // and older than any move of the alias made after the deletion (a
+            // move this node may not have seen yet must win).
+            let deleted: Option<DefinitionRecord> = w.get(DEFINITIONS, name)?;
+            let version = match deleted {
+                Some(d) if d.definition.is_none() => Hlc {
+                    ms: d.version.ms,
+                    counter: d.version.counter.saturating_add(1),
+                    node: d.version.node,
+                },
+                _ => lock(&self.clock).tick(now),
+            };
             let aliases: Vec<(String, AliasRecord)> = w.scan(ALIASES, "")?;
             for (alias, record) in aliases {
-                if record.target.as_deref() == Some(name) {
-                    let version = lock(&self.clock).tick(now);
+                if record.target.as_deref() == Some(name) && record.version < version {
                     let tombstone = AliasRecord {
                         name: alias.clone(),
                         target: None,
-                        version,
-                        updated_ms: now,
+                        version: version.clone(),
+                        updated_ms: version.ms,
                     };
                     w.put(ALIASES, &alias, &tombstone)?;
                 }

@@ -394,3 +394,64 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
     n2.server.shutdown().await;
     n4.server.shutdown().await;
 }
+
+/// A node purging a deleted database removes the aliases that pointed at it, but
+/// a move of such an alias made elsewhere after the deletion — and merged here
+/// only after the purge — still wins.
+#[tokio::test]
+async fn a_purge_never_undoes_an_alias_move_made_after_the_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.trash.lifetime_secs = 1;
+    let store = config.store.clone();
+    for name in ["old", "new"] {
+        publish(dir.path(), &store, name, &[("x.csv", b"n\n1\n".as_slice())]).await;
+    }
+    let (server, client) = serve(dram::Node::builder(config)).await;
+    for name in ["old", "new"] {
+        crate::support::load(&client, json!({"name": name, "source": name})).await;
+    }
+    client
+        .put("/v1/aliases/current", &json!({"target": "old"}))
+        .await
+        .unwrap();
+    client
+        .put("/v1/aliases/stale", &json!({"target": "old"}))
+        .await
+        .unwrap();
+    client.delete("/v1/databases/old").await.unwrap();
+    let deleted = server.node.registry().unwrap().definitions["old"]
+        .version
+        .clone();
+
+    // Elsewhere, just after the deletion, `current` moved to `new`; this node
+    // hears of it only after its purge.
+    let mut moved = server.node.registry().unwrap();
+    moved.definitions.clear();
+    moved.aliases.retain(|name, _| name == "current");
+    let record = moved.aliases.get_mut("current").unwrap();
+    record.target = Some("new".into());
+    record.version = dram::hlc::Hlc {
+        ms: deleted.ms + 1,
+        counter: 0,
+        node: "elsewhere".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while database_state(&client, "old").await.is_some() {
+        assert!(Instant::now() < deadline, "old was never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        alias_target(&client, "stale").await,
+        None,
+        "purged with its database"
+    );
+    assert_eq!(alias_target(&client, "current").await, None);
+    server.node.merge_registry(&moved).unwrap();
+    assert_eq!(
+        alias_target(&client, "current").await.as_deref(),
+        Some("new"),
+        "the later move wins over the purge's removal"
+    );
+    server.shutdown().await;
+}
