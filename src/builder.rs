@@ -16,6 +16,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::Arc;
+
+use chitchat::transport::{Transport, UdpTransport};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -32,6 +35,7 @@ pub struct NodeBuilder {
     config: Config,
     analyses: Analyses,
     routes: Vec<MountRoutes>,
+    gossip_transport: Option<Arc<dyn Transport>>,
     error: Option<String>,
 }
 
@@ -42,6 +46,7 @@ impl Node {
             config,
             analyses: Analyses::default(),
             routes: Vec::new(),
+            gossip_transport: None,
             error: None,
         }
     }
@@ -73,6 +78,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Gossips over `transport` instead of UDP: e.g. chitchat's in-memory
+    /// `ChannelTransport`, whose links a test can cut to partition a cluster.
+    pub fn gossip_transport(mut self, transport: impl Transport) -> Self {
+        self.gossip_transport = Some(Arc::new(transport));
+        self
+    }
+
     fn check(&mut self) -> Result<(), NodeError> {
         match self.error.take() {
             Some(e) => Err(NodeError::InvalidInput(e)),
@@ -83,19 +95,22 @@ impl NodeBuilder {
     /// Starts the node without HTTP (extra routes are not mounted).
     pub async fn start(mut self) -> Result<Node, NodeError> {
         self.check()?;
-        Node::start_with(self.config, self.analyses).await
+        Node::start_with(self.config, self.analyses, false).await
     }
 
     /// Starts the node and serves its HTTP API on `node.http_listen`.
     pub async fn serve(mut self) -> Result<Server, NodeError> {
         self.check()?;
         let listener = Server::bind(&self.config.node.http_listen).await?;
-        let node = Node::start_with(self.config, self.analyses).await?;
+        let node = Node::start_with(self.config, self.analyses, true).await?;
         let extra = self
             .routes
             .into_iter()
             .map(|mount| mount(node.clone()))
             .reduce(|a, b| a.or(b).unify().boxed());
-        Server::serve(listener, node, extra).await
+        let transport = self
+            .gossip_transport
+            .unwrap_or_else(|| Arc::new(UdpTransport));
+        Server::serve(listener, node, extra, transport).await
     }
 }

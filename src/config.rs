@@ -236,6 +236,12 @@ pub struct ClusterConfig {
     pub primary_eligible: bool,
     /// How long a new primary waits before its first destructive action.
     pub primary_settle_secs: u64,
+    /// How long after a member is seen dead its shards get new copies elsewhere
+    /// (a restart within it causes no copying).
+    pub node_left_delay_secs: u64,
+    /// Extra copies the primary trashes per sync round, and shard moves the
+    /// rebalancer runs at once.
+    pub max_concurrent_moves: usize,
 }
 
 impl Default for ClusterConfig {
@@ -252,6 +258,8 @@ impl Default for ClusterConfig {
             disagreement_secs: 30,
             primary_eligible: true,
             primary_settle_secs: 10,
+            node_left_delay_secs: 60,
+            max_concurrent_moves: 2,
         }
     }
 }
@@ -406,6 +414,10 @@ impl Config {
                 self.cluster.tombstone_lifetime_secs,
             ),
             ("cluster.disagreement_secs", self.cluster.disagreement_secs),
+            (
+                "cluster.max_concurrent_moves",
+                self.cluster.max_concurrent_moves as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));

@@ -139,6 +139,17 @@ enum ClusterCommand {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// What placement would do now (downloads, trashes, extra copies waiting),
+    /// or with --database and --replicas how disk use per node would change.
+    Plan {
+        #[arg(long, requires = "replicas")]
+        database: Option<String>,
+        /// Another replication factor: a number or "all".
+        #[arg(long, requires = "database")]
+        replicas: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -604,6 +615,57 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             show("global", &holders["global"]);
             for (id, list) in holders["shards"].as_object().into_iter().flatten() {
                 show(id, list);
+            }
+            Ok(())
+        }
+        ClusterCommand::Plan {
+            database,
+            replicas,
+            node,
+        } => {
+            let client = Client::new(&node.node);
+            if let (Some(database), Some(replicas)) = (database, replicas) {
+                let path = format!(
+                    "/v1/plan?database={}&replicas={}",
+                    segment(&database)?,
+                    segment(&replicas)?
+                );
+                let what_if = client.get(&path).await?;
+                println!(
+                    "{database}: replicas {} -> {}",
+                    what_if["replicas_now"], what_if["replicas"]
+                );
+                for use_ in what_if["nodes"].as_array().into_iter().flatten() {
+                    let bytes = |key: &str| use_[key].as_u64().unwrap_or(0);
+                    println!(
+                        "{:<20} {:>10} -> {:>10}",
+                        use_["node"].as_str().unwrap_or("?"),
+                        human(bytes("bytes_now")),
+                        human(bytes("bytes_after"))
+                    );
+                }
+                return Ok(());
+            }
+            let plan = client.get("/v1/plan").await?;
+            let primary = plan["primary"]["id"].as_str().unwrap_or("none");
+            println!(
+                "plan of {}  (primary {primary})",
+                plan["node"].as_str().unwrap_or("?")
+            );
+            for (kind, key) in [
+                ("download", "downloads"),
+                ("trash", "trashes"),
+                ("wait", "waiting"),
+            ] {
+                for action in plan[key].as_array().into_iter().flatten() {
+                    println!(
+                        "{kind:<9} {}/{} on {}: {}",
+                        action["database"].as_str().unwrap_or("?"),
+                        action["shard"].as_str().unwrap_or("?"),
+                        action["node"].as_str().unwrap_or("?"),
+                        action["reason"].as_str().unwrap_or("")
+                    );
+                }
             }
             Ok(())
         }

@@ -41,8 +41,10 @@ impl Server {
         (listener, http_addr): (TcpListener, SocketAddr),
         node: Node,
         extra: Option<BoxedFilter<(Response,)>>,
+        transport: std::sync::Arc<dyn chitchat::transport::Transport>,
     ) -> Result<Server, NodeError> {
-        let membership = match crate::cluster::Membership::start(node.clone(), http_addr).await {
+        let started = crate::cluster::Membership::start(node.clone(), http_addr, &*transport).await;
+        let membership = match started {
             Ok(membership) => membership,
             Err(e) => {
                 node.shutdown().await;

@@ -1,6 +1,6 @@
-//! Cluster routes: `GET /v1/cluster`, `GET /v1/cluster/shards?database=D`, and
-//! the node-to-node `/v1/internal/*` routes, which need the cluster secret when
-//! one is configured.
+//! Cluster routes: `GET /v1/cluster`, `GET /v1/cluster/shards?database=D`,
+//! `GET /v1/plan[?database=D&replicas=K]`, and the node-to-node `/v1/internal/*`
+//! routes, which need the cluster secret when one is configured.
 
 use serde::Deserialize;
 use warp::Filter;
@@ -9,12 +9,52 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::{error_response, respond};
+use crate::catalog::{AllReplicas, Replicas};
 use crate::node::{Node, NodeError};
+use crate::primary::actions::TrashRequest;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShardsQuery {
     database: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    database: Option<String>,
+    replicas: Option<String>,
+}
+
+fn parse_replicas(text: &str) -> Result<Replicas, NodeError> {
+    if text == "all" {
+        return Ok(Replicas::All(AllReplicas::All));
+    }
+    match text.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(Replicas::Count(n)),
+        _ => Err(NodeError::InvalidInput(format!(
+            "replicas must be a positive number or \"all\", not {text:?}"
+        ))),
+    }
+}
+
+async fn plan(node: &Node, query: PlanQuery) -> Result<serde_json::Value, NodeError> {
+    let membership = node.membership().ok_or_else(not_clustered)?;
+    let to_json = |value: Result<serde_json::Value, serde_json::Error>| {
+        value.map_err(|e| NodeError::InvalidInput(format!("cannot show the plan: {e}")))
+    };
+    match (query.database, query.replicas) {
+        (None, None) => to_json(serde_json::to_value(membership.plan(node).await?)),
+        (Some(database), Some(replicas)) => {
+            let replicas = parse_replicas(&replicas)?;
+            to_json(serde_json::to_value(
+                membership.what_if(node, &database, replicas).await?,
+            ))
+        }
+        _ => Err(NodeError::InvalidInput(
+            "give both database and replicas, or neither".into(),
+        )),
+    }
 }
 
 fn not_clustered() -> NodeError {
@@ -35,7 +75,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFilter<(Response,)> {
     let with_node = warp::any().map(move || node.clone());
 
     let status = warp::path!("v1" / "cluster")
@@ -61,6 +101,14 @@ pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
             respond(StatusCode::OK, result)
         });
 
+    let plan = warp::path!("v1" / "plan")
+        .and(warp::get())
+        .and(warp::query::<PlanQuery>())
+        .and(with_node.clone())
+        .then(|query: PlanQuery, node: Node| async move {
+            respond(StatusCode::OK, plan(&node, query).await)
+        });
+
     let internal = warp::path("v1")
         .and(warp::path("internal"))
         .and(warp::header::optional::<String>("authorization"))
@@ -78,9 +126,24 @@ pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(|node: Node| respond(StatusCode::OK, node.registry()));
     let inventory = internal
+        .clone()
         .and(warp::path!("inventory"))
         .and(warp::get())
         .map(|node: Node| respond(StatusCode::OK, node.inventory()));
+    let trash = internal
+        .and(warp::path!("trash"))
+        .and(warp::post())
+        .and(body)
+        .then(|node: Node, body: bytes::Bytes| async move {
+            let result = async {
+                let request: TrashRequest = super::parse(&body)?;
+                let membership = node.membership().ok_or_else(not_clustered)?;
+                membership.trash(&node, &request).await?;
+                Ok::<_, NodeError>(serde_json::json!({"trashed": true}))
+            }
+            .await;
+            respond(StatusCode::OK, result)
+        });
 
     status
         .or(shards)
@@ -88,6 +151,10 @@ pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
         .or(registry)
         .unify()
         .or(inventory)
+        .unify()
+        .or(trash)
+        .unify()
+        .or(plan)
         .unify()
         .boxed()
 }

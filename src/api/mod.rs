@@ -252,7 +252,7 @@ pub fn routes(
         .unify()
         .boxed();
 
-    let cluster = cluster::routes(node_for_cluster);
+    let cluster = cluster::routes(node_for_cluster, body.boxed());
 
     queries
         .or(databases)

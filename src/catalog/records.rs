@@ -87,6 +87,17 @@ pub struct PartRecord {
     pub state: PartState,
     pub files: u64,
     pub bytes: u64,
+    /// Set when the primary trashed this copy: no longer served, purged after
+    /// the trash lifetime unless placement wants it back first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trashed_ms: Option<u64>,
+}
+
+impl PartRecord {
+    /// Whether a query may read this copy.
+    pub fn is_serving(&self) -> bool {
+        self.trashed_ms.is_none() && matches!(self.state, PartState::Ready | PartState::Lazy)
+    }
 }
 
 /// An alias; `target: None` is a tombstone.

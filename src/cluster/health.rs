@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::Registry;
 use crate::catalog::Replicas;
 use crate::node::Inventory;
+use crate::placement::plan::Layout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,8 +42,9 @@ pub fn wanted_copies(replicas: Replicas, live_members: usize) -> usize {
 }
 
 /// Health of the databases `registry` defines, given the inventories of the live
-/// members (one per member).
-pub fn health(registry: &Registry, inventories: &[Inventory]) -> HealthReport {
+/// members (one per member) and the layouts known from manifests (a shard no
+/// live member holds is known from these).
+pub fn health(registry: &Registry, inventories: &[Inventory], layouts: &[Layout]) -> HealthReport {
     let mut health = Health::Green;
     let mut reasons = Vec::new();
     let mut note = |level: Health, reason: String, health: &mut Health| {
@@ -61,6 +63,12 @@ pub fn health(registry: &Registry, inventories: &[Inventory]) -> HealthReport {
             .iter()
             .filter_map(|i| i.databases.get(name))
             .flat_map(|d| d.shards.keys())
+            .chain(
+                layouts
+                    .iter()
+                    .filter(|l| l.name == *name)
+                    .flat_map(|l| l.shards.iter().map(|(id, _)| id)),
+            )
             .collect();
         if shard_ids.is_empty() {
             note(
@@ -171,22 +179,26 @@ mod tests {
             holding("n1", &[("a", Ready), ("b", Lazy)]),
             holding("n2", &[("a", Ready), ("b", Ready)]),
         ];
-        assert_eq!(health(&all, &both).health, Health::Green);
+        assert_eq!(health(&all, &both, &[]).health, Health::Green);
         let one_behind = [
             holding("n1", &[("a", Ready), ("b", Ready)]),
             holding("n2", &[("a", Downloading), ("b", Ready)]),
         ];
-        let report = health(&all, &one_behind);
+        let report = health(&all, &one_behind, &[]);
         assert_eq!(report.health, Health::Yellow);
         assert_eq!(report.reasons, ["db/a: 1 of 2 copies"]);
         let two = registry(Replicas::Count(1));
-        assert_eq!(health(&two, &one_behind).health, Health::Green);
+        assert_eq!(health(&two, &one_behind, &[]).health, Health::Green);
         let none = [
             holding("n1", &[("a", Failed), ("b", Ready)]),
             holding("n2", &[("a", Trashed), ("b", Ready)]),
         ];
-        assert_eq!(health(&two, &none).health, Health::Red);
-        assert_eq!(health(&two, &[]).health, Health::Red, "nobody holds it");
-        assert_eq!(health(&Registry::default(), &[]).health, Health::Green);
+        assert_eq!(health(&two, &none, &[]).health, Health::Red);
+        assert_eq!(
+            health(&two, &[], &[]).health,
+            Health::Red,
+            "nobody holds it"
+        );
+        assert_eq!(health(&Registry::default(), &[], &[]).health, Health::Green);
     }
 }

@@ -4,12 +4,14 @@
 //!   last-writer-wins merge — pure.
 
 //! - `health`: green / yellow / red from definitions and inventories — pure.
+//! - `view`: the cluster as placement sees it, from gossip and inventories — pure.
 //! - `membership`: chitchat gossip of small digests, and the sync loop that pulls
 //!   registries and inventories over HTTP when digests differ.
 
 pub mod health;
 pub mod membership;
 pub mod registry;
+pub mod view;
 
 pub use health::{Health, HealthReport};
 pub use membership::{ClusterStatus, Member, Membership, ShardHolders};

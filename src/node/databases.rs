@@ -47,6 +47,9 @@ pub struct PartInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub state: PartState,
+    /// When this copy was trashed (the primary dropped an extra copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trashed_ms: Option<u64>,
     pub disk: String,
     pub files: u64,
     pub bytes: u64,
@@ -262,6 +265,7 @@ impl Inner {
             let part_info = PartInfo {
                 id: which.shard_id().map(str::to_string),
                 state: part.state,
+                trashed_ms: part.trashed_ms,
                 disk: part.disk,
                 files: part.files,
                 bytes: part.bytes,

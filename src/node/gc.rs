@@ -37,9 +37,44 @@ impl Inner {
                 purged = true;
             }
         }
+        let parts: Vec<(String, PartRecord)> = self.catalog.scan(PARTS, "")?;
+        for (part_key, record) in parts {
+            if record.trashed_ms.is_some_and(|t| t + lifetime_ms <= now) {
+                self.purge_part(&part_key, &record)?;
+                purged = true;
+            }
+        }
         if purged {
             self.collect_garbage()?;
         }
+        Ok(())
+    }
+
+    /// Deletes one trashed copy of a part: its folder, its record, its cached
+    /// files and counters. Its blobs go with the next garbage collection.
+    fn purge_part(&self, part_key: &str, record: &PartRecord) -> Result<(), NodeError> {
+        let mut fields = part_key.split('\0');
+        let (Some(database), Some(part)) = (fields.next(), fields.next()) else {
+            return Ok(());
+        };
+        let Some(which) = Part::from_key(part) else {
+            return Ok(());
+        };
+        let disk = self.disk(&record.disk)?;
+        // Inside the write transaction: placement, which takes copies back in
+        // one too, sees the copy either whole or gone.
+        self.catalog.write(|w| {
+            let current: Option<PartRecord> = w.get(PARTS, part_key)?;
+            if current.is_some_and(|c| c.trashed_ms.is_none()) {
+                return Ok(());
+            }
+            disk.remove_part_dir(database, &which)?;
+            w.remove(PARTS, part_key)?;
+            w.remove(READS, part_key)?;
+            w.remove_prefix(CACHE, &key(&[database, part, ""]))?;
+            Ok::<_, NodeError>(())
+        })?;
+        info!(database, part, "trashed copy purged");
         Ok(())
     }
 
@@ -118,10 +153,11 @@ impl Inner {
                 continue;
             };
             for (part, files) in split {
-                let lazy = parts
+                // Parts placed on other nodes have no record here.
+                let held = parts
                     .get(&key(&[&name, &part.key()]))
-                    .is_some_and(|r| r.state == PartState::Lazy);
-                if !lazy {
+                    .is_some_and(|r| r.state != PartState::Lazy);
+                if held {
                     live.extend(files.into_iter().filter_map(|f| f.file.sha256));
                 }
             }

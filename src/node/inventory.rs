@@ -94,7 +94,7 @@ impl Node {
             let trashed = info.record.state == DbState::Trashed;
             let held = |part: &super::PartInfo| {
                 let state = match part.state {
-                    _ if trashed => HeldState::Trashed,
+                    _ if trashed || part.trashed_ms.is_some() => HeldState::Trashed,
                     PartState::Downloading => HeldState::Downloading,
                     PartState::Ready => HeldState::Ready,
                     PartState::Lazy => HeldState::Lazy,

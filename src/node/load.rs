@@ -60,6 +60,11 @@ pub(super) fn cancel(inner: &Inner, name: &str) {
     }
 }
 
+/// Whether a load of `name` is under way.
+pub(super) fn running(inner: &Inner, name: &str) -> bool {
+    lock(&inner.loads).contains_key(name)
+}
+
 /// Bytes fetched so far for each part of a load under way.
 pub(super) fn progress(inner: &Inner, name: &str) -> BTreeMap<Part, u64> {
     let loads = lock(&inner.loads);
@@ -108,7 +113,8 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
     let Some(record) = inner.catalog.get::<DatabaseRecord>(DATABASES, name)? else {
         return Ok(());
     };
-    if record.state != DbState::Loading {
+    // A ready database loads again when placement gives this node more shards.
+    if !matches!(record.state, DbState::Loading | DbState::Ready) {
         return Ok(());
     }
     let source = Source::open(
@@ -121,25 +127,30 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
         None => register_manifest(inner, &record, &source).await?,
     };
     let parts = manifest.parts().map_err(StorageError::Manifest)?;
-    let records: BTreeMap<Part, PartRecord> = inner
-        .catalog
-        .scan::<PartRecord>(PARTS, &key(&[name, ""]))?
-        .into_iter()
-        .filter_map(|(k, r)| Some((Part::from_key(k.split('\0').nth(1)?)?, r)))
-        .collect();
+    let scan_parts = || -> Result<BTreeMap<Part, PartRecord>, NodeError> {
+        Ok(inner
+            .catalog
+            .scan::<PartRecord>(PARTS, &key(&[name, ""]))?
+            .into_iter()
+            .filter_map(|(k, r)| Some((Part::from_key(k.split('\0').nth(1)?)?, r)))
+            .collect())
+    };
+    let mut records = scan_parts()?;
+    if record.state == DbState::Loading && records.is_empty() {
+        register_parts(inner, &record, &manifest).await?;
+        records = scan_parts()?;
+    }
 
     // What is left to fetch, and whether it fits.
     let mut work: Vec<(Part, Arc<Disk>, PlacedFile)> = Vec::new();
     let mut remaining: HashMap<Part, usize> = HashMap::new();
     let mut needed: HashMap<String, u64> = HashMap::new();
     for (part, files) in &parts {
+        // Parts without a record are placed on other nodes.
         let Some(part_record) = records.get(part) else {
-            return Err(NodeError::Conflict(format!(
-                "catalog has no record of {} of database {name}",
-                part.key()
-            )));
+            continue;
         };
-        if part_record.state != PartState::Downloading {
+        if part_record.state != PartState::Downloading || part_record.trashed_ms.is_some() {
             continue;
         }
         let disk = inner.disk(&part_record.disk)?.clone();
@@ -198,14 +209,46 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
     })
 }
 
-/// Reads the manifest from the source and records it with a disk for each part.
+/// Reads the manifest from the source and records it (with the version, when
+/// it names every file's hash).
 async fn register_manifest(
     inner: &Inner,
     record: &DatabaseRecord,
     source: &Source,
 ) -> Result<Manifest, NodeError> {
     let manifest = read_manifest(source).await?;
-    let parts = manifest.parts().map_err(StorageError::Manifest)?;
+    manifest.parts().map_err(StorageError::Manifest)?;
+    let complete = manifest.files.iter().all(|f| f.sha256.is_some());
+    inner.catalog.write(|w| {
+        w.put(MANIFESTS, &record.name, &manifest)?;
+        if complete && let Some(mut stored) = w.get::<DatabaseRecord>(DATABASES, &record.name)? {
+            stored.version = Some(manifest.version());
+            w.put(DATABASES, &record.name, &stored)?;
+        }
+        Ok::<_, NodeError>(())
+    })?;
+    Ok(manifest)
+}
+
+/// Records, with a disk for each, the parts this node should hold (waiting for
+/// placement in a cluster that has not settled yet).
+async fn register_parts(
+    inner: &Inner,
+    record: &DatabaseRecord,
+    manifest: &Manifest,
+) -> Result<(), NodeError> {
+    let mut parts = manifest.parts().map_err(StorageError::Manifest)?;
+    let shard_ids: Vec<String> = parts
+        .keys()
+        .filter_map(|p| p.shard_id().map(str::to_string))
+        .collect();
+    let wanted = inner
+        .wanted_shards(&record.name, record.replicas, &shard_ids)
+        .await?;
+    parts.retain(|part, _| match part {
+        Part::Shard(id) => wanted.contains(id),
+        Part::Global => !wanted.is_empty(),
+    });
     let sizes: Vec<(Part, u64)> = parts
         .iter()
         .map(|(part, files)| (part.clone(), files.iter().map(|f| f.file.size).sum()))
@@ -216,9 +259,7 @@ async fn register_manifest(
         .map(|d| (d.id.clone(), d.room()))
         .collect();
     let disks = assign_disks(&rooms, &sizes);
-    let complete = manifest.files.iter().all(|f| f.sha256.is_some());
     inner.catalog.write(|w| {
-        w.put(MANIFESTS, &record.name, &manifest)?;
         for (part, files) in &parts {
             let lazy = record.mode == Mode::Lazy && *part != Part::Global;
             let part_record = PartRecord {
@@ -230,16 +271,12 @@ async fn register_manifest(
                 },
                 files: files.len() as u64,
                 bytes: files.iter().map(|f| f.file.size).sum(),
+                trashed_ms: None,
             };
             w.put(PARTS, &key(&[&record.name, &part.key()]), &part_record)?;
         }
-        if complete && let Some(mut stored) = w.get::<DatabaseRecord>(DATABASES, &record.name)? {
-            stored.version = Some(manifest.version());
-            w.put(DATABASES, &record.name, &stored)?;
-        }
         Ok::<_, NodeError>(())
-    })?;
-    Ok(manifest)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -12,6 +12,7 @@ mod error;
 mod gc;
 mod inventory;
 mod load;
+mod placement;
 mod registry;
 mod shard;
 mod space;
@@ -36,6 +37,7 @@ pub use aliases::AliasAction;
 pub use databases::{AddDatabase, DatabaseInfo, PartInfo};
 pub use error::NodeError;
 pub use inventory::{HeldDatabase, HeldPart, HeldState, Inventory, InventoryDigest};
+pub use placement::Placement;
 pub use shard::ShardContext;
 pub(crate) use shard::json_name;
 pub use stats::{DatabaseStats, NodeStats, Stats};
@@ -86,6 +88,8 @@ pub(crate) struct Inner {
     analyses: Analyses,
     map_slots: Arc<Semaphore>,
     started_ms: u64,
+    /// Which shards this node should hold (see `placement`).
+    placement: watch::Sender<Placement>,
     /// Gossip membership, once the node serves HTTP (see `Server`).
     membership: std::sync::OnceLock<Arc<crate::cluster::Membership>>,
     shutdown_tx: watch::Sender<bool>,
@@ -102,12 +106,18 @@ pub(crate) struct Counters {
 impl Node {
     /// Starts a node that serves no analyses; see [`Node::builder`] to add some.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
-        Node::start_with(config, Analyses::default()).await
+        Node::start_with(config, Analyses::default(), false).await
     }
 
     /// Opens the node's disks and catalog, resumes loads and starts background
-    /// tasks. The configuration must be valid.
-    pub(crate) async fn start_with(config: Config, analyses: Analyses) -> Result<Node, NodeError> {
+    /// tasks. The configuration must be valid. A `clustered` node holds the
+    /// shards placement gives it, once it has met its cluster; any other node
+    /// holds every shard of its databases.
+    pub(crate) async fn start_with(
+        config: Config,
+        analyses: Analyses,
+        clustered: bool,
+    ) -> Result<Node, NodeError> {
         config
             .validate()
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
@@ -142,6 +152,11 @@ impl Node {
             map_slots: Arc::new(Semaphore::new(config.query.map_slots())),
             analyses,
             started_ms: now_ms(),
+            placement: watch::Sender::new(if clustered {
+                Placement::Waiting
+            } else {
+                Placement::Everything
+            }),
             membership: std::sync::OnceLock::new(),
             shutdown_tx,
             tasks: Mutex::default(),
@@ -234,8 +249,18 @@ impl Node {
 
     fn resume_loads(&self) -> Result<(), NodeError> {
         let records: Vec<(String, DatabaseRecord)> = self.inner.catalog.scan(DATABASES, "")?;
+        let parts: Vec<(String, crate::catalog::PartRecord)> =
+            self.inner.catalog.scan(crate::catalog::PARTS, "")?;
         for (_, record) in records {
-            if record.state == DbState::Loading {
+            let downloading = || {
+                parts.iter().any(|(k, p)| {
+                    k.split('\0').next() == Some(record.name.as_str())
+                        && p.state == crate::catalog::PartState::Downloading
+                        && p.trashed_ms.is_none()
+                })
+            };
+            if record.state == DbState::Loading || (record.state == DbState::Ready && downloading())
+            {
                 info!(database = %record.name, "resuming load");
                 load::spawn(&self.inner, &record.name);
             }

@@ -87,8 +87,20 @@ impl Inner {
             .get(PARTS, &key(&[&name, &part.key()]))?
             .ok_or_else(|| match &part {
                 Part::Global => NodeError::not_found("global data of database", &name),
+                // Known from the manifest, placed on other members.
+                Part::Shard(id) if self.files(&name).is_ok_and(|f| f.parts.contains_key(&part)) => {
+                    NodeError::NotReady(format!(
+                        "this node holds no copy of shard {name}/{id}: placement put it on other members"
+                    ))
+                }
                 Part::Shard(id) => NodeError::not_found("shard", format!("{name}/{id}")),
             })?;
+        if part_record.trashed_ms.is_some() {
+            return Err(NodeError::NotReady(format!(
+                "this node's copy of {} of {name:?} is in the trash",
+                part.key()
+            )));
+        }
         let lazy = match part_record.state {
             PartState::Ready => false,
             PartState::Lazy => true,

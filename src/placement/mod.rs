@@ -8,7 +8,13 @@
 //! moves only the leaver's. Copies spread over zones first: the best member of
 //! each zone, zones in the order of their best score, then the best of the rest.
 //! A member whose disks are past their high watermark takes no new shard, but
-//! keeps those it holds.
+//! keeps those it holds — unless every member is full: then the shard is placed
+//! as if none were, and the load fails visibly ("no room") instead of the
+//! shard silently having no copy.
+//!
+//! `plan`: the downloads, trashes and waiting extra copies that follow from it.
+
+pub mod plan;
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -67,9 +73,11 @@ pub fn choose(
     replicas: Replicas,
     holding: &BTreeSet<String>,
 ) -> Vec<String> {
+    let open = |c: &&Candidate| c.weight > 0 && (!c.full || holding.contains(&c.id));
+    let all_full = !candidates.iter().any(|c| open(&c));
     let mut ranked: Vec<(f64, &Candidate)> = candidates
         .iter()
-        .filter(|c| c.weight > 0 && (!c.full || holding.contains(&c.id)))
+        .filter(|c| c.weight > 0 && (all_full || open(c)))
         .map(|c| (score(key, &c.id, c.weight), c))
         .collect();
     ranked.sort_by(|a, b| {
@@ -264,6 +272,14 @@ mod tests {
                 &BTreeSet::new()
             )
             .is_empty()
+        );
+        // Everyone full: placed anyway, so the load fails visibly.
+        for c in &mut full {
+            c.full = true;
+        }
+        assert_eq!(
+            choose("db/0", &full, Replicas::Count(2), &BTreeSet::new()).len(),
+            2
         );
     }
 

@@ -2,7 +2,9 @@
 //! collection, rebalancing moves).
 //!
 //! - `election`: who the primary is, from the members' gossiped views — pure.
+//! - `actions`: trashing extra copies over HTTP, and the checks a holder makes.
 
+pub mod actions;
 pub mod election;
 
 pub use election::{Primary, PrimaryState, View, candidate, elect};

@@ -34,6 +34,13 @@ pub struct DiskStats {
     pub high_watermark: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub max_bytes: Option<u64>,
+    /// What dram may fill: `max_bytes` when set (at most the file system),
+    /// otherwise the file system's size.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Usage is past the high watermark: placement gives this disk nothing new.
+    #[serde(default)]
+    pub over_watermark: bool,
 }
 
 impl Disk {
@@ -226,6 +233,8 @@ impl Disk {
             used_by_dram_bytes: self.used_bytes(),
             high_watermark: self.high_watermark,
             max_bytes: self.max_bytes,
+            capacity_bytes: self.usage().0,
+            over_watermark: self.over_watermark(),
         }
     }
 

@@ -8,13 +8,18 @@
 //! from it and merges; whose inventory digest changed pulls
 //! `GET /v1/internal/inventory` and caches it. Bulk data moves over HTTP; gossip
 //! values stay well under 1 KB.
+//!
+//! `placing.rs`: each round also builds the cluster state placement reads, hands
+//! it to the node (which loads the shards it now should hold), and, on the
+//! primary, trashes extra copies.
+
+mod placing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -73,6 +78,12 @@ pub struct DiskSummary {
     pub total: u64,
     pub free: u64,
     pub used: u64,
+    /// What dram may fill (the placement weight).
+    #[serde(default)]
+    pub capacity: u64,
+    /// Past its high watermark.
+    #[serde(default)]
+    pub full: bool,
 }
 
 /// One member as `GET /v1/cluster` shows it.
@@ -146,6 +157,14 @@ pub struct Membership {
     sync: Mutex<Option<JoinHandle<()>>>,
     /// This node's standing and the primary it last saw elected.
     election: Mutex<(PrimaryState, Option<Primary>)>,
+    /// When each dead member was first seen dead.
+    dead_since: Mutex<HashMap<String, u64>>,
+    /// The cluster state of the last round.
+    state: Mutex<Option<Arc<crate::placement::plan::ClusterState>>>,
+    /// Sync rounds done; placement starts once the view has settled.
+    rounds: std::sync::atomic::AtomicU64,
+    /// Whether this node was given seeds (it waits to meet a peer before placing).
+    seeded: bool,
 }
 
 /// What the sync loop reads of a live peer.
@@ -159,7 +178,11 @@ struct Peer {
 
 impl Membership {
     /// Joins the cluster: binds the gossip socket and starts the sync loop.
-    pub async fn start(node: Node, http_addr: SocketAddr) -> Result<Arc<Membership>, NodeError> {
+    pub async fn start(
+        node: Node,
+        http_addr: SocketAddr,
+        transport: &dyn chitchat::transport::Transport,
+    ) -> Result<Arc<Membership>, NodeError> {
         let config = node.config().cluster.clone();
         let (listen, advertise) = config
             .gossip_addresses()
@@ -199,7 +222,7 @@ impl Membership {
             zone: node.config().node.zone.clone(),
         };
         let initial = vec![(KEY_NODE.to_string(), to_json(&info))];
-        let chitchat = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+        let chitchat = spawn_chitchat(chitchat_config, initial, transport)
             .await
             .map_err(|e| {
                 NodeError::InvalidInput(format!("cannot start gossip on {listen}: {e:#}"))
@@ -213,6 +236,10 @@ impl Membership {
             disagreeing: Mutex::default(),
             sync: Mutex::new(None),
             election: Mutex::default(),
+            dead_since: Mutex::default(),
+            state: Mutex::default(),
+            rounds: Default::default(),
+            seeded: !config.seeds.is_empty(),
         });
         let task = tokio::spawn(sync_loop(Arc::downgrade(&membership), node, interval));
         *lock(&membership.sync) = Some(task);
@@ -312,7 +339,7 @@ impl Membership {
         Ok(ClusterStatus {
             cluster_id: self.cluster_id.clone(),
             node: self.node_id().to_string(),
-            health: health(&registry, &inventories),
+            health: health(&registry, &inventories, &node.layouts()?),
             members,
             registry: registry.digest(),
             disagreements,
@@ -460,6 +487,8 @@ impl Membership {
                 total: disk.total_bytes,
                 free: disk.free_bytes,
                 used: disk.used_by_dram_bytes,
+                capacity: disk.capacity_bytes,
+                full: disk.over_watermark,
             };
             set_if_changed(
                 state,
@@ -535,7 +564,7 @@ impl Membership {
         }
         self.track_disagreement(&registry, &peers);
         self.elect(node, &peers).await;
-        Ok(())
+        self.place(node, client, &peers).await
     }
 
     /// Notes, for every live member, since when its registry digest differs from

@@ -1,0 +1,196 @@
+//! Placement in the sync loop: every round builds the cluster state from gossip
+//! and the cached inventories; once the view has settled the node loads the
+//! shards placement gives it, and the primary (once settled itself) trashes
+//! extra copies. A holder asked to trash checks the request against its own view.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::{Membership, NodeInfo, Peer};
+use crate::cluster::view::cluster_state;
+use crate::node::{Node, NodeError, lock, now_ms};
+use crate::placement::plan::{ClusterState, NodeUse, Plan, plan, what_if};
+use crate::primary::Primary;
+use crate::primary::actions::{TrashRequest, check_trash, trash_extra_copies};
+
+/// Rounds before a node places shards: enough for gossip to show its peers.
+const SETTLE_ROUNDS: u64 = 3;
+/// Rounds after which a node that met no peer places shards alone.
+const ALONE_ROUNDS: u64 = 20;
+
+/// `GET /v1/plan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// The node that computed it, from its own view.
+    pub node: String,
+    pub primary: Option<super::PrimaryStatus>,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
+/// `GET /v1/plan?database=D&replicas=K`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhatIf {
+    pub database: String,
+    pub replicas_now: crate::catalog::Replicas,
+    pub replicas: crate::catalog::Replicas,
+    pub nodes: Vec<NodeUse>,
+}
+
+impl Membership {
+    /// One round of placement (see the module doc).
+    pub(super) async fn place(
+        &self,
+        node: &Node,
+        client: &reqwest::Client,
+        peers: &[Peer],
+    ) -> Result<(), NodeError> {
+        let state = self.refresh_state(node).await?;
+        let rounds = self.rounds.fetch_add(1, Ordering::Relaxed) + 1;
+        let settled = rounds >= ALONE_ROUNDS
+            || (rounds >= SETTLE_ROUNDS && (!self.seeded || !peers.is_empty()));
+        if !settled {
+            return Ok(());
+        }
+        let started = node.place((*state).clone())?;
+        if !started.is_empty() {
+            info!(databases = ?started, "loading the shards placement gives this node");
+        }
+        let cluster = &node.config().cluster;
+        if !self.may_act_as_primary(cluster.primary_settle_secs * 1000) {
+            return Ok(());
+        }
+        let Some(primary) = self.own_primacy() else {
+            return Ok(());
+        };
+        let planned = plan(&node.layouts()?, &state);
+        if planned.trashes.is_empty() {
+            return Ok(());
+        }
+        let http = self.http_addresses().await;
+        trash_extra_copies(
+            node,
+            client,
+            &http,
+            &primary,
+            &planned.trashes,
+            cluster.max_concurrent_moves,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Builds the cluster state from gossip and the cached inventories, and keeps
+    /// it for the checks and reports of this round.
+    async fn refresh_state(&self, node: &Node) -> Result<Arc<ClusterState>, NodeError> {
+        let members = self.members().await;
+        let inventories = self.live_inventories(node, &members)?;
+        let delay_ms = node.config().cluster.node_left_delay_secs * 1000;
+        let state = Arc::new(cluster_state(
+            &members,
+            &inventories,
+            &mut lock(&self.dead_since),
+            now_ms(),
+            delay_ms,
+        ));
+        *lock(&self.state) = Some(state.clone());
+        Ok(state)
+    }
+
+    /// The last cluster state, or a fresh one before the first round.
+    async fn current_state(&self, node: &Node) -> Result<Arc<ClusterState>, NodeError> {
+        let last = lock(&self.state).clone();
+        match last {
+            Some(state) => Ok(state),
+            None => self.refresh_state(node).await,
+        }
+    }
+
+    /// This node as primary, if it is the elected one.
+    fn own_primacy(&self) -> Option<Primary> {
+        let election = lock(&self.election);
+        let elected = election.1.as_ref()?;
+        (elected.id == self.node_id()).then(|| Primary {
+            id: elected.id.clone(),
+            term: election.0.term,
+        })
+    }
+
+    async fn http_addresses(&self) -> HashMap<String, String> {
+        self.members()
+            .await
+            .into_iter()
+            .filter(|m| m.live)
+            .filter_map(|m| Some((m.id, m.node.map(|n: NodeInfo| n.http)?)))
+            .collect()
+    }
+
+    /// `POST /v1/internal/trash`: trashes this node's copy if its own view
+    /// agrees (see `check_trash`); a refusal is a conflict naming the reason.
+    pub async fn trash(&self, node: &Node, request: &TrashRequest) -> Result<(), NodeError> {
+        let state = self.current_state(node).await?;
+        let (known_term, seen) = {
+            let election = lock(&self.election);
+            (election.0.term, election.1.clone())
+        };
+        let replicas = node
+            .registry()?
+            .definitions
+            .get(&request.database)
+            .and_then(|d| d.definition.as_ref())
+            .map(|d| d.replicas);
+        check_trash(
+            request,
+            node.id(),
+            known_term,
+            seen.as_ref(),
+            replicas,
+            &state,
+        )
+        .map_err(|refusal| NodeError::Conflict(refusal.to_string()))?;
+        node.trash_shard(&request.database, &request.shard)?;
+        Ok(())
+    }
+
+    /// `GET /v1/plan`: what placement would do now, from this node's view.
+    pub async fn plan(&self, node: &Node) -> Result<PlanReport, NodeError> {
+        let state = self.current_state(node).await?;
+        let primary = lock(&self.election)
+            .1
+            .as_ref()
+            .map(|p| super::PrimaryStatus {
+                id: p.id.clone(),
+                term: p.term,
+            });
+        Ok(PlanReport {
+            node: self.node_id().to_string(),
+            primary,
+            plan: plan(&node.layouts()?, &state),
+        })
+    }
+
+    /// `GET /v1/plan?database=D&replicas=K`: bytes of D per node now and with K.
+    pub async fn what_if(
+        &self,
+        node: &Node,
+        database: &str,
+        replicas: crate::catalog::Replicas,
+    ) -> Result<WhatIf, NodeError> {
+        let state = self.current_state(node).await?;
+        let layout = node
+            .layouts()?
+            .into_iter()
+            .find(|l| l.name == database)
+            .ok_or_else(|| NodeError::not_found("database", database))?;
+        Ok(WhatIf {
+            database: database.to_string(),
+            replicas_now: layout.replicas,
+            replicas,
+            nodes: what_if(&layout, &state, replicas),
+        })
+    }
+}

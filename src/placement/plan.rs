@@ -1,0 +1,350 @@
+//! What placement asks of the cluster now — pure.
+//!
+//! From the databases (shards and their sizes), the candidates and what each live
+//! member holds, `plan` lists the copies to download (a member placement chose
+//! that has none), the extra copies the primary may trash (every chosen member
+//! already holds a ready copy) and the extra copies that must wait. Each node
+//! takes its own downloads from it, the primary its trashes, and `GET /v1/plan`
+//! shows all of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Candidate, choose, shard_key};
+use crate::catalog::Replicas;
+use crate::node::HeldState;
+
+/// A database as placement sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub name: String,
+    pub replicas: Replicas,
+    /// Shard ids and their bytes.
+    pub shards: Vec<(String, u64)>,
+    /// Bytes of its global data (on every member holding one of its shards).
+    pub global_bytes: u64,
+}
+
+/// What the live members hold: member → database → shard → state.
+pub type Holdings = BTreeMap<String, BTreeMap<String, BTreeMap<String, HeldState>>>;
+
+/// The cluster at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// Who may hold shards: the live members and those dead for less than
+    /// `node_left_delay` (their shards are not copied elsewhere yet).
+    pub candidates: Vec<Candidate>,
+    /// Members that are live now.
+    pub live: BTreeSet<String>,
+    pub holdings: Holdings,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub node: String,
+    pub database: String,
+    pub shard: String,
+    pub bytes: u64,
+    pub reason: String,
+    /// For a trash: the members whose ready copies make this one extra.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Copies to make: the node downloads the shard.
+    pub downloads: Vec<Action>,
+    /// Extra copies the primary may trash now.
+    pub trashes: Vec<Action>,
+    /// Extra copies kept until the copies that replace them are ready.
+    pub waiting: Vec<Action>,
+}
+
+impl ClusterState {
+    fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
+        self.holdings.get(node)?.get(database)?.get(shard).copied()
+    }
+
+    /// Live members with a copy that is or will be served (not trashed or failed).
+    fn holders(&self, database: &str, shard: &str) -> BTreeSet<String> {
+        self.live
+            .iter()
+            .filter(|node| {
+                self.state(node, database, shard).is_some_and(|s| {
+                    matches!(
+                        s,
+                        HeldState::Ready | HeldState::Lazy | HeldState::Downloading
+                    )
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The members placement chooses for one shard, best first.
+    pub fn chosen(&self, database: &str, shard: &str, replicas: Replicas) -> Vec<String> {
+        choose(
+            &shard_key(database, shard),
+            &self.candidates,
+            replicas,
+            &self.holders(database, shard),
+        )
+    }
+}
+
+/// Downloads, trashes and waiting extra copies for `layouts` in `cluster`.
+pub fn plan(layouts: &[Layout], cluster: &ClusterState) -> Plan {
+    let mut plan = Plan::default();
+    for layout in layouts {
+        for (shard, bytes) in &layout.shards {
+            let chosen = cluster.chosen(&layout.name, shard, layout.replicas);
+            let action = |node: &str, reason: String| Action {
+                node: node.to_string(),
+                database: layout.name.clone(),
+                shard: shard.clone(),
+                bytes: *bytes,
+                reason,
+                ready_on: Vec::new(),
+            };
+            let mut ready = Vec::new();
+            for node in &chosen {
+                if !cluster.live.contains(node) {
+                    continue;
+                }
+                let reason = match cluster.state(node, &layout.name, shard) {
+                    Some(HeldState::Ready | HeldState::Lazy) => {
+                        ready.push(node.as_str());
+                        continue;
+                    }
+                    Some(HeldState::Downloading) => continue,
+                    Some(HeldState::Trashed) => "placed here: restore the trashed copy",
+                    Some(HeldState::Failed) => "placed here: the last download failed",
+                    None => "placed here: no copy yet",
+                };
+                plan.downloads.push(action(node, reason.to_string()));
+            }
+            let extra: Vec<String> = cluster
+                .holders(&layout.name, shard)
+                .into_iter()
+                .filter(|node| !chosen.contains(node))
+                .collect();
+            for node in extra {
+                if !chosen.is_empty() && ready.len() == chosen.len() {
+                    let reason = format!("extra copy: ready on {}", ready.join(", "));
+                    let mut trash = action(&node, reason);
+                    trash.ready_on = ready.iter().map(|r| r.to_string()).collect();
+                    plan.trashes.push(trash);
+                } else {
+                    let pending: Vec<&str> = chosen
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|c| !ready.contains(c))
+                        .collect();
+                    let reason = format!(
+                        "extra copy kept until copies on {} are ready",
+                        pending.join(", ")
+                    );
+                    plan.waiting.push(action(&node, reason));
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Disk use of one member under two replication factors of a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeUse {
+    pub node: String,
+    /// Bytes of the database this member holds now (shards and global data).
+    pub bytes_now: u64,
+    /// Bytes it would hold with the other replication factor.
+    pub bytes_after: u64,
+}
+
+/// How the bytes of `layout` held per candidate would change with `replicas`.
+pub fn what_if(layout: &Layout, cluster: &ClusterState, replicas: Replicas) -> Vec<NodeUse> {
+    let mut now: BTreeMap<&str, (u64, bool)> = BTreeMap::new();
+    let mut after: BTreeMap<&str, (u64, bool)> = BTreeMap::new();
+    for candidate in &cluster.candidates {
+        now.insert(&candidate.id, (0, false));
+        after.insert(&candidate.id, (0, false));
+    }
+    for (shard, bytes) in &layout.shards {
+        for node in cluster.holders(&layout.name, shard) {
+            if let Some(entry) = now.get_mut(node.as_str()) {
+                *entry = (entry.0 + bytes, true);
+            }
+        }
+        for node in cluster.chosen(&layout.name, shard, replicas) {
+            if let Some(entry) = after.get_mut(node.as_str()) {
+                *entry = (entry.0 + bytes, true);
+            }
+        }
+    }
+    let total = |(bytes, any): (u64, bool)| bytes + if any { layout.global_bytes } else { 0 };
+    now.iter()
+        .map(|(node, held)| NodeUse {
+            node: node.to_string(),
+            bytes_now: total(*held),
+            bytes_after: total(after[node]),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str) -> Candidate {
+        Candidate {
+            id: id.to_string(),
+            zone: String::new(),
+            weight: 1,
+            full: false,
+        }
+    }
+
+    fn layout(shards: usize, replicas: u32) -> Layout {
+        Layout {
+            name: "db".into(),
+            replicas: Replicas::Count(replicas),
+            shards: (0..shards).map(|s| (s.to_string(), 100)).collect(),
+            global_bytes: 10,
+        }
+    }
+
+    fn cluster(ids: &[&str]) -> ClusterState {
+        ClusterState {
+            candidates: ids.iter().map(|id| candidate(id)).collect(),
+            live: ids.iter().map(|id| id.to_string()).collect(),
+            holdings: Holdings::new(),
+        }
+    }
+
+    fn hold(cluster: &mut ClusterState, node: &str, shard: &str, state: HeldState) {
+        cluster
+            .holdings
+            .entry(node.into())
+            .or_default()
+            .entry("db".into())
+            .or_default()
+            .insert(shard.into(), state);
+    }
+
+    /// Carries out the downloads (as ready copies) and the trashes.
+    fn apply(cluster: &mut ClusterState, plan: &Plan) {
+        for a in &plan.downloads {
+            hold(cluster, &a.node, &a.shard, HeldState::Ready);
+        }
+        for a in &plan.trashes {
+            hold(cluster, &a.node, &a.shard, HeldState::Trashed);
+        }
+    }
+
+    #[test]
+    fn an_empty_cluster_downloads_every_copy_once_and_then_rests() {
+        let layouts = [layout(6, 2)];
+        let mut state = cluster(&["a", "b", "c", "d"]);
+        let first = plan(&layouts, &state);
+        assert_eq!(first.downloads.len(), 12);
+        assert!(first.trashes.is_empty() && first.waiting.is_empty());
+        apply(&mut state, &first);
+        assert_eq!(plan(&layouts, &state), Plan::default());
+    }
+
+    #[test]
+    fn a_join_copies_first_and_trashes_only_once_the_new_copies_are_ready() {
+        let layouts = [layout(40, 2)];
+        let mut state = cluster(&["a", "b", "c"]);
+        let first = plan(&layouts, &state);
+        apply(&mut state, &first);
+        state.candidates.push(candidate("d"));
+        state.live.insert("d".into());
+        let join = plan(&layouts, &state);
+        assert!(!join.downloads.is_empty());
+        assert!(join.downloads.iter().all(|a| a.node == "d"));
+        assert!(
+            join.trashes.is_empty(),
+            "nothing is trashed before d is ready"
+        );
+        assert_eq!(join.waiting.len(), join.downloads.len());
+        // d downloading: still nothing to trash.
+        for a in &join.downloads {
+            hold(&mut state, "d", &a.shard, HeldState::Downloading);
+        }
+        let downloading = plan(&layouts, &state);
+        assert!(downloading.downloads.is_empty() && downloading.trashes.is_empty());
+        for a in &join.downloads {
+            hold(&mut state, "d", &a.shard, HeldState::Ready);
+        }
+        let ready = plan(&layouts, &state);
+        assert_eq!(ready.trashes.len(), join.downloads.len());
+        assert!(ready.trashes.iter().all(|a| a.node != "d"));
+        apply(&mut state, &ready);
+        assert_eq!(plan(&layouts, &state), Plan::default());
+    }
+
+    #[test]
+    fn a_leave_within_the_delay_copies_nothing_and_after_it_restores_the_count() {
+        let layouts = [layout(20, 2)];
+        let mut state = cluster(&["a", "b", "c"]);
+        let first = plan(&layouts, &state);
+        apply(&mut state, &first);
+        // c dies: still a candidate during node_left_delay.
+        state.live.remove("c");
+        state.holdings.remove("c");
+        let within = plan(&layouts, &state);
+        assert!(within.downloads.is_empty() && within.trashes.is_empty());
+        // After the delay: c's shards get a new copy on a or b.
+        state.candidates.retain(|c| c.id != "c");
+        let after = plan(&layouts, &state);
+        assert!(!after.downloads.is_empty());
+        apply(&mut state, &after);
+        for (shard, _) in &layouts[0].shards {
+            assert_eq!(state.holders("db", shard).len(), 2, "shard {shard}");
+        }
+    }
+
+    #[test]
+    fn extra_copies_wait_for_every_chosen_copy_and_nothing_is_trashed_without_candidates() {
+        let layouts = [layout(1, 1)];
+        let mut state = cluster(&["a", "b"]);
+        let chosen = state.chosen("db", "0", Replicas::Count(1))[0].clone();
+        let other = if chosen == "a" { "b" } else { "a" };
+        hold(&mut state, other, "0", HeldState::Ready);
+        hold(&mut state, &chosen, "0", HeldState::Failed);
+        let p = plan(&layouts, &state);
+        assert_eq!(p.downloads.len(), 1);
+        assert_eq!(p.waiting.len(), 1);
+        assert!(p.trashes.is_empty());
+        // Nobody can take it (zero weight): the only copy stays.
+        for c in &mut state.candidates {
+            c.weight = 0;
+        }
+        let p = plan(&layouts, &state);
+        assert!(p.trashes.is_empty());
+    }
+
+    #[test]
+    fn what_if_counts_shards_and_global_data_per_node() {
+        let l = layout(12, 1);
+        let mut state = cluster(&["a", "b", "c"]);
+        let first = plan(std::slice::from_ref(&l), &state);
+        apply(&mut state, &first);
+        let uses = what_if(&l, &state, Replicas::Count(3));
+        assert_eq!(uses.len(), 3);
+        // Now: each shard once, global data on every node holding a shard.
+        let holding = uses.iter().filter(|u| u.bytes_now > 0).count() as u64;
+        assert_eq!(
+            uses.iter().map(|u| u.bytes_now).sum::<u64>(),
+            12 * 100 + 10 * holding
+        );
+        for u in &uses {
+            assert_eq!(u.bytes_after, 12 * 100 + 10, "{u:?}");
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Placement and replication on real nodes (127.0.0.1, 100 ms gossip): a
+//! six-shard database with two copies of each shard on four nodes; a node killed
+//! (its shards copied elsewhere only after `node_left_delay`); a node added
+//! (shards move to it, the old copies trashed only once the new ones are ready).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chitchat::transport::ChannelTransport;
+use dram::client::Client;
+use serde_json::{Value, json};
+
+use crate::cluster::{Member, SECRET, live_members, member_with, on_all};
+use crate::support::{dram_cli, expect_error, publish};
+
+/// Node ids holding each shard, by state, as `client`'s node sees it.
+async fn copies(client: &Client, database: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let Ok(holders) = client
+        .get(&format!("/v1/cluster/shards?database={database}"))
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (shard, list) in holders["shards"].as_object().into_iter().flatten() {
+        let list = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h["node"].as_str().unwrap_or_default().to_string(),
+                    h["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        out.insert(shard.clone(), list);
+    }
+    out
+}
+
+fn ready(list: &[(String, String)]) -> Vec<&str> {
+    list.iter()
+        .filter(|(_, state)| state == "ready")
+        .map(|(node, _)| node.as_str())
+        .collect()
+}
+
+/// Every one of `shards` shards has exactly `n` copies that are not trashed,
+/// all ready.
+fn placed(copies: &BTreeMap<String, Vec<(String, String)>>, shards: usize, n: usize) -> bool {
+    copies.len() == shards
+        && copies.values().all(|list| {
+            let kept: Vec<_> = list.iter().filter(|(_, s)| s != "trashed").collect();
+            kept.len() == n && ready(list).len() == n
+        })
+}
+
+async fn start(dir: &std::path::Path, name: &str, seeds: &[&str]) -> Member {
+    start_on(dir, name, seeds, None).await
+}
+
+async fn start_on(
+    dir: &std::path::Path,
+    name: &str,
+    seeds: &[&str],
+    transport: Option<ChannelTransport>,
+) -> Member {
+    member_with(
+        dir,
+        name,
+        &dir.join("store"),
+        seeds,
+        |config| {
+            config.cluster.node_left_delay_secs = 3;
+            config.cluster.primary_settle_secs = 1;
+            config.cluster.max_concurrent_moves = 4;
+            config.trash.lifetime_secs = 3600;
+        },
+        transport,
+    )
+    .await
+}
+
+/// Publishes `events`: six shards of 50 CSV rows each.
+async fn publish_events(dir: &std::path::Path, member: &Member) {
+    let store = member.server.node.config().store.clone();
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|s| {
+            let rows: String = (0..50).map(|r| format!("{s},{r}\n")).collect();
+            (
+                format!("shards/{s}/rows.csv"),
+                format!("shard,row\n{rows}").into_bytes(),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    publish(dir, &store, "events", &files).await;
+}
+
+/// Copies this node holds in its trash.
+async fn trashed_here(client: &Client) -> usize {
+    let Ok(info) = client.get("/v1/databases/events").await else {
+        return 0;
+    };
+    info["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["trashed_ms"].is_u64())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_keep_two_copies_as_members_leave_and_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(dir.path(), "n1", &[]).await;
+    let seed = n1.gossip.clone();
+    let seeds = [seed.as_str()];
+    let mut members = vec![n1];
+    for name in ["n2", "n3", "n4"] {
+        members.push(start(dir.path(), name, &seeds).await);
+    }
+    publish_events(dir.path(), &members[0]).await;
+
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    on_all(&clients, 30, "four live members", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
+            live_members(&status).len() == 4 && !status["primary"].is_null()
+        })
+    })
+    .await;
+    members[0]
+        .client
+        .post(
+            "/v1/databases",
+            &json!({"name": "events", "source": "events", "replicas": 2}),
+        )
+        .await
+        .unwrap();
+
+    // Each shard on exactly two nodes, seen alike by every node; no node holds all.
+    on_all(&clients, 60, "every shard on exactly 2 nodes", |c| {
+        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
+    })
+    .await;
+    let view = copies(&members[0].client, "events").await;
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    for list in view.values() {
+        for node in ready(list) {
+            *held.entry(node).or_default() += 1;
+        }
+    }
+    assert_eq!(held.values().sum::<usize>(), 12, "{view:?}");
+    assert!(
+        held.values().all(|n| *n < 6),
+        "a node holds everything: {held:?}"
+    );
+    let status = members[0].client.get("/v1/cluster").await.unwrap();
+    assert_eq!(status["health"], "green", "{status}");
+
+    // Kill a node (not the primary, n1) that holds shards.
+    let victim_index = (1..4)
+        .find(|i| held.contains_key(format!("n{}", i + 1).as_str()))
+        .unwrap();
+    let victim = members.remove(victim_index);
+    let victim_id = victim.server.node.id().to_string();
+    let lost: Vec<String> = view
+        .iter()
+        .filter(|(_, list)| ready(list).contains(&victim_id.as_str()))
+        .map(|(shard, _)| shard.clone())
+        .collect();
+    victim.server.shutdown().await;
+    let killed = Instant::now();
+    let primary = &members[0].client.clone();
+    crate::support::eventually(10, "the victim seen dead", || async {
+        let status = primary.get("/v1/cluster").await.unwrap();
+        !live_members(&status).contains(&victim_id)
+    })
+    .await;
+    // Within node_left_delay (3 s): nothing is copied yet.
+    let plan = primary.get("/v1/plan").await.unwrap();
+    let within = killed.elapsed() < Duration::from_secs(2);
+    if within {
+        assert_eq!(
+            plan["downloads"],
+            json!([]),
+            "copied before the delay: {plan}"
+        );
+        let now = copies(primary, "events").await;
+        for shard in &lost {
+            assert_eq!(ready(&now[shard]).len(), 1, "{shard}: {now:?}");
+        }
+    }
+    // After it: two ready copies again among the three left.
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    on_all(&clients, 60, "two copies again after the leave", |c| {
+        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
+    })
+    .await;
+    assert!(
+        killed.elapsed() >= Duration::from_secs(3),
+        "re-replicated before the delay"
+    );
+
+    // A node joins: shards move to it; an old copy is trashed only once the new
+    // one is ready, so every shard keeps two ready copies throughout.
+    members.push(start(dir.path(), "n5", &seeds).await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = copies(primary, "events").await;
+        for (shard, list) in &now {
+            assert!(
+                ready(list).len() >= 2,
+                "{shard} fell below two ready copies: {list:?}"
+            );
+        }
+        let on_new = now.values().filter(|l| ready(l).contains(&"n5")).count();
+        let trashed = now
+            .values()
+            .flatten()
+            .filter(|(_, s)| s == "trashed")
+            .count();
+        if placed(&now, 6, 2) && on_new > 0 && trashed == on_new {
+            let plan = primary.get("/v1/plan").await.unwrap();
+            if plan["downloads"] == json!([]) && plan["waiting"] == json!([]) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the join did not settle: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // A trashed copy is still on its node, listed with when it was trashed.
+    let now = copies(primary, "events").await;
+    let (shard, old_holder) = now
+        .iter()
+        .find_map(|(shard, list)| {
+            list.iter()
+                .find(|(_, s)| s == "trashed")
+                .map(|(node, _)| (shard.clone(), node.clone()))
+        })
+        .unwrap();
+    let holder = members
+        .iter()
+        .find(|m| m.server.node.id() == old_holder)
+        .unwrap();
+    let info = holder.client.get("/v1/databases/events").await.unwrap();
+    let part = info["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == shard.as_str())
+        .unwrap();
+    assert!(part["trashed_ms"].as_u64().is_some(), "{info}");
+
+    // The plan is empty once settled; a what-if shows a third copy's cost.
+    let plan = primary.get("/v1/plan").await.unwrap();
+    assert_eq!(plan["downloads"], json!([]), "{plan}");
+    let what_if = primary
+        .get("/v1/plan?database=events&replicas=3")
+        .await
+        .unwrap();
+    let sum = |key: &str| -> u64 {
+        what_if["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n[key].as_u64().unwrap())
+            .sum()
+    };
+    assert!(sum("bytes_now") > 0);
+    assert_eq!(sum("bytes_after") * 2, sum("bytes_now") * 3, "{what_if}");
+    let printed = dram_cli(
+        &["cluster", "plan", "--database", "events", "--replicas", "3"],
+        &members[0].server.url(),
+    )
+    .await;
+    assert!(
+        printed.contains("replicas 2 -> 3") && printed.contains("n5"),
+        "{printed}"
+    );
+    for (query, status, code) in [
+        ("?database=events&replicas=0", 400, "invalid_input"),
+        ("?database=events", 400, "invalid_input"),
+        ("?database=nothing&replicas=2", 404, "not_found"),
+        ("?color=blue", 400, "invalid_input"),
+    ] {
+        expect_error(primary.get(&format!("/v1/plan{query}")).await, status, code);
+    }
+
+    for member in members {
+        member.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_minority_side_of_a_partition_trashes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let transport = ChannelTransport::default();
+    let mut members = Vec::new();
+    for name in ["n1", "n2", "n3", "n4", "n5"] {
+        let seed = members.first().map(|m: &Member| m.gossip.clone());
+        let seeds: Vec<&str> = seed.iter().map(String::as_str).collect();
+        members.push(start_on(dir.path(), name, &seeds, Some(transport.clone())).await);
+    }
+    publish_events(dir.path(), &members[0]).await;
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    on_all(&clients, 30, "five live members and a primary", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
+            live_members(&status).len() == 5 && status["primary"]["id"] == "n1"
+        })
+    })
+    .await;
+    members[0]
+        .client
+        .post(
+            "/v1/databases",
+            &json!({"name": "events", "source": "events", "replicas": 2}),
+        )
+        .await
+        .unwrap();
+    on_all(&clients, 60, "every shard on exactly 2 nodes", |c| {
+        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
+    })
+    .await;
+
+    let old_term = members[0].client.get("/v1/cluster").await.unwrap()["primary"]["term"]
+        .as_u64()
+        .unwrap();
+
+    // Cut gossip between {n1, n2} (n1 was primary) and {n3, n4, n5}.
+    let address = |m: &Member| m.gossip.parse::<std::net::SocketAddr>().unwrap();
+    let (minority, majority) = members.split_at(2);
+    for a in minority {
+        for b in majority {
+            transport.remove_link(address(a), address(b)).await;
+        }
+    }
+    let small: Vec<&Client> = minority.iter().map(|m| &m.client).collect();
+    let large: Vec<&Client> = majority.iter().map(|m| &m.client).collect();
+    on_all(&large, 30, "n3 primary of the majority side", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            live_members(&status).len() == 3 && status["primary"]["id"] == "n3"
+        })
+    })
+    .await;
+    on_all(&small, 30, "no primary on the minority side", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            live_members(&status).len() == 2 && status["primary"].is_null()
+        })
+    })
+    .await;
+    // Past node_left_delay each side copies what it lacks: the majority, with a
+    // primary, may trash its own extras; the minority adds copies only.
+    on_all(
+        &small,
+        60,
+        "the minority side holds two copies of every shard",
+        |c| Box::pin(async move { placed(&copies(c, "events").await, 6, 2) }),
+    )
+    .await;
+    on_all(
+        &large,
+        60,
+        "the majority side holds two copies of every shard",
+        |c| Box::pin(async move { placed(&copies(c, "events").await, 6, 2) }),
+    )
+    .await;
+    // A holder on either side refuses the old primary's trash requests: the
+    // minority sees no primary, the majority knows a newer term.
+    for member in &members {
+        let view = copies(&member.client, "events").await;
+        let id = member.server.node.id();
+        let Some(shard) = view
+            .iter()
+            .find(|(_, l)| ready(l).contains(&id))
+            .map(|(s, _)| s)
+        else {
+            continue;
+        };
+        let refused = reqwest::Client::new()
+            .post(format!("{}/v1/internal/trash", member.server.url()))
+            .bearer_auth(SECRET)
+            .json(&json!({"database": "events", "shard": shard, "primary": "n1", "term": old_term}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            409,
+            "{id} obeyed a trash from the old primary"
+        );
+        let body: Value = refused.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        let expected = if id <= "n2" {
+            "not the primary"
+        } else {
+            "stale"
+        };
+        assert!(message.contains(expected), "{id}: {body}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for client in &small {
+        assert_eq!(
+            trashed_here(client).await,
+            0,
+            "the minority side trashed a copy"
+        );
+        let status = client.get("/v1/cluster").await.unwrap();
+        assert!(status["primary"].is_null(), "{status}");
+    }
+
+    // Healed: one primary (n1 again, in a newer term) everywhere, and the
+    // extra copies made on both sides trashed down to two per shard.
+    for a in minority {
+        for b in majority {
+            transport.add_link(address(a), address(b)).await;
+        }
+    }
+    let majority_term = large[0].get("/v1/cluster").await.unwrap()["primary"]["term"]
+        .as_u64()
+        .unwrap();
+    on_all(&clients, 30, "one primary after healing", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap();
+            live_members(&status).len() == 5
+                && status["primary"]["id"] == "n1"
+                && status["primary"]["term"].as_u64() > Some(majority_term)
+        })
+    })
+    .await;
+    on_all(&clients, 60, "two copies per shard after healing", |c| {
+        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
+    })
+    .await;
+    for member in members {
+        member.server.shutdown().await;
+    }
+}
