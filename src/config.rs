@@ -242,6 +242,9 @@ pub struct ClusterConfig {
     /// Extra copies the primary trashes per sync round, and shard moves the
     /// rebalancer runs at once.
     pub max_concurrent_moves: usize,
+    /// While a member's disk is past its high watermark, the primary deletes one
+    /// garbage-collection-eligible database per this many seconds.
+    pub gc_interval_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -260,6 +263,7 @@ impl Default for ClusterConfig {
             primary_settle_secs: 10,
             node_left_delay_secs: 60,
             max_concurrent_moves: 2,
+            gc_interval_secs: 60,
         }
     }
 }
@@ -414,6 +418,7 @@ impl Config {
                 self.cluster.tombstone_lifetime_secs,
             ),
             ("cluster.disagreement_secs", self.cluster.disagreement_secs),
+            ("cluster.gc_interval_secs", self.cluster.gc_interval_secs),
             (
                 "cluster.max_concurrent_moves",
                 self.cluster.max_concurrent_moves as u64,

@@ -172,6 +172,9 @@ enum DbCommand {
         /// Copies to keep in a cluster: a number or "all".
         #[arg(long, default_value = "1")]
         replicas: String,
+        /// Never collect it as garbage, even when no alias points to it.
+        #[arg(long)]
+        keep: bool,
         /// Wait until the database is ready (or failed).
         #[arg(long)]
         wait: bool,
@@ -421,6 +424,7 @@ async fn db(command: DbCommand) -> Result<()> {
             url,
             lazy,
             replicas: count,
+            keep,
             wait,
             node,
         } => {
@@ -430,6 +434,7 @@ async fn db(command: DbCommand) -> Result<()> {
                 "source": url,
                 "mode": if lazy { "lazy" } else { "full" },
                 "replicas": replicas(&count)?,
+                "keep": keep,
             });
             let mut info = client.post("/v1/databases", &body).await?;
             if wait {

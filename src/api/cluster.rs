@@ -109,6 +109,17 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
             respond(StatusCode::OK, plan(&node, query).await)
         });
 
+    let gc = warp::path!("v1" / "gc")
+        .and(warp::get())
+        .and(with_node.clone())
+        .then(|node: Node| async move {
+            let result = match node.membership() {
+                Some(membership) => membership.gc_report(&node).await,
+                None => Err(not_clustered()),
+            };
+            respond(StatusCode::OK, result)
+        });
+
     let internal = warp::path("v1")
         .and(warp::path("internal"))
         .and(warp::header::optional::<String>("authorization"))
@@ -155,6 +166,8 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .or(trash)
         .unify()
         .or(plan)
+        .unify()
+        .or(gc)
         .unify()
         .boxed()
 }

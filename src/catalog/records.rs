@@ -56,6 +56,9 @@ pub struct DatabaseRecord {
     pub source: String,
     pub mode: Mode,
     pub replicas: Replicas,
+    /// Never collected as garbage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
     pub state: DbState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -130,6 +130,7 @@ mod tests {
                     source: "file:///s/db".into(),
                     mode: Mode::Full,
                     replicas,
+                    keep: false,
                 }),
                 version: Hlc {
                     ms: 1,
@@ -153,6 +154,7 @@ mod tests {
                 state: DbState::Ready,
                 version: None,
                 global: None,
+                last_read_ms: None,
                 shards: shards
                     .iter()
                     .map(|(id, state)| {

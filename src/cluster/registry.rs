@@ -22,6 +22,9 @@ pub struct Definition {
     pub source: String,
     pub mode: Mode,
     pub replicas: Replicas,
+    /// Never collected as garbage, even when no alias points to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
 }
 
 impl Definition {
@@ -32,6 +35,7 @@ impl Definition {
             source: self.source.clone(),
             mode: self.mode,
             replicas: self.replicas,
+            keep: self.keep,
             state: crate::catalog::DbState::Loading,
             error: None,
             version: None,
@@ -47,6 +51,7 @@ impl Definition {
             source: record.source.clone(),
             mode: record.mode,
             replicas: record.replicas,
+            keep: record.keep,
         }
     }
 }
@@ -234,6 +239,7 @@ mod tests {
                     source: format!("file:///s/{}", rng.random_range(0..3)),
                     mode: Mode::Full,
                     replicas: Replicas::Count(1),
+                    keep: false,
                 });
                 registries[into].definitions.insert(
                     name.clone(),

@@ -21,6 +21,9 @@ pub struct AddDatabase {
     pub mode: Mode,
     #[serde(default)]
     pub replicas: Replicas,
+    /// Never collected as garbage, even when no alias points to it.
+    #[serde(default)]
+    pub keep: bool,
 }
 
 /// What the API shows of a database.
@@ -78,6 +81,7 @@ impl Node {
             source: source.to_url(),
             mode: request.mode,
             replicas: request.replicas,
+            keep: request.keep,
         }
         .loading(&request.name, now_ms());
         inner.catalog.write(|w| {

@@ -78,6 +78,40 @@ impl Inner {
         Ok(())
     }
 
+    /// While a disk is past its high watermark (once lazily cached files are
+    /// evicted), purges the trash early, oldest first: whole databases and
+    /// trashed copies of parts alike, freeing their unshared blobs.
+    pub(super) async fn purge_trash_under_pressure(&self) -> Result<(), NodeError> {
+        if !self.disks.iter().any(|d| d.over_watermark()) {
+            return Ok(());
+        }
+        let databases: Vec<(String, DatabaseRecord)> = self.catalog.scan(DATABASES, "")?;
+        let parts: Vec<(String, PartRecord)> = self.catalog.scan(PARTS, "")?;
+        let mut trash: Vec<(u64, String, Option<PartRecord>)> = databases
+            .into_iter()
+            .filter(|(_, r)| r.state == DbState::Trashed)
+            .map(|(name, r)| (r.trashed_ms.unwrap_or(0), name, None))
+            .collect();
+        trash.extend(
+            parts
+                .into_iter()
+                .filter_map(|(k, r)| Some((r.trashed_ms?, k, Some(r)))),
+        );
+        trash.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (_, name, part) in trash {
+            if !self.disks.iter().any(|d| d.over_watermark()) {
+                break;
+            }
+            match part {
+                Some(record) => self.purge_part(&name, &record)?,
+                None => self.forget(&name)?,
+            }
+            info!(entry = %name.replace('\0', "/"), "trash purged early: a disk is past its high watermark");
+            self.collect_garbage()?;
+        }
+        Ok(())
+    }
+
     /// Removes a database from this node now, then frees its unshared blobs.
     pub(super) async fn purge(&self, name: &str) -> Result<(), NodeError> {
         super::load::cancel(self, name);

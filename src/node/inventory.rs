@@ -44,6 +44,10 @@ pub struct HeldDatabase {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global: Option<HeldPart>,
     pub shards: BTreeMap<String, HeldPart>,
+    /// When a query last read it here, to the minute (garbage collection takes
+    /// the least recently read first; the coarse time keeps the digest still).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_read_ms: Option<u64>,
 }
 
 /// Everything one node holds.
@@ -118,6 +122,14 @@ impl Node {
                 .flatten()
                 .filter_map(|p| Some((p.id.clone()?, held(p))))
                 .collect();
+            let last_read_ms = info
+                .shards
+                .iter()
+                .flatten()
+                .chain(info.global.as_ref())
+                .filter_map(|p| p.last_read_ms)
+                .max()
+                .map(|ms| ms - ms % 60_000);
             inventory.databases.insert(
                 info.record.name.clone(),
                 HeldDatabase {
@@ -125,6 +137,7 @@ impl Node {
                     version: info.record.version.clone(),
                     global: info.global.as_ref().map(held),
                     shards,
+                    last_read_ms,
                 },
             );
         }

@@ -286,6 +286,9 @@ impl Node {
                 if let Err(e) = inner.evict_if_needed().await {
                     warn!(error = %e, "lazy cache eviction failed");
                 }
+                if let Err(e) = inner.purge_trash_under_pressure().await {
+                    warn!(error = %e, "purging the trash under disk pressure failed");
+                }
                 rounds += 1;
                 if rounds.is_multiple_of(10)
                     && let Err(e) = inner.flush_counters()

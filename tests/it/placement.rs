@@ -447,3 +447,90 @@ async fn a_minority_side_of_a_partition_trashes_nothing() {
         member.server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_deletes_the_coldest_unaliased_database_when_a_disk_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(dir.path());
+    config.node.id = "solo".into();
+    config.cluster.gossip_interval_ms = 100;
+    config.cluster.primary_settle_secs = 1;
+    config.cluster.gc_interval_secs = 1;
+    config.trash.lifetime_secs = 3600;
+    let disk = |max_bytes: u64| dram::config::DiskConfig {
+        path: dir.path().join("data"),
+        high_watermark: 0.9,
+        max_bytes: Some(max_bytes),
+    };
+    config.disks = vec![disk(200_000)];
+    let store = config.store.clone();
+    let names = ["cold", "warm", "aliased", "kept"];
+    for (i, name) in names.iter().enumerate() {
+        // 18 kB of rows unique to each database (no shared blobs).
+        let rows: String = (0..2_000).map(|r| format!("{i},{r:06}\n")).collect();
+        publish(dir.path(), &store, name, &[("rows.csv", rows.as_bytes())]).await;
+    }
+    let (server, client) =
+        crate::support::serve(dram::builtin::register(dram::Node::builder(config.clone()))).await;
+    for name in names {
+        let body = json!({"name": name, "source": name, "keep": name == "kept"});
+        client.post("/v1/databases", &body).await.unwrap();
+        crate::support::wait_loaded(&client, name).await;
+    }
+    client
+        .put("/v1/aliases/current", &json!({"target": "aliased"}))
+        .await
+        .unwrap();
+    client
+        .post("/v1/query/warm/count", &json!({}))
+        .await
+        .unwrap();
+    // Room to spare: nothing to do yet, but the order is known.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = client.get("/v1/gc").await.unwrap();
+        let order: Vec<&str> = report["eligible"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["database"].as_str().unwrap())
+            .collect();
+        if order == ["cold", "warm"] {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "gc order: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["triggered"], false, "{report}");
+    assert!(
+        report["eligible"][0]["bytes"].as_u64().unwrap() >= 18_000,
+        "{report}"
+    );
+    assert!(report["eligible"][1]["last_read_ms"].is_u64(), "{report}");
+    server.shutdown().await;
+
+    // The same data under a smaller cap: past the watermark. The primary (this
+    // node) deletes the coldest eligible database, and the trash is purged early
+    // until the disk is below its watermark again.
+    config.disks = vec![disk(75_000)];
+    let (server, client) =
+        crate::support::serve(dram::builtin::register(dram::Node::builder(config))).await;
+    crate::support::eventually(20, "cold collected and purged", || {
+        let client = client.clone();
+        async move { client.get("/v1/databases/cold").await.is_err() }
+    })
+    .await;
+    for name in ["warm", "aliased", "kept"] {
+        let info = client.get(&format!("/v1/databases/{name}")).await.unwrap();
+        assert_eq!(info["state"], "ready", "{name}: {info}");
+    }
+    crate::support::eventually(10, "the disk below its watermark", || {
+        let client = client.clone();
+        async move {
+            let report = client.get("/v1/gc").await.unwrap();
+            report["triggered"] == false && report["eligible"][0]["database"] == "warm"
+        }
+    })
+    .await;
+    server.shutdown().await;
+}

@@ -163,6 +163,8 @@ pub struct Membership {
     state: Mutex<Option<Arc<crate::placement::plan::ClusterState>>>,
     /// Sync rounds done; placement starts once the view has settled.
     rounds: std::sync::atomic::AtomicU64,
+    /// When the primary last deleted a database as garbage.
+    last_gc_ms: Mutex<u64>,
     /// Whether this node was given seeds (it waits to meet a peer before placing).
     seeded: bool,
 }
@@ -240,6 +242,7 @@ impl Membership {
             state: Mutex::default(),
             rounds: Default::default(),
             seeded: !config.seeds.is_empty(),
+            last_gc_ms: Mutex::new(0),
         });
         let task = tokio::spawn(sync_loop(Arc::downgrade(&membership), node, interval));
         *lock(&membership.sync) = Some(task);

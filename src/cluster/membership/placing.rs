@@ -16,6 +16,7 @@ use crate::node::{Node, NodeError, lock, now_ms};
 use crate::placement::plan::{ClusterState, NodeUse, Plan, plan, what_if};
 use crate::primary::Primary;
 use crate::primary::actions::{TrashRequest, check_trash, trash_extra_copies};
+use crate::primary::gc::eligible;
 
 /// Rounds before a node places shards: enough for gossip to show its peers.
 const SETTLE_ROUNDS: u64 = 3;
@@ -30,6 +31,21 @@ pub struct PlanReport {
     pub primary: Option<super::PrimaryStatus>,
     #[serde(flatten)]
     pub plan: Plan,
+}
+
+/// `GET /v1/gc`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcReport {
+    /// The node that computed it, from its own view.
+    pub node: String,
+    pub primary: Option<super::PrimaryStatus>,
+    /// Whether a disk past its high watermark makes the primary collect now.
+    pub triggered: bool,
+    /// Disks past their high watermark, as `node/disk`.
+    pub full_disks: Vec<String>,
+    /// Databases no alias points to and not marked `keep`, least recently read
+    /// first: the order garbage collection deletes them in.
+    pub eligible: Vec<crate::primary::gc::Eligible>,
 }
 
 /// `GET /v1/plan?database=D&replicas=K`.
@@ -68,20 +84,72 @@ impl Membership {
             return Ok(());
         };
         let planned = plan(&node.layouts()?, &state);
-        if planned.trashes.is_empty() {
+        if !planned.trashes.is_empty() {
+            let http = self.http_addresses().await;
+            trash_extra_copies(
+                node,
+                client,
+                &http,
+                &primary,
+                &planned.trashes,
+                cluster.max_concurrent_moves,
+            )
+            .await;
+        }
+        self.collect_garbage(node).await
+    }
+
+    /// On the primary: while a member's disk is past its high watermark, deletes
+    /// the coldest eligible database, one per `cluster.gc_interval_secs`.
+    async fn collect_garbage(&self, node: &Node) -> Result<(), NodeError> {
+        let now = now_ms();
+        let interval_ms = node.config().cluster.gc_interval_secs * 1000;
+        if now.saturating_sub(*lock(&self.last_gc_ms)) < interval_ms {
             return Ok(());
         }
-        let http = self.http_addresses().await;
-        trash_extra_copies(
-            node,
-            client,
-            &http,
-            &primary,
-            &planned.trashes,
-            cluster.max_concurrent_moves,
-        )
-        .await;
+        let report = self.gc_report(node).await?;
+        let Some(first) = report.eligible.first() else {
+            return Ok(());
+        };
+        if !report.triggered {
+            return Ok(());
+        }
+        *lock(&self.last_gc_ms) = now;
+        node.remove_database(&first.database).await?;
+        info!(database = %first.database, bytes = first.bytes, full_disks = ?report.full_disks,
+            "garbage collection deleted the least recently read unaliased database");
         Ok(())
+    }
+
+    /// `GET /v1/gc`: the databases garbage collection may delete, in order, and
+    /// whether a full disk makes it run now.
+    pub async fn gc_report(&self, node: &Node) -> Result<GcReport, NodeError> {
+        let members = self.members().await;
+        let inventories = self.live_inventories(node, &members)?;
+        let full_disks: Vec<String> = members
+            .iter()
+            .filter(|m| m.live)
+            .flat_map(|m| {
+                m.disks
+                    .iter()
+                    .filter(|(_, d)| d.full)
+                    .map(move |(id, _)| format!("{}/{id}", m.id))
+            })
+            .collect();
+        let primary = lock(&self.election)
+            .1
+            .as_ref()
+            .map(|p| super::PrimaryStatus {
+                id: p.id.clone(),
+                term: p.term,
+            });
+        Ok(GcReport {
+            node: self.node_id().to_string(),
+            primary,
+            triggered: !full_disks.is_empty(),
+            full_disks,
+            eligible: eligible(&node.registry()?, &inventories),
+        })
     }
 
     /// Builds the cluster state from gossip and the cached inventories, and keeps
