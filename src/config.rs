@@ -245,6 +245,9 @@ pub struct ClusterConfig {
     /// While a member's disk is past its high watermark, the primary deletes one
     /// garbage-collection-eligible database per this many seconds.
     pub gc_interval_secs: u64,
+    /// The rebalancer moves copies only off members whose use is more than this
+    /// fraction of their capacity above the mean.
+    pub rebalance_threshold: f64,
 }
 
 impl Default for ClusterConfig {
@@ -264,6 +267,7 @@ impl Default for ClusterConfig {
             node_left_delay_secs: 60,
             max_concurrent_moves: 2,
             gc_interval_secs: 60,
+            rebalance_threshold: 0.05,
         }
     }
 }
@@ -363,6 +367,9 @@ impl Config {
                     "must be in (0, 1]",
                 ));
             }
+        }
+        if !(0.0..1.0).contains(&self.cluster.rebalance_threshold) {
+            return Err(invalid("cluster.rebalance_threshold", "must be in [0, 1)"));
         }
         crate::storage::source::SourceUrl::parse(&self.store.url)
             .map_err(|e| invalid("store.url", e.to_string()))?;

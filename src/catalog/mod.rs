@@ -25,6 +25,8 @@ pub const MANIFESTS: Table = TableDefinition::new("manifests");
 pub const PARTS: Table = TableDefinition::new("parts");
 /// Key: `<alias>`; tombstones stay (their version orders later merges).
 pub const ALIASES: Table = TableDefinition::new("aliases");
+/// Key: `<database>/<shard>`: where the rebalancer moved a shard (tombstones stay).
+pub const PINS: Table = TableDefinition::new("pins");
 /// Key: `<database>`: the cluster-wide definition (tombstone once deleted).
 pub const DEFINITIONS: Table = TableDefinition::new("definitions");
 /// Key: `<database>\0<part key>\0<local path>`: lazily fetched files on disk.
@@ -32,7 +34,8 @@ pub const CACHE: Table = TableDefinition::new("cache");
 /// Key: `<database>`: reads and last read, flushed from memory now and then.
 pub const READS: Table = TableDefinition::new("reads");
 
-const ALL_TABLES: [Table; 8] = [
+const ALL_TABLES: [Table; 9] = [
+    PINS,
     META,
     DATABASES,
     MANIFESTS,

@@ -15,4 +15,4 @@ pub mod view;
 
 pub use health::{Health, HealthReport};
 pub use membership::{ClusterStatus, Member, Membership, ShardHolders};
-pub use registry::{Changes, Definition, DefinitionRecord, Registry, RegistryDigest};
+pub use registry::{Changes, Definition, DefinitionRecord, PinRecord, Registry, RegistryDigest};

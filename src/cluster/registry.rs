@@ -66,6 +66,17 @@ pub struct DefinitionRecord {
     pub updated_ms: u64,
 }
 
+/// Where the rebalancer put one shard: the members that hold its copies instead
+/// of those rendezvous hashing would pick (`nodes: None`: the pin was removed).
+/// Key: `database/shard`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    pub key: String,
+    pub nodes: Option<Vec<String>>,
+    pub version: Hlc,
+    pub updated_ms: u64,
+}
+
 /// Something merged last-writer-wins by its version.
 pub trait Register: Clone + PartialEq + Serialize {
     fn version(&self) -> &Hlc;
@@ -78,6 +89,15 @@ impl Register for DefinitionRecord {
     }
     fn is_tombstone(&self) -> bool {
         self.definition.is_none()
+    }
+}
+
+impl Register for PinRecord {
+    fn version(&self) -> &Hlc {
+        &self.version
+    }
+    fn is_tombstone(&self) -> bool {
+        self.nodes.is_none()
     }
 }
 
@@ -95,6 +115,9 @@ impl Register for AliasRecord {
 pub struct Registry {
     pub definitions: BTreeMap<String, DefinitionRecord>,
     pub aliases: BTreeMap<String, AliasRecord>,
+    /// Shards the rebalancer moved, by `database/shard`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, PinRecord>,
 }
 
 /// What a merge changed: the entries of `other` that won.
@@ -102,11 +125,12 @@ pub struct Registry {
 pub struct Changes {
     pub definitions: Vec<DefinitionRecord>,
     pub aliases: Vec<AliasRecord>,
+    pub pins: Vec<PinRecord>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.definitions.is_empty() && self.aliases.is_empty()
+        self.definitions.is_empty() && self.aliases.is_empty() && self.pins.is_empty()
     }
 }
 
@@ -157,6 +181,7 @@ impl Registry {
         Changes {
             definitions: merge_map(&mut self.definitions, &other.definitions),
             aliases: merge_map(&mut self.aliases, &other.aliases),
+            pins: merge_map(&mut self.pins, &other.pins),
         }
     }
 
@@ -167,6 +192,7 @@ impl Registry {
             .values()
             .map(|d| &d.version)
             .chain(self.aliases.values().map(|a| &a.version))
+            .chain(self.pins.values().map(|p| &p.version))
             .max()
             .cloned();
         // BTreeMaps serialize in key order: the same registry, the same bytes.
@@ -175,7 +201,7 @@ impl Registry {
         RegistryDigest {
             max,
             hash,
-            entries: self.definitions.len() + self.aliases.len(),
+            entries: self.definitions.len() + self.aliases.len() + self.pins.len(),
         }
     }
 
@@ -184,12 +210,23 @@ impl Registry {
     /// (it could bring deleted entries back), as with Cassandra's gc_grace.
     pub fn collect_tombstones(&mut self, now_ms: u64, lifetime_ms: u64) -> usize {
         let old = |version: &Hlc| version.ms.saturating_add(lifetime_ms) < now_ms;
-        let before = self.definitions.len() + self.aliases.len();
+        let count = |r: &Registry| r.definitions.len() + r.aliases.len() + r.pins.len();
+        let before = count(self);
         self.definitions
             .retain(|_, d| !(d.is_tombstone() && old(&d.version)));
         self.aliases
             .retain(|_, a| !(a.is_tombstone() && old(&a.version)));
-        before - (self.definitions.len() + self.aliases.len())
+        self.pins
+            .retain(|_, p| !(p.is_tombstone() && old(&p.version)));
+        before - count(self)
+    }
+
+    /// The live pins: `database/shard` → the members holding its copies.
+    pub fn live_pins(&self) -> BTreeMap<String, Vec<String>> {
+        self.pins
+            .iter()
+            .filter_map(|(key, pin)| Some((key.clone(), pin.nodes.clone()?)))
+            .collect()
     }
 
     /// The live definition of `name`, if any.

@@ -6,7 +6,7 @@
 //! weight is the capacity of its disks, and it is full when every disk is past
 //! its high watermark. Holdings come from the inventories of live members.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::membership::Member;
 use crate::node::Inventory;
@@ -22,6 +22,7 @@ const WEIGHT_UNIT: u64 = 1 << 20;
 pub fn cluster_state(
     members: &[Member],
     inventories: &[Inventory],
+    pins: BTreeMap<String, Vec<String>>,
     dead_since: &mut HashMap<String, u64>,
     now_ms: u64,
     node_left_delay_ms: u64,
@@ -84,6 +85,7 @@ pub fn cluster_state(
         candidates,
         live,
         holdings,
+        pins,
     }
 }
 
@@ -91,7 +93,6 @@ pub fn cluster_state(
 mod tests {
     use super::*;
     use crate::cluster::membership::DiskSummary;
-    use std::collections::BTreeMap;
 
     fn member(id: &str, live: bool, capacity: u64, full: bool) -> Member {
         Member {
@@ -124,18 +125,18 @@ mod tests {
             // c restarted: its old generation is listed dead too.
             member("c", false, 300 << 20, true),
         ];
-        let state = cluster_state(&members, &[], &mut dead_since, 1_000, 500);
+        let state = cluster_state(&members, &[], BTreeMap::new(), &mut dead_since, 1_000, 500);
         let ids: Vec<&str> = state.candidates.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(dead_since.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(state.candidates[2].weight, 300);
         assert!(state.candidates[2].full);
-        let later = cluster_state(&members, &[], &mut dead_since, 1_600, 500);
+        let later = cluster_state(&members, &[], BTreeMap::new(), &mut dead_since, 1_600, 500);
         let ids: Vec<&str> = later.candidates.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"], "b left more than the delay ago");
         // b back: forgotten as dead.
         let back = [member("b", true, 1, false)];
-        cluster_state(&back, &[], &mut dead_since, 1_700, 500);
+        cluster_state(&back, &[], BTreeMap::new(), &mut dead_since, 1_700, 500);
         assert!(dead_since.is_empty());
     }
 }

@@ -10,10 +10,10 @@ use tracing::info;
 
 use super::{Inner, Node, NodeError, load, lock, now_ms};
 use crate::catalog::{
-    ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PartRecord,
+    ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PINS, PartRecord,
     PartState, Writer, key,
 };
-use crate::cluster::{Changes, Definition, DefinitionRecord, Registry};
+use crate::cluster::{Changes, Definition, DefinitionRecord, PinRecord, Registry};
 
 /// What a registry change asks of this node once it is committed.
 #[derive(Debug, Default)]
@@ -45,6 +45,9 @@ impl Node {
             for alias in &changes.aliases {
                 w.put(ALIASES, &alias.name, alias)?;
             }
+            for pin in &changes.pins {
+                w.put(PINS, &pin.key, pin)?;
+            }
             let work = inner.apply_definitions(w, &changes.definitions)?;
             Ok::<_, NodeError>((changes, work))
         })?;
@@ -64,6 +67,24 @@ impl Node {
 }
 
 impl Node {
+    /// Pins shards where the rebalancer moves them (`database/shard` → members),
+    /// in one transaction; the registry carries them to every member.
+    pub fn pin_shards(&self, pins: &[(String, Vec<String>)]) -> Result<(), NodeError> {
+        let now = now_ms();
+        self.inner.catalog.write(|w| {
+            for (key, nodes) in pins {
+                let record = PinRecord {
+                    key: key.clone(),
+                    nodes: Some(nodes.clone()),
+                    version: lock(&self.inner.clock).tick(now),
+                    updated_ms: now,
+                };
+                w.put(PINS, key, &record)?;
+            }
+            Ok::<_, NodeError>(())
+        })
+    }
+
     /// Drops registry tombstones older than `cluster.tombstone_lifetime_secs`.
     pub fn collect_registry_tombstones(&self) -> Result<usize, NodeError> {
         let lifetime_ms = self.inner.config.cluster.tombstone_lifetime_secs * 1000;
@@ -82,6 +103,11 @@ impl Node {
                     w.remove(ALIASES, name)?;
                 }
             }
+            for key in registry.pins.keys() {
+                if !kept.pins.contains_key(key) {
+                    w.remove(PINS, key)?;
+                }
+            }
             Ok::<_, NodeError>(collected)
         })?;
         if collected > 0 {
@@ -94,9 +120,11 @@ impl Node {
 fn registry_in(w: &Writer) -> Result<Registry, NodeError> {
     let definitions: Vec<(String, DefinitionRecord)> = w.scan(DEFINITIONS, "")?;
     let aliases: Vec<(String, AliasRecord)> = w.scan(ALIASES, "")?;
+    let pins: Vec<(String, PinRecord)> = w.scan(PINS, "")?;
     Ok(Registry {
         definitions: definitions.into_iter().collect(),
         aliases: aliases.into_iter().collect(),
+        pins: pins.into_iter().collect(),
     })
 }
 
@@ -105,9 +133,11 @@ impl Inner {
         Ok(self.catalog.read(|r| {
             let definitions: Vec<(String, DefinitionRecord)> = r.scan(DEFINITIONS, "")?;
             let aliases: Vec<(String, AliasRecord)> = r.scan(ALIASES, "")?;
+            let pins: Vec<(String, PinRecord)> = r.scan(PINS, "")?;
             Ok(Registry {
                 definitions: definitions.into_iter().collect::<BTreeMap<_, _>>(),
                 aliases: aliases.into_iter().collect(),
+                pins: pins.into_iter().collect(),
             })
         })?)
     }

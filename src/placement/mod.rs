@@ -12,9 +12,11 @@
 //! as if none were, and the load fails visibly ("no room") instead of the
 //! shard silently having no copy.
 //!
-//! `plan`: the downloads, trashes and waiting extra copies that follow from it.
+//! `plan`: the downloads, trashes and waiting extra copies that follow from it;
+//! `rebalance`: moves that even out disk use.
 
 pub mod plan;
+pub mod rebalance;
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;

@@ -38,6 +38,8 @@ pub struct ClusterState {
     /// Members that are live now.
     pub live: BTreeSet<String>,
     pub holdings: Holdings,
+    /// Shards the rebalancer moved: `database/shard` → the members to hold them.
+    pub pins: BTreeMap<String, Vec<String>>,
 }
 
 /// One step of a plan.
@@ -84,14 +86,25 @@ impl ClusterState {
             .collect()
     }
 
-    /// The members placement chooses for one shard, best first.
+    /// The members placement chooses for one shard, best first: rendezvous
+    /// hashing, or the rebalancer's pin while it still fits (as many members as
+    /// copies wanted, every one a candidate that can take it).
     pub fn chosen(&self, database: &str, shard: &str, replicas: Replicas) -> Vec<String> {
-        choose(
-            &shard_key(database, shard),
-            &self.candidates,
-            replicas,
-            &self.holders(database, shard),
-        )
+        let key = shard_key(database, shard);
+        let holders = self.holders(database, shard);
+        let hashed = choose(&key, &self.candidates, replicas, &holders);
+        if let Some(pinned) = self.pins.get(&key) {
+            let fits = pinned.len() == hashed.len()
+                && pinned.iter().all(|node| {
+                    self.candidates.iter().any(|c| {
+                        c.id == *node && c.weight > 0 && (!c.full || holders.contains(node))
+                    })
+                });
+            if fits {
+                return pinned.clone();
+            }
+        }
+        hashed
     }
 }
 
@@ -222,6 +235,7 @@ mod tests {
             candidates: ids.iter().map(|id| candidate(id)).collect(),
             live: ids.iter().map(|id| id.to_string()).collect(),
             holdings: Holdings::new(),
+            pins: BTreeMap::new(),
         }
     }
 

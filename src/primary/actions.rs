@@ -246,6 +246,7 @@ mod tests {
                 .collect(),
             live: ids.iter().map(|id| id.to_string()).collect(),
             holdings,
+            pins: Default::default(),
         }
     }
 

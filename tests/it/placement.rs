@@ -101,9 +101,14 @@ async fn publish_events(dir: &std::path::Path, member: &Member) {
     publish(dir, &store, "events", &files).await;
 }
 
-/// Copies this node holds in its trash.
+/// Copies of `events` this node holds in its trash.
 async fn trashed_here(client: &Client) -> usize {
-    let Ok(info) = client.get("/v1/databases/events").await else {
+    trashed_here_in(client, "events").await
+}
+
+/// Copies of `database` this node holds in its trash.
+async fn trashed_here_in(client: &Client, database: &str) -> usize {
+    let Ok(info) = client.get(&format!("/v1/databases/{database}")).await else {
         return 0;
     };
     info["shards"]
@@ -533,4 +538,133 @@ async fn garbage_collection_deletes_the_coldest_unaliased_database_when_a_disk_f
     })
     .await;
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rebalancer_moves_copies_from_the_fuller_member_copy_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &'static str, seeds: Vec<String>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+            member_with(
+                &dir,
+                name,
+                &dir.join("store"),
+                &seeds,
+                |config| {
+                    config.disks = vec![dram::config::DiskConfig {
+                        path: config.node.data_dir.clone(),
+                        high_watermark: 0.9,
+                        max_bytes: Some(2_000_000),
+                    }];
+                    config.cluster.primary_settle_secs = 1;
+                    config.cluster.max_concurrent_moves = 1;
+                    config.cluster.rebalance_threshold = 0.01;
+                    config.trash.lifetime_secs = 3600;
+                },
+                None,
+            )
+            .await
+        }
+    };
+    let n1 = start("n1", vec![]).await;
+    let n2 = start("n2", vec![n1.gossip.clone()]).await;
+    // Six shards of 50 kB that rendezvous hashing all gives to n1 (equal
+    // capacities): n1 ends up with everything, n2 with nothing.
+    let candidates: Vec<dram::placement::Candidate> = ["n1", "n2"]
+        .iter()
+        .map(|id| dram::placement::Candidate {
+            id: id.to_string(),
+            zone: String::new(),
+            weight: 1,
+            full: false,
+        })
+        .collect();
+    let shards: Vec<String> = (0..200)
+        .map(|s| format!("s{s}"))
+        .filter(|s| {
+            let key = dram::placement::shard_key("skewed", s);
+            let chosen = dram::placement::choose(
+                &key,
+                &candidates,
+                dram::catalog::Replicas::Count(1),
+                &Default::default(),
+            );
+            chosen == ["n1"]
+        })
+        .take(6)
+        .collect();
+    assert_eq!(shards.len(), 6);
+    let files: Vec<(String, Vec<u8>)> = shards
+        .iter()
+        .map(|s| {
+            let rows: String = (0..5_000).map(|r| format!("{s:>4},{r:05}\n")).collect();
+            (format!("shards/{s}/rows.csv"), rows.into_bytes())
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let store = n1.server.node.config().store.clone();
+    publish(dir.path(), &store, "skewed", &files).await;
+    on_all(
+        &[&n1.client, &n2.client],
+        30,
+        "two members and a primary",
+        |c| {
+            Box::pin(async move {
+                let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
+                live_members(&status).len() == 2 && status["primary"]["id"] == "n1"
+            })
+        },
+    )
+    .await;
+    n1.client
+        .post(
+            "/v1/databases",
+            &json!({"name": "skewed", "source": "skewed"}),
+        )
+        .await
+        .unwrap();
+
+    // Moves one at a time until each member holds three shards; a shard always
+    // keeps a ready copy (the new one is ready before the old one is trashed).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut saw_all_on_n1 = false;
+    let mut saw_move_planned = false;
+    loop {
+        let now = copies(&n1.client, "skewed").await;
+        if now.len() == 6 {
+            for (shard, list) in &now {
+                assert!(
+                    !ready(list).is_empty(),
+                    "{shard} has no ready copy: {list:?}"
+                );
+            }
+            let on = |node: &str| now.values().filter(|l| ready(l).contains(&node)).count();
+            saw_all_on_n1 |= on("n1") == 6;
+            if placed(&now, 6, 1) && on("n1") == 3 && on("n2") == 3 {
+                break;
+            }
+        }
+        if !saw_move_planned {
+            let plan = n1.client.get("/v1/plan").await.unwrap();
+            saw_move_planned = plan["moves"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["from"] == "n1" && m["to"] == "n2"));
+        }
+        assert!(Instant::now() < deadline, "not balanced: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_all_on_n1, "placement first put every shard on n1");
+    assert!(saw_move_planned, "GET /v1/plan never showed a move");
+    assert_eq!(trashed_here_in(&n1.client, "skewed").await, 3);
+    // Balanced: nothing more to move.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let plan = n1.client.get("/v1/plan").await.unwrap();
+    assert_eq!(plan["moves"], json!([]), "{plan}");
+    n2.server.shutdown().await;
+    n1.server.shutdown().await;
 }

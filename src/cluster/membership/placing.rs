@@ -14,6 +14,7 @@ use super::{Membership, NodeInfo, Peer};
 use crate::cluster::view::cluster_state;
 use crate::node::{Node, NodeError, lock, now_ms};
 use crate::placement::plan::{ClusterState, NodeUse, Plan, plan, what_if};
+use crate::placement::rebalance::{Move, Usage, rebalance};
 use crate::primary::Primary;
 use crate::primary::actions::{TrashRequest, check_trash, trash_extra_copies};
 use crate::primary::gc::eligible;
@@ -31,6 +32,8 @@ pub struct PlanReport {
     pub primary: Option<super::PrimaryStatus>,
     #[serde(flatten)]
     pub plan: Plan,
+    /// What the rebalancer would move next (only once nothing else is under way).
+    pub moves: Vec<Move>,
 }
 
 /// `GET /v1/gc`.
@@ -83,7 +86,28 @@ impl Membership {
         let Some(primary) = self.own_primacy() else {
             return Ok(());
         };
-        let planned = plan(&node.layouts()?, &state);
+        let layouts = node.layouts()?;
+        let planned = plan(&layouts, &state);
+        if planned.downloads.is_empty() && planned.trashes.is_empty() && planned.waiting.is_empty()
+        {
+            // Settled: even out disk use, a few moves at a time.
+            let moves = rebalance(
+                &layouts,
+                &state,
+                &self.usage(node).await?,
+                cluster.max_concurrent_moves,
+                cluster.rebalance_threshold,
+            );
+            if !moves.is_empty() {
+                let pins: Vec<(String, Vec<String>)> =
+                    moves.iter().map(|m| (m.key(), m.nodes.clone())).collect();
+                node.pin_shards(&pins)?;
+                for m in &moves {
+                    info!(database = %m.database, shard = %m.shard, from = %m.from, to = %m.to,
+                        reason = %m.reason, "rebalancer moves a copy");
+                }
+            }
+        }
         if !planned.trashes.is_empty() {
             let http = self.http_addresses().await;
             trash_extra_copies(
@@ -158,9 +182,11 @@ impl Membership {
         let members = self.members().await;
         let inventories = self.live_inventories(node, &members)?;
         let delay_ms = node.config().cluster.node_left_delay_secs * 1000;
+        let pins = node.registry()?.live_pins();
         let state = Arc::new(cluster_state(
             &members,
             &inventories,
+            pins,
             &mut lock(&self.dead_since),
             now_ms(),
             delay_ms,
@@ -176,6 +202,34 @@ impl Membership {
             Some(state) => Ok(state),
             None => self.refresh_state(node).await,
         }
+    }
+
+    /// Each live member's use for the rebalancer: the bytes of the copies it
+    /// holds (trashed ones excluded, as they are on their way out) against the
+    /// capacity of its disks.
+    async fn usage(&self, node: &Node) -> Result<Vec<Usage>, NodeError> {
+        let members = self.members().await;
+        let inventories = self.live_inventories(node, &members)?;
+        Ok(members
+            .iter()
+            .filter(|m| m.live)
+            .map(|m| {
+                let used = inventories
+                    .iter()
+                    .filter(|i| i.node == m.id)
+                    .flat_map(|i| i.databases.values())
+                    .filter(|d| d.state != crate::catalog::DbState::Trashed)
+                    .flat_map(|d| d.shards.values().chain(d.global.as_ref()))
+                    .filter(|p| p.state != crate::node::HeldState::Trashed)
+                    .map(|p| p.bytes)
+                    .sum();
+                Usage {
+                    node: m.id.clone(),
+                    used,
+                    capacity: m.disks.values().map(|d| d.capacity).sum(),
+                }
+            })
+            .collect())
     }
 
     /// This node as primary, if it is the elected one.
@@ -234,10 +288,29 @@ impl Membership {
                 id: p.id.clone(),
                 term: p.term,
             });
+        let layouts = node.layouts()?;
+        let planned = plan(&layouts, &state);
+        let settled = planned.downloads.is_empty()
+            && planned.trashes.is_empty()
+            && planned.waiting.is_empty();
+        let moves = if settled {
+            let cluster = &node.config().cluster;
+            let usage = self.usage(node).await?;
+            rebalance(
+                &layouts,
+                &state,
+                &usage,
+                cluster.max_concurrent_moves,
+                cluster.rebalance_threshold,
+            )
+        } else {
+            Vec::new()
+        };
         Ok(PlanReport {
             node: self.node_id().to_string(),
             primary,
-            plan: plan(&node.layouts()?, &state),
+            plan: planned,
+            moves,
         })
     }
 

@@ -1,0 +1,370 @@
+//! The rebalancer — pure.
+//!
+//! Rendezvous hashing spreads shards in proportion to capacity, but shards differ
+//! in size: some members fill faster. The rebalancer moves copies from the member
+//! whose disks are fullest (above the mean use of the members that are not past
+//! their watermark; those are always sources) to the emptiest one below it that
+//! holds no copy of the shard, largest shard first, as long as the move leaves
+//! the target no fuller than the source (so moves never go back and forth). A move
+//! is a pin: the shard's chosen members with the source replaced by the target.
+//! The target loads its copy like any placed shard; the primary trashes the
+//! source's copy only once the target's is ready.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{ClusterState, Layout};
+use super::shard_key;
+use crate::node::HeldState;
+
+/// One member's disk use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub node: String,
+    /// Bytes dram uses on its disks.
+    pub used: u64,
+    /// Bytes dram may fill.
+    pub capacity: u64,
+}
+
+/// One copy to move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub database: String,
+    pub shard: String,
+    pub bytes: u64,
+    pub from: String,
+    pub to: String,
+    /// The members that hold the shard once the move is done (its pin).
+    pub nodes: Vec<String>,
+    pub reason: String,
+}
+
+impl Move {
+    /// The pin key of the moved shard.
+    pub fn key(&self) -> String {
+        shard_key(&self.database, &self.shard)
+    }
+}
+
+fn ratio(used: u64, capacity: u64) -> f64 {
+    used as f64 / capacity.max(1) as f64
+}
+
+/// What the rebalancer reads of the cluster while it plans.
+struct Scan<'a> {
+    layouts: &'a [Layout],
+    cluster: &'a ClusterState,
+    /// Live candidates that can take shards: (used, capacity), updated per move.
+    used: BTreeMap<String, (u64, u64)>,
+    full: BTreeSet<&'a str>,
+    mean: f64,
+    /// Shards already moved in this pass.
+    moved: BTreeSet<String>,
+}
+
+/// A copy found to move: database layout, shard, bytes, its chosen members and
+/// the target.
+type Found<'a> = (&'a Layout, String, u64, Vec<String>, String);
+
+impl<'a> Scan<'a> {
+    fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
+        self.cluster
+            .holdings
+            .get(node)
+            .and_then(|h| h.get(database))
+            .and_then(|d| d.get(shard))
+            .copied()
+    }
+
+    /// The largest ready copy on `source` that some member below the mean can
+    /// take without ending up fuller than the source.
+    fn find(&self, source: &str) -> Option<Found<'a>> {
+        let (source_used, source_capacity) = self.used[source];
+        let mut copies: Vec<(&'a Layout, &'a str, u64, Vec<String>)> = Vec::new();
+        for layout in self.layouts {
+            for (shard, bytes) in &layout.shards {
+                if *bytes == 0 || self.moved.contains(&shard_key(&layout.name, shard)) {
+                    continue;
+                }
+                let chosen = self.cluster.chosen(&layout.name, shard, layout.replicas);
+                if chosen.iter().any(|c| c == source)
+                    && self.state(source, &layout.name, shard) == Some(HeldState::Ready)
+                {
+                    copies.push((layout, shard, *bytes, chosen));
+                }
+            }
+        }
+        copies.sort_by(|a, b| {
+            b.2.cmp(&a.2)
+                .then_with(|| (&a.0.name, a.1).cmp(&(&b.0.name, b.1)))
+        });
+        for (layout, shard, bytes, chosen) in copies {
+            let mut targets: Vec<(&String, (u64, u64))> = self
+                .used
+                .iter()
+                .filter(|(node, (u, c))| {
+                    node.as_str() != source
+                        && !self.full.contains(node.as_str())
+                        && !chosen.contains(node)
+                        && ratio(*u, *c) < self.mean
+                        && !matches!(
+                            self.state(node, &layout.name, shard),
+                            Some(HeldState::Ready | HeldState::Lazy | HeldState::Downloading)
+                        )
+                })
+                .map(|(node, usage)| (node, *usage))
+                .collect();
+            targets.sort_by(|a, b| {
+                ratio(a.1.0, a.1.1)
+                    .total_cmp(&ratio(b.1.0, b.1.1))
+                    .then_with(|| a.0.cmp(b.0))
+            });
+            let source_after = ratio(source_used.saturating_sub(bytes), source_capacity);
+            for (target, (target_used, target_capacity)) in targets {
+                if ratio(target_used + bytes, target_capacity) <= source_after {
+                    return Some((layout, shard.to_string(), bytes, chosen, target.clone()));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// At most `limit` moves that even out disk use, taken only off members whose
+/// use is more than `threshold` (a fraction of capacity) above the mean.
+pub fn rebalance(
+    layouts: &[Layout],
+    cluster: &ClusterState,
+    usage: &[Usage],
+    limit: usize,
+    threshold: f64,
+) -> Vec<Move> {
+    let open: BTreeSet<&str> = cluster
+        .candidates
+        .iter()
+        .filter(|c| c.weight > 0 && cluster.live.contains(&c.id))
+        .map(|c| c.id.as_str())
+        .collect();
+    let used: BTreeMap<String, (u64, u64)> = usage
+        .iter()
+        .filter(|u| u.capacity > 0 && open.contains(u.node.as_str()))
+        .map(|u| (u.node.clone(), (u.used, u.capacity)))
+        .collect();
+    let full: BTreeSet<&str> = cluster
+        .candidates
+        .iter()
+        .filter(|c| c.full)
+        .map(|c| c.id.as_str())
+        .collect();
+    // The mean over the members that can take shards: a full member is always
+    // a source, never a target.
+    let (total_used, total_capacity) = used
+        .iter()
+        .filter(|(node, _)| !full.contains(node.as_str()))
+        .fold((0u64, 0u64), |(u, c), (_, (du, dc))| (u + du, c + dc));
+    let mut scan = Scan {
+        layouts,
+        cluster,
+        used,
+        full,
+        mean: ratio(total_used, total_capacity),
+        moved: BTreeSet::new(),
+    };
+    let mut moves = Vec::new();
+    while moves.len() < limit {
+        // Sources above the mean, fullest first; the first with a copy to move.
+        let mut sources: Vec<(String, f64)> = scan
+            .used
+            .iter()
+            .map(|(node, (u, c))| (node.clone(), ratio(*u, *c)))
+            .filter(|(_, r)| *r > scan.mean + threshold)
+            .collect();
+        sources.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let Some((source, (layout, shard, bytes, chosen, target))) = sources
+            .into_iter()
+            .find_map(|(source, _)| scan.find(&source).map(|found| (source, found)))
+        else {
+            break;
+        };
+        let (s_used, s_capacity) = scan.used[&source];
+        let (t_used, t_capacity) = scan.used[&target];
+        let reason = format!(
+            "{source} uses {:.0}% of its capacity, {target} {:.0}% (mean {:.0}%)",
+            ratio(s_used, s_capacity) * 100.0,
+            ratio(t_used, t_capacity) * 100.0,
+            scan.mean * 100.0
+        );
+        let nodes: Vec<String> = chosen
+            .iter()
+            .map(|n| {
+                if *n == source {
+                    target.clone()
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        scan.moved.insert(shard_key(&layout.name, &shard));
+        if let Some(entry) = scan.used.get_mut(&source) {
+            entry.0 = entry.0.saturating_sub(bytes);
+        }
+        if let Some(entry) = scan.used.get_mut(&target) {
+            entry.0 += bytes;
+        }
+        moves.push(Move {
+            database: layout.name.clone(),
+            shard,
+            bytes,
+            from: source,
+            to: target,
+            nodes,
+            reason,
+        });
+    }
+    moves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Replicas;
+    use crate::placement::Candidate;
+    use crate::placement::plan::Holdings;
+
+    fn cluster(ids: &[&str]) -> ClusterState {
+        ClusterState {
+            candidates: ids
+                .iter()
+                .map(|id| Candidate {
+                    id: id.to_string(),
+                    zone: String::new(),
+                    weight: 1,
+                    full: false,
+                })
+                .collect(),
+            live: ids.iter().map(|id| id.to_string()).collect(),
+            holdings: Holdings::new(),
+            pins: BTreeMap::new(),
+        }
+    }
+
+    /// Places every shard where `chosen` says, ready, and returns the use.
+    fn settle(layouts: &[Layout], state: &mut ClusterState) -> Vec<Usage> {
+        state.holdings.clear();
+        let mut used: BTreeMap<String, u64> = BTreeMap::new();
+        for layout in layouts {
+            for (shard, bytes) in &layout.shards {
+                for node in state.chosen(&layout.name, shard, layout.replicas) {
+                    state
+                        .holdings
+                        .entry(node.clone())
+                        .or_default()
+                        .entry(layout.name.clone())
+                        .or_default()
+                        .insert(shard.clone(), HeldState::Ready);
+                    *used.entry(node).or_default() += bytes;
+                }
+            }
+        }
+        state
+            .candidates
+            .iter()
+            .map(|c| Usage {
+                node: c.id.clone(),
+                used: used.get(&c.id).copied().unwrap_or(0),
+                capacity: 1_000,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn moves_even_out_use_and_then_stop() {
+        // One huge shard and many small ones, two copies each, on four members.
+        let mut shards: Vec<(String, u64)> = vec![("big".into(), 300)];
+        shards.extend((0..30).map(|s| (format!("s{s}"), 10)));
+        let layouts = [Layout {
+            name: "db".into(),
+            replicas: Replicas::Count(2),
+            shards,
+            global_bytes: 0,
+        }];
+        let mut state = cluster(&["a", "b", "c", "d"]);
+        let spread = |usage: &[Usage]| {
+            let max = usage.iter().map(|u| u.used).max().unwrap();
+            let min = usage.iter().map(|u| u.used).min().unwrap();
+            max - min
+        };
+        let mut usage = settle(&layouts, &mut state);
+        let before = spread(&usage);
+        for round in 0..100 {
+            let moves = rebalance(&layouts, &state, &usage, 2, 0.0);
+            if moves.is_empty() {
+                break;
+            }
+            assert!(round < 99, "the rebalancer never stops");
+            for m in moves {
+                assert_ne!(m.from, m.to);
+                assert!(m.nodes.contains(&m.to) && !m.nodes.contains(&m.from));
+                state.pins.insert(m.key(), m.nodes);
+            }
+            let next = settle(&layouts, &mut state);
+            assert!(spread(&next) <= spread(&usage).max(before), "round {round}");
+            usage = next;
+        }
+        // Balanced within the largest movable shard once it stops.
+        assert!(spread(&usage) <= 300, "{usage:?}");
+        assert!(
+            spread(&usage) < before || before <= 10,
+            "{before} → {usage:?}"
+        );
+        // Every shard still has its two copies on two members.
+        for (shard, _) in &layouts[0].shards {
+            let chosen = state.chosen("db", shard, Replicas::Count(2));
+            assert_eq!(chosen.len(), 2);
+            assert_ne!(chosen[0], chosen[1]);
+        }
+    }
+
+    #[test]
+    fn all_shards_on_one_member_are_split_evenly_and_full_members_take_none() {
+        let layouts = [Layout {
+            name: "db".into(),
+            replicas: Replicas::Count(1),
+            shards: (0..6).map(|s| (s.to_string(), 100)).collect(),
+            global_bytes: 0,
+        }];
+        let mut state = cluster(&["a", "b", "c"]);
+        for (shard, _) in &layouts[0].shards {
+            state.pins.insert(shard_key("db", shard), vec!["a".into()]);
+        }
+        // c is past its watermark (other data fills it): it takes nothing.
+        state.candidates[2].full = true;
+        let with_c_full = |mut usage: Vec<Usage>| {
+            usage[2].used = 950;
+            usage
+        };
+        let mut usage = with_c_full(settle(&layouts, &mut state));
+        loop {
+            let moves = rebalance(&layouts, &state, &usage, 4, 0.0);
+            if moves.is_empty() {
+                break;
+            }
+            assert!(
+                moves.iter().all(|m| m.from == "a" && m.to == "b"),
+                "{moves:?}"
+            );
+            for m in moves {
+                state.pins.insert(m.key(), m.nodes);
+            }
+            usage = with_c_full(settle(&layouts, &mut state));
+        }
+        let used: Vec<u64> = usage.iter().map(|u| u.used).collect();
+        assert_eq!(used, [300, 300, 950]);
+        // Within the threshold of the mean: nothing moves.
+        assert!(rebalance(&layouts, &state, &usage, 4, 0.0).is_empty());
+        usage[0].used += 50;
+        assert!(rebalance(&layouts, &state, &usage, 4, 0.1).is_empty());
+    }
+}
