@@ -19,7 +19,7 @@ use crate::primary::Primary;
 use crate::primary::actions::{TrashRequest, check_trash, trash_extra_copies};
 use crate::primary::gc::eligible;
 
-/// Rounds before a node places shards: enough for gossip to show its peers.
+/// Rounds before a seeded node places shards: enough for gossip to show its peers.
 const SETTLE_ROUNDS: u64 = 3;
 /// Rounds after which a node that met no peer places shards alone.
 const ALONE_ROUNDS: u64 = 20;
@@ -70,9 +70,12 @@ impl Membership {
     ) -> Result<(), NodeError> {
         let state = self.refresh_state(node).await?;
         let rounds = self.rounds.fetch_add(1, Ordering::Relaxed) + 1;
-        let settled = rounds >= ALONE_ROUNDS
-            || (rounds >= SETTLE_ROUNDS && (!self.seeded || !peers.is_empty()));
-        if !settled {
+        // A node without seeds starts a cluster (or is alone): it places at once,
+        // and hands shards over as members join. A node with seeds waits to meet
+        // a peer, so that it does not fetch shards that belong elsewhere.
+        let met = !self.seeded || (rounds >= SETTLE_ROUNDS && !peers.is_empty());
+        let counted = state.candidates.iter().any(|c| c.id == self.node_id());
+        if !(counted && (met || rounds >= ALONE_ROUNDS)) {
             return Ok(());
         }
         let started = node.place((*state).clone())?;
