@@ -68,16 +68,18 @@ pub fn cluster_state(
     }
     let mut holdings = Holdings::new();
     for inventory in inventories.iter().filter(|i| live.contains(&i.node)) {
-        let held = holdings.entry(inventory.node.clone()).or_default();
         for (name, database) in &inventory.databases {
-            let shards = held.entry(name.clone()).or_default();
+            let shards = holdings.entry(name.clone()).or_default();
             for (shard, part) in &database.shards {
                 let state = if database.state == crate::catalog::DbState::Trashed {
                     crate::node::HeldState::Trashed
                 } else {
                     part.state
                 };
-                shards.insert(shard.clone(), state);
+                shards
+                    .entry(shard.clone())
+                    .or_default()
+                    .insert(inventory.node.clone(), state);
             }
         }
     }
@@ -86,6 +88,7 @@ pub fn cluster_state(
         live,
         holdings,
         pins,
+        member_hashes: Default::default(),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Placement: which members should hold each shard — pure.
 //!
 //! Weighted rendezvous (highest-random-weight) hashing: every (shard, member) pair
-//! gets a score `weight / -ln(u)`, with `u` in (0, 1) drawn from sha256 of the
-//! pair (stable across builds and machines); the shard goes to the best-scored
+//! gets a score `weight / -ln(u)`, with `u` in (0, 1) drawn from the pair (sha256
+//! of the shard key and of the member id, mixed by splitmix64: stable across
+//! builds and machines, and one sha256 per shard and per member rather than per
+//! pair); the shard goes to the best-scored
 //! members. A member's chance to win a shard is proportional to its weight (disk
 //! capacity), a join moves only the shards the newcomer now wins, and a leave
 //! moves only the leaver's. Copies spread over zones first: the best member of
@@ -19,7 +21,7 @@ pub mod plan;
 pub mod rebalance;
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
@@ -42,21 +44,36 @@ pub fn shard_key(database: &str, shard: &str) -> String {
     format!("{database}/{shard}")
 }
 
-/// The rendezvous score of `member` for `key`: higher wins.
-pub fn score(key: &str, member: &str, weight: u64) -> f64 {
+/// A stable 64-bit hash of `text`: the first 8 bytes of its sha256.
+pub fn stable_hash(text: &str) -> u64 {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// splitmix64's finalizer: a bijection that scatters every input bit.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The score of a member (by the hash of its id) for a key (by its hash).
+fn score_hashed(key_hash: u64, member_hash: u64, weight: u64) -> f64 {
     if weight == 0 {
         return f64::NEG_INFINITY;
     }
-    let mut hasher = Sha256::new();
-    hasher.update(key.as_bytes());
-    hasher.update([0]);
-    hasher.update(member.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
+    let mixed = splitmix64(key_hash ^ splitmix64(member_hash));
     // 53 random bits, shifted off zero: u in (0, 1).
-    let u = ((u64::from_be_bytes(first) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     weight as f64 / -u.ln()
+}
+
+/// The rendezvous score of `member` for `key`: higher wins.
+pub fn score(key: &str, member: &str, weight: u64) -> f64 {
+    score_hashed(stable_hash(key), stable_hash(member), weight)
 }
 
 /// Copies wanted of each shard: `Count(n)`, or every member for `All`.
@@ -75,37 +92,65 @@ pub fn choose(
     replicas: Replicas,
     holding: &BTreeSet<String>,
 ) -> Vec<String> {
+    choose_hashed(key, candidates, replicas, holding, stable_hash)
+}
+
+/// `choose`, with the members' hashes from `member_hash` (a cache, when many
+/// shards are placed over the same members).
+pub(crate) fn choose_hashed(
+    key: &str,
+    candidates: &[Candidate],
+    replicas: Replicas,
+    holding: &BTreeSet<String>,
+    member_hash: impl Fn(&str) -> u64,
+) -> Vec<String> {
+    let key_hash = stable_hash(key);
     let open = |c: &&Candidate| c.weight > 0 && (!c.full || holding.contains(&c.id));
     let all_full = !candidates.iter().any(|c| open(&c));
     let mut ranked: Vec<(f64, &Candidate)> = candidates
         .iter()
         .filter(|c| c.weight > 0 && (all_full || open(c)))
-        .map(|c| (score(key, &c.id, c.weight), c))
+        .map(|c| (score_hashed(key_hash, member_hash(&c.id), c.weight), c))
         .collect();
-    ranked.sort_by(|a, b| {
+    // Best first: higher score, then smaller id.
+    let better = |a: &(f64, &Candidate), b: &(f64, &Candidate)| {
         b.0.partial_cmp(&a.0)
             .unwrap_or(Ordering::Equal)
             .then_with(|| a.1.id.cmp(&b.1.id))
-    });
+    };
     let count = wanted(replicas, ranked.len());
-    // First the best member of each zone, then the best of the others.
-    let mut chosen: Vec<String> = Vec::with_capacity(count);
-    let mut zones: BTreeSet<&str> = BTreeSet::new();
-    for (_, candidate) in &ranked {
-        if chosen.len() == count {
-            break;
-        }
-        if zones.insert(candidate.zone.as_str()) {
-            chosen.push(candidate.id.clone());
+    if count == 0 {
+        return Vec::new();
+    }
+    // First the best member of each zone, zones in the order of their best;
+    // then the best of the others. Linear in the members but for the sorts of
+    // the few picked (a full sort only for "all").
+    let mut zone_best: HashMap<&str, usize> = HashMap::new();
+    for (i, entry) in ranked.iter().enumerate() {
+        let best = zone_best.entry(entry.1.zone.as_str()).or_insert(i);
+        if better(entry, &ranked[*best]) == Ordering::Less {
+            *best = i;
         }
     }
-    for (_, candidate) in &ranked {
-        if chosen.len() == count {
-            break;
+    let mut firsts: Vec<usize> = zone_best.into_values().collect();
+    firsts.sort_by(|a, b| better(&ranked[*a], &ranked[*b]));
+    firsts.truncate(count);
+    let mut chosen: Vec<String> = firsts.iter().map(|i| ranked[*i].1.id.clone()).collect();
+    let need = count - chosen.len();
+    if need > 0 {
+        let taken: HashSet<usize> = firsts.into_iter().collect();
+        let mut rest: Vec<(f64, &Candidate)> = ranked
+            .drain(..)
+            .enumerate()
+            .filter(|(i, _)| !taken.contains(i))
+            .map(|(_, entry)| entry)
+            .collect();
+        if need < rest.len() {
+            rest.select_nth_unstable_by(need - 1, better);
+            rest.truncate(need);
         }
-        if !chosen.contains(&candidate.id) {
-            chosen.push(candidate.id.clone());
-        }
+        rest.sort_by(better);
+        chosen.extend(rest.into_iter().map(|(_, c)| c.id.clone()));
     }
     chosen
 }
@@ -285,7 +330,7 @@ mod tests {
         );
     }
 
-    const PINNED: [&str; 3] = ["1.079545773", "2.547209154", "61.886838511"];
+    const PINNED: [&str; 3] = ["2.597438532", "1.061803332", "4.404739442"];
 
     #[test]
     fn scores_are_stable() {

@@ -7,11 +7,12 @@
 //! takes its own downloads from it, the primary its trashes, and `GET /v1/plan`
 //! shows all of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Candidate, choose, shard_key};
+use super::{Candidate, choose_hashed, shard_key, stable_hash};
 use crate::catalog::Replicas;
 use crate::node::HeldState;
 
@@ -26,7 +27,8 @@ pub struct Layout {
     pub global_bytes: u64,
 }
 
-/// What the live members hold: member → database → shard → state.
+/// What the live members hold: database → shard → member → state (by shard, so
+/// that a shard's holders are found without scanning every member).
 pub type Holdings = BTreeMap<String, BTreeMap<String, BTreeMap<String, HeldState>>>;
 
 /// The cluster at one moment.
@@ -40,6 +42,9 @@ pub struct ClusterState {
     pub holdings: Holdings,
     /// Shards the rebalancer moved: `database/shard` → the members to hold them.
     pub pins: BTreeMap<String, Vec<String>>,
+    /// Hashes of the candidates' ids, computed once (a hash depends on the id
+    /// alone, so the cache stays right whatever changes in `candidates`).
+    pub member_hashes: OnceLock<HashMap<String, u64>>,
 }
 
 /// One step of a plan.
@@ -66,23 +71,42 @@ pub struct Plan {
 }
 
 impl ClusterState {
-    fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
-        self.holdings.get(node)?.get(database)?.get(shard).copied()
+    /// The state of `node`'s copy of a shard.
+    pub fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
+        self.holdings.get(database)?.get(shard)?.get(node).copied()
+    }
+
+    /// Records `node`'s copy of a shard.
+    pub fn set_state(&mut self, node: &str, database: &str, shard: &str, state: HeldState) {
+        self.holdings
+            .entry(database.to_string())
+            .or_default()
+            .entry(shard.to_string())
+            .or_default()
+            .insert(node.to_string(), state);
+    }
+
+    /// Every copy of a shard: member → state.
+    pub fn copies(&self, database: &str, shard: &str) -> impl Iterator<Item = (&str, HeldState)> {
+        self.holdings
+            .get(database)
+            .and_then(|d| d.get(shard))
+            .into_iter()
+            .flatten()
+            .map(|(node, state)| (node.as_str(), *state))
     }
 
     /// Live members with a copy that is or will be served (not trashed or failed).
     fn holders(&self, database: &str, shard: &str) -> BTreeSet<String> {
-        self.live
-            .iter()
-            .filter(|node| {
-                self.state(node, database, shard).is_some_and(|s| {
-                    matches!(
+        self.copies(database, shard)
+            .filter(|(node, s)| {
+                self.live.contains(*node)
+                    && matches!(
                         s,
                         HeldState::Ready | HeldState::Lazy | HeldState::Downloading
                     )
-                })
             })
-            .cloned()
+            .map(|(node, _)| node.to_string())
             .collect()
     }
 
@@ -92,7 +116,15 @@ impl ClusterState {
     pub fn chosen(&self, database: &str, shard: &str, replicas: Replicas) -> Vec<String> {
         let key = shard_key(database, shard);
         let holders = self.holders(database, shard);
-        let hashed = choose(&key, &self.candidates, replicas, &holders);
+        let hashes = self.member_hashes.get_or_init(|| {
+            self.candidates
+                .iter()
+                .map(|c| (c.id.clone(), stable_hash(&c.id)))
+                .collect()
+        });
+        let hashed = choose_hashed(&key, &self.candidates, replicas, &holders, |id| {
+            hashes.get(id).copied().unwrap_or_else(|| stable_hash(id))
+        });
         if let Some(pinned) = self.pins.get(&key) {
             let fits = pinned.len() == hashed.len()
                 && pinned.iter().all(|node| {
@@ -236,17 +268,12 @@ mod tests {
             live: ids.iter().map(|id| id.to_string()).collect(),
             holdings: Holdings::new(),
             pins: BTreeMap::new(),
+            member_hashes: Default::default(),
         }
     }
 
     fn hold(cluster: &mut ClusterState, node: &str, shard: &str, state: HeldState) {
-        cluster
-            .holdings
-            .entry(node.into())
-            .or_default()
-            .entry("db".into())
-            .or_default()
-            .insert(shard.into(), state);
+        cluster.set_state(node, "db", shard, state);
     }
 
     /// Carries out the downloads (as ready copies) and the trashes.
@@ -310,7 +337,11 @@ mod tests {
         apply(&mut state, &first);
         // c dies: still a candidate during node_left_delay.
         state.live.remove("c");
-        state.holdings.remove("c");
+        for shards in state.holdings.values_mut() {
+            for copies in shards.values_mut() {
+                copies.remove("c");
+            }
+        }
         let within = plan(&layouts, &state);
         assert!(within.downloads.is_empty() && within.trashes.is_empty());
         // After the delay: c's shards get a new copy on a or b.

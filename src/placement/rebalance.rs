@@ -70,12 +70,7 @@ type Found<'a> = (&'a Layout, String, u64, Vec<String>, String);
 
 impl<'a> Scan<'a> {
     fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
-        self.cluster
-            .holdings
-            .get(node)
-            .and_then(|h| h.get(database))
-            .and_then(|d| d.get(shard))
-            .copied()
+        self.cluster.state(node, database, shard)
     }
 
     /// The largest ready copy on `source` that some member below the mean can
@@ -247,6 +242,7 @@ mod tests {
             live: ids.iter().map(|id| id.to_string()).collect(),
             holdings: Holdings::new(),
             pins: BTreeMap::new(),
+            member_hashes: Default::default(),
         }
     }
 
@@ -257,13 +253,7 @@ mod tests {
         for layout in layouts {
             for (shard, bytes) in &layout.shards {
                 for node in state.chosen(&layout.name, shard, layout.replicas) {
-                    state
-                        .holdings
-                        .entry(node.clone())
-                        .or_default()
-                        .entry(layout.name.clone())
-                        .or_default()
-                        .insert(shard.clone(), HeldState::Ready);
+                    state.set_state(&node, &layout.name, shard, HeldState::Ready);
                     *used.entry(node).or_default() += bytes;
                 }
             }

@@ -86,17 +86,8 @@ pub fn check_trash(
         return Err(Refusal::PlacedHere(shard));
     }
     let ready = state
-        .live
-        .iter()
-        .filter(|node| node.as_str() != self_id)
-        .filter(|node| {
-            state
-                .holdings
-                .get(*node)
-                .and_then(|h| h.get(&request.database))
-                .and_then(|d| d.get(&request.shard))
-                .is_some_and(|s| s.is_serving())
-        })
+        .copies(&request.database, &request.shard)
+        .filter(|(node, s)| *node != self_id && state.live.contains(*node) && s.is_serving())
         .count();
     let wanted = chosen.len().max(1);
     if ready < wanted {
@@ -225,16 +216,7 @@ mod tests {
 
     fn state(ready_on: &[&str]) -> ClusterState {
         let ids = ["a", "b", "c"];
-        let mut holdings = Holdings::new();
-        for id in ready_on {
-            holdings
-                .entry(id.to_string())
-                .or_default()
-                .entry("db".into())
-                .or_default()
-                .insert("0".into(), HeldState::Ready);
-        }
-        ClusterState {
+        let mut cluster = ClusterState {
             candidates: ids
                 .iter()
                 .map(|id| Candidate {
@@ -245,9 +227,14 @@ mod tests {
                 })
                 .collect(),
             live: ids.iter().map(|id| id.to_string()).collect(),
-            holdings,
+            holdings: Holdings::new(),
             pins: Default::default(),
+            member_hashes: Default::default(),
+        };
+        for id in ready_on {
+            cluster.set_state(id, "db", "0", HeldState::Ready);
         }
+        cluster
     }
 
     #[test]

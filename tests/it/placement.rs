@@ -268,20 +268,30 @@ async fn shards_keep_two_copies_as_members_leave_and_join() {
     // The plan is empty once settled; a what-if shows a third copy's cost.
     let plan = primary.get("/v1/plan").await.unwrap();
     assert_eq!(plan["downloads"], json!([]), "{plan}");
-    let what_if = primary
-        .get("/v1/plan?database=events&replicas=3")
-        .await
-        .unwrap();
-    let sum = |key: &str| -> u64 {
-        what_if["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n[key].as_u64().unwrap())
-            .sum()
-    };
-    assert!(sum("bytes_now") > 0);
-    assert_eq!(sum("bytes_after") * 2, sum("bytes_now") * 3, "{what_if}");
+    // (The plan reads the state of the last gossip round: poll until it has
+    // caught up with the trashes above.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let what_if = primary
+            .get("/v1/plan?database=events&replicas=3")
+            .await
+            .unwrap();
+        let sum = |key: &str| -> u64 {
+            what_if["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n[key].as_u64().unwrap())
+                .sum()
+        };
+        // Six shards of 250 bytes: 2 copies now, 3 after.
+        if sum("bytes_now") == 6 * 2 * 250 {
+            assert_eq!(sum("bytes_after"), 6 * 3 * 250, "{what_if}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what_if}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let printed = dram_cli(
         &["cluster", "plan", "--database", "events", "--replicas", "3"],
         &members[0].server.url(),
@@ -637,14 +647,15 @@ async fn the_rebalancer_moves_copies_from_the_fuller_member_copy_first() {
     loop {
         let now = copies(&n1.client, "skewed").await;
         if now.len() == 6 {
-            for (shard, list) in &now {
+            let on = |node: &str| now.values().filter(|l| ready(l).contains(&node)).count();
+            saw_all_on_n1 |= on("n1") == 6;
+            // Once loaded, never a shard without a ready copy.
+            for (shard, list) in now.iter().filter(|_| saw_all_on_n1) {
                 assert!(
                     !ready(list).is_empty(),
                     "{shard} has no ready copy: {list:?}"
                 );
             }
-            let on = |node: &str| now.values().filter(|l| ready(l).contains(&node)).count();
-            saw_all_on_n1 |= on("n1") == 6;
             if placed(&now, 6, 1) && on("n1") == 3 && on("n2") == 3 {
                 break;
             }
