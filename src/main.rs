@@ -139,6 +139,12 @@ enum ClusterCommand {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// The databases garbage collection may delete, coldest first, and whether a
+    /// full disk makes it run now.
+    Gc {
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// What placement would do now (downloads, trashes, extra copies waiting),
     /// or with --database and --replicas how disk use per node would change.
     Plan {
@@ -620,6 +626,33 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             show("global", &holders["global"]);
             for (id, list) in holders["shards"].as_object().into_iter().flatten() {
                 show(id, list);
+            }
+            Ok(())
+        }
+        ClusterCommand::Gc { node } => {
+            let report = Client::new(&node.node).get("/v1/gc").await?;
+            let full: Vec<&str> = report["full_disks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if full.is_empty() {
+                println!("no disk past its high watermark: nothing is collected now");
+            } else {
+                println!("past their high watermark: {}", full.join(", "));
+            }
+            for entry in report["eligible"].as_array().into_iter().flatten() {
+                let read = entry["last_read_ms"]
+                    .as_u64()
+                    .map_or("never read".to_string(), |ms| {
+                        format!("last read at {ms} ms")
+                    });
+                println!(
+                    "{:<24} {:>10}  {read}",
+                    entry["database"].as_str().unwrap_or("?"),
+                    human(entry["bytes"].as_u64().unwrap_or(0))
+                );
             }
             Ok(())
         }

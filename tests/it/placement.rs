@@ -522,6 +522,10 @@ async fn garbage_collection_deletes_the_coldest_unaliased_database_when_a_disk_f
         "{report}"
     );
     assert!(report["eligible"][1]["last_read_ms"].is_u64(), "{report}");
+    let printed = dram_cli(&["cluster", "gc"], &server.url()).await;
+    let cold = printed.find("cold").unwrap_or(usize::MAX);
+    let warm = printed.find("warm").unwrap_or(0);
+    assert!(cold < warm && printed.contains("never read"), "{printed}");
     server.shutdown().await;
 
     // The same data under a smaller cap: past the watermark. The primary (this
