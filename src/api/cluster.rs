@@ -12,6 +12,7 @@ use super::error::{error_response, respond};
 use crate::catalog::{AllReplicas, Replicas};
 use crate::node::{Node, NodeError};
 use crate::primary::actions::TrashRequest;
+use crate::query::{MapRequest, PARTIAL_MEDIA_TYPE, QueryError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +142,32 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::path!("inventory"))
         .and(warp::get())
         .map(|node: Node| respond(StatusCode::OK, node.inventory()));
+    let map = internal
+        .clone()
+        .and(warp::path!("map"))
+        .and(warp::post())
+        .and(body.clone())
+        .then(|node: Node, body: bytes::Bytes| async move {
+            let request: Result<MapRequest, QueryError> =
+                super::parse(&body).map_err(QueryError::from);
+            let result = match request {
+                Ok(request) => node.map_request(request).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(bytes) => warp::http::Response::builder()
+                    .header("content-type", PARTIAL_MEDIA_TYPE)
+                    .body(bytes.into())
+                    .unwrap_or_else(|_| {
+                        error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "cannot build the response",
+                        )
+                    }),
+                Err(e) => super::error::api_error_response(&e),
+            }
+        });
     let trash = internal
         .and(warp::path!("trash"))
         .and(warp::post())
@@ -164,6 +191,8 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .or(inventory)
         .unify()
         .or(trash)
+        .unify()
+        .or(map)
         .unify()
         .or(plan)
         .unify()

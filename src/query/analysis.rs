@@ -172,6 +172,9 @@ pub(crate) trait DynAnalysis: Send + Sync {
         params: &DynParams,
         partial: DynPartial,
     ) -> Result<serde_json::Value, AnalysisError>;
+    /// A partial as MessagePack, to travel from a leaf to the root.
+    fn encode(&self, partial: DynPartial) -> Result<Vec<u8>, AnalysisError>;
+    fn decode(&self, bytes: &[u8]) -> Result<DynPartial, AnalysisError>;
 }
 
 fn typed<T: 'static>(value: &(dyn Any + Send + Sync)) -> Result<&T, AnalysisError> {
@@ -239,6 +242,18 @@ impl<A: Analysis> DynAnalysis for A {
         )?;
         serde_json::to_value(output)
             .map_err(|e| AnalysisError::failed(format!("cannot serialize the result: {e}")))
+    }
+
+    fn encode(&self, partial: DynPartial) -> Result<Vec<u8>, AnalysisError> {
+        // Named fields: robust to `skip_serializing_if` in the partial's type.
+        rmp_serde::to_vec_named(&unbox::<A::Partial>(partial)?)
+            .map_err(|e| AnalysisError::failed(format!("cannot encode a partial: {e}")))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<DynPartial, AnalysisError> {
+        let partial: A::Partial = rmp_serde::from_slice(bytes)
+            .map_err(|e| AnalysisError::failed(format!("cannot decode a partial: {e}")))?;
+        Ok(Box::new(partial))
     }
 }
 

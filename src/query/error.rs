@@ -31,6 +31,20 @@ pub enum QueryError {
     Timeout { timeout_ms: u64 },
     #[error("the query was cancelled")]
     Cancelled,
+    #[error(
+        "no live member holds a ready copy of shard(s) {}{}",
+        .shards.join(", "),
+        " (allow_partial: true answers without them)"
+    )]
+    Unavailable { shards: Vec<String> },
+    /// A holder answered a map request with an error (after the retry).
+    #[error("{node}: {message}")]
+    Remote {
+        node: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 fn on_shard(shard: &Option<String>) -> String {
@@ -68,6 +82,8 @@ impl QueryError {
             QueryError::Panicked { .. } => "analysis_panicked",
             QueryError::Timeout { .. } => "timeout",
             QueryError::Cancelled => "cancelled",
+            QueryError::Unavailable { .. } => "shards_unavailable",
+            QueryError::Remote { code, .. } => remote_code(code),
         }
     }
 
@@ -79,7 +95,23 @@ impl QueryError {
             QueryError::InvalidRequest(_) | QueryError::InvalidParams { .. } => 400,
             QueryError::Failed { .. } | QueryError::Panicked { .. } => 500,
             QueryError::Timeout { .. } => 504,
-            QueryError::Cancelled => 503,
+            QueryError::Cancelled | QueryError::Unavailable { .. } => 503,
+            QueryError::Remote { code, status, .. } => match remote_code(code) {
+                "leaf_failed" => 502,
+                _ => *status,
+            },
         }
+    }
+}
+
+/// The code of a holder's error, as the root reports it: the analysis's own
+/// errors keep theirs, anything else is `leaf_failed`.
+fn remote_code(code: &str) -> &'static str {
+    match code {
+        "analysis_failed" => "analysis_failed",
+        "analysis_panicked" => "analysis_panicked",
+        "invalid_params" => "invalid_params",
+        "timeout" => "timeout",
+        _ => "leaf_failed",
     }
 }

@@ -13,6 +13,7 @@
 mod analysis;
 mod error;
 mod leaf;
+mod root;
 mod shard;
 
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, AnalysisInfo};
 pub use error::QueryError;
+pub use root::{MapRequest, PARTIAL_MEDIA_TYPE};
 pub use shard::{DataDir, Shard};
 
 use crate::catalog::{DATABASES, DatabaseRecord, DbState};
@@ -41,6 +43,10 @@ pub struct QueryRequest {
     /// `query.max_timeout_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Answer without the shards no live member holds (listed in
+    /// `meta.missing_shards`) instead of failing with 503.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_partial: bool,
 }
 
 /// A query's answer.
@@ -61,11 +67,32 @@ pub struct QueryMeta {
     pub alias: Option<String>,
     /// Number of shards mapped.
     pub shards: usize,
+    /// The nodes that mapped them, with their shards and timings.
+    pub nodes: Vec<NodeMeta>,
+    /// Shards mapped again on another holder after a holder failed.
+    pub retries: usize,
+    /// Shards left out (only with `allow_partial`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<String>,
     pub took_ms: u64,
 }
 
+/// One node's part in a query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    pub node: String,
+    pub shards: usize,
+    /// From sending its map request to holding its decoded partial.
+    pub took_ms: u64,
+    /// Set when this node failed (its shards were retried elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 impl Node {
-    /// Runs an analysis over a database (or alias) served by this node.
+    /// Runs an analysis over a database (or alias): this node is the root. It
+    /// maps the shards it holds itself, sends one map request to a holder of the
+    /// others (see `root`), reduces every partial and finishes.
     pub async fn query(
         &self,
         target: &str,
@@ -79,11 +106,71 @@ impl Node {
             .ok_or_else(|| QueryError::UnknownAnalysis(analysis_name.to_string()))?;
         let timeout_ms = self.query_timeout(request.timeout_ms)?;
         let database = self.resolve(target)?;
+        let version = self.ready_version(&database)?;
+        let shard_ids = self.chosen_shards(&database, request.shards)?;
+        let params = analysis
+            .params(request.params.clone())
+            .map_err(|e| QueryError::from_analysis(analysis_name, None, e))?;
+        let query = root::RootQuery {
+            database: database.clone(),
+            version: version.clone(),
+            analysis_name: analysis_name.to_string(),
+            analysis: analysis.clone(),
+            params: params.clone(),
+            raw_params: request.params,
+            allow_partial: request.allow_partial,
+            deadline: tokio::time::Instant::now() + Duration::from_millis(timeout_ms),
+        };
+        let work = async {
+            let gathered = self.gather(&query, shard_ids).await?;
+            let partial = leaf::reduce(
+                analysis_name,
+                &analysis,
+                &params,
+                &self.map_slots(),
+                gathered.partials,
+            )
+            .await?;
+            let (analysis, params) = (analysis.clone(), params.clone());
+            let result =
+                leaf::blocking(analysis_name, move || analysis.finish(&params, partial)).await?;
+            Ok::<_, QueryError>((result, gathered.meta))
+        };
+        let (result, gathered) =
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::info!(
+                        database,
+                        analysis = analysis_name,
+                        timeout_ms,
+                        "query timed out"
+                    );
+                    return Err(QueryError::Timeout { timeout_ms });
+                }
+            };
+        Ok(QueryResponse {
+            result,
+            meta: QueryMeta {
+                alias: (target != database).then(|| target.to_string()),
+                database,
+                version,
+                shards: gathered.shards,
+                nodes: gathered.nodes,
+                retries: gathered.retries,
+                missing_shards: gathered.missing_shards,
+                took_ms: started.elapsed().as_millis() as u64,
+            },
+        })
+    }
+
+    /// The version of a database that is ready here (its manifest is known).
+    fn ready_version(&self, database: &str) -> Result<String, QueryError> {
         let record: DatabaseRecord = self
             .catalog()
-            .get(DATABASES, &database)
+            .get(DATABASES, database)
             .map_err(NodeError::from)?
-            .ok_or_else(|| NodeError::not_found("database", &database))?;
+            .ok_or_else(|| NodeError::not_found("database", database))?;
         if record.state != DbState::Ready {
             return Err(NodeError::NotReady(format!(
                 "database {database:?} is {}, not ready",
@@ -91,18 +178,22 @@ impl Node {
             ))
             .into());
         }
-        let version = record.version.clone().unwrap_or_default();
-        let shard_ids = self.chosen_shards(&database, request.shards)?;
-        let params = analysis
-            .params(request.params)
-            .map_err(|e| QueryError::from_analysis(analysis_name, None, e))?;
+        Ok(record.version.unwrap_or_default())
+    }
 
-        // Every handle is opened before any map runs: the query reads this
-        // database whatever happens to the alias meanwhile.
+    /// Maps `shard_ids` of a database on this node and pre-reduces them into one
+    /// partial. Every handle is opened before any map runs: the query reads this
+    /// version whatever happens to the alias meanwhile.
+    pub(crate) async fn map_here(
+        &self,
+        query: &root::RootQuery,
+        shard_ids: &[String],
+    ) -> Result<analysis::DynPartial, QueryError> {
         let cancel = CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
         let runtime = tokio::runtime::Handle::current();
-        let global = match self.global(&database) {
+        let database = &query.database;
+        let global = match self.global(database) {
             Ok(context) => Some(DataDir::new(context, runtime.clone(), cancel.clone())),
             Err(NodeError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
@@ -110,55 +201,25 @@ impl Node {
         let shards = shard_ids
             .iter()
             .map(|id| {
-                let data =
-                    DataDir::new(self.shard(&database, id)?, runtime.clone(), cancel.clone());
+                let data = DataDir::new(self.shard(database, id)?, runtime.clone(), cancel.clone());
                 Ok(Shard::new(
-                    version.clone(),
+                    query.version.clone(),
                     data,
                     global.clone(),
                     cancel.clone(),
                 ))
             })
             .collect::<Result<Vec<_>, NodeError>>()?;
-        self.count_query(&database, &shard_ids);
-
-        let slots = self.map_slots();
+        self.count_query(database, shard_ids);
         let leaf = leaf::LeafTask {
-            name: analysis_name.to_string(),
-            analysis: analysis.clone(),
-            params: params.clone(),
+            name: query.analysis_name.clone(),
+            analysis: query.analysis.clone(),
+            params: query.params.clone(),
             shards,
-            slots,
+            slots: self.map_slots(),
             cancel: cancel.clone(),
         };
-        let work = async {
-            let partial = leaf.run().await?;
-            let (analysis, params) = (analysis.clone(), params.clone());
-            leaf::blocking(analysis_name, move || analysis.finish(&params, partial)).await
-        };
-        let result = match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
-            Ok(result) => result?,
-            Err(_) => {
-                cancel.cancel();
-                tracing::info!(
-                    database,
-                    analysis = analysis_name,
-                    timeout_ms,
-                    "query timed out"
-                );
-                return Err(QueryError::Timeout { timeout_ms });
-            }
-        };
-        Ok(QueryResponse {
-            result,
-            meta: QueryMeta {
-                alias: (target != database).then(|| target.to_string()),
-                database,
-                version,
-                shards: shard_ids.len(),
-                took_ms: started.elapsed().as_millis() as u64,
-            },
-        })
+        leaf.run().await
     }
 
     fn query_timeout(&self, requested: Option<u64>) -> Result<u64, QueryError> {

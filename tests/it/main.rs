@@ -6,6 +6,7 @@ mod builtin;
 mod cluster;
 mod databases;
 mod example;
+mod fanout;
 mod placement;
 mod query;
 mod restart;

@@ -165,6 +165,8 @@ pub struct Membership {
     rounds: std::sync::atomic::AtomicU64,
     /// When the primary last deleted a database as garbage.
     last_gc_ms: Mutex<u64>,
+    /// Connections to the other members, reused across queries.
+    http_client: reqwest::Client,
     /// Whether this node was given seeds (it waits to meet a peer before placing).
     seeded: bool,
 }
@@ -243,6 +245,12 @@ impl Membership {
             rounds: Default::default(),
             seeded: !config.seeds.is_empty(),
             last_gc_ms: Mutex::new(0),
+            http_client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .map_err(|e| {
+                    NodeError::InvalidInput(format!("cannot build an HTTP client: {e}"))
+                })?,
         });
         let task = tokio::spawn(sync_loop(Arc::downgrade(&membership), node, interval));
         *lock(&membership.sync) = Some(task);

@@ -235,6 +235,43 @@ impl Membership {
             .collect())
     }
 
+    /// The live members other than this one with a serving copy of each shard
+    /// of `database` at `version` (shard → members).
+    pub(crate) async fn serving_holders(
+        &self,
+        node: &Node,
+        database: &str,
+        version: &str,
+    ) -> Result<HashMap<String, Vec<String>>, NodeError> {
+        let members = self.members().await;
+        let inventories = self.live_inventories(node, &members)?;
+        let mut holders: HashMap<String, Vec<String>> = HashMap::new();
+        for inventory in inventories.iter().filter(|i| i.node != node.id()) {
+            let Some(held) = inventory.databases.get(database) else {
+                continue;
+            };
+            if held.state != crate::catalog::DbState::Ready
+                || held.version.as_deref() != Some(version)
+            {
+                continue;
+            }
+            for (shard, part) in &held.shards {
+                if part.state.is_serving() {
+                    holders
+                        .entry(shard.clone())
+                        .or_default()
+                        .push(inventory.node.clone());
+                }
+            }
+        }
+        Ok(holders)
+    }
+
+    /// The client for node-to-node requests (map requests, trashes).
+    pub(crate) fn http_client(&self) -> &reqwest::Client {
+        &self.http_client
+    }
+
     /// This node as primary, if it is the elected one.
     fn own_primacy(&self) -> Option<Primary> {
         let election = lock(&self.election);
@@ -245,7 +282,8 @@ impl Membership {
         })
     }
 
-    async fn http_addresses(&self) -> HashMap<String, String> {
+    /// The HTTP address of each live member.
+    pub(crate) async fn http_addresses(&self) -> HashMap<String, String> {
         self.members()
             .await
             .into_iter()
