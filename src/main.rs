@@ -68,6 +68,16 @@ enum Command {
         /// Print only the result, without the meta.
         #[arg(long)]
         result_only: bool,
+        /// Ask the holders directly (the node only tells where the shards are)
+        /// and reduce here; built-in analyses only.
+        #[arg(long)]
+        direct: bool,
+        /// Answer without shards no live member holds (listed in the meta).
+        #[arg(long)]
+        allow_partial: bool,
+        /// The cluster secret the holders' map endpoint needs (with --direct).
+        #[arg(long, env = "DRAM_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
         #[command(flatten)]
         node: NodeArg,
     },
@@ -291,6 +301,9 @@ async fn run(command: Command) -> Result<()> {
             shards,
             timeout_ms,
             result_only,
+            direct,
+            allow_partial,
+            cluster_secret,
             node,
         } => {
             let mut body = json!({});
@@ -305,8 +318,20 @@ async fn run(command: Command) -> Result<()> {
             if let Some(ms) = timeout_ms {
                 body["timeout_ms"] = json!(ms);
             }
+            if allow_partial {
+                body["allow_partial"] = json!(true);
+            }
             let path = format!("/v1/query/{}/{}", segment(&database)?, segment(&analysis)?);
-            let answer = Client::new(&node.node).post(&path, &body).await?;
+            let client = Client::new(&node.node).with_cluster_secret(cluster_secret);
+            let answer = if direct {
+                let request: dram::query::QueryRequest = serde_json::from_value(body)?;
+                let answer = client
+                    .query_direct(&dram::builtin::analyses(), &database, &analysis, request)
+                    .await?;
+                serde_json::to_value(answer)?
+            } else {
+                client.post(&path, &body).await?
+            };
             print_json(if result_only {
                 &answer["result"]
             } else {

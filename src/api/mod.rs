@@ -63,6 +63,9 @@ async fn database_with_holders(node: &Node, name: &str) -> Result<serde_json::Va
     let info = node.database(name)?;
     let mut value = serde_json::to_value(&info)
         .map_err(|e| NodeError::InvalidInput(format!("cannot show {name}: {e}")))?;
+    if let Ok(ids) = node.shard_ids(name) {
+        value["shard_ids"] = serde_json::json!(ids);
+    }
     if let Some(membership) = node.membership() {
         let holders = membership.shard_holders(node, name).await?;
         value["holders"] = serde_json::json!({"global": holders.global, "shards": holders.shards});
@@ -198,16 +201,26 @@ pub fn routes(
     let query = warp::path!("v1" / "query" / String / String)
         .and(warp::post())
         .and(body)
+        .and(warp::header::optional::<String>(
+            crate::query::FORWARDED_HEADER,
+        ))
         .and(with_node.clone())
         .then(
-            |target: String, analysis: String, body: Bytes, node: Node| async move {
+            |target: String,
+             analysis: String,
+             body: Bytes,
+             forwarded: Option<String>,
+             node: Node| async move {
                 let request = if body.is_empty() {
                     Ok(QueryRequest::default())
                 } else {
                     parse::<QueryRequest>(&body).map_err(QueryError::from)
                 };
                 let result = match request {
-                    Ok(request) => node.query(&target, &analysis, request).await,
+                    Ok(request) => {
+                        node.query_or_forward(&target, &analysis, request, forwarded.is_none())
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 respond(StatusCode::OK, result)

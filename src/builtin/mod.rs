@@ -17,6 +17,16 @@ pub use rows::{Columns, Format};
 
 use crate::builder::NodeBuilder;
 
+/// Every built-in analysis under its usual name (for `Client::query_direct`).
+pub fn analyses() -> crate::query::Analyses {
+    let mut analyses = crate::query::Analyses::default();
+    // Distinct fixed names: these inserts cannot fail.
+    let _ = analyses.insert("files", Files);
+    let _ = analyses.insert("count", Count);
+    let _ = analyses.insert("group", Group);
+    analyses
+}
+
 /// Registers every built-in analysis under its usual name.
 pub fn register(builder: NodeBuilder) -> NodeBuilder {
     builder

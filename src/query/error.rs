@@ -104,14 +104,26 @@ impl QueryError {
     }
 }
 
-/// The code of a holder's error, as the root reports it: the analysis's own
-/// errors keep theirs, anything else is `leaf_failed`.
+/// The code of another member's error, as this node reports it: the codes dram
+/// knows pass through (with their status), anything else is `leaf_failed`.
 fn remote_code(code: &str) -> &'static str {
-    match code {
-        "analysis_failed" => "analysis_failed",
-        "analysis_panicked" => "analysis_panicked",
-        "invalid_params" => "invalid_params",
-        "timeout" => "timeout",
-        _ => "leaf_failed",
-    }
+    const KNOWN: [&str; 13] = [
+        "analysis_failed",
+        "analysis_panicked",
+        "invalid_params",
+        "invalid_input",
+        "timeout",
+        "not_found",
+        "not_ready",
+        "conflict",
+        "shards_unavailable",
+        "cancelled",
+        "unauthorized",
+        "storage_error",
+        "catalog_error",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == code)
+        .unwrap_or("leaf_failed")
 }

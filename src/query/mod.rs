@@ -12,8 +12,8 @@
 
 mod analysis;
 mod error;
-mod leaf;
-mod root;
+pub(crate) mod leaf;
+pub(crate) mod root;
 mod shard;
 
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, AnalysisInfo};
 pub use error::QueryError;
-pub use root::{MapRequest, PARTIAL_MEDIA_TYPE};
+pub use root::{FORWARDED_HEADER, MapRequest, PARTIAL_MEDIA_TYPE};
 pub use shard::{DataDir, Shard};
 
 use crate::catalog::{DATABASES, DatabaseRecord, DbState};
@@ -94,6 +94,35 @@ impl Node {
     /// maps the shards it holds itself, sends one map request to a holder of the
     /// others (see `root`), reduces every partial and finishes.
     pub async fn query(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: QueryRequest,
+    ) -> Result<QueryResponse, QueryError> {
+        self.query_or_forward(target, analysis_name, request, true)
+            .await
+    }
+
+    /// `query`; when this node has not heard of `target` yet and `may_forward`,
+    /// the query goes to a member whose registry is ahead (once: a forwarded
+    /// query is not forwarded again).
+    pub async fn query_or_forward(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: QueryRequest,
+        may_forward: bool,
+    ) -> Result<QueryResponse, QueryError> {
+        if may_forward
+            && matches!(self.resolve(target), Err(NodeError::NotFound { .. }))
+            && let Some(answer) = self.forward(target, analysis_name, &request).await
+        {
+            return answer;
+        }
+        self.run_query(target, analysis_name, request).await
+    }
+
+    async fn run_query(
         &self,
         target: &str,
         analysis_name: &str,

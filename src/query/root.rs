@@ -21,6 +21,9 @@ use crate::node::{Node, NodeError};
 use crate::placement::{score, shard_key};
 use std::sync::Arc;
 
+/// Marks a query another member forwarded (it is not forwarded again).
+pub const FORWARDED_HEADER: &str = "x-dram-forwarded";
+
 /// Media type of an encoded partial.
 pub const PARTIAL_MEDIA_TYPE: &str = "application/msgpack";
 
@@ -54,24 +57,18 @@ pub struct MapRequest {
 }
 
 /// What the root gathered: partials and the meta that describes them.
+#[derive(Default)]
 pub(crate) struct Gathered {
     pub partials: Vec<DynPartial>,
     pub meta: GatheredMeta,
 }
 
+#[derive(Default)]
 pub(crate) struct GatheredMeta {
     pub shards: usize,
     pub nodes: Vec<NodeMeta>,
     pub retries: usize,
     pub missing_shards: Vec<String>,
-}
-
-/// One map request's outcome.
-struct Answer {
-    node: String,
-    shards: Vec<String>,
-    took_ms: u64,
-    result: Result<DynPartial, QueryError>,
 }
 
 impl Node {
@@ -117,17 +114,8 @@ impl Node {
         query: &RootQuery,
         shards: Vec<String>,
     ) -> Result<Gathered, QueryError> {
-        let mut gathered = Gathered {
-            partials: Vec::new(),
-            meta: GatheredMeta {
-                shards: 0,
-                nodes: Vec::new(),
-                retries: 0,
-                missing_shards: Vec::new(),
-            },
-        };
         if shards.is_empty() {
-            return Ok(gathered);
+            return Ok(Gathered::default());
         }
         let (holders, http) = match self.membership() {
             Some(membership) => (
@@ -138,187 +126,78 @@ impl Node {
             ),
             None => (HashMap::new(), HashMap::new()),
         };
-        // Per shard, its holders best first (rendezvous: the same one each time).
-        let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut missing = Vec::new();
-        for shard in shards {
-            let mut list: Vec<String> = holders
-                .get(&shard)
-                .into_iter()
-                .flatten()
-                .filter(|node| http.contains_key(*node))
-                .cloned()
-                .collect();
-            let key = shard_key(&query.database, &shard);
-            list.sort_by(|a, b| score(&key, b, 1).total_cmp(&score(&key, a, 1)));
-            if list.is_empty() {
-                missing.push(shard);
-            } else {
-                candidates.insert(shard, list);
-            }
-        }
         let client = self
             .membership()
             .map(|m| m.http_client().clone())
             .unwrap_or_default();
-
-        let mut round: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (shard, list) in &candidates {
-            round
-                .entry(list[0].clone())
-                .or_default()
-                .push(shard.clone());
-        }
-        let mut failed: Vec<(String, String, QueryError)> = Vec::new();
-        for answer in self.send_all(&client, &http, query, round).await {
-            let error = match answer.result {
-                Ok(partial) => {
-                    gathered.partials.push(partial);
-                    gathered.meta.shards += answer.shards.len();
-                    None
-                }
-                Err(e) => {
-                    for shard in &answer.shards {
-                        failed.push((shard.clone(), answer.node.clone(), clone_error(&e)));
-                    }
-                    Some(e.to_string())
-                }
-            };
-            gathered.meta.nodes.push(NodeMeta {
-                node: answer.node,
-                shards: answer.shards.len(),
-                took_ms: answer.took_ms,
-                error,
-            });
-        }
-        // One retry per failed shard, on its next holder.
-        let mut retry: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut last_errors: HashMap<String, QueryError> = HashMap::new();
-        for (shard, node, error) in failed {
-            let next = candidates[&shard].iter().find(|c| **c != node).cloned();
-            if let Some(next) = next {
-                retry.entry(next).or_default().push(shard.clone());
-                gathered.meta.retries += 1;
+        let secret = self.config().auth.cluster_secret.clone();
+        let holders: HashMap<String, Vec<String>> = holders
+            .into_iter()
+            .map(|(shard, list)| {
+                let list = list.into_iter().filter(|n| http.contains_key(n)).collect();
+                (shard, list)
+            })
+            .collect();
+        let plan = FanOut {
+            database: &query.database,
+            shards,
+            holders: &holders,
+            allow_partial: query.allow_partial,
+        };
+        plan.run(|node, shards| {
+            let (client, http, secret) = (&client, &http, secret.as_deref());
+            async move {
+                let address = http.get(&node).cloned().unwrap_or_default();
+                send_map(client, &node, &address, secret, query, &shards).await
             }
-            last_errors.insert(shard, error);
-        }
-        for answer in self.send_all(&client, &http, query, retry).await {
-            let error = match answer.result {
-                Ok(partial) => {
-                    gathered.partials.push(partial);
-                    gathered.meta.shards += answer.shards.len();
-                    for shard in &answer.shards {
-                        last_errors.remove(shard);
-                    }
-                    None
-                }
-                Err(e) => {
-                    for shard in &answer.shards {
-                        last_errors.insert(shard.clone(), clone_error(&e));
-                    }
-                    Some(e.to_string())
-                }
-            };
-            gathered.meta.nodes.push(NodeMeta {
-                node: answer.node,
-                shards: answer.shards.len(),
-                took_ms: answer.took_ms,
-                error,
-            });
-        }
-        if !last_errors.is_empty() && !query.allow_partial {
-            let (_, error) = last_errors
-                .into_iter()
-                .min_by(|a, b| a.0.cmp(&b.0))
-                .ok_or(QueryError::Cancelled)?;
-            return Err(error);
-        }
-        missing.extend(last_errors.into_keys());
-        missing.sort();
-        if !missing.is_empty() && !query.allow_partial {
-            return Err(QueryError::Unavailable { shards: missing });
-        }
-        gathered.meta.missing_shards = missing;
-        Ok(gathered)
+        })
+        .await
     }
 
-    /// Sends one map request per node at once.
-    async fn send_all(
+    /// Sends a query to the member whose registry is furthest ahead; `None`
+    /// when no member is ahead of this one.
+    pub(crate) async fn forward(
         &self,
-        client: &reqwest::Client,
-        http: &HashMap<String, String>,
-        query: &RootQuery,
-        by_node: BTreeMap<String, Vec<String>>,
-    ) -> Vec<Answer> {
-        let requests = by_node.into_iter().map(|(node, shards)| async move {
-            let started = Instant::now();
-            let result = self.send(client, http, query, &node, &shards).await;
-            Answer {
-                node,
-                shards,
-                took_ms: started.elapsed().as_millis() as u64,
-                result,
-            }
-        });
-        futures::future::join_all(requests).await
-    }
-
-    async fn send(
-        &self,
-        client: &reqwest::Client,
-        http: &HashMap<String, String>,
-        query: &RootQuery,
-        node: &str,
-        shards: &[String],
-    ) -> Result<DynPartial, QueryError> {
-        let remote = |message: String| QueryError::Remote {
-            node: node.to_string(),
-            status: 502,
-            code: "leaf_failed".into(),
+        target: &str,
+        analysis: &str,
+        request: &super::QueryRequest,
+    ) -> Option<Result<super::QueryResponse, QueryError>> {
+        let membership = self.membership()?;
+        let address = membership.member_ahead(self).await.ok()??;
+        let remote = |status: u16, code: &str, message: String| QueryError::Remote {
+            node: address.clone(),
+            status,
+            code: code.to_string(),
             message,
         };
-        let address = http
-            .get(node)
-            .ok_or_else(|| remote("no HTTP address known".into()))?;
-        let left = query
-            .deadline
-            .saturating_duration_since(Deadline::now())
-            .max(std::time::Duration::from_millis(1));
-        let body = MapRequest {
-            database: query.database.clone(),
-            version: query.version.clone(),
-            analysis: query.analysis_name.clone(),
-            params: query.raw_params.clone(),
-            shards: shards.to_vec(),
-            timeout_ms: left.as_millis() as u64,
+        tracing::debug!(target, to = %address, "query forwarded: this node has not heard of its target yet");
+        let response = membership
+            .http_client()
+            .post(format!("http://{address}/v1/query/{target}/{analysis}"))
+            .header(FORWARDED_HEADER, "1")
+            .json(request)
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => return Some(Err(remote(502, "leaf_failed", e.to_string()))),
         };
-        let mut request = client
-            .post(format!("http://{address}/v1/internal/map"))
-            .timeout(left)
-            .json(&body);
-        if let Some(secret) = &self.config().auth.cluster_secret {
-            request = request.bearer_auth(secret);
-        }
-        let response = request.send().await.map_err(|e| remote(e.to_string()))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| remote(e.to_string()))?;
-        if !status.is_success() {
-            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(QueryError::Remote {
-                node: node.to_string(),
-                status: status.as_u16(),
-                code: body["error"]["code"]
-                    .as_str()
-                    .unwrap_or("leaf_failed")
-                    .to_string(),
-                message: body["error"]["message"]
-                    .as_str()
-                    .map_or_else(|| format!("HTTP {status}"), str::to_string),
-            });
+        let body: serde_json::Value = match response.json().await {
+            Ok(body) => body,
+            Err(e) => return Some(Err(remote(502, "leaf_failed", e.to_string()))),
+        };
+        if status.is_success() {
+            return Some(
+                serde_json::from_value(body).map_err(|e| remote(502, "leaf_failed", e.to_string())),
+            );
         }
-        let analysis = query.analysis.clone();
-        let name = query.analysis_name.clone();
-        super::leaf::blocking(&name, move || analysis.decode(&bytes)).await
+        let code = body["error"]["code"].as_str().unwrap_or("leaf_failed");
+        let message = body["error"]["message"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}"), str::to_string);
+        // The member's own verdict (e.g. a real 404) is passed on as it is.
+        Some(Err(remote(status.as_u16(), code, message)))
     }
 
     /// Whether this node serves its own copy of a shard.
@@ -365,6 +244,206 @@ impl Node {
             Err(_) => Err(QueryError::Timeout { timeout_ms }),
         }
     }
+}
+
+/// The fan-out core, shared by a query's root and the direct client: each
+/// shard goes to its best holder (rendezvous order), one request per holder;
+/// a failed request's shards are retried once on their next holder.
+pub(crate) struct FanOut<'a> {
+    pub database: &'a str,
+    pub shards: Vec<String>,
+    /// Shard → the members holding a ready copy.
+    pub holders: &'a HashMap<String, Vec<String>>,
+    pub allow_partial: bool,
+}
+
+/// A shard whose request failed: (shard, (node, error)).
+type ShardFailure = (String, (String, QueryError));
+
+/// One map request's outcome.
+struct Answer {
+    node: String,
+    shards: Vec<String>,
+    took_ms: u64,
+    result: Result<DynPartial, QueryError>,
+}
+
+impl FanOut<'_> {
+    /// Runs the requests through `send(node, shards)`.
+    pub(crate) async fn run<F, Fut>(self, send: F) -> Result<Gathered, QueryError>
+    where
+        F: Fn(String, Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+    {
+        let mut gathered = Gathered::default();
+        // Per shard, its holders best first (rendezvous: the same one each time).
+        let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for shard in self.shards {
+            let mut list: Vec<String> = self.holders.get(&shard).cloned().unwrap_or_default();
+            let key = shard_key(self.database, &shard);
+            list.sort_by(|a, b| score(&key, b, 1).total_cmp(&score(&key, a, 1)));
+            if list.is_empty() {
+                missing.push(shard);
+            } else {
+                candidates.insert(shard, list);
+            }
+        }
+        let mut first: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (shard, list) in &candidates {
+            first
+                .entry(list[0].clone())
+                .or_default()
+                .push(shard.clone());
+        }
+        let mut errors: HashMap<String, (String, QueryError)> = HashMap::new();
+        for answer in send_all(&send, first).await {
+            if let Err(e) = gathered.take(answer) {
+                errors.extend(e);
+            }
+        }
+        // One retry per failed shard, on its next holder.
+        let mut retry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (shard, (node, _)) in &errors {
+            if let Some(next) = candidates[shard].iter().find(|c| *c != node) {
+                retry.entry(next.clone()).or_default().push(shard.clone());
+                gathered.meta.retries += 1;
+            }
+        }
+        for answer in send_all(&send, retry).await {
+            let shards = answer.shards.clone();
+            match gathered.take(answer) {
+                Ok(()) => {
+                    for shard in &shards {
+                        errors.remove(shard);
+                    }
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        if !self.allow_partial
+            && let Some(shard) = errors.keys().min().cloned()
+            && let Some((_, error)) = errors.remove(&shard)
+        {
+            return Err(error);
+        }
+        missing.extend(errors.into_keys());
+        missing.sort();
+        if !missing.is_empty() && !self.allow_partial {
+            return Err(QueryError::Unavailable { shards: missing });
+        }
+        gathered.meta.missing_shards = missing;
+        Ok(gathered)
+    }
+}
+
+impl Gathered {
+    /// Keeps an answer's partial, or returns its shards with the error.
+    fn take(&mut self, answer: Answer) -> Result<(), Vec<ShardFailure>> {
+        let (error, failed) = match answer.result {
+            Ok(partial) => {
+                self.partials.push(partial);
+                self.meta.shards += answer.shards.len();
+                (None, Vec::new())
+            }
+            Err(e) => {
+                let failed = answer
+                    .shards
+                    .iter()
+                    .map(|shard| (shard.clone(), (answer.node.clone(), clone_error(&e))))
+                    .collect();
+                (Some(e.to_string()), failed)
+            }
+        };
+        self.meta.nodes.push(NodeMeta {
+            node: answer.node,
+            shards: answer.shards.len(),
+            took_ms: answer.took_ms,
+            error,
+        });
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+}
+
+/// Sends one request per node at once.
+async fn send_all<F, Fut>(send: &F, by_node: BTreeMap<String, Vec<String>>) -> Vec<Answer>
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+{
+    let requests = by_node.into_iter().map(|(node, shards)| async move {
+        let started = Instant::now();
+        let result = send(node.clone(), shards.clone()).await;
+        Answer {
+            node,
+            shards,
+            took_ms: started.elapsed().as_millis() as u64,
+            result,
+        }
+    });
+    futures::future::join_all(requests).await
+}
+
+/// `POST http://{address}/v1/internal/map` for `shards`, decoded.
+pub(crate) async fn send_map(
+    client: &reqwest::Client,
+    node: &str,
+    address: &str,
+    secret: Option<&str>,
+    query: &RootQuery,
+    shards: &[String],
+) -> Result<DynPartial, QueryError> {
+    let remote = |message: String| QueryError::Remote {
+        node: node.to_string(),
+        status: 502,
+        code: "leaf_failed".into(),
+        message,
+    };
+    if address.is_empty() {
+        return Err(remote("no HTTP address known".into()));
+    }
+    let left = query
+        .deadline
+        .saturating_duration_since(Deadline::now())
+        .max(std::time::Duration::from_millis(1));
+    let body = MapRequest {
+        database: query.database.clone(),
+        version: query.version.clone(),
+        analysis: query.analysis_name.clone(),
+        params: query.raw_params.clone(),
+        shards: shards.to_vec(),
+        timeout_ms: left.as_millis() as u64,
+    };
+    let mut request = client
+        .post(format!("http://{address}/v1/internal/map"))
+        .timeout(left)
+        .json(&body);
+    if let Some(secret) = secret {
+        request = request.bearer_auth(secret);
+    }
+    let response = request.send().await.map_err(|e| remote(e.to_string()))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| remote(e.to_string()))?;
+    if !status.is_success() {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        return Err(QueryError::Remote {
+            node: node.to_string(),
+            status: status.as_u16(),
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or("leaf_failed")
+                .to_string(),
+            message: body["error"]["message"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {status}"), str::to_string),
+        });
+    }
+    let analysis = query.analysis.clone();
+    super::leaf::blocking(&query.analysis_name, move || analysis.decode(&bytes)).await
 }
 
 /// A copy of an error to report for each shard of a failed request.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dram::client::Client;
 use serde_json::{Value, json};
 
-use crate::cluster::{Member, live_members, member_with, on_all};
+use crate::cluster::{Member, SECRET, live_members, member_with, on_all};
 use crate::support::{expect_error, publish};
 
 const SHARDS: usize = 8;
@@ -178,6 +178,56 @@ async fn every_node_answers_for_every_shard_and_survives_a_lost_holder() {
             assert_eq!(got, by_category, "{answer}");
             assert_eq!(answer["result"]["rows"], total_two);
         }
+        // The smart client: shard map from one node, partials straight from
+        // the holders, reduced here; the same answers.
+        let direct = Client::new(&members[3].server.url()).with_cluster_secret(Some(SECRET.into()));
+        let analyses = dram::builtin::analyses();
+        let answer = direct
+            .query_direct(&analyses, "one", "count", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(answer.result["rows"], total_one, "{answer:?}");
+        assert_eq!(answer.meta.shards, SHARDS);
+        assert!(answer.meta.nodes.len() > 1, "{answer:?}");
+        let request = dram::query::QueryRequest {
+            params: Some(json!({"by": "category", "sum": "amount", "order_by": "key"})),
+            ..Default::default()
+        };
+        let answer = direct
+            .query_direct(&analyses, "two", "group", request)
+            .await
+            .unwrap();
+        assert_eq!(answer.result["rows"], total_two);
+        assert_eq!(
+            answer.result["groups"].as_array().unwrap().len(),
+            by_category.len()
+        );
+        // Without the secret the holders refuse; the CLI passes it on.
+        let refused = Client::new(&members[3].server.url())
+            .query_direct(&analyses, "one", "count", Default::default())
+            .await;
+        assert!(
+            matches!(refused, Err(dram::client::ClientError::Api { .. })),
+            "{refused:?}"
+        );
+        let printed = crate::support::dram_cli(
+            &[
+                "query",
+                "one",
+                "count",
+                "--direct",
+                "--result-only",
+                "--cluster-secret",
+                SECRET,
+            ],
+            &members[1].server.url(),
+        )
+        .await;
+        assert!(
+            printed.contains(&format!("\"rows\": {total_one}")),
+            "{printed}"
+        );
+
         // One shard, wherever it is.
         let answer = count(&members[2].client, "one", json!({"shards": ["3"]}))
             .await
@@ -339,4 +389,57 @@ async fn an_alias_swapped_during_a_stream_never_mixes_versions() {
     for member in [n1, n2, n3] {
         member.server.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_heard_of_a_database_forwards_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(dir.path(), "n1", &[]).await;
+    // n2 gossips with n1 but holds another cluster secret: its registry pulls
+    // are refused, so it never learns what n1 defines.
+    let seed = n1.gossip.clone();
+    let n2 = member_with(
+        dir.path(),
+        "n2",
+        &dir.path().join("store"),
+        &[&seed],
+        |config| config.auth.cluster_secret = Some("another secret".into()),
+        None,
+    )
+    .await;
+    let total = publish_dataset(dir.path(), &n1, "fresh", 2).await;
+    on_all(&[&n1.client, &n2.client], 30, "two live members", |c| {
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
+            live_members(&status).len() == 2
+        })
+    })
+    .await;
+    n1.client
+        .post(
+            "/v1/databases",
+            &json!({"name": "fresh", "source": "fresh", "replicas": "all"}),
+        )
+        .await
+        .unwrap();
+    crate::support::wait_loaded(&n1.client, "fresh").await;
+    // n2 sees n1's registry digest move ahead of its own, and forwards.
+    crate::support::eventually(10, "n2 answers through n1", || {
+        let c = n2.client.clone();
+        async move {
+            count(&c, "fresh", json!({}))
+                .await
+                .is_ok_and(|a| a["result"]["rows"] == total)
+        }
+    })
+    .await;
+    expect_error(n2.client.get("/v1/databases/fresh").await, 404, "not_found");
+    // n1's verdict on a name nobody knows comes back as it is.
+    expect_error(
+        count(&n2.client, "nothing", json!({})).await,
+        404,
+        "not_found",
+    );
+    n2.server.shutdown().await;
+    n1.server.shutdown().await;
 }

@@ -267,6 +267,24 @@ impl Membership {
         Ok(holders)
     }
 
+    /// The HTTP address of the live member whose registry is furthest ahead of
+    /// this node's, if one is ahead: where to forward a query naming a
+    /// database or alias this node has not heard of yet.
+    pub(crate) async fn member_ahead(&self, node: &Node) -> Result<Option<String>, NodeError> {
+        let own = node.registry()?.digest();
+        let members = self.members().await;
+        Ok(members
+            .into_iter()
+            .filter(|m| m.live && !m.is_self)
+            .filter_map(|m| {
+                let registry = m.registry?;
+                let ahead = registry.hash != own.hash && registry.max > own.max;
+                ahead.then(|| Some((registry.max, m.node?.http)))?
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, http)| http))
+    }
+
     /// The client for node-to-node requests (map requests, trashes).
     pub(crate) fn http_client(&self) -> &reqwest::Client {
         &self.http_client

@@ -1,4 +1,10 @@
 //! A small client of the HTTP API, used by the command line (and handy in tests).
+//!
+//! `direct.rs`: the smart client — `Client::query_direct` learns the shard map
+//! from any node, sends the map requests straight to the holders and reduces
+//! here.
+
+mod direct;
 
 use reqwest::Method;
 use serde_json::Value;
@@ -22,6 +28,8 @@ pub enum ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// For `query_direct`: the cluster secret the holders' map endpoint needs.
+    cluster_secret: Option<String>,
 }
 
 impl Client {
@@ -30,7 +38,14 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            cluster_secret: None,
         }
+    }
+
+    /// Sends `secret` with the map requests of `query_direct`.
+    pub fn with_cluster_secret(mut self, secret: Option<String>) -> Client {
+        self.cluster_secret = secret;
+        self
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
