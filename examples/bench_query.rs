@@ -13,11 +13,12 @@
 #[path = "sales/analyses.rs"]
 #[allow(dead_code)]
 mod analyses;
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "sales/server.rs"]
 mod server;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,6 +27,8 @@ use dram::query::QueryRequest;
 use dram::storage::{Source, SourceUrl};
 use serde_json::json;
 use warp::Filter;
+
+use measure::{Measured, post, run};
 
 const DATABASE: &str = "sales";
 
@@ -140,69 +143,11 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn post(http: reqwest::Client, url: String, body: String) -> Result<()> {
-    let response = http
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?;
-    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
-    response.bytes().await?;
-    Ok(())
-}
-
-struct Measured {
-    qps: f64,
-    p50: u64,
-    p99: u64,
-}
-
 fn print_row(target: &str, concurrency: usize, m: &Measured) {
     println!(
         "{target:<30} {concurrency:>5} {:>10.0} {:>10} {:>10}",
         m.qps, m.p50, m.p99
     );
-}
-
-/// Runs `call` from `concurrency` tasks for `secs` seconds (after a short warm-up)
-/// and reports throughput and latency percentiles in microseconds.
-async fn run<F, Fut>(concurrency: usize, secs: u64, call: F) -> Result<Measured>
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<()>> + Send,
-{
-    let call = Arc::new(call);
-    for _ in 0..50 {
-        call().await?;
-    }
-    let started = Instant::now();
-    let until = started + Duration::from_secs(secs);
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let call = call.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < until {
-                let t = Instant::now();
-                call().await?;
-                latencies.push(t.elapsed().as_micros() as u64);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for worker in workers {
-        latencies.extend(worker.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Ok(Measured {
-        qps: latencies.len() as f64 / elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    })
 }
 
 async fn publish(folder: &Path, config: &Config) -> Result<()> {
