@@ -82,6 +82,17 @@ impl Client {
                 ))
             })
             .collect();
+        let load: HashMap<String, u64> = cluster["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some((
+                    m["id"].as_str()?.to_string(),
+                    m["load"]["inflight"].as_u64()?,
+                ))
+            })
+            .collect();
         let mut holders: HashMap<String, Vec<String>> = HashMap::new();
         for (shard, list) in info["holders"]["shards"].as_object().into_iter().flatten() {
             for holder in list.as_array().into_iter().flatten() {
@@ -112,6 +123,7 @@ impl Client {
             database: &database,
             shards,
             holders: &holders,
+            load: &load,
             allow_partial: request.allow_partial,
         };
         let secret = self.cluster_secret.as_deref();

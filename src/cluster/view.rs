@@ -115,6 +115,7 @@ mod tests {
             inventory: None,
             registry: None,
             primary: None,
+            load: None,
         }
     }
 

@@ -90,10 +90,49 @@ pub(crate) struct Inner {
     started_ms: u64,
     /// Which shards this node should hold (see `placement`).
     placement: watch::Sender<Placement>,
+    /// Map work under way and recent durations, for the `load` gossip key.
+    load: LoadTracker,
     /// Gossip membership, once the node serves HTTP (see `Server`).
     membership: std::sync::OnceLock<Arc<crate::cluster::Membership>>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Map work under way on this node and how long recent map work took.
+#[derive(Default)]
+pub(crate) struct LoadTracker {
+    inflight: AtomicU64,
+    /// The last `RECENT` durations, in microseconds.
+    recent: Mutex<std::collections::VecDeque<u64>>,
+}
+
+/// Durations kept for the p99 of the `load` key.
+const RECENT: usize = 256;
+
+/// Ends one unit of map work when dropped.
+pub(crate) struct LoadGuard<'a> {
+    tracker: &'a LoadTracker,
+    started: std::time::Instant,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        self.tracker.inflight.fetch_sub(1, Ordering::Relaxed);
+        let mut recent = lock(&self.tracker.recent);
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(self.started.elapsed().as_micros() as u64);
+    }
+}
+
+/// What the `load` gossip key says of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Load {
+    /// Map requests (local or for other roots) under way.
+    pub inflight: u64,
+    /// p99 of the recent ones, in milliseconds.
+    pub p99_ms: u64,
 }
 
 #[derive(Default)]
@@ -157,6 +196,7 @@ impl Node {
             } else {
                 Placement::Everything
             }),
+            load: LoadTracker::default(),
             membership: std::sync::OnceLock::new(),
             shutdown_tx,
             tasks: Mutex::default(),
@@ -209,6 +249,29 @@ impl Node {
 
     pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
         self.inner.count_query(database, shards);
+    }
+
+    /// Counts map work under way until the guard drops.
+    pub(crate) fn track_load(&self) -> LoadGuard<'_> {
+        self.inner.load.inflight.fetch_add(1, Ordering::Relaxed);
+        LoadGuard {
+            tracker: &self.inner.load,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Map work under way now and the p99 of recent map work.
+    pub fn load(&self) -> Load {
+        let mut recent: Vec<u64> = lock(&self.inner.load.recent).iter().copied().collect();
+        recent.sort_unstable();
+        let p99 = recent
+            .get((recent.len() * 99 / 100).min(recent.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0);
+        Load {
+            inflight: self.inner.load.inflight.load(Ordering::Relaxed),
+            p99_ms: p99 / 1000,
+        }
     }
 
     /// Stops background tasks and loads; flushes counters. Idempotent.

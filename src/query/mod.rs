@@ -218,6 +218,7 @@ impl Node {
         query: &root::RootQuery,
         shard_ids: &[String],
     ) -> Result<analysis::DynPartial, QueryError> {
+        let _load = self.track_load();
         let cancel = CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
         let runtime = tokio::runtime::Handle::current();

@@ -117,14 +117,15 @@ impl Node {
         if shards.is_empty() {
             return Ok(Gathered::default());
         }
-        let (holders, http) = match self.membership() {
+        let (holders, http, load) = match self.membership() {
             Some(membership) => (
                 membership
                     .serving_holders(self, &query.database, &query.version)
                     .await?,
                 membership.http_addresses().await,
+                membership.loads().await,
             ),
-            None => (HashMap::new(), HashMap::new()),
+            None => (HashMap::new(), HashMap::new(), HashMap::new()),
         };
         let client = self
             .membership()
@@ -142,6 +143,7 @@ impl Node {
             database: &query.database,
             shards,
             holders: &holders,
+            load: &load,
             allow_partial: query.allow_partial,
         };
         plan.run(|node, shards| {
@@ -254,6 +256,8 @@ pub(crate) struct FanOut<'a> {
     pub shards: Vec<String>,
     /// Shard → the members holding a ready copy.
     pub holders: &'a HashMap<String, Vec<String>>,
+    /// Map work under way per member (the `load` gossip key); absent is idle.
+    pub load: &'a HashMap<String, u64>,
     pub allow_partial: bool,
 }
 
@@ -276,13 +280,19 @@ impl FanOut<'_> {
         Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
     {
         let mut gathered = Gathered::default();
-        // Per shard, its holders best first (rendezvous: the same one each time).
+        // Per shard, its holders best first: the least loaded, ties by rendezvous
+        // score (the same holder each time while loads are even: warm caches).
         let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut missing = Vec::new();
         for shard in self.shards {
             let mut list: Vec<String> = self.holders.get(&shard).cloned().unwrap_or_default();
             let key = shard_key(self.database, &shard);
-            list.sort_by(|a, b| score(&key, b, 1).total_cmp(&score(&key, a, 1)));
+            let load = |node: &String| self.load.get(node).copied().unwrap_or(0);
+            list.sort_by(|a, b| {
+                load(a)
+                    .cmp(&load(b))
+                    .then_with(|| score(&key, b, 1).total_cmp(&score(&key, a, 1)))
+            });
             if list.is_empty() {
                 missing.push(shard);
             } else {
@@ -459,5 +469,112 @@ fn clone_error(e: &QueryError) -> QueryError {
             QueryError::Remote { message, .. } => message.clone(),
             other => other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn holders(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(shard, nodes)| {
+                (
+                    shard.to_string(),
+                    nodes.iter().map(|n| n.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs a fan-out where `failing` members fail; returns what was sent where.
+    async fn fan_out(
+        shards: &[&str],
+        holders: &HashMap<String, Vec<String>>,
+        load: &HashMap<String, u64>,
+        failing: &[&str],
+        allow_partial: bool,
+    ) -> (Result<Gathered, QueryError>, Vec<(String, Vec<String>)>) {
+        let sent = Mutex::new(Vec::new());
+        let plan = FanOut {
+            database: "db",
+            shards: shards.iter().map(|s| s.to_string()).collect(),
+            holders,
+            load,
+            allow_partial,
+        };
+        let result = plan
+            .run(|node, shards| {
+                sent.lock().unwrap().push((node.clone(), shards.clone()));
+                let fails = failing.contains(&node.as_str());
+                async move {
+                    if fails {
+                        Err(QueryError::Remote {
+                            node,
+                            status: 502,
+                            code: "leaf_failed".into(),
+                            message: "connection refused".into(),
+                        })
+                    } else {
+                        Ok(Box::new(shards.len()) as DynPartial)
+                    }
+                }
+            })
+            .await;
+        (result, sent.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_request_per_holder_the_least_loaded_first_then_rendezvous() {
+        let map = holders(&[("0", &["a", "b"]), ("1", &["a", "b"]), ("2", &["a", "b"])]);
+        let (result, sent) = fan_out(&["0", "1", "2"], &map, &HashMap::new(), &[], false).await;
+        let gathered = result.unwrap();
+        assert_eq!(gathered.meta.shards, 3);
+        assert_eq!(gathered.meta.retries, 0);
+        let requests: usize = sent.len();
+        assert!(requests <= 2, "one request per holder: {sent:?}");
+        // The same choice every time while loads are even.
+        let (_, again) = fan_out(&["0", "1", "2"], &map, &HashMap::new(), &[], false).await;
+        let sorted = |mut v: Vec<(String, Vec<String>)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(sent), sorted(again));
+        // b busy: everything goes to a.
+        let load = HashMap::from([("b".to_string(), 5)]);
+        let (_, busy) = fan_out(&["0", "1", "2"], &map, &load, &[], false).await;
+        assert_eq!(
+            busy,
+            [("a".to_string(), vec!["0".into(), "1".into(), "2".into()])]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_holder_is_retried_once_elsewhere_and_missing_shards_fail_or_are_listed() {
+        let map = holders(&[("0", &["a", "b"]), ("1", &["a"])]);
+        let load = HashMap::from([("b".to_string(), 1)]);
+        let (result, sent) = fan_out(&["0", "1"], &map, &load, &["a"], true).await;
+        let gathered = result.unwrap();
+        assert_eq!(gathered.meta.retries, 1, "{sent:?}");
+        assert_eq!(gathered.meta.shards, 1);
+        assert_eq!(gathered.meta.missing_shards, ["1"], "no other holder of 1");
+        assert!(
+            gathered
+                .meta
+                .nodes
+                .iter()
+                .any(|n| n.node == "a" && n.error.is_some())
+        );
+        // Without allow_partial the holder's error is the answer.
+        let (result, _) = fan_out(&["0", "1"], &map, &load, &["a"], false).await;
+        assert!(matches!(result, Err(QueryError::Remote { .. })));
+        // A shard nobody holds: 503 naming it.
+        let (result, _) = fan_out(&["0", "9"], &map, &load, &[], false).await;
+        match result {
+            Err(QueryError::Unavailable { shards }) => assert_eq!(shards, ["9"]),
+            other => panic!("{:?}", other.err()),
+        }
     }
 }

@@ -359,6 +359,26 @@ async fn bad_queries_get_clear_errors_and_the_node_keeps_serving() {
     })
     .await;
 
+    // A client that hangs up stops the maps too, long before the deadline.
+    saw_cancel.store(false, Ordering::SeqCst);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hung_up = impatient
+        .post(format!("{}/v1/query/numbers/misbehave", server.url()))
+        .json(&json!({"params": {"mode": "spin"}, "timeout_ms": 60_000}))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the spinning query answered: {hung_up:?}");
+    let hung_up_at = Instant::now();
+    crate::support::eventually(10, "maps to see the client go", || {
+        let saw = saw_cancel.clone();
+        async move { saw.load(Ordering::SeqCst) }
+    })
+    .await;
+    assert!(hung_up_at.elapsed() < Duration::from_secs(5));
+
     // None of that hurt the node.
     let answer = post(
         "/v1/query/numbers/misbehave",

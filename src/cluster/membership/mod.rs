@@ -38,6 +38,7 @@ pub const KEY_REGISTRY: &str = "registry";
 pub const KEY_INVENTORY: &str = "inv";
 pub const KEY_DISK_PREFIX: &str = "disk:";
 pub const KEY_PRIMARY: &str = "primary";
+pub const KEY_LOAD: &str = "load";
 
 /// Registry pulls started per sync round, at most.
 const PULLS_PER_ROUND: usize = 3;
@@ -103,6 +104,9 @@ pub struct Member {
     pub registry: Option<RegistryDigest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<PrimaryKey>,
+    /// Map work under way and its recent p99 (`load` key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<crate::node::Load>,
 }
 
 /// A member whose registry digest has differed from the majority's for too long.
@@ -308,6 +312,7 @@ impl Membership {
                 inventory: parse(state.get(KEY_INVENTORY)),
                 registry: parse(state.get(KEY_REGISTRY)),
                 primary: parse(state.get(KEY_PRIMARY)),
+                load: parse(state.get(KEY_LOAD)),
             });
         }
         members.sort_by(|a, b| (!a.live, &a.id).cmp(&(!b.live, &b.id)));
@@ -492,6 +497,7 @@ impl Membership {
         let mut chitchat = self.handle.lock().await;
         let state = chitchat.self_node_state();
         set_if_changed(state, KEY_REGISTRY, to_json(registry));
+        set_if_changed(state, KEY_LOAD, to_json(&node.load()));
         set_if_changed(state, KEY_INVENTORY, to_json(inventory));
         for disk in disks {
             let summary = DiskSummary {

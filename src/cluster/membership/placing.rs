@@ -300,6 +300,16 @@ impl Membership {
         })
     }
 
+    /// Map work under way on each live member, from its `load` key.
+    pub(crate) async fn loads(&self) -> HashMap<String, u64> {
+        self.members()
+            .await
+            .into_iter()
+            .filter(|m| m.live)
+            .filter_map(|m| Some((m.id, m.load?.inflight)))
+            .collect()
+    }
+
     /// The HTTP address of each live member.
     pub(crate) async fn http_addresses(&self) -> HashMap<String, String> {
         self.members()
