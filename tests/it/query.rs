@@ -583,3 +583,127 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
     assert!(stdout.contains("sum\tsums numbers"), "{stdout}");
     server.shutdown().await;
 }
+
+/// Two nodes, one copy of each shard: the holders' maps stop when the query's
+/// client hangs up at the root, and when the query's deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hang_ups_and_deadlines_at_the_root_stop_the_holders_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, seeds: Vec<String>, saw: Arc<AtomicBool>| {
+        let mut config = config(&dir.path().join(name));
+        config.node.id = name.to_string();
+        config.store.url = format!("file://{}", dir.path().join("store").display());
+        config.cluster.gossip_interval_ms = 100;
+        config.cluster.seeds = seeds;
+        config.query.max_timeout_ms = 60_000;
+        serve(builder(config, &Labels::default(), &saw))
+    };
+    let saw = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let (n1, c1) = start("n1", vec![], saw[0].clone()).await;
+    let seed = n1.node.config().cluster.gossip_listen.clone();
+    let (n2, c2) = start("n2", vec![seed], saw[1].clone()).await;
+    publish(dir.path(), &n1.node.config().store, "numbers", NUMBERS).await;
+    crate::support::eventually(20, "two members", || {
+        let c = c1.clone();
+        async move {
+            let status = c.get("/v1/cluster").await.unwrap_or_default();
+            status["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().filter(|m| m["live"] == true).count() == 2)
+        }
+    })
+    .await;
+    c1.post(
+        "/v1/databases",
+        &json!({"name": "numbers", "source": "numbers"}),
+    )
+    .await
+    .unwrap();
+    let counts = Arc::new(std::sync::Mutex::new([0usize; 2]));
+    crate::support::eventually(30, "every shard ready on one node", || {
+        let c = c1.clone();
+        let counts = counts.clone();
+        async move {
+            let Ok(holders) = c.get("/v1/cluster/shards?database=numbers").await else {
+                return false;
+            };
+            let mut held = [0usize; 2];
+            let shards = holders["shards"].as_object().cloned().unwrap_or_default();
+            shards.len() == 3
+                && shards.values().all(|list| {
+                    let ready: Vec<&str> = list
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|h| h["state"] == "ready")
+                        .filter_map(|h| h["node"].as_str())
+                        .collect();
+                    for node in &ready {
+                        held[if *node == "n1" { 0 } else { 1 }] += 1;
+                    }
+                    ready.len() == 1
+                })
+                && {
+                    *counts.lock().unwrap() = held;
+                    true
+                }
+        }
+    })
+    .await;
+    let held = *counts.lock().unwrap();
+    // The root: a node that lacks some shard; the holder: the other one.
+    let (root, root_url, holder) = if held[0] < 3 {
+        (&c1, n1.url(), 1)
+    } else {
+        (&c2, n2.url(), 0)
+    };
+    let answer = root
+        .post(
+            "/v1/query/numbers/misbehave",
+            &json!({"params": {"mode": "ok"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["result"], 3, "{answer}");
+
+    // The client hangs up.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hung_up = impatient
+        .post(format!("{root_url}/v1/query/numbers/misbehave"))
+        .json(&json!({"params": {"mode": "spin"}, "timeout_ms": 60_000}))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "{hung_up:?}");
+    let at = Instant::now();
+    crate::support::eventually(10, "the holder's maps to stop", || {
+        let saw = saw[holder].clone();
+        async move { saw.load(Ordering::SeqCst) }
+    })
+    .await;
+    assert!(at.elapsed() < Duration::from_secs(5));
+
+    // The deadline passes.
+    saw[holder].store(false, Ordering::SeqCst);
+    expect_error(
+        root.post(
+            "/v1/query/numbers/misbehave",
+            &json!({"params": {"mode": "spin"}, "timeout_ms": 300}),
+        )
+        .await,
+        504,
+        "timeout",
+    );
+    crate::support::eventually(10, "the holder's maps to see the deadline", || {
+        let saw = saw[holder].clone();
+        async move { saw.load(Ordering::SeqCst) }
+    })
+    .await;
+    n2.shutdown().await;
+    n1.shutdown().await;
+}
