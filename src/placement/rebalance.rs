@@ -10,7 +10,7 @@
 //! The target loads its copy like any placed shard; the primary trashes the
 //! source's copy only once the target's is ready.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,9 @@ struct Scan<'a> {
     mean: f64,
     /// Shards already moved in this pass.
     moved: BTreeSet<String>,
+    /// Each member's placed copies (layout index, shard index, chosen members),
+    /// computed once per pass.
+    placed: HashMap<String, Vec<(usize, usize, std::rc::Rc<Vec<String>>)>>,
 }
 
 /// A copy found to move: database layout, shard, bytes, its chosen members and
@@ -78,17 +81,14 @@ impl<'a> Scan<'a> {
     fn find(&self, source: &str) -> Option<Found<'a>> {
         let (source_used, source_capacity) = self.used[source];
         let mut copies: Vec<(&'a Layout, &'a str, u64, Vec<String>)> = Vec::new();
-        for layout in self.layouts {
-            for (shard, bytes) in &layout.shards {
-                if *bytes == 0 || self.moved.contains(&shard_key(&layout.name, shard)) {
-                    continue;
-                }
-                let chosen = self.cluster.chosen(&layout.name, shard, layout.replicas);
-                if chosen.iter().any(|c| c == source)
-                    && self.state(source, &layout.name, shard) == Some(HeldState::Ready)
-                {
-                    copies.push((layout, shard, *bytes, chosen));
-                }
+        for (l, s, chosen) in self.placed.get(source).into_iter().flatten() {
+            let layout = &self.layouts[*l];
+            let (shard, bytes) = &layout.shards[*s];
+            if *bytes == 0 || self.moved.contains(&shard_key(&layout.name, shard)) {
+                continue;
+            }
+            if self.state(source, &layout.name, shard) == Some(HeldState::Ready) {
+                copies.push((layout, shard, *bytes, chosen.as_ref().clone()));
             }
         }
         copies.sort_by(|a, b| {
@@ -166,6 +166,7 @@ pub fn rebalance(
         full,
         mean: ratio(total_used, total_capacity),
         moved: BTreeSet::new(),
+        placed: HashMap::new(),
     };
     let mut moves = Vec::new();
     while moves.len() < limit {
@@ -177,6 +178,24 @@ pub fn rebalance(
             .filter(|(_, r)| *r > scan.mean + threshold)
             .collect();
         sources.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if sources.is_empty() {
+            break;
+        }
+        if scan.placed.is_empty() {
+            // Who holds what: once per pass, and only when something may move.
+            for (l, layout) in layouts.iter().enumerate() {
+                for (s, (shard, _)) in layout.shards.iter().enumerate() {
+                    let chosen =
+                        std::rc::Rc::new(cluster.chosen(&layout.name, shard, layout.replicas));
+                    for node in chosen.iter() {
+                        scan.placed
+                            .entry(node.clone())
+                            .or_default()
+                            .push((l, s, chosen.clone()));
+                    }
+                }
+            }
+        }
         let Some((source, (layout, shard, bytes, chosen, target))) = sources
             .into_iter()
             .find_map(|(source, _)| scan.find(&source).map(|found| (source, found)))
