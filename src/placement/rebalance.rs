@@ -64,8 +64,11 @@ struct Scan<'a> {
     moved: BTreeSet<String>,
     /// Each member's placed copies (layout index, shard index, chosen members),
     /// computed once per pass.
-    placed: HashMap<String, Vec<(usize, usize, std::rc::Rc<Vec<String>>)>>,
+    placed: HashMap<String, Vec<Placed>>,
 }
+
+/// A placed copy: layout index, shard index, the shard's chosen members.
+type Placed = (usize, usize, std::rc::Rc<Vec<String>>);
 
 /// A copy found to move: database layout, shard, bytes, its chosen members and
 /// the target.
