@@ -67,6 +67,9 @@ struct Scan<'a> {
     placed: HashMap<String, Vec<Placed>>,
 }
 
+/// A member that may take a copy: its use ratio, id, used and capacity.
+type Target<'b> = (f64, &'b String, u64, u64);
+
 /// A placed copy: layout index, shard index, the shard's chosen members.
 type Placed = (usize, usize, std::rc::Rc<Vec<String>>);
 
@@ -81,7 +84,7 @@ impl<'a> Scan<'a> {
 
     /// The largest ready copy on `source` that some member below the mean can
     /// take without ending up fuller than the source.
-    fn find(&self, source: &str) -> Option<Found<'a>> {
+    fn find(&self, source: &str, targets: &[Target<'_>]) -> Option<Found<'a>> {
         let (source_used, source_capacity) = self.used[source];
         let mut copies: Vec<(&'a Layout, &'a str, u64, Vec<String>)> = Vec::new();
         for (l, s, chosen) in self.placed.get(source).into_iter().flatten() {
@@ -99,30 +102,21 @@ impl<'a> Scan<'a> {
                 .then_with(|| (&a.0.name, a.1).cmp(&(&b.0.name, b.1)))
         });
         for (layout, shard, bytes, chosen) in copies {
-            let mut targets: Vec<(&String, (u64, u64))> = self
-                .used
-                .iter()
-                .filter(|(node, (u, c))| {
-                    node.as_str() != source
-                        && !self.full.contains(node.as_str())
-                        && !chosen.contains(node)
-                        && ratio(*u, *c) < self.mean
-                        && !matches!(
-                            self.state(node, &layout.name, shard),
-                            Some(HeldState::Ready | HeldState::Lazy | HeldState::Downloading)
-                        )
-                })
-                .map(|(node, usage)| (node, *usage))
-                .collect();
-            targets.sort_by(|a, b| {
-                ratio(a.1.0, a.1.1)
-                    .total_cmp(&ratio(b.1.0, b.1.1))
-                    .then_with(|| a.0.cmp(b.0))
-            });
             let source_after = ratio(source_used.saturating_sub(bytes), source_capacity);
-            for (target, (target_used, target_capacity)) in targets {
-                if ratio(target_used + bytes, target_capacity) <= source_after {
-                    return Some((layout, shard.to_string(), bytes, chosen, target.clone()));
+            for (now, target, target_used, target_capacity) in targets {
+                if *now > source_after {
+                    // Every later target is fuller still.
+                    break;
+                }
+                let holds = matches!(
+                    self.state(target, &layout.name, shard),
+                    Some(HeldState::Ready | HeldState::Lazy | HeldState::Downloading)
+                );
+                if target.as_str() == source || chosen.contains(target) || holds {
+                    continue;
+                }
+                if ratio(target_used + bytes, *target_capacity) <= source_after {
+                    return Some((layout, shard.to_string(), bytes, chosen, (*target).clone()));
                 }
             }
         }
@@ -199,10 +193,20 @@ pub fn rebalance(
                 }
             }
         }
-        let Some((source, (layout, shard, bytes, chosen, target))) = sources
+        // Members below the mean that can take shards, emptiest first.
+        let mut targets: Vec<Target<'_>> = scan
+            .used
+            .iter()
+            .filter(|(node, (u, c))| {
+                !scan.full.contains(node.as_str()) && ratio(*u, *c) < scan.mean
+            })
+            .map(|(node, (u, c))| (ratio(*u, *c), node, *u, *c))
+            .collect();
+        targets.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        let found = sources
             .into_iter()
-            .find_map(|(source, _)| scan.find(&source).map(|found| (source, found)))
-        else {
+            .find_map(|(source, _)| scan.find(&source, &targets).map(|found| (source, found)));
+        let Some((source, (layout, shard, bytes, chosen, target))) = found else {
             break;
         };
         let (s_used, s_capacity) = scan.used[&source];

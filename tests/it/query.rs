@@ -660,6 +660,15 @@ async fn hang_ups_and_deadlines_at_the_root_stop_the_holders_maps() {
     } else {
         (&c2, n2.url(), 0)
     };
+    crate::support::eventually(10, "the root to know the database", || {
+        let root = root.clone();
+        async move {
+            root.get("/v1/databases/numbers")
+                .await
+                .is_ok_and(|info| info["state"] == "ready")
+        }
+    })
+    .await;
     let answer = root
         .post(
             "/v1/query/numbers/misbehave",
