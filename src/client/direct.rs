@@ -58,7 +58,7 @@ impl Client {
         }
         let version = info["version"].as_str().unwrap_or_default().to_string();
         let all: Vec<String> = strings(&info["shard_ids"]);
-        let shards = match request.shards {
+        let shards = match request.shards.clone() {
             None => all,
             Some(asked) => {
                 if let Some(unknown) = asked.iter().find(|s| !all.contains(s)) {
@@ -109,16 +109,15 @@ impl Client {
             }
         }
         let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        let query = RootQuery {
-            database: database.clone(),
-            version: version.clone(),
-            analysis_name: analysis_name.to_string(),
-            analysis: analysis.clone(),
-            params: params.clone(),
-            raw_params: request.params,
-            allow_partial: request.allow_partial,
-            deadline: tokio::time::Instant::now() + Duration::from_millis(timeout_ms),
-        };
+        let query = RootQuery::new(
+            &database,
+            &version,
+            analysis_name,
+            analysis.clone(),
+            params.clone(),
+            &request,
+            timeout_ms,
+        );
         let fan_out = FanOut {
             database: &database,
             shards,

@@ -136,20 +136,19 @@ impl Node {
         let timeout_ms = self.query_timeout(request.timeout_ms)?;
         let database = self.resolve(target)?;
         let version = self.ready_version(&database)?;
-        let shard_ids = self.chosen_shards(&database, request.shards)?;
+        let shard_ids = self.chosen_shards(&database, request.shards.clone())?;
         let params = analysis
             .params(request.params.clone())
             .map_err(|e| QueryError::from_analysis(analysis_name, None, e))?;
-        let query = root::RootQuery {
-            database: database.clone(),
-            version: version.clone(),
-            analysis_name: analysis_name.to_string(),
-            analysis: analysis.clone(),
-            params: params.clone(),
-            raw_params: request.params,
-            allow_partial: request.allow_partial,
-            deadline: tokio::time::Instant::now() + Duration::from_millis(timeout_ms),
-        };
+        let query = root::RootQuery::new(
+            &database,
+            &version,
+            analysis_name,
+            analysis.clone(),
+            params.clone(),
+            &request,
+            timeout_ms,
+        );
         let work = async {
             let gathered = self.gather(&query, shard_ids).await?;
             let partial = leaf::reduce(

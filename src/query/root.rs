@@ -40,6 +40,31 @@ pub(crate) struct RootQuery {
     pub deadline: Deadline,
 }
 
+impl RootQuery {
+    /// A query of `analysis_name` over `version` of `database`, with `params`
+    /// parsed from the request and its deadline `timeout_ms` from now.
+    pub(crate) fn new(
+        database: &str,
+        version: &str,
+        analysis_name: &str,
+        analysis: Arc<dyn DynAnalysis>,
+        params: DynParams,
+        request: &super::QueryRequest,
+        timeout_ms: u64,
+    ) -> RootQuery {
+        RootQuery {
+            database: database.to_string(),
+            version: version.to_string(),
+            analysis_name: analysis_name.to_string(),
+            analysis,
+            params,
+            raw_params: request.params.clone(),
+            allow_partial: request.allow_partial,
+            deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
+        }
+    }
+}
+
 /// The body of `POST /v1/internal/map`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -101,6 +101,22 @@ async fn publish_events(dir: &std::path::Path, member: &Member) {
     publish(dir, &store, "events", &files).await;
 }
 
+/// Defines `events` with two copies of each shard and waits until every member
+/// sees each shard on exactly two members.
+async fn define_events(admin: &Client, clients: &[&Client]) {
+    admin
+        .post(
+            "/v1/databases",
+            &json!({"name": "events", "source": "events", "replicas": 2}),
+        )
+        .await
+        .unwrap();
+    on_all(clients, 60, "every shard on exactly 2 nodes", |c| {
+        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
+    })
+    .await;
+}
+
 /// Copies of `events` this node holds in its trash.
 async fn trashed_here(client: &Client) -> usize {
     trashed_here_in(client, "events").await
@@ -139,20 +155,8 @@ async fn shards_keep_two_copies_as_members_leave_and_join() {
         })
     })
     .await;
-    members[0]
-        .client
-        .post(
-            "/v1/databases",
-            &json!({"name": "events", "source": "events", "replicas": 2}),
-        )
-        .await
-        .unwrap();
-
     // Each shard on exactly two nodes, seen alike by every node; no node holds all.
-    on_all(&clients, 60, "every shard on exactly 2 nodes", |c| {
-        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
-    })
-    .await;
+    define_events(&members[0].client, &clients).await;
     let view = copies(&members[0].client, "events").await;
     let mut held: BTreeMap<&str, usize> = BTreeMap::new();
     for list in view.values() {
@@ -334,18 +338,7 @@ async fn a_minority_side_of_a_partition_trashes_nothing() {
         })
     })
     .await;
-    members[0]
-        .client
-        .post(
-            "/v1/databases",
-            &json!({"name": "events", "source": "events", "replicas": 2}),
-        )
-        .await
-        .unwrap();
-    on_all(&clients, 60, "every shard on exactly 2 nodes", |c| {
-        Box::pin(async move { placed(&copies(c, "events").await, 6, 2) })
-    })
-    .await;
+    define_events(&members[0].client, &clients).await;
 
     let old_term = members[0].client.get("/v1/cluster").await.unwrap()["primary"]["term"]
         .as_u64()
