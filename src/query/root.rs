@@ -21,6 +21,9 @@ use crate::node::{Node, NodeError};
 use crate::placement::{score, shard_key};
 use std::sync::Arc;
 
+/// Map requests in flight that make a holder count as busier than another.
+const LOAD_STEP: u64 = 4;
+
 /// Marks a query another member forwarded (it is not forwarded again).
 pub const FORWARDED_HEADER: &str = "x-dram-forwarded";
 
@@ -171,14 +174,20 @@ impl Node {
             load: &load,
             allow_partial: query.allow_partial,
         };
-        plan.run(|node, shards| {
-            let (client, http, secret) = (&client, &http, secret.as_deref());
-            async move {
-                let address = http.get(&node).cloned().unwrap_or_default();
-                send_map(client, &node, &address, secret, query, &shards).await
-            }
-        })
-        .await
+        let result = plan
+            .run(|node, shards| {
+                let (client, http, secret) = (&client, &http, secret.as_deref());
+                async move {
+                    let address = http.get(&node).cloned().unwrap_or_default();
+                    send_map(client, &node, &address, secret, query, &shards).await
+                }
+            })
+            .await;
+        if let (Some(membership), Ok(gathered)) = (self.membership(), &result) {
+            let failed = gathered.meta.nodes.iter().filter(|n| n.error.is_some());
+            membership.note_failed_holders(failed.map(|n| n.node.as_str()));
+        }
+        result
     }
 
     /// Sends a query to the member whose registry is furthest ahead; `None`
@@ -312,7 +321,9 @@ impl FanOut<'_> {
         for shard in self.shards {
             let mut list: Vec<String> = self.holders.get(&shard).cloned().unwrap_or_default();
             let key = shard_key(self.database, &shard);
-            let load = |node: &String| self.load.get(node).copied().unwrap_or(0);
+            // Loads compare in steps of `LOAD_STEP`: a request or two in flight
+            // does not outweigh cache affinity.
+            let load = |node: &String| self.load.get(node).copied().unwrap_or(0) / LOAD_STEP;
             list.sort_by(|a, b| {
                 load(a)
                     .cmp(&load(b))
@@ -568,7 +579,7 @@ mod tests {
         };
         assert_eq!(sorted(sent), sorted(again));
         // b busy: everything goes to a.
-        let load = HashMap::from([("b".to_string(), 5)]);
+        let load = HashMap::from([("b".to_string(), 8)]);
         let (_, busy) = fan_out(&["0", "1", "2"], &map, &load, &[], false).await;
         assert_eq!(
             busy,
@@ -579,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_holder_is_retried_once_elsewhere_and_missing_shards_fail_or_are_listed() {
         let map = holders(&[("0", &["a", "b"]), ("1", &["a"])]);
-        let load = HashMap::from([("b".to_string(), 1)]);
+        let load = HashMap::from([("b".to_string(), LOAD_STEP)]);
         let (result, sent) = fan_out(&["0", "1"], &map, &load, &["a"], true).await;
         let gathered = result.unwrap();
         assert_eq!(gathered.meta.retries, 1, "{sent:?}");

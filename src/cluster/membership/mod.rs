@@ -169,6 +169,9 @@ pub struct Membership {
     rounds: std::sync::atomic::AtomicU64,
     /// When the primary last deleted a database as garbage.
     last_gc_ms: Mutex<u64>,
+    /// Holders whose map request failed lately (member → when, ms): queries
+    /// try them last until gossip has caught up.
+    failed_holders: Mutex<HashMap<String, u64>>,
     /// Connections to the other members, reused across queries.
     http_client: reqwest::Client,
     /// Whether this node was given seeds (it waits to meet a peer before placing).
@@ -249,6 +252,7 @@ impl Membership {
             rounds: Default::default(),
             seeded: !config.seeds.is_empty(),
             last_gc_ms: Mutex::new(0),
+            failed_holders: Mutex::default(),
             http_client: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
                 .build()

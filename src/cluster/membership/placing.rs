@@ -19,6 +19,9 @@ use crate::primary::Primary;
 use crate::primary::actions::{TrashRequest, check_trash, trash_extra_copies};
 use crate::primary::gc::eligible;
 
+/// How long a holder whose map request failed is tried last.
+const FAILED_HOLDER_MS: u64 = 5_000;
+
 /// Rounds before a seeded node places shards: enough for gossip to show its peers.
 const SETTLE_ROUNDS: u64 = 3;
 /// Rounds after which a node that met no peer places shards alone.
@@ -300,14 +303,33 @@ impl Membership {
         })
     }
 
-    /// Map work under way on each live member, from its `load` key.
+    /// Map work under way on each live member, from its `load` key; a member
+    /// whose map request failed in the last `FAILED_HOLDER_MS` counts as
+    /// busiest of all, so that queries try it last.
     pub(crate) async fn loads(&self) -> HashMap<String, u64> {
-        self.members()
+        let mut loads: HashMap<String, u64> = self
+            .members()
             .await
             .into_iter()
             .filter(|m| m.live)
             .filter_map(|m| Some((m.id, m.load?.inflight)))
-            .collect()
+            .collect();
+        let now = now_ms();
+        let mut failed = lock(&self.failed_holders);
+        failed.retain(|_, at| now.saturating_sub(*at) < FAILED_HOLDER_MS);
+        for node in failed.keys() {
+            loads.insert(node.clone(), u64::MAX / 2);
+        }
+        loads
+    }
+
+    /// Notes holders whose map request just failed.
+    pub(crate) fn note_failed_holders<'n>(&self, nodes: impl IntoIterator<Item = &'n str>) {
+        let now = now_ms();
+        let mut failed = lock(&self.failed_holders);
+        for node in nodes {
+            failed.insert(node.to_string(), now);
+        }
     }
 
     /// The HTTP address of each live member.
