@@ -11,9 +11,16 @@
 //!
 //! `placing.rs`: each round also builds the cluster state placement reads, hands
 //! it to the node (which loads the shards it now should hold), and, on the
-//! primary, trashes extra copies.
+//! primary, trashes extra copies, rebalances and collects garbage; it also
+//! answers `/v1/plan`, `/v1/gc`, trash requests and the queries' holder lookups.
+//! `types.rs`: the gossip values and `GET /v1/cluster`; `disagreement.rs`: which
+//! members' registries lag (pure).
 
+mod disagreement;
 mod placing;
+mod types;
+
+pub use types::*;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -22,11 +29,11 @@ use std::time::Duration;
 
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::health::{HealthReport, health};
+use super::health::health;
 use super::{Registry, RegistryDigest};
 use crate::node::{Inventory, InventoryDigest, Node, NodeError, lock, now_ms};
 use crate::primary::{Primary, PrimaryState, View, candidate, elect};
@@ -44,109 +51,6 @@ pub const KEY_LOAD: &str = "load";
 const PULLS_PER_ROUND: usize = 3;
 /// How long a pull from a peer may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The `node` key: what a member is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// Address of its HTTP API.
-    pub http: String,
-    pub version: String,
-    pub started_ms: u64,
-    #[serde(default)]
-    pub zone: String,
-}
-
-/// The `primary` key: whom a member names as primary, the highest term it knows,
-/// and whether it may be primary itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrimaryKey {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub names: Option<String>,
-    pub term: u64,
-    pub eligible: bool,
-}
-
-/// The primary as a node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrimaryStatus {
-    pub id: String,
-    pub term: u64,
-}
-
-/// A `disk:<id>` key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskSummary {
-    pub total: u64,
-    pub free: u64,
-    pub used: u64,
-    /// What dram may fill (the placement weight).
-    #[serde(default)]
-    pub capacity: u64,
-    /// Past its high watermark.
-    #[serde(default)]
-    pub full: bool,
-}
-
-/// One member as `GET /v1/cluster` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Member {
-    pub id: String,
-    pub live: bool,
-    #[serde(rename = "self")]
-    pub is_self: bool,
-    pub gossip: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<NodeInfo>,
-    pub disks: BTreeMap<String, DiskSummary>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inventory: Option<InventoryDigest>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry: Option<RegistryDigest>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary: Option<PrimaryKey>,
-    /// Map work under way and its recent p99 (`load` key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load: Option<crate::node::Load>,
-}
-
-/// A member whose registry digest has differed from the majority's for too long.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Disagreement {
-    pub node: String,
-    pub since_ms: u64,
-    pub hash: String,
-}
-
-/// `GET /v1/cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub cluster_id: String,
-    pub node: String,
-    #[serde(flatten)]
-    pub health: HealthReport,
-    pub members: Vec<Member>,
-    pub registry: RegistryDigest,
-    pub disagreements: Vec<Disagreement>,
-    /// The primary confirmed by a majority of the known members, if any (none on
-    /// the minority side of a partition).
-    pub primary: Option<PrimaryStatus>,
-}
-
-/// One holder of a shard, as `GET /v1/cluster/shards` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Holder {
-    pub node: String,
-    pub state: crate::node::HeldState,
-    pub pct: u8,
-}
-
-/// `GET /v1/cluster/shards?database=D`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardHolders {
-    pub database: String,
-    pub global: Vec<Holder>,
-    pub shards: BTreeMap<String, Vec<Holder>>,
-}
 
 /// Gossip and the sync loop of one node; `shutdown` stops both.
 pub struct Membership {
@@ -597,39 +501,7 @@ impl Membership {
                 digests.push((&peer.id, &registry.hash));
             }
         }
-        track_disagreement(&mut lock(&self.disagreeing), &digests, now_ms());
-    }
-}
-
-/// Updates `disagreeing` (member → since when, its digest) from the registry
-/// digests of the live members: those whose digest is not the most common one
-/// are added (keeping their first time), the others removed. Ties between
-/// equally common digests go to the smaller hash, so every node picks the same.
-fn track_disagreement(
-    disagreeing: &mut HashMap<String, (u64, String)>,
-    digests: &[(&str, &str)],
-    now_ms: u64,
-) {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, hash) in digests {
-        *counts.entry(hash).or_default() += 1;
-    }
-    let Some(majority) = counts
-        .iter()
-        .max_by_key(|(hash, count)| (**count, std::cmp::Reverse(**hash)))
-        .map(|(hash, _)| *hash)
-    else {
-        disagreeing.clear();
-        return;
-    };
-    disagreeing.retain(|id, _| digests.iter().any(|(d, h)| d == id && *h != majority));
-    for (id, hash) in digests {
-        if *hash != majority {
-            let entry = disagreeing
-                .entry(id.to_string())
-                .or_insert_with(|| (now_ms, hash.to_string()));
-            entry.1 = hash.to_string();
-        }
+        disagreement::track(&mut lock(&self.disagreeing), &digests, now_ms());
     }
 }
 
@@ -693,40 +565,4 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 fn parse<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
     serde_json::from_str(value?).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disagreement_is_tracked_from_its_start_until_it_ends() {
-        let mut disagreeing = HashMap::new();
-        track_disagreement(
-            &mut disagreeing,
-            &[("n1", "a"), ("n2", "a"), ("n3", "b")],
-            10,
-        );
-        assert_eq!(disagreeing["n3"], (10, "b".to_string()));
-        assert_eq!(disagreeing.len(), 1);
-        // Still behind later, with another digest: the start time stays.
-        track_disagreement(
-            &mut disagreeing,
-            &[("n1", "c"), ("n2", "c"), ("n3", "d")],
-            20,
-        );
-        assert_eq!(disagreeing["n3"], (10, "d".to_string()));
-        // Caught up: forgotten. A two-way tie picks the smaller hash everywhere.
-        track_disagreement(
-            &mut disagreeing,
-            &[("n1", "c"), ("n2", "c"), ("n3", "c")],
-            30,
-        );
-        assert!(disagreeing.is_empty());
-        track_disagreement(&mut disagreeing, &[("n1", "y"), ("n2", "x")], 40);
-        assert_eq!(disagreeing.keys().collect::<Vec<_>>(), ["n1"]);
-        // A member that left is no longer listed.
-        track_disagreement(&mut disagreeing, &[("n2", "x")], 50);
-        assert!(disagreeing.is_empty());
-    }
 }

@@ -1,0 +1,113 @@
+//! What gossip and `GET /v1/cluster` carry: the values of the gossip keys and
+//! the cluster as one node shows it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::RegistryDigest;
+use crate::cluster::health::HealthReport;
+use crate::node::InventoryDigest;
+
+/// The `node` key: what a member is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Address of its HTTP API.
+    pub http: String,
+    pub version: String,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub zone: String,
+}
+
+/// The `primary` key: whom a member names as primary, the highest term it knows,
+/// and whether it may be primary itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<String>,
+    pub term: u64,
+    pub eligible: bool,
+}
+
+/// The primary as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryStatus {
+    pub id: String,
+    pub term: u64,
+}
+
+/// A `disk:<id>` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSummary {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+    /// What dram may fill (the placement weight).
+    #[serde(default)]
+    pub capacity: u64,
+    /// Past its high watermark.
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// One member as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    pub live: bool,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    pub gossip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeInfo>,
+    pub disks: BTreeMap<String, DiskSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryDigest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryDigest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryKey>,
+    /// Map work under way and its recent p99 (`load` key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<crate::node::Load>,
+}
+
+/// A member whose registry digest has differed from the majority's for too long.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub node: String,
+    pub since_ms: u64,
+    pub hash: String,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    pub node: String,
+    #[serde(flatten)]
+    pub health: HealthReport,
+    pub members: Vec<Member>,
+    pub registry: RegistryDigest,
+    pub disagreements: Vec<Disagreement>,
+    /// The primary confirmed by a majority of the known members, if any (none on
+    /// the minority side of a partition).
+    pub primary: Option<PrimaryStatus>,
+}
+
+/// One holder of a shard, as `GET /v1/cluster/shards` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Holder {
+    pub node: String,
+    pub state: crate::node::HeldState,
+    pub pct: u8,
+}
+
+/// `GET /v1/cluster/shards?database=D`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardHolders {
+    pub database: String,
+    pub global: Vec<Holder>,
+    pub shards: BTreeMap<String, Vec<Holder>>,
+}
