@@ -35,9 +35,8 @@ impl Node {
     /// Takes a new cluster state: loads the shards placement now gives this node
     /// and restores its trashed copies that placement wants back. Returns the
     /// databases whose loads started.
-    pub fn place(&self, state: ClusterState) -> Result<Vec<String>, NodeError> {
+    pub fn place(&self, state: Arc<ClusterState>) -> Result<Vec<String>, NodeError> {
         let inner = &self.inner;
-        let state = Arc::new(state);
         inner
             .placement
             .send_replace(Placement::Cluster(state.clone()));
@@ -190,6 +189,26 @@ impl Inner {
         let mut parts: Vec<Part> = wanted.iter().map(|s| Part::Shard(s.clone())).collect();
         if files.parts.contains_key(&Part::Global) {
             parts.push(Part::Global);
+        }
+        // Most rounds nothing changes: look before taking the write transaction
+        // (a durable commit) and asking the disks for room.
+        let held: std::collections::HashMap<String, PartRecord> = self
+            .catalog
+            .scan::<PartRecord>(PARTS, &key(&[name, ""]))?
+            .into_iter()
+            .collect();
+        let records: Vec<Option<&PartRecord>> = parts
+            .iter()
+            .map(|part| held.get(&key(&[name, &part.key()])))
+            .collect();
+        if records
+            .iter()
+            .all(|p| p.is_some_and(|p| p.trashed_ms.is_none()))
+        {
+            return Ok(records
+                .iter()
+                .flatten()
+                .any(|p| p.state == PartState::Downloading));
         }
         let rooms: Vec<(String, u64)> = self
             .disks

@@ -106,9 +106,9 @@ impl Node {
         query: &RootQuery,
         shard_ids: Vec<String>,
     ) -> Result<Gathered, QueryError> {
-        let (local, remote): (Vec<String>, Vec<String>) = shard_ids
-            .into_iter()
-            .partition(|id| self.serves_shard(&query.database, id));
+        let here = self.serving_shards(&query.database)?;
+        let (local, remote): (Vec<String>, Vec<String>) =
+            shard_ids.into_iter().partition(|id| here.contains(id));
         let local_work = async {
             if local.is_empty() {
                 return Ok(None);
@@ -145,28 +145,20 @@ impl Node {
         if shards.is_empty() {
             return Ok(Gathered::default());
         }
-        let (holders, http, load) = match self.membership() {
-            Some(membership) => (
+        let found = match self.membership() {
+            Some(membership) => {
                 membership
-                    .serving_holders(self, &query.database, &query.version)
-                    .await?,
-                membership.http_addresses().await,
-                membership.loads().await,
-            ),
-            None => (HashMap::new(), HashMap::new(), HashMap::new()),
+                    .query_holders(&query.database, &query.version)
+                    .await
+            }
+            None => Default::default(),
         };
+        let (holders, http, load) = (found.holders, found.http, found.load);
         let client = self
             .membership()
             .map(|m| m.http_client().clone())
             .unwrap_or_default();
         let secret = self.config().auth.cluster_secret.clone();
-        let holders: HashMap<String, Vec<String>> = holders
-            .into_iter()
-            .map(|(shard, list)| {
-                let list = list.into_iter().filter(|n| http.contains_key(n)).collect();
-                (shard, list)
-            })
-            .collect();
         let plan = FanOut {
             database: &query.database,
             shards,
@@ -236,9 +228,24 @@ impl Node {
         Some(Err(remote(status.as_u16(), code, message)))
     }
 
-    /// Whether this node serves its own copy of a shard.
-    fn serves_shard(&self, database: &str, shard: &str) -> bool {
-        self.shard(database, shard).is_ok()
+    /// The shards of `database` this node serves its own copy of (one scan of
+    /// its part records).
+    fn serving_shards(
+        &self,
+        database: &str,
+    ) -> Result<std::collections::HashSet<String>, QueryError> {
+        let parts: Vec<(String, crate::catalog::PartRecord)> = self
+            .catalog()
+            .scan(crate::catalog::PARTS, &crate::catalog::key(&[database, ""]))
+            .map_err(NodeError::from)?;
+        Ok(parts
+            .into_iter()
+            .filter(|(_, record)| record.is_serving())
+            .filter_map(|(k, _)| {
+                let part = crate::storage::Part::from_key(k.split('\0').nth(1)?)?;
+                part.shard_id().map(str::to_string)
+            })
+            .collect())
     }
 
     /// `POST /v1/internal/map`: maps shards of the pinned version here and

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{Membership, NodeInfo, Peer};
 use crate::cluster::view::cluster_state;
-use crate::node::{Node, NodeError, lock, now_ms};
+use crate::node::{Inventory, Node, NodeError, lock, now_ms};
 use crate::placement::plan::{ClusterState, NodeUse, Plan, plan, what_if};
 use crate::placement::rebalance::{Move, Usage, rebalance};
 use crate::primary::Primary;
@@ -37,6 +37,24 @@ pub struct PlanReport {
     pub plan: Plan,
     /// What the rebalancer would move next (only once nothing else is under way).
     pub moves: Vec<Move>,
+}
+
+/// What one sync round reads of the cluster.
+struct Round {
+    members: Vec<super::Member>,
+    inventories: Vec<Inventory>,
+    state: Arc<ClusterState>,
+}
+
+/// The other holders of a database's shards, as a query's root sees them.
+#[derive(Debug, Default)]
+pub(crate) struct QueryHolders {
+    /// Shard → live members with a serving copy of the pinned version.
+    pub holders: HashMap<String, Vec<String>>,
+    /// Member → HTTP address.
+    pub http: HashMap<String, String>,
+    /// Member → map work in flight (failed lately: tried last).
+    pub load: HashMap<String, u64>,
 }
 
 /// `GET /v1/gc`.
@@ -71,7 +89,8 @@ impl Membership {
         client: &reqwest::Client,
         peers: &[Peer],
     ) -> Result<(), NodeError> {
-        let state = self.refresh_state(node).await?;
+        let round = self.round(node).await?;
+        let state = round.state.clone();
         let rounds = self.rounds.fetch_add(1, Ordering::Relaxed) + 1;
         // A node without seeds starts a cluster (or is alone): it places at once,
         // and hands shards over as members join. A node with seeds waits to meet
@@ -81,7 +100,7 @@ impl Membership {
         if !(counted && (met || rounds >= ALONE_ROUNDS)) {
             return Ok(());
         }
-        let started = node.place((*state).clone())?;
+        let started = node.place(state.clone())?;
         if !started.is_empty() {
             info!(databases = ?started, "loading the shards placement gives this node");
         }
@@ -100,7 +119,7 @@ impl Membership {
             let moves = rebalance(
                 &layouts,
                 &state,
-                &self.usage(node).await?,
+                &Self::usage(&round.members, &round.inventories),
                 cluster.max_concurrent_moves,
                 cluster.rebalance_threshold,
             );
@@ -126,18 +145,18 @@ impl Membership {
             )
             .await;
         }
-        self.collect_garbage(node).await
+        self.collect_garbage(node, &round).await
     }
 
     /// On the primary: while a member's disk is past its high watermark, deletes
     /// the coldest eligible database, one per `cluster.gc_interval_secs`.
-    async fn collect_garbage(&self, node: &Node) -> Result<(), NodeError> {
+    async fn collect_garbage(&self, node: &Node, round: &Round) -> Result<(), NodeError> {
         let now = now_ms();
         let interval_ms = node.config().cluster.gc_interval_secs * 1000;
         if now.saturating_sub(*lock(&self.last_gc_ms)) < interval_ms {
             return Ok(());
         }
-        let report = self.gc_report(node).await?;
+        let report = self.gc_report_of(node, &round.members, &round.inventories)?;
         let Some(first) = report.eligible.first() else {
             return Ok(());
         };
@@ -156,6 +175,15 @@ impl Membership {
     pub async fn gc_report(&self, node: &Node) -> Result<GcReport, NodeError> {
         let members = self.members().await;
         let inventories = self.live_inventories(node, &members)?;
+        self.gc_report_of(node, &members, &inventories)
+    }
+
+    fn gc_report_of(
+        &self,
+        node: &Node,
+        members: &[super::Member],
+        inventories: &[Inventory],
+    ) -> Result<GcReport, NodeError> {
         let full_disks: Vec<String> = members
             .iter()
             .filter(|m| m.live)
@@ -178,13 +206,18 @@ impl Membership {
             primary,
             triggered: !full_disks.is_empty(),
             full_disks,
-            eligible: eligible(&node.registry()?, &inventories),
+            eligible: eligible(&node.registry()?, inventories),
         })
     }
 
     /// Builds the cluster state from gossip and the cached inventories, and keeps
     /// it for the checks and reports of this round.
     async fn refresh_state(&self, node: &Node) -> Result<Arc<ClusterState>, NodeError> {
+        Ok(self.round(node).await?.state)
+    }
+
+    /// Gossip, the live inventories and the cluster state, read once for a round.
+    async fn round(&self, node: &Node) -> Result<Round, NodeError> {
         let members = self.members().await;
         let inventories = self.live_inventories(node, &members)?;
         let delay_ms = node.config().cluster.node_left_delay_secs * 1000;
@@ -198,7 +231,11 @@ impl Membership {
             delay_ms,
         ));
         *lock(&self.state) = Some(state.clone());
-        Ok(state)
+        Ok(Round {
+            members,
+            inventories,
+            state,
+        })
     }
 
     /// The last cluster state, or a fresh one before the first round.
@@ -213,10 +250,8 @@ impl Membership {
     /// Each live member's use for the rebalancer: the bytes of the copies it
     /// holds (trashed ones excluded, as they are on their way out) against the
     /// capacity of its disks.
-    async fn usage(&self, node: &Node) -> Result<Vec<Usage>, NodeError> {
-        let members = self.members().await;
-        let inventories = self.live_inventories(node, &members)?;
-        Ok(members
+    fn usage(members: &[super::Member], inventories: &[Inventory]) -> Vec<Usage> {
+        members
             .iter()
             .filter(|m| m.live)
             .map(|m| {
@@ -235,21 +270,29 @@ impl Membership {
                     capacity: m.disks.values().map(|d| d.capacity).sum(),
                 }
             })
-            .collect())
+            .collect()
     }
 
-    /// The live members other than this one with a serving copy of each shard
-    /// of `database` at `version` (shard → members).
-    pub(crate) async fn serving_holders(
-        &self,
-        node: &Node,
-        database: &str,
-        version: &str,
-    ) -> Result<HashMap<String, Vec<String>>, NodeError> {
+    /// What a query's root needs to reach the other holders of `database` at
+    /// `version`, from one read of gossip and the cached peer inventories (the
+    /// query path computes no inventory and clones none).
+    pub(crate) async fn query_holders(&self, database: &str, version: &str) -> QueryHolders {
         let members = self.members().await;
-        let inventories = self.live_inventories(node, &members)?;
-        let mut holders: HashMap<String, Vec<String>> = HashMap::new();
-        for inventory in inventories.iter().filter(|i| i.node != node.id()) {
+        let mut out = QueryHolders::default();
+        for member in members.iter().filter(|m| m.live && !m.is_self) {
+            if let Some(http) = member.node.as_ref().map(|n| n.http.clone()) {
+                out.http.insert(member.id.clone(), http);
+            }
+            if let Some(load) = member.load {
+                out.load.insert(member.id.clone(), load.inflight);
+            }
+        }
+        self.mark_failed(&mut out.load);
+        let cached = lock(&self.inventories);
+        for (node, (_, inventory)) in cached.iter() {
+            if !out.http.contains_key(node) {
+                continue;
+            }
             let Some(held) = inventory.databases.get(database) else {
                 continue;
             };
@@ -260,14 +303,14 @@ impl Membership {
             }
             for (shard, part) in &held.shards {
                 if part.state.is_serving() {
-                    holders
+                    out.holders
                         .entry(shard.clone())
                         .or_default()
-                        .push(inventory.node.clone());
+                        .push(node.clone());
                 }
             }
         }
-        Ok(holders)
+        out
     }
 
     /// The HTTP address of the live member whose registry is furthest ahead of
@@ -303,24 +346,15 @@ impl Membership {
         })
     }
 
-    /// Map work under way on each live member, from its `load` key; a member
-    /// whose map request failed in the last `FAILED_HOLDER_MS` counts as
-    /// busiest of all, so that queries try it last.
-    pub(crate) async fn loads(&self) -> HashMap<String, u64> {
-        let mut loads: HashMap<String, u64> = self
-            .members()
-            .await
-            .into_iter()
-            .filter(|m| m.live)
-            .filter_map(|m| Some((m.id, m.load?.inflight)))
-            .collect();
+    /// Counts members whose map request failed in the last `FAILED_HOLDER_MS`
+    /// as busiest of all, so that queries try them last.
+    fn mark_failed(&self, loads: &mut HashMap<String, u64>) {
         let now = now_ms();
         let mut failed = lock(&self.failed_holders);
         failed.retain(|_, at| now.saturating_sub(*at) < FAILED_HOLDER_MS);
         for node in failed.keys() {
             loads.insert(node.clone(), u64::MAX / 2);
         }
-        loads
     }
 
     /// Notes holders whose map request just failed.
@@ -386,7 +420,8 @@ impl Membership {
             && planned.waiting.is_empty();
         let moves = if settled {
             let cluster = &node.config().cluster;
-            let usage = self.usage(node).await?;
+            let members = self.members().await;
+            let usage = Self::usage(&members, &self.live_inventories(node, &members)?);
             rebalance(
                 &layouts,
                 &state,
