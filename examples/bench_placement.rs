@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use dram::catalog::Replicas;
 use dram::node::HeldState;
 use dram::placement::Candidate;
-use dram::placement::plan::{ClusterState, Holdings, Layout, plan};
+use dram::placement::plan::{ClusterState, Layout, plan};
 use dram::placement::rebalance::{Usage, rebalance};
 
 fn main() -> Result<()> {
@@ -51,13 +51,7 @@ fn measure(nodes: usize, shards: usize) -> (f64, f64, usize) {
             .collect(),
         global_bytes: 0,
     };
-    let mut cluster = ClusterState {
-        live: candidates.iter().map(|c| c.id.clone()).collect(),
-        candidates,
-        holdings: Holdings::new(),
-        pins: BTreeMap::new(),
-        member_hashes: Default::default(),
-    };
+    let mut cluster = ClusterState::new(candidates);
     // Settle the cluster: every chosen copy ready.
     let layouts = [layout];
     for action in plan(&layouts, &cluster).downloads {

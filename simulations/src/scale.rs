@@ -89,11 +89,7 @@ fn candidates(n: usize, rng: &mut StdRng) -> Vec<Candidate> {
 }
 
 fn state(candidates: &[Candidate]) -> ClusterState {
-    ClusterState {
-        live: candidates.iter().map(|c| c.id.clone()).collect(),
-        candidates: candidates.to_vec(),
-        ..ClusterState::default()
-    }
+    ClusterState::new(candidates.to_vec())
 }
 
 /// Every chosen copy ready, as a settled cluster holds them.

@@ -71,6 +71,15 @@ pub struct Plan {
 }
 
 impl ClusterState {
+    /// A cluster whose candidates are all live and hold nothing yet.
+    pub fn new(candidates: Vec<Candidate>) -> ClusterState {
+        ClusterState {
+            live: candidates.iter().map(|c| c.id.clone()).collect(),
+            candidates,
+            ..ClusterState::default()
+        }
+    }
+
     /// The state of `node`'s copy of a shard.
     pub fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
         self.holdings.get(database)?.get(shard)?.get(node).copied()
@@ -263,13 +272,7 @@ mod tests {
     }
 
     fn cluster(ids: &[&str]) -> ClusterState {
-        ClusterState {
-            candidates: ids.iter().map(|id| candidate(id)).collect(),
-            live: ids.iter().map(|id| id.to_string()).collect(),
-            holdings: Holdings::new(),
-            pins: BTreeMap::new(),
-            member_hashes: Default::default(),
-        }
+        ClusterState::new(ids.iter().map(|id| candidate(id)).collect())
     }
 
     fn hold(cluster: &mut ClusterState, node: &str, shard: &str, state: HeldState) {

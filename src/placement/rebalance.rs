@@ -252,12 +252,10 @@ mod tests {
     use super::*;
     use crate::catalog::Replicas;
     use crate::placement::Candidate;
-    use crate::placement::plan::Holdings;
 
     fn cluster(ids: &[&str]) -> ClusterState {
-        ClusterState {
-            candidates: ids
-                .iter()
+        ClusterState::new(
+            ids.iter()
                 .map(|id| Candidate {
                     id: id.to_string(),
                     zone: String::new(),
@@ -265,11 +263,7 @@ mod tests {
                     full: false,
                 })
                 .collect(),
-            live: ids.iter().map(|id| id.to_string()).collect(),
-            holdings: Holdings::new(),
-            pins: BTreeMap::new(),
-            member_hashes: Default::default(),
-        }
+        )
     }
 
     /// Places every shard where `chosen` says, ready, and returns the use.

@@ -212,13 +212,11 @@ async fn post_trash(
 mod tests {
     use super::*;
     use crate::placement::Candidate;
-    use crate::placement::plan::Holdings;
 
     fn state(ready_on: &[&str]) -> ClusterState {
         let ids = ["a", "b", "c"];
-        let mut cluster = ClusterState {
-            candidates: ids
-                .iter()
+        let mut cluster = ClusterState::new(
+            ids.iter()
                 .map(|id| Candidate {
                     id: id.to_string(),
                     zone: String::new(),
@@ -226,11 +224,7 @@ mod tests {
                     full: false,
                 })
                 .collect(),
-            live: ids.iter().map(|id| id.to_string()).collect(),
-            holdings: Holdings::new(),
-            pins: Default::default(),
-            member_hashes: Default::default(),
-        };
+        );
         for id in ready_on {
             cluster.set_state(id, "db", "0", HeldState::Ready);
         }

@@ -12,7 +12,7 @@ use dram::client::Client;
 use serde_json::{Value, json};
 
 use crate::cluster::{Member, SECRET, live_members, member_with, on_all};
-use crate::support::{expect_error, publish};
+use crate::support::{copies, expect_error, publish, ready};
 
 const SHARDS: usize = 8;
 
@@ -52,28 +52,14 @@ async fn publish_dataset(dir: &std::path::Path, member: &Member, name: &str, see
 }
 
 /// Waits until every node sees `database` with `copies` ready copies per shard.
-async fn wait_placed(clients: &[&Client], database: &str, copies: usize) {
+async fn wait_placed(clients: &[&Client], database: &str, n: usize) {
     let what = format!("{database} placed");
     let database = database.to_string();
     on_all(clients, 60, &what, |c| {
         let database = database.clone();
         Box::pin(async move {
-            let Ok(holders) = c
-                .get(&format!("/v1/cluster/shards?database={database}"))
-                .await
-            else {
-                return false;
-            };
-            let shards = holders["shards"].as_object().cloned().unwrap_or_default();
-            shards.len() == SHARDS
-                && shards.values().all(|list| {
-                    list.as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|h| h["state"] == "ready")
-                        .count()
-                        == copies
-                })
+            let shards = copies(c, &database).await;
+            shards.len() == SHARDS && shards.values().all(|list| ready(list).len() == n)
         })
     })
     .await;

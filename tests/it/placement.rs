@@ -11,40 +11,7 @@ use dram::client::Client;
 use serde_json::{Value, json};
 
 use crate::cluster::{Member, SECRET, live_members, member_with, on_all};
-use crate::support::{dram_cli, expect_error, publish};
-
-/// Node ids holding each shard, by state, as `client`'s node sees it.
-async fn copies(client: &Client, database: &str) -> BTreeMap<String, Vec<(String, String)>> {
-    let Ok(holders) = client
-        .get(&format!("/v1/cluster/shards?database={database}"))
-        .await
-    else {
-        return BTreeMap::new();
-    };
-    let mut out = BTreeMap::new();
-    for (shard, list) in holders["shards"].as_object().into_iter().flatten() {
-        let list = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|h| {
-                (
-                    h["node"].as_str().unwrap_or_default().to_string(),
-                    h["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        out.insert(shard.clone(), list);
-    }
-    out
-}
-
-fn ready(list: &[(String, String)]) -> Vec<&str> {
-    list.iter()
-        .filter(|(_, state)| state == "ready")
-        .map(|(node, _)| node.as_str())
-        .collect()
-}
+use crate::support::{copies, dram_cli, expect_error, publish, ready};
 
 /// Every one of `shards` shards has exactly `n` copies that are not trashed,
 /// all ready.

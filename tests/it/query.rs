@@ -627,25 +627,17 @@ async fn hang_ups_and_deadlines_at_the_root_stop_the_holders_maps() {
         let c = c1.clone();
         let counts = counts.clone();
         async move {
-            let Ok(holders) = c.get("/v1/cluster/shards?database=numbers").await else {
-                return false;
-            };
+            let shards = crate::support::copies(&c, "numbers").await;
             let mut held = [0usize; 2];
-            let shards = holders["shards"].as_object().cloned().unwrap_or_default();
+            for list in shards.values() {
+                for node in crate::support::ready(list) {
+                    held[usize::from(node != "n1")] += 1;
+                }
+            }
             shards.len() == 3
-                && shards.values().all(|list| {
-                    let ready: Vec<&str> = list
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|h| h["state"] == "ready")
-                        .filter_map(|h| h["node"].as_str())
-                        .collect();
-                    for node in &ready {
-                        held[if *node == "n1" { 0 } else { 1 }] += 1;
-                    }
-                    ready.len() == 1
-                })
+                && shards
+                    .values()
+                    .all(|list| crate::support::ready(list).len() == 1)
                 && {
                     *counts.lock().unwrap() = held;
                     true

@@ -1,6 +1,7 @@
 //! Test helpers: real nodes on 127.0.0.1 (port 0), databases published through the
 //! library, an s3s-fs server on a free port, and bounded waits.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -243,4 +244,39 @@ pub async fn load(client: &Client, body: Value) -> Value {
 pub async fn read(server: &Server, database: &str, shard: &str, path: &str) -> Vec<u8> {
     let context = server.node.shard(database, shard).expect("shard is served");
     context.read(path).await.expect("file reads").to_vec()
+}
+
+/// Each shard's copies as `client`'s node sees them: (member, state), from
+/// `GET /v1/cluster/shards` (empty while the node does not know the database).
+pub async fn copies(client: &Client, database: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let Ok(holders) = client
+        .get(&format!("/v1/cluster/shards?database={database}"))
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (shard, list) in holders["shards"].as_object().into_iter().flatten() {
+        let list = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h["node"].as_str().unwrap_or_default().to_string(),
+                    h["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        out.insert(shard.clone(), list);
+    }
+    out
+}
+
+/// The members with a ready copy, among `copies` of one shard.
+pub fn ready(list: &[(String, String)]) -> Vec<&str> {
+    list.iter()
+        .filter(|(_, state)| state == "ready")
+        .map(|(node, _)| node.as_str())
+        .collect()
 }
