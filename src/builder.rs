@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use chitchat::transport::{Transport, UdpTransport};
+use object_store::ObjectStore;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::query::{Analyses, Analysis};
 use crate::server::Server;
+use crate::storage::StoreLayer;
 
 type MountRoutes = Box<dyn FnOnce(Node) -> BoxedFilter<(Response,)> + Send>;
 
@@ -36,6 +38,7 @@ pub struct NodeBuilder {
     analyses: Analyses,
     routes: Vec<MountRoutes>,
     gossip_transport: Option<Arc<dyn Transport>>,
+    store_layer: Option<StoreLayer>,
     error: Option<String>,
 }
 
@@ -47,6 +50,7 @@ impl Node {
             analyses: Analyses::default(),
             routes: Vec::new(),
             gossip_transport: None,
+            store_layer: None,
             error: None,
         }
     }
@@ -85,6 +89,17 @@ impl NodeBuilder {
         self
     }
 
+    /// Wraps the object store of every database source the node opens with
+    /// `layer`: e.g. a store that fails or slows down on purpose, as the
+    /// simulation harness does.
+    pub fn object_store_layer(
+        mut self,
+        layer: impl Fn(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + Send + Sync + 'static,
+    ) -> Self {
+        self.store_layer = Some(Arc::new(layer));
+        self
+    }
+
     fn check(&mut self) -> Result<(), NodeError> {
         match self.error.take() {
             Some(e) => Err(NodeError::InvalidInput(e)),
@@ -95,14 +110,14 @@ impl NodeBuilder {
     /// Starts the node without HTTP (extra routes are not mounted).
     pub async fn start(mut self) -> Result<Node, NodeError> {
         self.check()?;
-        Node::start_with(self.config, self.analyses, false).await
+        Node::start_with(self.config, self.analyses, false, self.store_layer).await
     }
 
     /// Starts the node and serves its HTTP API on `node.http_listen`.
     pub async fn serve(mut self) -> Result<Server, NodeError> {
         self.check()?;
         let listener = Server::bind(&self.config.node.http_listen).await?;
-        let node = Node::start_with(self.config, self.analyses, true).await?;
+        let node = Node::start_with(self.config, self.analyses, true, self.store_layer).await?;
         let extra = self
             .routes
             .into_iter()

@@ -118,11 +118,17 @@ impl Default for StoreConfig {
 pub struct DownloadConfig {
     /// Files fetched at once, over all databases loading on this node.
     pub concurrency: usize,
+    /// A failed load is retried after 1 s, 2 s, 4 s, … up to this many seconds
+    /// between tries, for as long as the database stays defined.
+    pub retry_max_secs: u64,
 }
 
 impl Default for DownloadConfig {
     fn default() -> Self {
-        DownloadConfig { concurrency: 32 }
+        DownloadConfig {
+            concurrency: 32,
+            retry_max_secs: 60,
+        }
     }
 }
 
@@ -375,6 +381,9 @@ impl Config {
             .map_err(|e| invalid("store.url", e.to_string()))?;
         if self.download.concurrency == 0 || self.download.concurrency > 1024 {
             return Err(invalid("download.concurrency", "must be in 1..=1024"));
+        }
+        if self.download.retry_max_secs == 0 {
+            return Err(invalid("download.retry_max_secs", "must be at least 1"));
         }
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));

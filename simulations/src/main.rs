@@ -1,19 +1,21 @@
-//! dram's simulation harness.
+//! dram's simulation harness (the library is `simulations`; this parses the
+//! command line).
 //!
 //! ```text
+//! cargo run -p simulations --release -- scenarios [--only NAME,…] [--seed S]
 //! cargo run -p simulations --release -- scale [--nodes 10,100,1000,10000] [--shards 10000]
 //!                                             [--replicas 3] [--seed S] [--csv FILE]
-//! cargo run -p simulations --release -- all
+//! cargo run -p simulations --release -- all [--seed S]
 //! ```
 //!
-//! `scale` (part 2) drives dram's real placement, rebalancer and election code
-//! and a round-based gossip model at cluster sizes up to 10,000 members; see
-//! `scale.rs`. Every run prints its seed; `--seed` replays it.
+//! `scenarios` (part 1) runs the shipped scripts against real nodes with faults
+//! and prints one table; `scale` (part 2) drives dram's real placement,
+//! rebalancer and election code and a gossip model at up to 10,000 members;
+//! `all` does both. Every run prints its seed; `--seed` replays it.
 
-mod scale;
-
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use simulations::{report, scale, scenario, scenarios};
 
 #[derive(Parser)]
 #[command(about = "dram's simulation harness")]
@@ -24,6 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The shipped scenarios on real nodes, with faults; one table.
+    Scenarios {
+        /// Only these scenarios (comma-separated names).
+        #[arg(long)]
+        only: Option<String>,
+        /// Seed of the run (random when absent; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// The cluster's costs as it grows (placement, rebalancing, re-replication,
     /// elections, gossip), without sockets.
     Scale {
@@ -60,11 +71,81 @@ struct Common {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error,warp::server=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let (nodes, common) = match cli.command {
+        Command::Scenarios { only, seed } => return run_scenarios(only.as_deref(), seed),
         Command::Scale { nodes, common } => (nodes, common),
-        Command::All { common } => ("10,100,1000,10000".to_string(), common),
+        Command::All { common } => {
+            let passed = run_scenarios(None, common.seed);
+            println!();
+            run_scale("10,100,1000,10000".to_string(), common)?;
+            return passed;
+        }
     };
+    run_scale(nodes, common)
+}
+
+/// Runs the scenarios (all, or those named) and prints the table; fails when
+/// one failed.
+fn run_scenarios(only: Option<&str>, seed: Option<u64>) -> Result<()> {
+    let mut chosen = scenarios::all();
+    if let Some(only) = only {
+        let names: Vec<&str> = only.split(',').map(str::trim).collect();
+        for name in &names {
+            if !chosen.iter().any(|s| s.name == *name) {
+                let known: Vec<&str> = chosen.iter().map(|s| s.name).collect();
+                bail!(
+                    "--only: no scenario {name:?} (there are: {})",
+                    known.join(", ")
+                );
+            }
+        }
+        chosen.retain(|s| names.contains(&s.name));
+    }
+    let seed = seed.unwrap_or_else(rand::random);
+    println!("seed {seed} (replay with --seed {seed})");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let mut outcomes = Vec::new();
+    for scenario in &chosen {
+        eprintln!("{}: {}", scenario.name, scenario.about);
+        let outcome = runtime.block_on(scenario::run(scenario, seed))?;
+        eprintln!(
+            "{}: {} in {:.0} s",
+            scenario.name,
+            if outcome.passed() { "passed" } else { "FAILED" },
+            outcome.took_secs
+        );
+        outcomes.push(outcome);
+    }
+    print!("{}", report::table(&outcomes));
+    println!(
+        "invariants: answers = every query answer equals the reference computed from the published \
+         files; copies = while a majority runs, no shard below its replicas minus the members down; \
+         checksums = every stored blob hashes to its name; primary = no primary on a minority side \
+         after failure detection; converged = after the final heal every member sees the same \
+         registry, members and primary within {} s; no loss = then every database fully placed and \
+         answering exactly through every member. converge: seconds from the final heal; MB moved: \
+         bytes read from the object store; queries f/t: failed (errors, no wrong answers) / total.",
+        scenario::CONVERGE_SECS
+    );
+    if outcomes.iter().all(scenario::Outcome::passed) {
+        Ok(())
+    } else {
+        bail!("a scenario failed: replay it with --only NAME --seed {seed}")
+    }
+}
+
+fn run_scale(nodes: String, common: Common) -> Result<()> {
     let sizes: Vec<usize> = nodes
         .split(',')
         .map(|n| {

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
@@ -77,15 +78,98 @@ pub(super) fn progress(inner: &Inner, name: &str) -> BTreeMap<Part, u64> {
         .collect()
 }
 
+/// A database whose last load failed: failures in a row, and when to try again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retry {
+    pub(super) failures: u32,
+    pub(super) at: Instant,
+}
+
+/// The wait before the next try after `failures` failed loads in a row:
+/// 1 s, 2 s, 4 s, … at most `cap`.
+pub(crate) fn retry_delay(failures: u32, cap: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    Duration::from_secs(1u64 << exponent).min(cap)
+}
+
+/// Whether a load of `name` may start now (it has not failed, or its retry is due).
+pub(super) fn due(inner: &Inner, name: &str) -> bool {
+    lock(&inner.load_retries)
+        .get(name)
+        .is_none_or(|retry| retry.at <= Instant::now())
+}
+
+/// Starts again the loads whose retry is due: a database that failed to load,
+/// or a ready one with parts left to download and no load running.
+pub(super) fn retry_due(inner: &Arc<Inner>) -> Result<(), NodeError> {
+    let now = Instant::now();
+    let due: Vec<String> = lock(&inner.load_retries)
+        .iter()
+        .filter(|(_, retry)| retry.at <= now)
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in due {
+        if running(inner, &name) {
+            continue;
+        }
+        let state = inner
+            .catalog
+            .get::<DatabaseRecord>(DATABASES, &name)?
+            .map(|r| r.state);
+        match state {
+            Some(DbState::Failed) => {
+                let reset = inner.catalog.write(|w| {
+                    let Some(mut record) = w.get::<DatabaseRecord>(DATABASES, &name)? else {
+                        return Ok(false);
+                    };
+                    if record.state != DbState::Failed {
+                        return Ok(false);
+                    }
+                    record.state = DbState::Loading;
+                    w.put(DATABASES, &name, &record)?;
+                    Ok::<_, NodeError>(true)
+                })?;
+                if reset {
+                    info!(database = %name, "retrying a failed load");
+                    spawn(inner, &name);
+                }
+            }
+            Some(DbState::Loading | DbState::Ready) => spawn(inner, &name),
+            Some(DbState::Trashed) | None => {
+                lock(&inner.load_retries).remove(&name);
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(inner: Arc<Inner>, name: String, progress: Progress, generation: u64) {
     let started = std::time::Instant::now();
     match load(&inner, &name, &progress).await {
         Ok(()) => {
+            lock(&inner.load_retries).remove(&name);
             info!(database = %name, took_ms = started.elapsed().as_millis() as u64, "database loaded")
         }
         Err(e) => {
-            warn!(database = %name, error = %e, "loading failed");
-            if let Err(e2) = mark_failed(&inner, &name, &e.to_string()) {
+            let retry = {
+                let mut retries = lock(&inner.load_retries);
+                let failures = retries.get(&name).map_or(0, |r| r.failures) + 1;
+                let cap = Duration::from_secs(inner.config.download.retry_max_secs);
+                let retry = Retry {
+                    failures,
+                    at: Instant::now() + retry_delay(failures, cap),
+                };
+                retries.insert(name.clone(), retry);
+                retry
+            };
+            let wait = retry.at.saturating_duration_since(Instant::now());
+            warn!(database = %name, error = %e, failures = retry.failures, retry_in_ms = wait.as_millis() as u64, "loading failed");
+            let message = format!(
+                "{e} (failed {} time(s) in a row; next try in {} s)",
+                retry.failures,
+                wait.as_secs_f64().ceil()
+            );
+            if let Err(e2) = mark_failed(&inner, &name, &message) {
                 warn!(database = %name, error = %e2, "recording the failure failed");
             }
         }
@@ -121,7 +205,8 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
         &SourceUrl::parse(&record.source)?,
         &inner.config.store,
         false,
-    )?;
+    )?
+    .layered(inner.store_layer.as_ref());
     let mut manifest = match inner.catalog.get::<Manifest>(MANIFESTS, name)? {
         Some(manifest) => manifest,
         None => register_manifest(inner, &record, &source).await?,
@@ -419,6 +504,15 @@ pub(crate) fn assign_disks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_back_off_to_the_cap() {
+        let cap = Duration::from_secs(60);
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n, cap).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_delay(u32::MAX, cap), cap);
+        assert_eq!(retry_delay(5, Duration::from_secs(2)).as_secs(), 2);
+    }
 
     #[test]
     fn assigns_largest_parts_to_emptiest_disks() {

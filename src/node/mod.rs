@@ -94,6 +94,10 @@ pub(crate) struct Inner {
     load: LoadTracker,
     /// Gossip membership, once the node serves HTTP (see `Server`).
     membership: std::sync::OnceLock<Arc<crate::cluster::Membership>>,
+    /// Wraps the store of every source this node opens (fault injection).
+    store_layer: Option<crate::storage::StoreLayer>,
+    /// Databases whose last load failed: failures in a row and when to retry.
+    load_retries: Mutex<HashMap<String, load::Retry>>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -145,7 +149,7 @@ pub(crate) struct Counters {
 impl Node {
     /// Starts a node that serves no analyses; see [`Node::builder`] to add some.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
-        Node::start_with(config, Analyses::default(), false).await
+        Node::start_with(config, Analyses::default(), false, None).await
     }
 
     /// Opens the node's disks and catalog, resumes loads and starts background
@@ -156,6 +160,7 @@ impl Node {
         config: Config,
         analyses: Analyses,
         clustered: bool,
+        store_layer: Option<crate::storage::StoreLayer>,
     ) -> Result<Node, NodeError> {
         config
             .validate()
@@ -198,6 +203,8 @@ impl Node {
             }),
             load: LoadTracker::default(),
             membership: std::sync::OnceLock::new(),
+            store_layer,
+            load_retries: Mutex::default(),
             shutdown_tx,
             tasks: Mutex::default(),
             config,
@@ -322,7 +329,17 @@ impl Node {
                         && p.trashed_ms.is_none()
                 })
             };
-            if record.state == DbState::Loading || (record.state == DbState::Ready && downloading())
+            if record.state == DbState::Failed {
+                // A restart is a retry: the first try comes at once.
+                lock(&self.inner.load_retries).insert(
+                    record.name.clone(),
+                    load::Retry {
+                        failures: 0,
+                        at: std::time::Instant::now(),
+                    },
+                );
+            } else if record.state == DbState::Loading
+                || (record.state == DbState::Ready && downloading())
             {
                 info!(database = %record.name, "resuming load");
                 load::spawn(&self.inner, &record.name);
@@ -343,6 +360,9 @@ impl Node {
                     _ = shutdown_rx.changed() => return,
                 }
                 let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = load::retry_due(&inner) {
+                    warn!(error = %e, "retrying failed loads failed");
+                }
                 if let Err(e) = inner.purge_expired().await {
                     warn!(error = %e, "trash purge failed");
                 }

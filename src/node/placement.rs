@@ -60,7 +60,7 @@ impl Node {
                 .filter_map(|p| p.shard_id().map(str::to_string))
                 .collect();
             let wanted = inner.shards_for(&state, &name, record.replicas, &shard_ids);
-            if inner.hold(&record, &wanted)? && !running {
+            if inner.hold(&record, &wanted)? && !running && load::due(inner, &name) {
                 load::spawn(inner, &name);
                 started.push(name);
             }

@@ -292,7 +292,8 @@ impl ShardContext {
                     &SourceUrl::parse(&record.source)?,
                     &inner.config.store,
                     false,
-                )?;
+                )?
+                .layered(inner.store_layer.as_ref());
                 let _permit = inner
                     .download_slots
                     .acquire()

@@ -146,11 +146,7 @@ impl Node {
             return Ok(Gathered::default());
         }
         let found = match self.membership() {
-            Some(membership) => {
-                membership
-                    .query_holders(&query.database, &query.version)
-                    .await
-            }
+            Some(membership) => holders_when_known(membership, query, &shards).await,
             None => Default::default(),
         };
         let (holders, http, load) = (found.holders, found.http, found.load);
@@ -286,6 +282,34 @@ impl Node {
             Ok(result) => result,
             Err(_) => Err(QueryError::Timeout { timeout_ms }),
         }
+    }
+}
+
+/// How long a root whose view is not current (it has just started, or a
+/// member's inventory changed and is not pulled yet) waits for a holder of a
+/// shard it knows none of, rather than answering 503 at once.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The holders of the query's shards, waiting (at most `VIEW_WAIT`, within
+/// the deadline) while some shard has none and the view is not current.
+async fn holders_when_known(
+    membership: &crate::cluster::Membership,
+    query: &RootQuery,
+    shards: &[String],
+) -> crate::cluster::membership::QueryHolders {
+    let left = query
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    let until = tokio::time::Instant::now() + VIEW_WAIT.min(left);
+    loop {
+        let found = membership
+            .query_holders(&query.database, &query.version)
+            .await;
+        let unknown = shards.iter().any(|s| !found.holders.contains_key(s));
+        if !unknown || found.current || tokio::time::Instant::now() >= until {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

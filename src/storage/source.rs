@@ -111,6 +111,11 @@ fn trim_prefix(prefix: &str, url: &str) -> Result<String, StorageError> {
     Ok(prefix.to_string())
 }
 
+/// Wraps the object store of every source a node opens: the seam through which
+/// tests and the simulation harness inject faults and latency (see
+/// `NodeBuilder::object_store_layer`).
+pub type StoreLayer = Arc<dyn Fn(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + Send + Sync>;
+
 /// An opened source: a store client and the prefix of the database inside it.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -159,6 +164,14 @@ impl Source {
             store,
             prefix: StorePath::from(prefix.as_str()),
         })
+    }
+
+    /// This source with its store wrapped by `layer`.
+    pub fn layered(mut self, layer: Option<&StoreLayer>) -> Source {
+        if let Some(layer) = layer {
+            self.store = layer(self.store);
+        }
+        self
     }
 
     /// The object path of a file of the database, given its relative path.

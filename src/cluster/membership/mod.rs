@@ -18,6 +18,7 @@
 
 mod disagreement;
 mod placing;
+pub(crate) use placing::QueryHolders;
 mod types;
 
 pub use types::*;
@@ -89,6 +90,28 @@ struct Peer {
     registry: Option<RegistryDigest>,
     inventory: Option<InventoryDigest>,
     primary: Option<PrimaryKey>,
+}
+
+/// The live and dead members gossip knows, one entry per node id. A restarted
+/// member comes back with a new generation and chitchat keeps the old one as
+/// dead for a while: the old generation is not another member (counting it
+/// would let restarts raise the majority an election needs until no primary
+/// can be elected).
+fn distinct_members(chitchat: &chitchat::Chitchat) -> (Vec<ChitchatId>, Vec<ChitchatId>) {
+    let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    let live_ids: std::collections::HashSet<&str> = live.iter().map(|id| &*id.node_id).collect();
+    let mut dead: HashMap<&str, &ChitchatId> = HashMap::new();
+    for id in chitchat.dead_nodes() {
+        if live_ids.contains(&*id.node_id) {
+            continue;
+        }
+        let newest = dead.entry(&*id.node_id).or_insert(id);
+        if id.generation_id > newest.generation_id {
+            *newest = id;
+        }
+    }
+    let dead = dead.into_values().cloned().collect();
+    (live, dead)
 }
 
 impl Membership {
@@ -192,8 +215,7 @@ impl Membership {
     /// Every member gossip knows, live and dead, with its keys.
     async fn members(&self) -> Vec<Member> {
         let chitchat = self.handle.lock().await;
-        let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
-        let dead: Vec<ChitchatId> = chitchat.dead_nodes().cloned().collect();
+        let (live, dead) = distinct_members(&chitchat);
         let mut members = Vec::with_capacity(live.len() + dead.len());
         for (id, is_live) in live
             .iter()
@@ -336,10 +358,11 @@ impl Membership {
             .collect()
     }
 
-    /// Members gossip knows, live or dead.
+    /// Members gossip knows, live or dead (a restarted member counts once).
     async fn known_members(&self) -> usize {
         let chitchat = self.handle.lock().await;
-        chitchat.live_nodes().count() + chitchat.dead_nodes().count()
+        let (live, dead) = distinct_members(&chitchat);
+        live.len() + dead.len()
     }
 
     /// Names a candidate, takes the election's result into account, and

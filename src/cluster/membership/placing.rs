@@ -55,6 +55,10 @@ pub(crate) struct QueryHolders {
     pub http: HashMap<String, String>,
     /// Member → map work in flight (failed lately: tried last).
     pub load: HashMap<String, u64>,
+    /// Whether this view is current: the node has met its cluster and holds
+    /// every live member's inventory as that member last gossiped it. A shard
+    /// without a holder in a view that is not current may have one yet.
+    pub current: bool,
 }
 
 /// `GET /v1/gc`.
@@ -289,6 +293,16 @@ impl Membership {
         }
         self.mark_failed(&mut out.load);
         let cached = lock(&self.inventories);
+        let peers = members.iter().filter(|m| m.live && !m.is_self);
+        let pulled = peers.clone().all(|m| match &m.inventory {
+            Some(digest) => cached
+                .get(&m.id)
+                .is_some_and(|(hash, _)| *hash == digest.hash),
+            None => true,
+        });
+        let rounds = self.rounds.load(Ordering::Relaxed);
+        let met = !self.seeded || peers.count() > 0 || rounds >= ALONE_ROUNDS;
+        out.current = pulled && met && rounds >= SETTLE_ROUNDS;
         for (node, (_, inventory)) in cached.iter() {
             if !out.http.contains_key(node) {
                 continue;

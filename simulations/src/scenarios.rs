@@ -1,0 +1,396 @@
+//! The scenarios the harness ships, as scripts. Sizes are small (3–5 members,
+//! a few hundred KB) so the whole set runs in `cargo test` with pinned seeds.
+
+use std::time::Duration;
+
+use crate::cluster::NodeSettings;
+use crate::faults::StoreFaultConfig;
+use crate::scenario::{Op, Scenario, Until};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn publish(name: &'static str, shards: usize) -> Op {
+    Op::Publish {
+        name,
+        shards,
+        files: 2,
+        rows: 200,
+    }
+}
+
+fn define(name: &'static str, replicas: usize) -> Op {
+    Op::Define {
+        on: 0,
+        name,
+        replicas,
+    }
+}
+
+fn placed(name: &'static str, secs: u64) -> Op {
+    Op::Await {
+        until: Until::Placed(name),
+        secs,
+    }
+}
+
+fn converged(secs: u64) -> Op {
+    Op::Await {
+        until: Until::Converged,
+        secs,
+    }
+}
+
+/// A cluster of `n` members with `events` (6 shards, 2 copies) placed.
+fn events_on(n: usize) -> Vec<Op> {
+    vec![
+        Op::Start(n),
+        converged(30),
+        publish("events", 6),
+        define("events", 2),
+        placed("events", 30),
+    ]
+}
+
+/// Every shipped scenario.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        rolling_restart(),
+        node_loss(),
+        join_and_rebalance(),
+        partition_and_heal(),
+        store_outage_while_loading(),
+        corrupt_reads_while_loading(),
+        alias_swap_under_load(),
+        alias_race(),
+        crash_during_download(),
+    ]
+}
+
+/// Each of four members stopped and started again in turn while queries run.
+pub fn rolling_restart() -> Scenario {
+    let mut ops = events_on(4);
+    ops.push(Op::QueryLoad {
+        target: "events",
+        concurrency: 3,
+    });
+    for node in 0..4 {
+        ops.extend([
+            Op::Stop(node),
+            Op::Wait(secs(1)),
+            Op::Restart(node),
+            converged(30),
+            placed("events", 30),
+        ]);
+    }
+    ops.push(Op::StopQueryLoad);
+    Scenario {
+        name: "rolling-restart",
+        about: "4 members restarted one by one under query load",
+        settings: NodeSettings::default(),
+        ops,
+    }
+}
+
+/// A member killed: its shards get new copies after `node_left_delay`.
+pub fn node_loss() -> Scenario {
+    let mut ops = events_on(4);
+    ops.extend([
+        Op::QueryLoad {
+            target: "events",
+            concurrency: 2,
+        },
+        Op::Crash(2),
+        placed("events", 40),
+        Op::StopQueryLoad,
+    ]);
+    Scenario {
+        name: "node-loss",
+        about: "1 of 4 members killed; its shards re-replicated",
+        settings: NodeSettings::default(),
+        ops,
+    }
+}
+
+/// Two members join a loaded cluster: shards move to them, copy first.
+pub fn join_and_rebalance() -> Scenario {
+    Scenario {
+        name: "join-rebalance",
+        about: "2 members join 3; shards move to them",
+        settings: NodeSettings::default(),
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            publish("events", 10),
+            define("events", 2),
+            placed("events", 30),
+            Op::QueryLoad {
+                target: "events",
+                concurrency: 2,
+            },
+            Op::Start(2),
+            converged(30),
+            placed("events", 60),
+            Op::StopQueryLoad,
+        ],
+    }
+}
+
+/// Gossip cut 2|3: the minority names no primary; writes on both sides merge
+/// after the heal.
+pub fn partition_and_heal() -> Scenario {
+    let mut ops = events_on(5);
+    ops.extend([
+        Op::QueryLoad {
+            target: "events",
+            concurrency: 2,
+        },
+        Op::Partition(vec![vec![0, 1], vec![2, 3, 4]]),
+        Op::Wait(secs(5)),
+        Op::Alias {
+            on: 3,
+            name: "majority-side",
+            target: "events",
+        },
+        Op::Alias {
+            on: 0,
+            name: "minority-side",
+            target: "events",
+        },
+        Op::Wait(secs(2)),
+        Op::Heal,
+        converged(30),
+        Op::StopQueryLoad,
+    ]);
+    Scenario {
+        name: "partition-2|3",
+        about: "gossip partitioned 2|3 for 7 s, aliases written on both sides, healed",
+        settings: NodeSettings::default(),
+        ops,
+    }
+}
+
+/// The object store fails every request while a database is defined; the
+/// loads retry and finish once it is back.
+pub fn store_outage_while_loading() -> Scenario {
+    Scenario {
+        name: "store-outage",
+        about: "object store down while 3 members load; back after 3 s",
+        settings: NodeSettings::default(),
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            publish("events", 6),
+            Op::Store(StoreFaultConfig {
+                outage: true,
+                ..Default::default()
+            }),
+            define("events", 2),
+            Op::Wait(secs(3)),
+            Op::StoreHeal,
+            placed("events", 30),
+        ],
+    }
+}
+
+/// One GET in five of a data file comes back with a flipped byte and one in
+/// ten fails: every corrupt file is rejected, the loads retry and finish.
+pub fn corrupt_reads_while_loading() -> Scenario {
+    Scenario {
+        name: "corrupt-reads",
+        about: "20% of GETs corrupted, 10% failing while 3 members load",
+        settings: NodeSettings::default(),
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            publish("events", 6),
+            Op::Store(StoreFaultConfig {
+                corrupt_rate: 0.2,
+                fail_rate: 0.1,
+                ..Default::default()
+            }),
+            define("events", 2),
+            placed("events", 60),
+            Op::QueryLoad {
+                target: "events",
+                concurrency: 2,
+            },
+            Op::Wait(secs(1)),
+            Op::StopQueryLoad,
+        ],
+    }
+}
+
+/// An alias moved back and forth between two databases, from different
+/// members, while queries run through it: every answer is one database's.
+pub fn alias_swap_under_load() -> Scenario {
+    let swap = |on, target| Op::Alias {
+        on,
+        name: "daily",
+        target,
+    };
+    Scenario {
+        name: "alias-swap",
+        about: "alias swapped 4 times from 3 members under query load",
+        settings: NodeSettings::default(),
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            publish("daily-1", 4),
+            publish("daily-2", 4),
+            define("daily-1", 2),
+            define("daily-2", 2),
+            placed("daily-1", 30),
+            placed("daily-2", 30),
+            swap(0, "daily-1"),
+            Op::QueryLoad {
+                target: "daily",
+                concurrency: 3,
+            },
+            Op::Wait(secs(1)),
+            swap(1, "daily-2"),
+            Op::Wait(secs(1)),
+            swap(2, "daily-1"),
+            Op::Wait(secs(1)),
+            swap(0, "daily-2"),
+            Op::Wait(secs(1)),
+            Op::StopQueryLoad,
+        ],
+    }
+}
+
+/// Three members set one alias to three targets at the same moment: all end
+/// on the same one.
+pub fn alias_race() -> Scenario {
+    Scenario {
+        name: "alias-race",
+        about: "one alias written to 3 targets on 3 members at once",
+        settings: NodeSettings::default(),
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            publish("a", 2),
+            publish("b", 2),
+            publish("c", 2),
+            define("a", 3),
+            define("b", 3),
+            define("c", 3),
+            placed("a", 30),
+            placed("b", 30),
+            placed("c", 30),
+            Op::AliasRace {
+                name: "race",
+                writes: vec![(0, "a"), (1, "b"), (2, "c")],
+            },
+            converged(30),
+            Op::AliasRace {
+                name: "race",
+                writes: vec![(2, "a"), (0, "b"), (1, "c")],
+            },
+        ],
+    }
+}
+
+/// A member killed while it downloads (a slow store, one file at a time),
+/// then started again: it resumes, and nothing half-written is served.
+pub fn crash_during_download() -> Scenario {
+    Scenario {
+        name: "kill-9-download",
+        about: "a member killed mid-download, restarted 1 s later",
+        settings: NodeSettings {
+            download_concurrency: 1,
+            ..NodeSettings::default()
+        },
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            Op::Publish {
+                name: "events",
+                shards: 6,
+                files: 4,
+                rows: 2000,
+            },
+            Op::Store(StoreFaultConfig {
+                latency: Duration::from_millis(150),
+                ..Default::default()
+            }),
+            define("events", 2),
+            Op::Await {
+                until: Until::Downloading {
+                    on: 1,
+                    database: "events",
+                },
+                secs: 20,
+            },
+            Op::Crash(1),
+            Op::Wait(secs(1)),
+            Op::Restart(1),
+            placed("events", 60),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::run;
+
+    /// Runs `scenario` with a pinned seed and fails with the seed and every
+    /// violation on any.
+    async fn pinned(scenario: Scenario, seed: u64) {
+        let outcome = run(&scenario, seed).await.expect("the harness runs");
+        assert!(
+            outcome.passed(),
+            "{} failed (replay: cargo run -p simulations --release -- scenarios --only {} --seed {seed}): {:#?}",
+            scenario.name,
+            scenario.name,
+            outcome
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rolling_restart_seed_1() {
+        pinned(rolling_restart(), 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_loss_seed_2() {
+        pinned(node_loss(), 2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn join_and_rebalance_seed_3() {
+        pinned(join_and_rebalance(), 3).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partition_and_heal_seed_4() {
+        pinned(partition_and_heal(), 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_outage_seed_5() {
+        pinned(store_outage_while_loading(), 5).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_reads_seed_6() {
+        pinned(corrupt_reads_while_loading(), 6).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alias_swap_seed_7() {
+        pinned(alias_swap_under_load(), 7).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alias_race_seed_8() {
+        pinned(alias_race(), 8).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crash_during_download_seed_9() {
+        pinned(crash_during_download(), 9).await;
+    }
+}
