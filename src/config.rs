@@ -254,6 +254,10 @@ pub struct ClusterConfig {
     /// The rebalancer moves copies only off members whose use is more than this
     /// fraction of their capacity above the mean.
     pub rebalance_threshold: f64,
+    /// A change of definitions or aliases is answered once every live member
+    /// has it (`"acknowledged": true`), or after this many milliseconds
+    /// (`false`: it is applied here and still spreading). 0: answer at once.
+    pub ack_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -273,6 +277,7 @@ impl Default for ClusterConfig {
             node_left_delay_secs: 60,
             max_concurrent_moves: 2,
             gc_interval_secs: 60,
+            ack_timeout_ms: 10_000,
             rebalance_threshold: 0.05,
         }
     }

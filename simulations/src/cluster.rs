@@ -31,6 +31,7 @@ pub struct NodeSettings {
     pub primary_settle_secs: u64,
     pub download_concurrency: usize,
     pub retry_max_secs: u64,
+    pub gc_interval_secs: u64,
 }
 
 impl Default for NodeSettings {
@@ -41,6 +42,7 @@ impl Default for NodeSettings {
             primary_settle_secs: 1,
             download_concurrency: 8,
             retry_max_secs: 2,
+            gc_interval_secs: 2,
         }
     }
 }
@@ -50,6 +52,8 @@ pub struct SimNode {
     pub id: String,
     pub gossip: SocketAddr,
     pub data_dir: PathBuf,
+    /// The disk's `max_bytes` (set by `fill_disk`).
+    pub max_bytes: Option<u64>,
     running: Option<Running>,
 }
 
@@ -107,6 +111,7 @@ impl SimCluster {
             data_dir: self.dir.join(&id),
             id,
             gossip: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_bytes: None,
             running: None,
         });
         self.start(index).await?;
@@ -136,6 +141,14 @@ impl SimCluster {
         config.cluster.max_concurrent_moves = 4;
         config.download.concurrency = self.settings.download_concurrency;
         config.download.retry_max_secs = self.settings.retry_max_secs;
+        config.cluster.gc_interval_secs = self.settings.gc_interval_secs;
+        if let Some(max_bytes) = node.max_bytes {
+            config.disks = vec![dram::config::DiskConfig {
+                path: node.data_dir.clone(),
+                high_watermark: 0.9,
+                max_bytes: Some(max_bytes),
+            }];
+        }
         config.trash.lifetime_secs = 3600;
         config.auth.cluster_secret = Some(SECRET.into());
         config
@@ -213,6 +226,15 @@ impl SimCluster {
         }
     }
 
+    /// Fills a member's disk: restarts it with room for exactly the blobs it
+    /// holds (past its high watermark), as if the disk had filled up.
+    pub async fn fill_disk(&mut self, index: usize) -> Result<()> {
+        self.stop(index).await;
+        let used = blob_bytes(&self.nodes[index].data_dir.join("blobs"));
+        self.nodes[index].max_bytes = Some(used.max(1));
+        self.start(index).await
+    }
+
     /// Stops every node.
     pub async fn shutdown(&mut self) {
         for index in 0..self.nodes.len() {
@@ -256,4 +278,17 @@ impl SimCluster {
         dram::publish::publish(&plan, &source, 8, &|_| {}).await?;
         Ok(())
     }
+}
+
+/// Bytes of the files under `dir` (two levels: `blobs/aa/<sha256>`).
+fn blob_bytes(dir: &Path) -> u64 {
+    let Ok(fans) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    fans.flatten()
+        .filter_map(|fan| std::fs::read_dir(fan.path()).ok())
+        .flat_map(|blobs| blobs.flatten())
+        .filter_map(|blob| blob.metadata().ok())
+        .map(|meta| meta.len())
+        .sum()
 }

@@ -134,8 +134,10 @@ fn run_scenarios(only: Option<&str>, seed: Option<u64>) -> Result<()> {
          checksums = every stored blob hashes to its name; primary = no primary on a minority side \
          after failure detection; converged = after the final heal every member sees the same \
          registry, members and primary within {} s; no loss = then every database fully placed and \
-         answering exactly through every member. converge: seconds from the final heal; MB moved: \
-         bytes read from the object store; queries f/t: failed (errors, no wrong answers) / total.",
+         answering exactly through every member. converge: seconds from the last fault, heal or \
+         membership change until the cluster had settled again; MB moved: \
+         bytes read from the object store; queries f/t: failed (errors, no wrong answers) / total; faults e/c/d: object store \
+         requests failed, GETs corrupted, gossip datagrams dropped.",
         scenario::CONVERGE_SECS
     );
     if outcomes.iter().all(scenario::Outcome::passed) {

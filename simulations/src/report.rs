@@ -15,8 +15,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
     }
     let _ = writeln!(
         out,
-        " {:>9} {:>9} {:>13} {:>7}",
-        "converge", "MB moved", "queries f/t", "took"
+        " {:>9} {:>9} {:>13} {:>14} {:>7}",
+        "converge", "MB moved", "queries f/t", "faults e/c/d", "took"
     );
     for o in outcomes {
         let _ = write!(out, "{:<16} {:>20}", o.scenario, o.seed);
@@ -29,9 +29,13 @@ pub fn table(outcomes: &[Outcome]) -> String {
             .map_or("-".to_string(), |s| format!("{s:.1} s"));
         let _ = writeln!(
             out,
-            " {converge:>9} {:>9.2} {:>13} {:>5.0} s",
+            " {converge:>9} {:>9.2} {:>13} {:>14} {:>5.0} s",
             o.bytes_moved as f64 / 1e6,
             format!("{}/{}", o.queries_failed, o.queries_total),
+            format!(
+                "{}/{}/{}",
+                o.store_failed, o.store_corrupted, o.gossip_dropped
+            ),
             o.took_secs
         );
     }

@@ -65,6 +65,7 @@ pub fn all() -> Vec<Scenario> {
         alias_swap_under_load(),
         alias_race(),
         crash_during_download(),
+        disk_full(),
     ]
 }
 
@@ -265,10 +266,11 @@ pub fn alias_swap_under_load() -> Scenario {
 pub fn alias_race() -> Scenario {
     Scenario {
         name: "alias-race",
-        about: "one alias written to 3 targets on 3 members at once",
+        about: "one alias written to 3 targets on 3 members at once, 20% of gossip lost",
         settings: NodeSettings::default(),
         ops: vec![
             Op::Start(3),
+            Op::GossipDrop(0.2),
             converged(30),
             publish("a", 2),
             publish("b", 2),
@@ -331,6 +333,46 @@ pub fn crash_during_download() -> Scenario {
     }
 }
 
+/// A member's disk fills up: garbage collection deletes the unaliased
+/// database, the full member purges its trash, the aliased database stays.
+pub fn disk_full() -> Scenario {
+    Scenario {
+        name: "disk-full",
+        about: "a member's disk fills; GC deletes the unaliased database only",
+        settings: NodeSettings::default(),
+        ops: vec![
+            Op::Start(3),
+            converged(30),
+            publish("old", 6),
+            publish("fresh", 4),
+            define("old", 2),
+            define("fresh", 2),
+            Op::Alias {
+                on: 0,
+                name: "live",
+                target: "fresh",
+            },
+            placed("old", 30),
+            placed("fresh", 30),
+            Op::QueryLoad {
+                target: "live",
+                concurrency: 2,
+            },
+            Op::FillDisk(2),
+            Op::Await {
+                until: Until::Gone("old"),
+                secs: 30,
+            },
+            Op::Await {
+                until: Until::DisksBelowWatermark,
+                secs: 30,
+            },
+            placed("fresh", 30),
+            Op::StopQueryLoad,
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,7 +380,7 @@ mod tests {
 
     /// Runs `scenario` with a pinned seed and fails with the seed and every
     /// violation on any.
-    async fn pinned(scenario: Scenario, seed: u64) {
+    async fn pinned(scenario: Scenario, seed: u64) -> crate::scenario::Outcome {
         let outcome = run(&scenario, seed).await.expect("the harness runs");
         assert!(
             outcome.passed(),
@@ -347,50 +389,48 @@ mod tests {
             scenario.name,
             outcome
         );
+        outcome
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rolling_restart_seed_1() {
-        pinned(rolling_restart(), 1).await;
+    /// A test running a scenario with a pinned seed, then optional checks of
+    /// what it exercised.
+    macro_rules! pinned_seed {
+        ($test:ident, $scenario:expr, $seed:expr $(, $check:expr)?) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let _outcome = pinned($scenario, $seed).await;
+                $( ($check)(&_outcome); )?
+            }
+        };
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn node_loss_seed_2() {
-        pinned(node_loss(), 2).await;
-    }
+    type Outcome = crate::scenario::Outcome;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn join_and_rebalance_seed_3() {
-        pinned(join_and_rebalance(), 3).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn partition_and_heal_seed_4() {
-        pinned(partition_and_heal(), 4).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn store_outage_seed_5() {
-        pinned(store_outage_while_loading(), 5).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn corrupt_reads_seed_6() {
-        pinned(corrupt_reads_while_loading(), 6).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn alias_swap_seed_7() {
-        pinned(alias_swap_under_load(), 7).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn alias_race_seed_8() {
-        pinned(alias_race(), 8).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn crash_during_download_seed_9() {
-        pinned(crash_during_download(), 9).await;
-    }
+    pinned_seed!(rolling_restart_seed_1, rolling_restart(), 1);
+    pinned_seed!(node_loss_seed_2, node_loss(), 2);
+    pinned_seed!(join_and_rebalance_seed_3, join_and_rebalance(), 3);
+    pinned_seed!(
+        partition_and_heal_seed_4,
+        partition_and_heal(),
+        4,
+        |o: &Outcome| { assert!(o.gossip_dropped > 0, "{o:?}") }
+    );
+    pinned_seed!(
+        store_outage_seed_5,
+        store_outage_while_loading(),
+        5,
+        |o: &Outcome| { assert!(o.store_failed > 0, "{o:?}") }
+    );
+    pinned_seed!(
+        corrupt_reads_seed_6,
+        corrupt_reads_while_loading(),
+        6,
+        |o: &Outcome| { assert!(o.store_corrupted > 0, "{o:?}") }
+    );
+    pinned_seed!(alias_swap_seed_7, alias_swap_under_load(), 7);
+    pinned_seed!(alias_race_seed_8, alias_race(), 8, |o: &Outcome| {
+        assert!(o.gossip_dropped > 0, "{o:?}")
+    });
+    pinned_seed!(crash_during_download_seed_9, crash_during_download(), 9);
+    pinned_seed!(disk_full_seed_10, disk_full(), 10);
 }

@@ -118,7 +118,7 @@ pub fn routes(
                 Ok(request) => node.add_database(request).await,
                 Err(e) => Err(e),
             };
-            respond(StatusCode::ACCEPTED, result)
+            respond(StatusCode::ACCEPTED, acknowledged(&node, result).await)
         });
 
     let get_database = warp::path!("v1" / "databases" / String)
@@ -132,14 +132,16 @@ pub fn routes(
         .and(warp::delete())
         .and(with_node.clone())
         .then(|name: String, node: Node| async move {
-            respond(StatusCode::OK, node.remove_database(&name).await)
+            let result = node.remove_database(&name).await;
+            respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
     let restore_database = warp::path!("v1" / "databases" / String / "restore")
         .and(warp::post())
         .and(with_node.clone())
         .then(|name: String, node: Node| async move {
-            respond(StatusCode::OK, node.restore_database(&name).await)
+            let result = node.restore_database(&name).await;
+            respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
     let list_aliases = warp::path!("v1" / "aliases")
@@ -157,11 +159,11 @@ pub fn routes(
         .and(warp::post())
         .and(body)
         .and(with_node.clone())
-        .map(|body: Bytes, node: Node| {
+        .then(|body: Bytes, node: Node| async move {
             let result = parse::<AliasBatch>(&body)
                 .and_then(|batch| node.apply_aliases(&batch.actions))
                 .map(|aliases| serde_json::json!({ "applied": aliases }));
-            respond(StatusCode::OK, result)
+            respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
     let get_alias = warp::path!("v1" / "aliases" / String)
@@ -173,15 +175,18 @@ pub fn routes(
         .and(warp::put())
         .and(body)
         .and(with_node.clone())
-        .map(|name: String, body: Bytes, node: Node| {
+        .then(|name: String, body: Bytes, node: Node| async move {
             let result = parse::<AliasBody>(&body).and_then(|b| node.set_alias(&name, &b.target));
-            respond(StatusCode::OK, result)
+            respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
     let delete_alias = warp::path!("v1" / "aliases" / String)
         .and(warp::delete())
         .and(with_node.clone())
-        .map(|name: String, node: Node| respond(StatusCode::OK, node.remove_alias(&name)));
+        .then(|name: String, node: Node| async move {
+            let result = node.remove_alias(&name);
+            respond(StatusCode::OK, acknowledged(&node, result).await)
+        });
 
     let stats = warp::path!("v1" / "stats")
         .and(warp::get())
@@ -278,6 +283,31 @@ pub fn routes(
         .unify()
         .recover(recover)
         .unify()
+}
+
+/// A change's answer, once every live member has it: the answer's JSON object
+/// with `"acknowledged": true`, or `false` when `cluster.ack_timeout_ms`
+/// passed first (the change is made here and still spreading).
+async fn acknowledged<T: serde::Serialize>(
+    node: &Node,
+    result: Result<T, NodeError>,
+) -> Result<serde_json::Value, NodeError> {
+    let value = serde_json::to_value(result?)
+        .map_err(|e| NodeError::InvalidInput(format!("cannot show the answer: {e}")))?;
+    let acknowledged = match node.membership() {
+        Some(membership) => {
+            let timeout = std::time::Duration::from_millis(node.config().cluster.ack_timeout_ms);
+            membership.await_registry_agreement(node, timeout).await
+        }
+        None => true,
+    };
+    Ok(match value {
+        serde_json::Value::Object(mut object) => {
+            object.insert("acknowledged".into(), acknowledged.into());
+            serde_json::Value::Object(object)
+        }
+        other => other,
+    })
 }
 
 #[cfg(test)]

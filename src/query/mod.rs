@@ -113,11 +113,22 @@ impl Node {
         request: QueryRequest,
         may_forward: bool,
     ) -> Result<QueryResponse, QueryError> {
-        if may_forward
-            && matches!(self.resolve(target), Err(NodeError::NotFound { .. }))
-            && let Some(answer) = self.forward(target, analysis_name, &request).await
-        {
-            return answer;
+        // A node that has just started may not have met its cluster yet: it
+        // waits (a little) for a member that knows the target, rather than
+        // answering 404 for a database the cluster has.
+        let until = Instant::now() + root::VIEW_WAIT;
+        while may_forward && matches!(self.resolve(target), Err(NodeError::NotFound { .. })) {
+            if let Some(answer) = self.forward(target, analysis_name, &request).await {
+                return answer;
+            }
+            let settled = match self.membership() {
+                Some(membership) => membership.has_settled().await,
+                None => true,
+            };
+            if settled || Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         self.run_query(target, analysis_name, request).await
     }

@@ -288,7 +288,7 @@ impl Node {
 /// How long a root whose view is not current (it has just started, or a
 /// member's inventory changed and is not pulled yet) waits for a holder of a
 /// shard it knows none of, rather than answering 503 at once.
-const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The holders of the query's shards, waiting (at most `VIEW_WAIT`, within
 /// the deadline) while some shard has none and the view is not current.

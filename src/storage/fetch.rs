@@ -42,13 +42,49 @@ pub struct Fetched {
     pub new_blob: bool,
 }
 
+/// Tries a file gets before its load fails: a failed GET or a body that fails
+/// its checksum is fetched again after 100 ms, then 400 ms.
+pub const FETCH_ATTEMPTS: u32 = 3;
+
 /// Downloads `file` from `source` into a blob on `disk`, adding bytes to `progress`
-/// as they arrive.
+/// as they arrive (and taking back those of a failed try). Store errors and
+/// size or checksum mismatches are tried again (`FETCH_ATTEMPTS` in all);
+/// local disk errors are not.
 pub async fn fetch_blob(
     source: &Source,
     disk: &Disk,
     file: &ManifestFile,
     progress: &AtomicU64,
+) -> Result<Fetched, StorageError> {
+    let mut attempt = 1;
+    loop {
+        let mut added = 0;
+        match fetch_once(source, disk, file, progress, &mut added).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(e) => {
+                progress.fetch_sub(added, Ordering::Relaxed);
+                let retryable = matches!(
+                    e,
+                    StorageError::Store { .. } | StorageError::Mismatch { .. }
+                );
+                if !retryable || attempt >= FETCH_ATTEMPTS {
+                    return Err(e);
+                }
+                tracing::warn!(path = %file.path, attempt, error = %e, "fetch failed, trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(100 << (2 * (attempt - 1))))
+                    .await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn fetch_once(
+    source: &Source,
+    disk: &Disk,
+    file: &ManifestFile,
+    progress: &AtomicU64,
+    added: &mut u64,
 ) -> Result<Fetched, StorageError> {
     let location = source.object_path(&file.path);
     let result = source
@@ -96,6 +132,7 @@ pub async fn fetch_blob(
             break;
         }
         progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        *added += chunk.len() as u64;
         if chunk_tx.send(chunk).await.is_err() {
             break; // the writer failed; its error is reported below
         }
@@ -246,6 +283,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("5 bytes"), "{err}");
+        // Failed tries (three per file) take their bytes back from the progress.
+        assert_eq!(progress.load(Ordering::Relaxed), 5);
         let tmp_entries = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
         assert_eq!(tmp_entries, 0, "failed fetches leave no temp files");
     }

@@ -234,15 +234,20 @@ async fn nodes_share_definitions_and_aliases_through_gossip() {
         "conflict",
     );
 
-    // An alias set on one node is seen on every node.
-    n2.client
+    // An alias set on one node is answered once every node has it: right
+    // after the answer, every node resolves it.
+    let set = n2
+        .client
         .put("/v1/aliases/daily", &json!({"target": "daily-1"}))
         .await
         .unwrap();
-    on_all(&all, 10, "alias daily on every node", |c| {
-        Box::pin(async move { alias_target(c, "daily").await.as_deref() == Some("daily-1") })
-    })
-    .await;
+    assert_eq!(set["acknowledged"], true, "{set}");
+    for client in &all {
+        assert_eq!(
+            alias_target(client, "daily").await.as_deref(),
+            Some("daily-1")
+        );
+    }
     let answer = n3
         .client
         .post("/v1/query/daily/count", &json!({}))

@@ -90,6 +90,9 @@ pub enum Op {
     GossipDrop(f64),
     /// Heals the gossip network.
     Heal,
+    /// Fills a member's disk past its high watermark (it restarts with room
+    /// for just what it holds).
+    FillDisk(usize),
     /// Object store faults from now on.
     Store(StoreFaultConfig),
     /// Heals the object store.
@@ -111,6 +114,11 @@ pub enum Until {
     Converged,
     /// A member is downloading the database (some part not ready yet).
     Downloading { on: usize, database: &'static str },
+    /// No running member serves the database any more (deleted, e.g. by
+    /// garbage collection); from then on the run no longer expects it.
+    Gone(&'static str),
+    /// No running member's disk is past its high watermark.
+    DisksBelowWatermark,
 }
 
 /// A named script and the node settings it runs with.
@@ -129,10 +137,17 @@ pub struct Outcome {
     pub seed: u64,
     /// Per invariant: violations and the first details.
     pub invariants: Vec<(&'static str, usize, Vec<String>)>,
-    /// Seconds from the final heal until converged and fully placed.
+    /// Seconds from the script's last fault, heal or membership change (a
+    /// kill, restart, join, heal, full disk) until the cluster had settled
+    /// again (its last wait after it); without one, from the final heal.
     pub converge_secs: Option<f64>,
     /// Bytes read from the object store by every member.
     pub bytes_moved: u64,
+    /// Faults injected: object store requests failed and GETs corrupted,
+    /// gossip datagrams dropped.
+    pub store_failed: u64,
+    pub store_corrupted: u64,
+    pub gossip_dropped: u64,
     pub queries_failed: u64,
     pub queries_total: u64,
     /// The first query errors.
@@ -171,6 +186,10 @@ struct Run {
     load_stop_tx: Option<tokio::sync::watch::Sender<bool>>,
     load_tasks: Vec<tokio::task::JoinHandle<()>>,
     rng: StdRng,
+    /// When the last fault, heal or membership change happened.
+    changed_at: Option<Instant>,
+    /// Seconds from it to the end of the last wait after it.
+    settled_after_change: Option<f64>,
 }
 
 /// Runs `scenario` with `seed`.
@@ -200,6 +219,8 @@ pub async fn run(scenario: &Scenario, seed: u64) -> Result<Outcome> {
         load_stop_tx: None,
         load_tasks: Vec::new(),
         rng: StdRng::seed_from_u64(seed),
+        changed_at: None,
+        settled_after_change: None,
     };
     let mut error = None;
     for (step, op) in scenario.ops.iter().enumerate() {
@@ -216,16 +237,17 @@ pub async fn run(scenario: &Scenario, seed: u64) -> Result<Outcome> {
         }
     }
     run.stop_queries().await;
-    let mut converge_secs = None;
+    let mut converge_secs = run.settled_after_change;
     if error.is_none() {
         match run.finish().await {
-            Ok(secs) => converge_secs = Some(secs),
+            Ok(secs) => converge_secs = converge_secs.or(Some(secs)),
             Err(e) => error = Some(format!("after healing: {e:#}")),
         }
     }
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     run.cluster.shutdown().await;
+    let store = run.cluster.store_faults.stats();
     let invariants = INVARIANTS
         .iter()
         .map(|name| {
@@ -238,7 +260,10 @@ pub async fn run(scenario: &Scenario, seed: u64) -> Result<Outcome> {
         seed,
         invariants,
         converge_secs,
-        bytes_moved: run.cluster.store_faults.stats().bytes_read,
+        bytes_moved: store.bytes_read,
+        store_failed: store.failed,
+        store_corrupted: store.corrupted,
+        gossip_dropped: run.cluster.network.stats().dropped,
         queries_failed: run.queries.failed.load(Ordering::Relaxed),
         queries_total: run.queries.total.load(Ordering::Relaxed),
         query_errors: run
@@ -281,6 +306,19 @@ impl Run {
     }
 
     async fn apply(&mut self, op: &Op) -> Result<()> {
+        if matches!(
+            op,
+            Op::Start(_)
+                | Op::Crash(_)
+                | Op::Stop(_)
+                | Op::Restart(_)
+                | Op::Heal
+                | Op::StoreHeal
+                | Op::FillDisk(_)
+        ) {
+            self.changed_at = Some(Instant::now());
+            self.settled_after_change = None;
+        }
         match op {
             Op::Start(n) => {
                 for _ in 0..*n {
@@ -361,6 +399,10 @@ impl Run {
                 self.cluster.network.heal();
                 self.update_topology(|t| t.partition = None);
             }
+            Op::FillDisk(index) => {
+                self.update_topology(|t| t.clients[*index] = None);
+                self.cluster.fill_disk(*index).await?
+            }
             Op::Store(config) => self.cluster.store_faults.set(*config),
             Op::StoreHeal => self.cluster.store_faults.heal(),
             Op::Wait(duration) => tokio::time::sleep(*duration).await,
@@ -379,8 +421,13 @@ impl Run {
         loop {
             let last = self.holds(until).await?;
             if last.is_none() {
-                if let Until::Placed(name) = until {
-                    self.arm(name);
+                match until {
+                    Until::Placed(name) => self.arm(name),
+                    Until::Gone(name) => self.forget(name),
+                    _ => {}
+                }
+                if let Some(changed_at) = self.changed_at {
+                    self.settled_after_change = Some(changed_at.elapsed().as_secs_f64());
                 }
                 return Ok(started.elapsed());
             }
@@ -403,6 +450,14 @@ impl Run {
         let replicas = *replicas;
         self.update_topology(|t| {
             t.placed.insert(name.to_string(), (replicas, shards));
+        });
+    }
+
+    /// The database is gone: no copies to keep, no answers to expect.
+    fn forget(&mut self, name: &str) {
+        self.defined.remove(name);
+        self.update_topology(|t| {
+            t.placed.remove(name);
         });
     }
 
@@ -457,6 +512,45 @@ impl Run {
                 Ok(None)
             }
             Until::Converged => converged(&topo).await,
+            Until::Gone(name) => {
+                for index in topo.running() {
+                    let Some(client) = topo.clients[index].as_ref() else {
+                        continue;
+                    };
+                    match client.get(&format!("/v1/databases/{name}")).await {
+                        Err(dram::client::ClientError::Api { status: 404, .. }) => {}
+                        Ok(info) if info["state"] == "trashed" => {}
+                        Ok(info) => {
+                            return Ok(Some(format!("n{} has it {}", index + 1, info["state"])));
+                        }
+                        Err(e) => return Ok(Some(format!("n{}: {e}", index + 1))),
+                    }
+                }
+                Ok(None)
+            }
+            Until::DisksBelowWatermark => {
+                for index in topo.running() {
+                    let Some(client) = topo.clients[index].as_ref() else {
+                        continue;
+                    };
+                    let status = client.get("/v1/cluster").await?;
+                    let full: Vec<String> = status["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|m| {
+                            m["disks"]
+                                .as_object()
+                                .is_some_and(|d| d.values().any(|d| d["full"] == true))
+                        })
+                        .map(|m| m["id"].to_string())
+                        .collect();
+                    if !full.is_empty() {
+                        return Ok(Some(format!("n{} sees full disks on {full:?}", index + 1)));
+                    }
+                }
+                Ok(None)
+            }
             Until::Downloading { on, database } => {
                 let client = self.cluster.client(*on)?;
                 let info = client.get(&format!("/v1/databases/{database}")).await.ok();

@@ -123,7 +123,8 @@ async fn get(client: &Client, path: &str) -> Option<Value> {
 }
 
 /// Ready copies of each shard of `database` on the running members, or `None`
-/// when a member did not answer (it may have just been stopped).
+/// when a member did not answer (it may have just been stopped) or the
+/// database is being deleted (a member has it in its trash).
 pub async fn ready_copies(topo: &Topology, database: &str) -> Option<BTreeMap<String, usize>> {
     let mut copies = BTreeMap::new();
     for index in topo.running() {
@@ -139,6 +140,9 @@ pub async fn ready_copies(topo: &Topology, database: &str) -> Option<BTreeMap<St
             Ok(Err(dram::client::ClientError::Api { status: 404, .. })) => continue,
             _ => return None,
         };
+        if info["state"] == "trashed" {
+            return None;
+        }
         for part in info["shards"].as_array().into_iter().flatten() {
             if part["state"] == "ready"
                 && part["trashed_ms"].is_null()
@@ -263,4 +267,27 @@ fn corrupt_blobs(data_dir: &Path) -> Vec<String> {
         }
     }
     bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blob_that_does_not_hash_to_its_name_is_a_violation() {
+        let dir = tempfile::tempdir().unwrap();
+        let fan = dir.path().join("blobs").join("ab");
+        std::fs::create_dir_all(&fan).unwrap();
+        let good = hex::encode(Sha256::digest(b"good"));
+        std::fs::write(fan.join(&good), b"good").unwrap();
+        let verdicts = Verdicts::default();
+        check_blobs(&[dir.path().to_path_buf()], &verdicts).await;
+        assert_eq!(verdicts.of("checksums").0, 0);
+
+        std::fs::write(fan.join(hex::encode(Sha256::digest(b"bad"))), b"bad!").unwrap();
+        check_blobs(&[dir.path().to_path_buf()], &verdicts).await;
+        let (count, details) = verdicts.of("checksums");
+        assert_eq!(count, 1, "{details:?}");
+        assert!(details[0].contains("hashes to"), "{details:?}");
+    }
 }

@@ -16,6 +16,7 @@
 //! `types.rs`: the gossip values and `GET /v1/cluster`; `disagreement.rs`: which
 //! members' registries lag (pure).
 
+mod ack;
 mod disagreement;
 mod placing;
 pub(crate) use placing::QueryHolders;

@@ -300,9 +300,7 @@ impl Membership {
                 .is_some_and(|(hash, _)| *hash == digest.hash),
             None => true,
         });
-        let rounds = self.rounds.load(Ordering::Relaxed);
-        let met = !self.seeded || peers.count() > 0 || rounds >= ALONE_ROUNDS;
-        out.current = pulled && met && rounds >= SETTLE_ROUNDS;
+        out.current = pulled && self.settled(peers.count() > 0);
         for (node, (_, inventory)) in cached.iter() {
             if !out.http.contains_key(node) {
                 continue;
@@ -325,6 +323,19 @@ impl Membership {
             }
         }
         out
+    }
+
+    /// Whether this node's view has settled: it has done a few sync rounds and
+    /// (given seeds) met a peer, or waited long enough alone.
+    pub(crate) fn settled(&self, has_peers: bool) -> bool {
+        let rounds = self.rounds.load(Ordering::Relaxed);
+        rounds >= SETTLE_ROUNDS && (!self.seeded || has_peers || rounds >= ALONE_ROUNDS)
+    }
+
+    /// Whether this node has met its cluster (see `settled`).
+    pub(crate) async fn has_settled(&self) -> bool {
+        let members = self.members().await;
+        self.settled(members.iter().any(|m| m.live && !m.is_self))
     }
 
     /// The HTTP address of the live member whose registry is furthest ahead of
