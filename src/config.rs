@@ -40,6 +40,7 @@ pub struct Config {
     pub download: DownloadConfig,
     pub cache: CacheConfig,
     pub trash: TrashConfig,
+    pub index: IndexConfig,
     pub http: HttpConfig,
     pub query: QueryConfig,
     pub cluster: ClusterConfig,
@@ -158,6 +159,24 @@ impl Default for TrashConfig {
     fn default() -> Self {
         TrashConfig {
             lifetime_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// Events (reads, downloads, errors) are kept this many seconds…
+    pub event_retention_secs: u64,
+    /// …and at most this many (the oldest go first).
+    pub max_events: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            event_retention_secs: 7 * 24 * 3600,
+            max_events: 100_000,
         }
     }
 }
@@ -440,6 +459,11 @@ impl Config {
             ),
             ("cluster.disagreement_secs", self.cluster.disagreement_secs),
             ("cluster.gc_interval_secs", self.cluster.gc_interval_secs),
+            (
+                "index.event_retention_secs",
+                self.index.event_retention_secs,
+            ),
+            ("index.max_events", self.index.max_events),
             (
                 "cluster.max_concurrent_moves",
                 self.cluster.max_concurrent_moves as u64,

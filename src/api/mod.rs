@@ -2,7 +2,10 @@
 //! responses; `error.rs` is the one place errors become `{"error":{…}}`.
 
 mod cluster;
+mod dashboard;
 mod error;
+mod index;
+mod metrics;
 
 use std::future::Future;
 
@@ -270,14 +273,21 @@ pub fn routes(
         .unify()
         .boxed();
 
-    let cluster = cluster::routes(node_for_cluster, body.boxed());
+    let cluster = cluster::routes(node_for_cluster.clone(), body.boxed());
+    let index = index::routes(node_for_cluster.clone());
 
     queries
         .or(databases)
         .unify()
         .or(cluster)
         .unify()
+        .or(index)
+        .unify()
+        .or(metrics::routes(node_for_cluster))
+        .unify()
         .or(aliases)
+        .unify()
+        .or(dashboard::routes())
         .unify()
         .or(extra)
         .unify()

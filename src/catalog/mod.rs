@@ -10,7 +10,10 @@ pub mod records;
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -34,7 +37,16 @@ pub const CACHE: Table = TableDefinition::new("cache");
 /// Key: `<database>`: reads and last read, flushed from memory now and then.
 pub const READS: Table = TableDefinition::new("reads");
 
-const ALL_TABLES: [Table; 9] = [
+/// Key: `<sha256>\0<database>\0<path>`: which files of which databases a
+/// blob's content serves (the index, kept with the manifests).
+pub const BLOB_USES: Table = TableDefinition::new("blob_uses");
+/// Key: `<ts_ms as 16 hex digits>\0<sequence as 8 hex digits>`: events (reads,
+/// writes, errors), oldest first; pruned by age and count.
+pub const EVENTS: Table = TableDefinition::new("events");
+
+const ALL_TABLES: [Table; 11] = [
+    BLOB_USES,
+    EVENTS,
     PINS,
     META,
     DATABASES,
@@ -129,6 +141,40 @@ impl Catalog {
         scan_table(&table, prefix)
     }
 
+    /// Up to `limit` entries with keys from `from` on, newest (greatest key)
+    /// first.
+    pub fn newest_from<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        from: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        self.newest_from_below(table, from, None, limit)
+    }
+
+    /// `newest_from`, only keys below `upper` (when given).
+    pub fn newest_from_below<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        from: &str,
+        upper: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>, CatalogError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
+        let mut out = Vec::new();
+        let range = match upper {
+            Some(upper) if upper <= from => return Ok(out),
+            Some(upper) => table.range::<&str>(from..upper)?,
+            None => table.range::<&str>(from..)?,
+        };
+        for entry in range.rev().take(limit) {
+            let (key, value) = entry?;
+            out.push((key.value().to_string(), decode(key.value(), value.value())?));
+        }
+        Ok(out)
+    }
+
     /// Runs `f` on one read transaction: every scan sees the same snapshot.
     pub fn read<T>(
         &self,
@@ -201,6 +247,28 @@ impl Writer {
     ) -> Result<Vec<(String, T)>, CatalogError> {
         let table = self.txn.open_table(table)?;
         scan_table(&table, prefix)
+    }
+
+    /// Removes every entry whose key is below `end`, and then the oldest
+    /// (smallest keys) until at most `keep` are left. Returns how many went.
+    pub fn prune(&mut self, table: Table, end: &str, keep: u64) -> Result<u64, CatalogError> {
+        let mut table = self.txn.open_table(table)?;
+        let before = table.len()?;
+        table.retain_in::<&str, _>(..end, |_, _| false)?;
+        let mut len = table.len()?;
+        while len > keep {
+            let excess = (len - keep).min(10_000) as usize;
+            let oldest: Vec<String> = table
+                .iter()?
+                .take(excess)
+                .map(|entry| entry.map(|(key, _)| key.value().to_string()))
+                .collect::<Result<_, _>>()?;
+            for key in &oldest {
+                table.remove(key.as_str())?;
+            }
+            len = table.len()?;
+        }
+        Ok(before - len)
     }
 
     /// Removes every entry whose key starts with `prefix`.

@@ -94,6 +94,9 @@ pub struct PartRecord {
     /// the trash lifetime unless placement wants it back first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trashed_ms: Option<u64>,
+    /// When this copy became ready (its download finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_ms: Option<u64>,
 }
 
 impl PartRecord {

@@ -128,6 +128,9 @@ impl Inner {
         }
         let now = now_ms();
         self.catalog.write(|w| {
+            if let Some(manifest) = w.get::<Manifest>(MANIFESTS, name)? {
+                super::index::forget_manifest(w, name, &manifest)?;
+            }
             w.remove(DATABASES, name)?;
             w.remove(MANIFESTS, name)?;
             w.remove(READS, name)?;

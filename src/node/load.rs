@@ -306,6 +306,7 @@ async fn register_manifest(
     let complete = manifest.files.iter().all(|f| f.sha256.is_some());
     inner.catalog.write(|w| {
         w.put(MANIFESTS, &record.name, &manifest)?;
+        super::index::record_manifest(w, &record.name, &manifest)?;
         if complete && let Some(mut stored) = w.get::<DatabaseRecord>(DATABASES, &record.name)? {
             stored.version = Some(manifest.version());
             w.put(DATABASES, &record.name, &stored)?;
@@ -357,6 +358,7 @@ async fn register_parts(
                 files: files.len() as u64,
                 bytes: files.iter().map(|f| f.file.size).sum(),
                 trashed_ms: None,
+                written_ms: None,
             };
             w.put(PARTS, &key(&[&record.name, &part.key()]), &part_record)?;
         }
@@ -395,17 +397,24 @@ async fn fetch_all(
                 .acquire()
                 .await
                 .map_err(|_| NodeError::ShuttingDown)?;
+            let began = Instant::now();
             let sha = fetch_file(inner, source, &disk, name, &part, &placed, &counter).await?;
             if let Some(new_bytes) = sha.1 {
                 written.fetch_add(new_bytes, Ordering::Relaxed);
             }
-            let sha = sha.0;
-            Ok::<_, NodeError>((part, placed, sha))
+            let fetched = (began, sha.1.unwrap_or(0), disk.id.clone());
+            Ok::<_, NodeError>((part, placed, sha.0, fetched))
         }
     }))
     .buffer_unordered(concurrency);
 
-    while let Some((part, placed, sha)) = results.try_next().await? {
+    // Per part: when its first file began, bytes fetched (for write events).
+    let mut writes: HashMap<Part, (Instant, u64, u64)> = HashMap::new();
+    while let Some((part, placed, sha, (began, bytes, disk))) = results.try_next().await? {
+        let write = writes.entry(part.clone()).or_insert((began, 0, 0));
+        write.0 = write.0.min(began);
+        write.1 += bytes;
+        write.2 += 1;
         if placed.file.sha256.is_none() {
             fetched_hashes.push(sha.clone());
             inner.pin([sha.clone()]);
@@ -423,6 +432,9 @@ async fn fetch_all(
         if *left == 0 {
             let updated = unhashed_parts.remove(&part).map(|_| &*manifest);
             commit_part(inner, name, &part, updated)?;
+            if let Some((began, bytes, files)) = writes.remove(&part) {
+                inner.record_write(name, &part.key(), &disk, bytes, files, began.elapsed());
+            }
         }
     }
     Ok(())
@@ -447,8 +459,13 @@ async fn fetch_file(
             (sha.clone(), None)
         }
         _ => {
-            let fetched = fetch_blob(source, disk, file, counter).await?;
+            let part_key = part.key();
+            let failed_try = |e: &StorageError| {
+                inner.record_error(Some(&disk.id), Some(name), Some(&part_key), e)
+            };
+            let fetched = fetch_blob(source, disk, file, counter, &failed_try).await?;
             inner.count_download(fetched.size, fetched.new_blob);
+            inner.metrics.download_done(&disk.id, fetched.size);
             (fetched.sha256, fetched.new_blob.then_some(fetched.size))
         }
     };
@@ -467,10 +484,12 @@ fn commit_part(
         let part_key = key(&[name, &part.key()]);
         if let Some(mut record) = w.get::<PartRecord>(PARTS, &part_key)? {
             record.state = PartState::Ready;
+            record.written_ms = Some(now_ms());
             w.put(PARTS, &part_key, &record)?;
         }
         if let Some(manifest) = manifest {
             w.put(MANIFESTS, name, manifest)?;
+            super::index::record_manifest(w, name, manifest)?;
         }
         Ok(())
     })

@@ -9,9 +9,12 @@
 mod aliases;
 mod databases;
 mod error;
+pub mod events;
 mod gc;
+pub mod index;
 mod inventory;
 mod load;
+pub mod metrics;
 mod placement;
 mod registry;
 mod shard;
@@ -98,6 +101,10 @@ pub(crate) struct Inner {
     store_layer: Option<crate::storage::StoreLayer>,
     /// Databases whose last load failed: failures in a row and when to retry.
     load_retries: Mutex<HashMap<String, load::Retry>>,
+    /// Prometheus counters and histograms (see `metrics`).
+    pub(crate) metrics: metrics::Metrics,
+    /// Events waiting to be written to the catalog.
+    events: events::EventLog,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -179,6 +186,7 @@ impl Node {
         let catalog = Catalog::open(&data_dir.join("catalog.redb"))?;
         let node_id = node_id(&config, &catalog)?;
         let (shutdown_tx, _) = watch::channel(false);
+        let metrics = metrics::Metrics::new(&node_id);
         let inner = Arc::new(Inner {
             download_slots: Arc::new(Semaphore::new(config.download.concurrency)),
             clock: Mutex::new(HlcClock::new(node_id.clone())),
@@ -205,6 +213,8 @@ impl Node {
             membership: std::sync::OnceLock::new(),
             store_layer,
             load_retries: Mutex::default(),
+            events: events::EventLog::default(),
+            metrics,
             shutdown_tx,
             tasks: Mutex::default(),
             config,
@@ -213,6 +223,7 @@ impl Node {
         node.inner.observe_registry_clock()?;
         node.inner.define_existing_databases()?;
         node.inner.remove_stray_database_dirs()?;
+        node.inner.index_blobs_if_missing()?;
         node.resume_loads()?;
         node.spawn_background();
         info!(node = %node.inner.node_id, disks = node.inner.disks.len(), "node started");
@@ -237,6 +248,11 @@ impl Node {
         self.inner.membership.get()
     }
 
+    /// This node's Prometheus metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
     pub(crate) fn set_membership(&self, membership: Arc<crate::cluster::Membership>) {
         let _ = self.inner.membership.set(membership);
     }
@@ -252,6 +268,18 @@ impl Node {
 
     pub(crate) fn map_slots(&self) -> Arc<Semaphore> {
         self.inner.map_slots.clone()
+    }
+
+    /// Records that a query mapped a shard here (an index read event).
+    pub(crate) fn record_read(
+        &self,
+        database: &str,
+        part: &str,
+        disk: &str,
+        files: u64,
+        bytes: u64,
+    ) {
+        self.inner.record_read(database, part, disk, files, bytes);
     }
 
     pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
@@ -295,6 +323,9 @@ impl Node {
         }
         if let Err(e) = self.inner.flush_counters() {
             warn!(error = %e, "flushing counters at shutdown failed");
+        }
+        if let Err(e) = self.inner.flush_events() {
+            warn!(error = %e, "writing events at shutdown failed");
         }
     }
 
@@ -360,6 +391,9 @@ impl Node {
                     _ = shutdown_rx.changed() => return,
                 }
                 let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.flush_events() {
+                    warn!(error = %e, "writing events failed");
+                }
                 if let Err(e) = load::retry_due(&inner) {
                     warn!(error = %e, "retrying failed loads failed");
                 }

@@ -244,6 +244,7 @@ impl Inner {
                             files: placed.map(|f| f.len() as u64).unwrap_or(0),
                             bytes,
                             trashed_ms: None,
+                            written_ms: None,
                         };
                         info!(database = %name, part = %part.key(), "placement gives this node a copy");
                         w.put(PARTS, &part_key, &new)?;

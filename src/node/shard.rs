@@ -205,6 +205,11 @@ impl ShardContext {
         self.disk.part_dir(&self.database, &self.part)
     }
 
+    /// The id of the local disk this part is on.
+    pub fn disk_id(&self) -> &str {
+        &self.disk.id
+    }
+
     /// True when files are fetched on first open.
     pub fn is_lazy(&self) -> bool {
         self.lazy
@@ -299,8 +304,14 @@ impl ShardContext {
                     .acquire()
                     .await
                     .map_err(|_| NodeError::ShuttingDown)?;
-                let fetched = fetch_blob(&source, &self.disk, entry, &AtomicU64::new(0)).await?;
+                let part = self.part.key();
+                let failed_try = |e: &StorageError| {
+                    inner.record_error(Some(&self.disk.id), Some(&self.database), Some(&part), e)
+                };
+                let fetched =
+                    fetch_blob(&source, &self.disk, entry, &AtomicU64::new(0), &failed_try).await?;
                 inner.count_download(fetched.size, fetched.new_blob);
+                inner.metrics.download_done(&self.disk.id, fetched.size);
                 fetched.sha256
             }
         };

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, AnalysisInfo};
 pub use error::QueryError;
 pub use root::{FORWARDED_HEADER, MapRequest, PARTIAL_MEDIA_TYPE};
-pub use shard::{DataDir, Shard};
+pub use shard::{DataDir, Shard, ShardFile};
 
 use crate::catalog::{DATABASES, DatabaseRecord, DbState};
 use crate::node::{Node, NodeError};
@@ -130,7 +130,17 @@ impl Node {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        self.run_query(target, analysis_name, request).await
+        // Counted where it runs: a forwarded query counts on the member that ran it.
+        let started = Instant::now();
+        let result = self.run_query(target, analysis_name, request).await;
+        let analysis = match self.analyses().get(analysis_name) {
+            Some(_) => analysis_name,
+            None => crate::node::metrics::UNKNOWN_ANALYSIS,
+        };
+        let outcome = result.as_ref().map_or_else(QueryError::code, |_| "ok");
+        self.metrics()
+            .query_done(analysis, outcome, started.elapsed());
+        result
     }
 
     async fn run_query(
@@ -238,10 +248,12 @@ impl Node {
             Err(NodeError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
+        let mut handles = Vec::with_capacity(shard_ids.len());
         let shards = shard_ids
             .iter()
             .map(|id| {
                 let data = DataDir::new(self.shard(database, id)?, runtime.clone(), cancel.clone());
+                handles.push((id, data.clone()));
                 Ok(Shard::new(
                     query.version.clone(),
                     data,
@@ -259,7 +271,13 @@ impl Node {
             slots: self.map_slots(),
             cancel: cancel.clone(),
         };
-        leaf.run().await
+        let partial = leaf.run().await;
+        for (id, data) in handles {
+            let (files, bytes) = data.reads();
+            let part = crate::storage::Part::Shard(id.clone()).key();
+            self.record_read(database, &part, data.disk_id(), files, bytes);
+        }
+        partial
     }
 
     fn query_timeout(&self, requested: Option<u64>) -> Result<u64, QueryError> {

@@ -247,10 +247,13 @@ impl Node {
     /// `POST /v1/internal/map`: maps shards of the pinned version here and
     /// returns the pre-reduced partial as MessagePack.
     pub async fn map_request(&self, request: MapRequest) -> Result<Vec<u8>, QueryError> {
-        let analysis = self
-            .analyses()
-            .get(&request.analysis)
-            .ok_or_else(|| QueryError::UnknownAnalysis(request.analysis.clone()))?;
+        let analysis = self.analyses().get(&request.analysis);
+        self.metrics().map_request(match analysis {
+            Some(_) => &request.analysis,
+            None => crate::node::metrics::UNKNOWN_ANALYSIS,
+        });
+        let analysis =
+            analysis.ok_or_else(|| QueryError::UnknownAnalysis(request.analysis.clone()))?;
         let version = self.ready_version(&request.database)?;
         if version != request.version {
             return Err(NodeError::Conflict(format!(

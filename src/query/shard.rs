@@ -5,8 +5,10 @@
 //! is fetched on first use (the calling thread waits, the runtime keeps working),
 //! and a wait is cut short when the query is cancelled.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -22,6 +24,43 @@ pub struct DataDir {
     context: ShardContext,
     runtime: Handle,
     cancel: CancellationToken,
+    /// Bytes read through `open`/`read` of this handle (and its clones).
+    read_bytes: Arc<AtomicU64>,
+    /// Files opened through it.
+    opened: Arc<AtomicU64>,
+}
+
+/// A file of a shard opened for reading: a `std::fs::File` that counts the
+/// bytes read through it (the index's read events and `dram_read_bytes_total`).
+#[derive(Debug)]
+pub struct ShardFile {
+    file: std::fs::File,
+    read_bytes: Arc<AtomicU64>,
+}
+
+impl ShardFile {
+    /// The file itself (reads through it directly are not counted).
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    pub fn into_file(self) -> std::fs::File {
+        self.file
+    }
+}
+
+impl Read for ShardFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Seek for ShardFile {
+    fn seek(&mut self, position: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(position)
+    }
 }
 
 impl DataDir {
@@ -30,7 +69,22 @@ impl DataDir {
             context,
             runtime,
             cancel,
+            read_bytes: Arc::default(),
+            opened: Arc::default(),
         }
+    }
+
+    /// Files opened and bytes read through this handle so far.
+    pub(crate) fn reads(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.read_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The id of the local disk this part is on.
+    pub(crate) fn disk_id(&self) -> &str {
+        self.context.disk_id()
     }
 
     /// The local folder of this part. In a lazy database a file appears here only
@@ -58,11 +112,16 @@ impl DataDir {
         self.fetch(path)
     }
 
-    /// Opens a file for reading.
-    pub fn open(&self, path: &str) -> Result<std::fs::File, AnalysisError> {
+    /// Opens a file for reading (the bytes read through it are counted).
+    pub fn open(&self, path: &str) -> Result<ShardFile, AnalysisError> {
         let local = self.path(path)?;
-        std::fs::File::open(&local)
-            .map_err(|e| AnalysisError::failed(format!("cannot open {}: {e}", local.display())))
+        let file = std::fs::File::open(&local)
+            .map_err(|e| AnalysisError::failed(format!("cannot open {}: {e}", local.display())))?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(ShardFile {
+            file,
+            read_bytes: self.read_bytes.clone(),
+        })
     }
 
     /// Reads a whole file.
@@ -177,7 +236,7 @@ impl Shard {
     }
 
     /// Opens a shard file.
-    pub fn open(&self, path: &str) -> Result<std::fs::File, AnalysisError> {
+    pub fn open(&self, path: &str) -> Result<ShardFile, AnalysisError> {
         self.data.open(path)
     }
 

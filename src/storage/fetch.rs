@@ -49,12 +49,14 @@ pub const FETCH_ATTEMPTS: u32 = 3;
 /// Downloads `file` from `source` into a blob on `disk`, adding bytes to `progress`
 /// as they arrive (and taking back those of a failed try). Store errors and
 /// size or checksum mismatches are tried again (`FETCH_ATTEMPTS` in all);
-/// local disk errors are not.
+/// local disk errors are not. `failed_try` sees every failed try's error (the
+/// index records them as exceptions).
 pub async fn fetch_blob(
     source: &Source,
     disk: &Disk,
     file: &ManifestFile,
     progress: &AtomicU64,
+    failed_try: &(dyn Fn(&StorageError) + Sync),
 ) -> Result<Fetched, StorageError> {
     let mut attempt = 1;
     loop {
@@ -62,6 +64,7 @@ pub async fn fetch_blob(
         match fetch_once(source, disk, file, progress, &mut added).await {
             Ok(fetched) => return Ok(fetched),
             Err(e) => {
+                failed_try(&e);
                 progress.fetch_sub(added, Ordering::Relaxed);
                 let retryable = matches!(
                     e,
@@ -255,7 +258,9 @@ mod tests {
             size: 5,
             sha256: Some(sha.clone()),
         };
-        let fetched = fetch_blob(&source, &disk, &good, &progress).await.unwrap();
+        let fetched = fetch_blob(&source, &disk, &good, &progress, &|_| {})
+            .await
+            .unwrap();
         assert_eq!(fetched.sha256, sha);
         assert!(disk.has_blob(&sha, 5));
 
@@ -263,7 +268,7 @@ mod tests {
             sha256: Some("0".repeat(64)),
             ..good.clone()
         };
-        let err = fetch_blob(&source, &disk, &wrong_hash, &progress)
+        let err = fetch_blob(&source, &disk, &wrong_hash, &progress, &|_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains("sha256"), "{err}");
@@ -271,7 +276,7 @@ mod tests {
             size: 3,
             ..good.clone()
         };
-        let err = fetch_blob(&source, &disk, &short, &progress)
+        let err = fetch_blob(&source, &disk, &short, &progress, &|_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains("larger"), "{err}");
@@ -279,7 +284,7 @@ mod tests {
             size: 9,
             ..good.clone()
         };
-        let err = fetch_blob(&source, &disk, &long, &progress)
+        let err = fetch_blob(&source, &disk, &long, &progress, &|_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains("5 bytes"), "{err}");

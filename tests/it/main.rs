@@ -4,9 +4,12 @@
 mod aliases;
 mod builtin;
 mod cluster;
+mod dashboard;
 mod databases;
 mod example;
 mod fanout;
+mod index;
+mod metrics;
 mod placement;
 mod query;
 mod restart;

@@ -18,6 +18,7 @@
 
 mod ack;
 mod disagreement;
+mod peers;
 mod placing;
 pub(crate) use placing::QueryHolders;
 mod types;

@@ -74,6 +74,12 @@ pub struct GcReport {
     /// Databases no alias points to and not marked `keep`, least recently read
     /// first: the order garbage collection deletes them in.
     pub eligible: Vec<crate::primary::gc::Eligible>,
+    /// This node's trash (soonest purged first) and lazy cache (in eviction
+    /// order); filled by `gc_report`, not by the primary's rounds.
+    #[serde(default)]
+    pub trash: Vec<crate::node::index::TrashItem>,
+    #[serde(default)]
+    pub cache: Vec<crate::node::index::CacheItem>,
 }
 
 /// `GET /v1/plan?database=D&replicas=K`.
@@ -179,7 +185,11 @@ impl Membership {
     pub async fn gc_report(&self, node: &Node) -> Result<GcReport, NodeError> {
         let members = self.members().await;
         let inventories = self.live_inventories(node, &members)?;
-        self.gc_report_of(node, &members, &inventories)
+        let mut report = self.gc_report_of(node, &members, &inventories)?;
+        let removals = node.removals()?;
+        report.trash = removals.trash;
+        report.cache = removals.cache;
+        Ok(report)
     }
 
     fn gc_report_of(
@@ -211,6 +221,8 @@ impl Membership {
             triggered: !full_disks.is_empty(),
             full_disks,
             eligible: eligible(&node.registry()?, inventories),
+            trash: Vec::new(),
+            cache: Vec::new(),
         })
     }
 
