@@ -44,6 +44,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub query: QueryConfig,
     pub cluster: ClusterConfig,
+    pub backup: BackupConfig,
     pub auth: AuthConfig,
 }
 
@@ -192,12 +193,77 @@ impl TrashConfig {
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// A client must send a request's headers (and, with TLS, finish its
+    /// handshake) within this many milliseconds of connecting or of the last
+    /// response; otherwise the connection is closed. Also closes idle
+    /// keep-alive connections.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this many milliseconds of its
+    /// headers; otherwise 408 `timeout`.
+    pub body_timeout_ms: u64,
+    /// Connections open at once; beyond it a new connection is closed at once.
+    pub max_connections: usize,
+    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates node-to-node calls trust beside the system's roots
+    /// (default: `tls_cert`'s, enough for members sharing one certificate).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: 1024 * 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 1024,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Whether the API is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        for (field, ms) in [
+            ("http.header_timeout_ms", self.header_timeout_ms),
+            ("http.body_timeout_ms", self.body_timeout_ms),
+        ] {
+            if ms == 0 || ms > 3_600_000 {
+                return Err(invalid(field, "must be in 1..=3600000"));
+            }
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(invalid("http.max_connections", "must be in 1..=1000000"));
+        }
+        for (field, path) in [
+            ("http.tls_cert", &self.tls_cert),
+            ("http.tls_key", &self.tls_key),
+            ("http.tls_ca", &self.tls_ca),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(field, "must not be empty (leave it out instead)"));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(invalid("http.tls_key", "must be set with http.tls_cert")),
+            (None, Some(_)) => Err(invalid("http.tls_cert", "must be set with http.tls_key")),
+            (None, None) if self.tls_ca.is_some() => Err(invalid(
+                "http.tls_ca",
+                "needs http.tls_cert and http.tls_key (TLS on)",
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -212,6 +278,13 @@ pub struct QueryConfig {
     pub timeout_ms: u64,
     /// The largest deadline a request may ask for, in milliseconds.
     pub max_timeout_ms: u64,
+    /// Queries this node runs as root at once (`POST /v1/query/…`); more are
+    /// answered 503 `overloaded` with `Retry-After`, never queued.
+    pub max_concurrent_queries: usize,
+    /// Map requests from other members' queries this node takes at once
+    /// (each waits for a map slot within its deadline); more are answered
+    /// 503 `overloaded`.
+    pub max_map_requests: usize,
 }
 
 impl Default for QueryConfig {
@@ -220,6 +293,8 @@ impl Default for QueryConfig {
             max_concurrent_maps: 0,
             timeout_ms: 30_000,
             max_timeout_ms: 300_000,
+            max_concurrent_queries: 256,
+            max_map_requests: 1024,
         }
     }
 }
@@ -302,6 +377,35 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Backups of the registry (definitions, aliases, pins) to object storage,
+/// written by the primary (see `cluster::backup`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Where backups go: a store URL (`file:///var/backups/dram`,
+    /// `s3://bucket/dram-backups`, `memory://…`; S3 settings from `[store]`).
+    /// Unset: no backups, and the admin backup routes answer 409.
+    pub url: Option<String>,
+    /// Valid backups kept; older ones are deleted once a new one is verified.
+    pub keep: usize,
+    /// Every this many seconds the primary checks that the newest backup holds
+    /// the current registry, and writes one if it does not.
+    pub interval_secs: u64,
+    /// A registry change is backed up once no other change came for this long.
+    pub debounce_ms: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            url: None,
+            keep: 10,
+            interval_secs: 3600,
+            debounce_ms: 2000,
+        }
+    }
+}
+
 impl ClusterConfig {
     pub fn gossip_interval(&self) -> Duration {
         Duration::from_millis(self.gossip_interval_ms)
@@ -335,11 +439,40 @@ impl ClusterConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// Required (as `Authorization: Bearer …`) for every call that changes
+    /// something; also `DRAM_ADMIN_TOKEN`. Unset: changes are open.
     pub admin_token: Option<String>,
+    /// Shared by the members: node-to-node calls carry it.
     pub cluster_secret: Option<String>,
+    /// Reads (GET, queries, /metrics) need the admin token, the cluster secret
+    /// or a signed token for the database queried.
+    pub require_token_for_reads: bool,
+    /// Signs access tokens (`POST /v1/tokens`); unset: derived from
+    /// `cluster_secret`. The same on every member.
+    pub token_key: Option<String>,
+    /// The key before the last rotation: its tokens are still accepted for
+    /// `previous_token_key_grace_secs` after this node starts.
+    pub previous_token_key: Option<String>,
+    pub previous_token_key_grace_secs: u64,
+    /// The longest `ttl` a token may be given.
+    pub max_token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            admin_token: None,
+            cluster_secret: None,
+            require_token_for_reads: false,
+            token_key: None,
+            previous_token_key: None,
+            previous_token_key_grace_secs: 24 * 3600,
+            max_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
 }
 
 impl Config {
@@ -403,14 +536,49 @@ impl Config {
         }
         crate::storage::source::SourceUrl::parse(&self.store.url)
             .map_err(|e| invalid("store.url", e.to_string()))?;
+        if let Some(url) = &self.backup.url {
+            crate::storage::source::SourceUrl::parse(url)
+                .map_err(|e| invalid("backup.url", e.to_string()))?;
+        }
+        if self.backup.keep == 0 {
+            return Err(invalid("backup.keep", "must be at least 1"));
+        }
+        if self.backup.interval_secs == 0 {
+            return Err(invalid("backup.interval_secs", "must be at least 1"));
+        }
         if self.download.concurrency == 0 || self.download.concurrency > 1024 {
             return Err(invalid("download.concurrency", "must be in 1..=1024"));
+        }
+        for (field, value) in [
+            ("auth.admin_token", &self.auth.admin_token),
+            ("auth.cluster_secret", &self.auth.cluster_secret),
+            ("auth.token_key", &self.auth.token_key),
+            ("auth.previous_token_key", &self.auth.previous_token_key),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(field, "must not be empty (leave it out instead)"));
+            }
+        }
+        if self.auth.require_token_for_reads && self.auth.admin_token.is_none() {
+            return Err(invalid(
+                "auth.require_token_for_reads",
+                "needs auth.admin_token (or DRAM_ADMIN_TOKEN): without it anyone could make tokens",
+            ));
         }
         if self.download.retry_max_secs == 0 {
             return Err(invalid("download.retry_max_secs", "must be at least 1"));
         }
-        if self.http.max_body_bytes < 1024 {
-            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        self.http.validate()?;
+        for (field, value) in [
+            (
+                "query.max_concurrent_queries",
+                self.query.max_concurrent_queries,
+            ),
+            ("query.max_map_requests", self.query.max_map_requests),
+        ] {
+            if value == 0 || value > 1_000_000 {
+                return Err(invalid(field, "must be in 1..=1000000"));
+            }
         }
         if self.query.max_concurrent_maps > 4096 {
             return Err(invalid("query.max_concurrent_maps", "must be in 0..=4096"));
@@ -464,6 +632,7 @@ impl Config {
                 self.index.event_retention_secs,
             ),
             ("index.max_events", self.index.max_events),
+            ("auth.max_token_ttl_secs", self.auth.max_token_ttl_secs),
             (
                 "cluster.max_concurrent_moves",
                 self.cluster.max_concurrent_moves as u64,
@@ -504,8 +673,20 @@ mod tests {
             defaults.query.max_concurrent_maps
         );
         assert_eq!(
+            serde_json::to_value(&parsed.http).unwrap(),
+            serde_json::to_value(&defaults.http).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(&parsed.query).unwrap(),
+            serde_json::to_value(&defaults.query).unwrap()
+        );
+        assert_eq!(
             serde_json::to_value(&parsed.cluster).unwrap(),
             serde_json::to_value(&defaults.cluster).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(&parsed.backup).unwrap(),
+            serde_json::to_value(&defaults.backup).unwrap()
         );
     }
 
@@ -539,6 +720,43 @@ mod tests {
         config.store.url = "ftp://x".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("store.url"), "{err}");
+
+        let mut config = Config::default();
+        config.backup.url = Some("ftp://x".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("backup.url"), "{err}");
+
+        let mut config = Config::default();
+        config.backup.keep = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("backup.keep"), "{err}");
+
+        let mut config = Config::default();
+        config.http.tls_cert = Some("cert.pem".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.tls_key"), "{err}");
+        config.http.tls_cert = None;
+        config.http.tls_key = Some("key.pem".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("http.tls_cert"), "{err}");
+
+        for (field, set) in [
+            (
+                "http.header_timeout_ms",
+                (|c| c.http.header_timeout_ms = 0) as fn(&mut Config),
+            ),
+            ("http.body_timeout_ms", |c| c.http.body_timeout_ms = 0),
+            ("http.max_connections", |c| c.http.max_connections = 0),
+            ("query.max_concurrent_queries", |c| {
+                c.query.max_concurrent_queries = 0
+            }),
+            ("query.max_map_requests", |c| c.query.max_map_requests = 0),
+        ] {
+            let mut config = Config::default();
+            set(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

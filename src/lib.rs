@@ -26,6 +26,7 @@
 //! - [`client`]: the HTTP client the command line uses.
 
 pub mod api;
+pub mod auth;
 pub mod builder;
 pub mod builtin;
 pub mod catalog;

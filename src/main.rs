@@ -91,9 +91,43 @@ enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// A signed token that lets its holder query one database or alias until
+    /// it expires (needs the admin token when one is set).
+    Token {
+        /// The database or alias the token opens.
+        database: String,
+        /// Seconds it is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// The cluster as a node sees it.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Backups of the registry (definitions, aliases, pins) in backup.url.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Write a backup of the registry now.
+    Backup {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List the backups, newest first, with their validity.
+    Backups {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Make the cluster's registry equal backup NAME's (entries made since are removed).
+    Restore {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
 }
 
 /// Settings of `dram serve` that override the config file.
@@ -173,6 +207,16 @@ struct NodeArg {
     /// The node's URL.
     #[arg(long, env = "DRAM_NODE", default_value = "http://127.0.0.1:7070")]
     node: String,
+    /// A token for the node: the admin token, or a signed token for a query.
+    #[arg(long, env = "DRAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl NodeArg {
+    /// A client of the node, sending the token when one is given.
+    fn client(&self) -> Client {
+        Client::new(&self.node).with_token(self.token.clone())
+    }
 }
 
 #[derive(Subcommand)]
@@ -282,10 +326,36 @@ async fn run(command: Command) -> Result<()> {
         Command::Serve { config, overrides } => {
             let mut config = load_config(config.as_ref())?;
             overrides.apply(&mut config);
+            // Secrets from the environment override the file.
+            for (variable, slot) in [
+                ("DRAM_ADMIN_TOKEN", &mut config.auth.admin_token),
+                ("DRAM_CLUSTER_SECRET", &mut config.auth.cluster_secret),
+                ("DRAM_TOKEN_KEY", &mut config.auth.token_key),
+            ] {
+                if let Ok(value) = std::env::var(variable) {
+                    *slot = Some(value);
+                }
+            }
             config.validate()?;
             serve(config).await
         }
         Command::Cluster(command) => cluster(command).await,
+        Command::Admin(command) => admin(command).await,
+        Command::Token {
+            database,
+            ttl,
+            node,
+        } => {
+            let answer = node
+                .client()
+                .post(
+                    "/v1/tokens",
+                    &serde_json::json!({"database": database, "ttl": ttl}),
+                )
+                .await?;
+            println!("{}", answer["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
         Command::Publish {
             dir,
             url,
@@ -322,7 +392,7 @@ async fn run(command: Command) -> Result<()> {
                 body["allow_partial"] = json!(true);
             }
             let path = format!("/v1/query/{}/{}", segment(&database)?, segment(&analysis)?);
-            let client = Client::new(&node.node).with_cluster_secret(cluster_secret);
+            let client = node.client().with_cluster_secret(cluster_secret);
             let answer = if direct {
                 let request: dram::query::QueryRequest = serde_json::from_value(body)?;
                 let answer = client
@@ -340,7 +410,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Analyses { node } => {
-            let listed = Client::new(&node.node).get("/v1/analyses").await?;
+            let listed = node.client().get("/v1/analyses").await?;
             for analysis in listed["analyses"].as_array().into_iter().flatten() {
                 println!(
                     "{}\t{}",
@@ -351,7 +421,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stats { node } => {
-            let stats = Client::new(&node.node).get("/v1/stats").await?;
+            let stats = node.client().get("/v1/stats").await?;
             print_json(&stats);
             Ok(())
         }
@@ -459,7 +529,7 @@ async fn db(command: DbCommand) -> Result<()> {
             wait,
             node,
         } => {
-            let client = Client::new(&node.node);
+            let client = node.client();
             let body = json!({
                 "name": name,
                 "source": url,
@@ -478,7 +548,7 @@ async fn db(command: DbCommand) -> Result<()> {
             Ok(())
         }
         DbCommand::Ls { node } => {
-            let list = Client::new(&node.node).get("/v1/databases").await?;
+            let list = node.client().get("/v1/databases").await?;
             println!(
                 "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>7}",
                 "NAME", "STATE", "MODE", "SHARDS", "FILES", "BYTES", "DONE"
@@ -505,15 +575,12 @@ async fn db(command: DbCommand) -> Result<()> {
             Ok(())
         }
         DbCommand::Show { name, node } => {
-            print_json(
-                &Client::new(&node.node)
-                    .get(&format!("/v1/databases/{name}"))
-                    .await?,
-            );
+            print_json(&node.client().get(&format!("/v1/databases/{name}")).await?);
             Ok(())
         }
         DbCommand::Rm { name, node } => {
-            let info = Client::new(&node.node)
+            let info = node
+                .client()
                 .delete(&format!("/v1/databases/{name}"))
                 .await?;
             println!(
@@ -523,7 +590,8 @@ async fn db(command: DbCommand) -> Result<()> {
             Ok(())
         }
         DbCommand::Restore { name, node } => {
-            let info = Client::new(&node.node)
+            let info = node
+                .client()
                 .post(&format!("/v1/databases/{name}/restore"), &json!({}))
                 .await?;
             println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
@@ -545,21 +613,21 @@ async fn wait_for_database(client: &Client, name: &str) -> Result<Value> {
 async fn alias(command: AliasCommand) -> Result<()> {
     match command {
         AliasCommand::Set { name, target, node } => {
-            Client::new(&node.node)
+            node.client()
                 .put(&format!("/v1/aliases/{name}"), &json!({ "target": target }))
                 .await
                 .with_context(|| format!("setting alias {name}"))?;
             println!("{name} -> {target}");
         }
         AliasCommand::Rm { name, node } => {
-            Client::new(&node.node)
+            node.client()
                 .delete(&format!("/v1/aliases/{name}"))
                 .await
                 .with_context(|| format!("removing alias {name}"))?;
             println!("{name} removed");
         }
         AliasCommand::Ls { node } => {
-            let list = Client::new(&node.node).get("/v1/aliases").await?;
+            let list = node.client().get("/v1/aliases").await?;
             for alias in list["aliases"].as_array().into_iter().flatten() {
                 println!(
                     "{} -> {}",
@@ -575,7 +643,7 @@ async fn alias(command: AliasCommand) -> Result<()> {
 async fn cluster(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Status { node } => {
-            let status = Client::new(&node.node).get("/v1/cluster").await?;
+            let status = node.client().get("/v1/cluster").await?;
             println!(
                 "cluster {}  health {}  (seen from {})",
                 status["cluster_id"].as_str().unwrap_or("?"),
@@ -630,7 +698,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::Shards { database, node } => {
             let path = format!("/v1/cluster/shards?database={}", segment(&database)?);
-            let holders = Client::new(&node.node).get(&path).await?;
+            let holders = node.client().get(&path).await?;
             let show = |label: &str, list: &Value| {
                 let holders: Vec<String> = list
                     .as_array()
@@ -655,7 +723,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             Ok(())
         }
         ClusterCommand::Gc { node } => {
-            let report = Client::new(&node.node).get("/v1/gc").await?;
+            let report = node.client().get("/v1/gc").await?;
             let full: Vec<&str> = report["full_disks"]
                 .as_array()
                 .into_iter()
@@ -686,7 +754,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             replicas,
             node,
         } => {
-            let client = Client::new(&node.node);
+            let client = node.client();
             if let (Some(database), Some(replicas)) = (database, replicas) {
                 let path = format!(
                     "/v1/plan?database={}&replicas={}",
@@ -733,6 +801,62 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn admin(command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Backup { node } => {
+            let written = node.client().post("/v1/admin/backup", &json!({})).await?;
+            println!(
+                "wrote {} ({})",
+                written["backup"].as_str().unwrap_or("?"),
+                human(written["bytes"].as_u64().unwrap_or(0))
+            );
+        }
+        AdminCommand::Backups { node } => {
+            let listing = node.client().get("/v1/admin/backups").await?;
+            println!("backups in {}", listing["url"].as_str().unwrap_or("?"));
+            for backup in listing["backups"].as_array().into_iter().flatten() {
+                let state = match backup["error"].as_str() {
+                    None => "valid".to_string(),
+                    Some(error) => format!("NOT VALID: {error}"),
+                };
+                println!(
+                    "{:<64} {:<12} {:>10}  {state}",
+                    backup["name"].as_str().unwrap_or("?"),
+                    backup["node"].as_str().unwrap_or("?"),
+                    human(backup["bytes"].as_u64().unwrap_or(0))
+                );
+            }
+        }
+        AdminCommand::Restore { name, node } => {
+            let report = node
+                .client()
+                .post("/v1/admin/restore", &json!({ "backup": name }))
+                .await?;
+            let restored = &report["restored"];
+            println!(
+                "restored {name}: {} definitions, {} aliases, {} pins",
+                restored["definitions"], restored["aliases"], restored["pins"]
+            );
+            for change in report["overwrote"].as_array().into_iter().flatten() {
+                println!(
+                    "  {} {}: {} -> {}",
+                    change["kind"].as_str().unwrap_or("?"),
+                    change["name"].as_str().unwrap_or("?"),
+                    change["was"],
+                    change["now"]
+                );
+            }
+            for setting in report["settings_differ"].as_array().into_iter().flatten() {
+                println!(
+                    "  setting {} differs from this node's configuration (not applied)",
+                    setting.as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes as `12.3 GiB`.

@@ -102,3 +102,105 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests (proptest, 2,000 cases each): the checks agree with a
+    //! plain model of their pattern, and whatever they accept stays inside
+    //! the folder it is joined to.
+
+    use std::path::{Component, Path};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pieces that matter to names and paths: separators, dots, NUL, spaces,
+    /// non-ASCII, encodings, long runs.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a"),
+            Just("Z9"),
+            Just("."),
+            Just(".."),
+            Just("/"),
+            Just("\\"),
+            Just("\0"),
+            Just("-"),
+            Just("_"),
+            Just("é"),
+            Just(" "),
+            Just("%2e%2e"),
+            Just("x.csv"),
+        ]
+        .prop_map(str::to_string)
+    }
+
+    fn tricky() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            proptest::collection::vec(piece(), 0..12).prop_map(|pieces| pieces.concat()),
+            (1usize..200).prop_map(|n| "a".repeat(n)),
+        ]
+    }
+
+    fn path_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            tricky(),
+            proptest::collection::vec(piece(), 1..6).prop_map(|segments| segments.join("/")),
+        ]
+    }
+
+    /// `relative` joined to a base stays strictly inside it, through plain
+    /// components only.
+    fn stays_inside(relative: &str) -> bool {
+        let base = Path::new("/data/dbs/db");
+        let joined = base.join(relative);
+        joined.starts_with(base)
+            && joined != base
+            && Path::new(relative)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn names_match_their_pattern_and_are_one_segment(name in tricky()) {
+            let b = name.as_bytes();
+            let model = (1..=128).contains(&b.len())
+                && b[0].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
+            prop_assert_eq!(is_valid_name(&name), model);
+            prop_assert_eq!(check_name("database", &name).is_ok(), model);
+            if model {
+                prop_assert!(stays_inside(&name));
+                prop_assert_eq!(Path::new(&name).components().count(), 1);
+            }
+        }
+
+        #[test]
+        fn shard_ids_match_their_pattern_and_are_one_segment(id in tricky()) {
+            let b = id.as_bytes();
+            let model = (1..=64).contains(&b.len())
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_-".contains(c));
+            prop_assert_eq!(is_valid_shard_id(&id), model);
+            if model {
+                prop_assert!(stays_inside(&id));
+                prop_assert_eq!(Path::new(&id).components().count(), 1);
+            }
+        }
+
+        #[test]
+        fn accepted_relative_paths_stay_inside(path in path_like()) {
+            if check_relative_path(&path).is_ok() {
+                prop_assert!(stays_inside(&path), "{path:?}");
+                prop_assert!(path.len() <= 1024);
+                prop_assert!(!path.contains(['\0', '\\']));
+                let bad = |s: &str| s.is_empty() || s == "." || s == "..";
+                prop_assert!(!path.split('/').any(bad), "{path:?}");
+            }
+        }
+    }
+}

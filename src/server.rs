@@ -1,22 +1,44 @@
 //! A running node with its HTTP API: what `dram serve` and the tests start.
+//!
+//! dram runs warp's filter on its own accept loop (warp 0.4 has neither TLS
+//! nor header timeouts): each connection is served by hyper's HTTP/1 server
+//! with a header read timeout (`http.header_timeout_ms`: a client that sends
+//! its headers too slowly, or stays idle between requests, is cut off), at
+//! most `http.max_connections` at once (a connection past the cap is closed
+//! at once), optionally over TLS (`http.tls_cert` and `http.tls_key`; the
+//! handshake gets the header timeout too). Request bodies have their own
+//! timeout (`http.body_timeout_ms`, in `api`). Shutdown stops accepting,
+//! lets requests in flight finish and closes idle connections.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 use crate::node::{Node, NodeError};
 
 /// A node serving HTTP; `shutdown()` stops both.
 pub struct Server {
     pub node: Node,
     pub http_addr: SocketAddr,
-    shutdown_tx: Option<oneshot::Sender<()>>,
+    tls: bool,
+    closing: CancellationToken,
     http: JoinHandle<()>,
 }
 
@@ -43,6 +65,13 @@ impl Server {
         extra: Option<BoxedFilter<(Response,)>>,
         transport: std::sync::Arc<dyn chitchat::transport::Transport>,
     ) -> Result<Server, NodeError> {
+        let tls = match tls_acceptor(&node.config().http) {
+            Ok(tls) => tls,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e);
+            }
+        };
         let started = crate::cluster::Membership::start(node.clone(), http_addr, &*transport).await;
         let membership = match started {
             Ok(membership) => membership,
@@ -52,31 +81,34 @@ impl Server {
             }
         };
         node.set_membership(membership);
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let http = tokio::spawn(crate::api::run(listener, node.clone(), extra, async move {
-            let _ = shutdown_rx.await;
-        }));
-        tracing::info!(node = %node.id(), http = %http_addr, "serving");
+        let closing = CancellationToken::new();
+        let limits = Limits::of(&node.config().http);
+        let service = hyper_util::service::TowerToHyperService::new(warp::service(
+            crate::api::routes(node.clone(), extra),
+        ));
+        let https = tls.is_some();
+        let http = tokio::spawn(accept_loop(listener, service, tls, limits, closing.clone()));
+        tracing::info!(node = %node.id(), http = %http_addr, tls = https, "serving");
         Ok(Server {
             node,
             http_addr,
-            shutdown_tx: Some(shutdown_tx),
+            tls: https,
+            closing,
             http,
         })
     }
 
-    /// The base URL of the API.
+    /// The base URL of the API (`https://…` with TLS on).
     pub fn url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr)
     }
 
     /// Stops serving and shuts the node down. Returns once the node's catalog is
     /// closed, unless the caller still holds handles on it (`Node` clones,
     /// `ShardContext`s): then it gives up waiting after a few seconds.
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown_tx.take() {
-            let _ = tx.send(());
-        }
+        self.closing.cancel();
         let _ = (&mut self.http).await;
         if let Some(membership) = self.node.membership() {
             membership.shutdown().await;
@@ -87,5 +119,228 @@ impl Server {
                 "node handles are still held after shutdown; the catalog stays open until they are dropped"
             );
         }
+    }
+}
+
+/// What bounds a connection.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Limits {
+    fn of(http: &HttpConfig) -> Limits {
+        Limits {
+            header_timeout: Duration::from_millis(http.header_timeout_ms),
+            max_connections: http.max_connections,
+        }
+    }
+}
+
+/// Accepts connections until `closing`, then waits for the open ones to finish
+/// their requests in flight.
+async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    closing: CancellationToken,
+) where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = Response>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    let mut refused = 0u64;
+    let mut last_warned: Option<Instant> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = closing.cancelled() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Past the cap: closed at once, so that a client is told now
+            // rather than left waiting behind connections that may be slow.
+            drop(stream);
+            refused += 1;
+            if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    refused,
+                    "connection refused: http.max_connections are open"
+                );
+                last_warned = Some(Instant::now());
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (service, tls, closing) = (service.clone(), tls.clone(), closing.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let Some(acceptor) = tls else {
+                return serve_connection(stream, service, limits, closing).await;
+            };
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)) => handshake,
+                () = closing.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_connection(stream, service, limits, closing).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out (http.header_timeout_ms)"),
+            }
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// An accept that failed: nothing to do when the client gave up; otherwise
+/// (out of file descriptors, …) a short pause, not a busy loop.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Serves HTTP/1 requests on one connection until the client closes it, it
+/// breaks a limit, or the server closes (the request in flight finishes).
+async fn serve_connection<I, S>(io: I, service: S, limits: Limits, closing: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = closing.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection closed");
+    }
+}
+
+/// The TLS acceptor for `http.tls_cert` and `http.tls_key`, or `None` when TLS
+/// is off. Files that cannot be read or used are errors naming the field.
+fn tls_acceptor(http: &HttpConfig) -> Result<Option<TlsAcceptor>, NodeError> {
+    let (Some(cert_path), Some(key_path)) = (&http.tls_cert, &http.tls_key) else {
+        return Ok(None);
+    };
+    let certs = read_certificates("http.tls_cert", cert_path)?;
+    let key = read_key("http.tls_key", key_path)?;
+    if let Some(ca) = &http.tls_ca {
+        read_certificates("http.tls_ca", ca)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| field_error("http.tls_cert", cert_path, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            field_error(
+                "http.tls_key",
+                key_path,
+                &format!("does not fit http.tls_cert: {e}"),
+            )
+        })?;
+    // HTTP/1.1 only: what the connections are served with.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+fn field_error(field: &str, path: &Path, e: &dyn std::fmt::Display) -> NodeError {
+    NodeError::InvalidInput(format!("config field `{field}` ({}): {e}", path.display()))
+}
+
+/// Every PEM certificate in `path` (at least one).
+fn read_certificates(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, NodeError> {
+    let bytes = std::fs::read(path).map_err(|e| field_error(field, path, &e))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| field_error(field, path, &format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(field_error(field, path, &"holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn read_key(field: &str, path: &Path) -> Result<PrivateKeyDer<'static>, NodeError> {
+    let bytes = std::fs::read(path).map_err(|e| field_error(field, path, &e))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| field_error(field, path, &format!("not a PEM private key: {e}")))
+}
+
+/// A client for node-to-node calls: with TLS on, it trusts the certificates
+/// of `http.tls_ca` (default: `http.tls_cert`'s) beside the system's roots,
+/// so that members reach each other over HTTPS.
+pub(crate) fn peer_client(config: &Config) -> reqwest::ClientBuilder {
+    let http = &config.http;
+    // Idle connections are dropped here before a member's header timeout
+    // closes them there: a request never races that close.
+    let idle = Duration::from_millis(http.header_timeout_ms / 2).min(Duration::from_secs(90));
+    let builder = reqwest::Client::builder().pool_idle_timeout(idle);
+    if !http.tls() {
+        return builder;
+    }
+    let Some((field, path)) = [
+        ("http.tls_ca", &http.tls_ca),
+        ("http.tls_cert", &http.tls_cert),
+    ]
+    .into_iter()
+    .find_map(|(field, path)| Some((field, path.as_ref()?))) else {
+        return builder;
+    };
+    let roots = read_certificates(field, path).and_then(|certs| {
+        certs
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| field_error(field, path, &e))
+    });
+    match roots {
+        Ok(roots) => builder.tls_certs_merge(roots),
+        Err(e) => {
+            tracing::warn!(error = %e, "node-to-node calls trust only the system's roots");
+            builder
+        }
+    }
+}
+
+/// The base URL of a member's API from the address it gossips: `host:port`
+/// (plain HTTP) or a full `http(s)://host:port`.
+pub(crate) fn base_url(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
     }
 }

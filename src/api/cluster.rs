@@ -2,7 +2,10 @@
 //! `GET /v1/plan[?database=D&replicas=K]`, and the node-to-node `/v1/internal/*`
 //! routes, which need the cluster secret when one is configured.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -68,15 +71,15 @@ fn authorized(node: &Node, authorization: Option<&str>) -> bool {
         None => true,
         Some(secret) => authorization
             .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|token| constant_time_eq(token.as_bytes(), secret.as_bytes())),
+            .is_some_and(|token| {
+                crate::auth::constant_time_eq(token.trim().as_bytes(), secret.as_bytes())
+            }),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFilter<(Response,)> {
+    let max_maps = node.config().query.max_map_requests;
+    let maps_running = Arc::new(Semaphore::new(max_maps));
     let with_node = warp::any().map(move || node.clone());
 
     let status = warp::path!("v1" / "cluster")
@@ -147,27 +150,38 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::path!("map"))
         .and(warp::post())
         .and(body.clone())
-        .then(|node: Node, body: bytes::Bytes| async move {
-            let request: Result<MapRequest, QueryError> =
-                super::parse(&body).map_err(QueryError::from);
-            let result = match request {
-                Ok(request) => node.map_request(request).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(bytes) => warp::http::Response::builder()
-                    .header("content-type", PARTIAL_MEDIA_TYPE)
-                    .body(bytes.into())
-                    .unwrap_or_else(|_| {
-                        error_response(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal",
-                            "cannot build the response",
-                        )
-                    }),
-                Err(e) => super::error::api_error_response(&e),
-            }
-        });
+        .and(warp::any().map(move || maps_running.clone()))
+        .then(
+            move |node: Node, body: bytes::Bytes, running: Arc<Semaphore>| async move {
+                // Refused at once past the bound: each waits for a map slot.
+                let Ok(_running) = running.try_acquire_owned() else {
+                    return super::error::api_error_response(&QueryError::Overloaded {
+                        what: "map requests",
+                        limit: max_maps,
+                        field: "query.max_map_requests",
+                    });
+                };
+                let request: Result<MapRequest, QueryError> =
+                    super::parse(&body).map_err(QueryError::from);
+                let result = match request {
+                    Ok(request) => node.map_request(request).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(bytes) => warp::http::Response::builder()
+                        .header("content-type", PARTIAL_MEDIA_TYPE)
+                        .body(bytes.into())
+                        .unwrap_or_else(|_| {
+                            error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal",
+                                "cannot build the response",
+                            )
+                        }),
+                    Err(e) => super::error::api_error_response(&e),
+                }
+            },
+        );
     let trash = internal
         .and(warp::path!("trash"))
         .and(warp::post())

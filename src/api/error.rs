@@ -57,11 +57,35 @@ impl ApiError for QueryError {
 /// The response for an error.
 pub fn api_error_response(e: &impl ApiError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if e.code() == "overloaded" {
+        // Refused, not failed: logging each would add to the overload.
+        tracing::debug!(error = %e, "request refused");
+        let mut response = error_response(status, e.code(), &e.to_string());
+        response.headers_mut().insert(
+            warp::http::header::RETRY_AFTER,
+            warp::http::HeaderValue::from(RETRY_AFTER_SECS),
+        );
+        return response;
+    }
     if status.is_server_error() {
         tracing::warn!(error = %e, "request failed");
     }
     error_response(status, e.code(), &e.to_string())
 }
+
+/// What `Retry-After` says in a 503 `overloaded`, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// A request body that could not be read.
+#[derive(Debug)]
+pub(super) enum BodyError {
+    /// It did not arrive within `http.body_timeout_ms` (this many ms).
+    Timeout(u64),
+    /// The connection failed while it was read.
+    Unreadable(String),
+}
+
+impl warp::reject::Reject for BodyError {}
 
 /// A JSON success response.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
@@ -81,8 +105,29 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject::{
         InvalidQuery, LengthRequired, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType,
     };
+    if let Some(refused) = rejection.find::<super::auth::Refused>() {
+        return Ok(refused.response());
+    }
     if rejection.find::<super::cluster::Unauthorized>().is_some() {
         return Ok(super::cluster::unauthorized_response());
+    }
+    match rejection.find::<BodyError>() {
+        Some(BodyError::Timeout(ms)) => {
+            return Ok(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                &format!("the request body did not arrive within {ms} ms (http.body_timeout_ms)"),
+            ));
+        }
+        Some(BodyError::Unreadable(e)) => {
+            let message = format!("cannot read the request body: {e}");
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                &message,
+            ));
+        }
+        None => {}
     }
     let (status, code, message) = if rejection.is_not_found() {
         (

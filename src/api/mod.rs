@@ -1,15 +1,18 @@
 //! The HTTP API (v1, JSON). Routes call the node and turn its results into
 //! responses; `error.rs` is the one place errors become `{"error":{…}}`.
 
+mod admin;
+mod auth;
 mod cluster;
 mod dashboard;
 mod error;
 mod index;
 mod metrics;
 
-use std::future::Future;
+use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use warp::Filter;
@@ -17,24 +20,45 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+pub use auth::CLUSTER_HEADER;
 pub use error::{ApiError, api_error_response, error_response, json_response};
 use error::{recover, respond};
 
 use crate::node::{AddDatabase, AliasAction, Node, NodeError};
 use crate::query::{QueryError, QueryRequest};
 
-/// Serves the API on `listener` until `shutdown` completes.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    node: Node,
-    extra: Option<BoxedFilter<(Response,)>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(routes(node, extra))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+/// A request's body: at most `max` bytes (its content-length must say so:
+/// 413 otherwise), all of it within `timeout_ms` (408 `timeout` otherwise).
+fn body(
+    max: u64,
+    timeout_ms: u64,
+) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Copy {
+    warp::body::content_length_limit(max)
+        .and(warp::body::stream())
+        .and_then(move |stream| read_body(stream, timeout_ms))
+}
+
+async fn read_body<B: Buf>(
+    stream: impl Stream<Item = Result<B, warp::Error>>,
+    timeout_ms: u64,
+) -> Result<Bytes, warp::Rejection> {
+    let read = async {
+        let mut stream = std::pin::pin!(stream);
+        let mut out = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let mut chunk = chunk.map_err(|e| error::BodyError::Unreadable(e.to_string()))?;
+            while chunk.has_remaining() {
+                let len = chunk.chunk().len();
+                out.extend_from_slice(chunk.chunk());
+                chunk.advance(len);
+            }
+        }
+        Ok::<_, error::BodyError>(out.freeze())
+    };
+    match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read).await {
+        Ok(read) => read.map_err(warp::reject::custom),
+        Err(_) => Err(warp::reject::custom(error::BodyError::Timeout(timeout_ms))),
+    }
 }
 
 /// Parses a JSON body strictly (unknown fields are errors).
@@ -83,9 +107,12 @@ pub fn routes(
     extra: Option<BoxedFilter<(Response,)>>,
 ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let max_body = node.config().http.max_body_bytes;
+    let body_timeout_ms = node.config().http.body_timeout_ms;
+    let max_queries = node.config().query.max_concurrent_queries;
+    let queries_running = Arc::new(tokio::sync::Semaphore::new(max_queries));
     let node_for_cluster = node.clone();
     let with_node = warp::any().map(move || node.clone());
-    let body = warp::body::content_length_limit(max_body).and(warp::body::bytes());
+    let body = body(max_body, body_timeout_ms);
 
     let health = warp::path!("v1" / "health")
         .and(warp::get())
@@ -213,12 +240,22 @@ pub fn routes(
             crate::query::FORWARDED_HEADER,
         ))
         .and(with_node.clone())
+        .and(warp::any().map(move || queries_running.clone()))
         .then(
-            |target: String,
-             analysis: String,
-             body: Bytes,
-             forwarded: Option<String>,
-             node: Node| async move {
+            move |target: String,
+                  analysis: String,
+                  body: Bytes,
+                  forwarded: Option<String>,
+                  node: Node,
+                  running: Arc<tokio::sync::Semaphore>| async move {
+                // Refused at once past the bound: a queue would only grow.
+                let Ok(_running) = running.try_acquire_owned() else {
+                    return api_error_response(&QueryError::Overloaded {
+                        what: "queries",
+                        limit: max_queries,
+                        field: "query.max_concurrent_queries",
+                    });
+                };
                 let request = if body.is_empty() {
                     Ok(QueryRequest::default())
                 } else {
@@ -273,10 +310,17 @@ pub fn routes(
         .unify()
         .boxed();
 
-    let cluster = cluster::routes(node_for_cluster.clone(), body.boxed());
+    let guard = auth::guard(node_for_cluster.clone());
+    let tokens = auth::routes(node_for_cluster.clone(), body.boxed());
+    let cluster = cluster::routes(node_for_cluster.clone(), body.boxed())
+        .or(admin::routes(node_for_cluster.clone(), body.boxed()))
+        .unify()
+        .boxed();
     let index = index::routes(node_for_cluster.clone());
 
-    queries
+    let routes = queries
+        .or(tokens)
+        .unify()
         .or(databases)
         .unify()
         .or(cluster)
@@ -290,9 +334,8 @@ pub fn routes(
         .or(dashboard::routes())
         .unify()
         .or(extra)
-        .unify()
-        .recover(recover)
-        .unify()
+        .unify();
+    guard.and(routes).recover(recover).unify()
 }
 
 /// A change's answer, once every live member has it: the answer's JSON object

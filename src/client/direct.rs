@@ -76,10 +76,10 @@ impl Client {
             .flatten()
             .filter(|m| m["live"] == true)
             .filter_map(|m| {
-                Some((
-                    m["id"].as_str()?.to_string(),
-                    m["node"]["http"].as_str()?.to_string(),
-                ))
+                let tls = m["node"]["tls"] == true;
+                let address = m["node"]["http"].as_str()?;
+                let url = format!("{}://{address}", if tls { "https" } else { "http" });
+                Some((m["id"].as_str()?.to_string(), url))
             })
             .collect();
         let load: HashMap<String, u64> = cluster["members"]

@@ -30,6 +30,8 @@ pub struct Client {
     http: reqwest::Client,
     /// For `query_direct`: the cluster secret the holders' map endpoint needs.
     cluster_secret: Option<String>,
+    /// Sent as `Authorization: Bearer …` on every call.
+    token: Option<String>,
 }
 
 impl Client {
@@ -37,9 +39,21 @@ impl Client {
     pub fn new(base: &str) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            // Idle connections go before a node closes them (its header
+            // timeout), so a request never lands on a connection being closed.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(std::time::Duration::from_secs(4))
+                .build()
+                .unwrap_or_default(),
             cluster_secret: None,
+            token: None,
         }
+    }
+
+    /// Sends `token` (the admin token, or a signed token) on every call.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// Sends `secret` with the map requests of `query_direct`.
@@ -73,6 +87,9 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

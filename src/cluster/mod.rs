@@ -7,7 +7,9 @@
 //! - `view`: the cluster as placement sees it, from gossip and inventories — pure.
 //! - `membership`: chitchat gossip of small digests, and the sync loop that pulls
 //!   registries and inventories over HTTP when digests differ.
+//! - `backup`: backups of the registry to object storage, and restoring them.
 
+pub mod backup;
 pub mod health;
 pub mod membership;
 pub mod registry;

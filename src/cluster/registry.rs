@@ -403,3 +403,146 @@ mod tests {
         assert_eq!(r.aliases.keys().collect::<Vec<_>>(), ["live"]);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests (proptest, 2,000 cases each) over arbitrary entries with
+    //! arbitrary versions — few names, nodes and milliseconds, so that equal
+    //! versions with different contents (the tie-break) come up often.
+
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn hlc() -> impl Strategy<Value = Hlc> {
+        let node = prop_oneof![Just("n1"), Just("n2"), Just("n3")];
+        (0u64..4, 0u32..3, node).prop_map(|(ms, counter, node)| Hlc {
+            ms,
+            counter,
+            node: node.to_string(),
+        })
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(str::to_string)
+    }
+
+    fn alias() -> impl Strategy<Value = AliasRecord> {
+        let target = option::of(prop_oneof![Just("db1"), Just("db2")].prop_map(str::to_string));
+        (name(), target, hlc(), 0u64..3).prop_map(|(name, target, version, updated_ms)| {
+            AliasRecord {
+                name,
+                target,
+                version,
+                updated_ms,
+            }
+        })
+    }
+
+    fn definition() -> impl Strategy<Value = DefinitionRecord> {
+        let mode = prop_oneof![Just(Mode::Full), Just(Mode::Lazy)];
+        let replicas = prop_oneof![
+            (1u32..3).prop_map(Replicas::Count),
+            Just(Replicas::All(crate::catalog::AllReplicas::All)),
+        ];
+        let definition = option::of((0u8..2, mode, replicas, any::<bool>()).prop_map(
+            |(source, mode, replicas, keep)| Definition {
+                source: format!("file:///s/{source}"),
+                mode,
+                replicas,
+                keep,
+            },
+        ));
+        (name(), definition, hlc(), 0u64..3).prop_map(|(name, definition, version, updated_ms)| {
+            DefinitionRecord {
+                name,
+                definition,
+                version,
+                updated_ms,
+            }
+        })
+    }
+
+    fn pin() -> impl Strategy<Value = PinRecord> {
+        let nodes = option::of(vec(prop_oneof![Just("n1"), Just("n2")], 0..3));
+        (name(), nodes, hlc(), 0u64..3).prop_map(|(key, nodes, version, updated_ms)| PinRecord {
+            key,
+            nodes: nodes.map(|n| n.into_iter().map(str::to_string).collect()),
+            version,
+            updated_ms,
+        })
+    }
+
+    fn registry() -> impl Strategy<Value = Registry> {
+        (
+            vec(definition(), 0..5),
+            vec(alias(), 0..5),
+            vec(pin(), 0..3),
+        )
+            .prop_map(|(definitions, aliases, pins)| Registry {
+                definitions: definitions
+                    .into_iter()
+                    .map(|d| (d.name.clone(), d))
+                    .collect(),
+                aliases: aliases.into_iter().map(|a| (a.name.clone(), a)).collect(),
+                pins: pins.into_iter().map(|p| (p.key.clone(), p)).collect(),
+            })
+    }
+
+    fn merged(a: &Registry, b: &Registry) -> Registry {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn merge_is_commutative_associative_and_idempotent(
+            a in registry(),
+            b in registry(),
+            c in registry(),
+        ) {
+            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+            prop_assert_eq!(merged(&a, &a), a.clone());
+            let ab = merged(&a, &b);
+            prop_assert_eq!(merged(&ab, &b), ab.clone());
+            // What a merge reports as changed is exactly what it took.
+            let mut into = a.clone();
+            let changes = into.merge(&b);
+            prop_assert_eq!(changes.is_empty(), into == a);
+        }
+
+        #[test]
+        fn every_merge_order_gives_the_same_digest(
+            (registries, shuffled) in vec(registry(), 1..6)
+                .prop_flat_map(|r| (Just(r.clone()), Just(r).prop_shuffle())),
+        ) {
+            let fold = |rs: &[Registry]| rs.iter().fold(Registry::default(), |acc, r| merged(&acc, r));
+            let (one, other) = (fold(&registries), fold(&shuffled));
+            prop_assert_eq!(one.digest(), other.digest());
+            // Merging pairwise, as gossip does, ends in the same place too.
+            let mut pairwise = shuffled.clone();
+            while pairwise.len() > 1 {
+                let last = pairwise.pop().unwrap_or_default();
+                let first = pairwise.remove(0);
+                pairwise.push(merged(&last, &first));
+            }
+            prop_assert_eq!(pairwise[0].digest(), one.digest());
+            prop_assert_eq!(&pairwise[0], &one);
+            // Every entry kept is the greatest version written for its name.
+            for registry in &registries {
+                for (name, alias) in &registry.aliases {
+                    prop_assert!(one.aliases[name].version >= alias.version);
+                }
+                for (name, definition) in &registry.definitions {
+                    prop_assert!(one.definitions[name].version >= definition.version);
+                }
+            }
+        }
+    }
+}

@@ -20,6 +20,9 @@ pub enum NodeError {
     Catalog(#[from] CatalogError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The backup store (`backup.url`) failed or could not be reached.
+    #[error("{0}")]
+    BackupStore(String),
 }
 
 impl NodeError {
@@ -41,6 +44,7 @@ impl NodeError {
             NodeError::Storage(_) => "storage_error",
             NodeError::Catalog(_) => "catalog_error",
             NodeError::ShuttingDown => "shutting_down",
+            NodeError::BackupStore(_) => "backup_store_error",
         }
     }
 
@@ -53,6 +57,7 @@ impl NodeError {
             NodeError::Conflict(_) => 409,
             NodeError::NotReady(_) => 409,
             NodeError::ShuttingDown => 503,
+            NodeError::BackupStore(_) => 502,
             NodeError::Storage(_) | NodeError::Catalog(_) => 500,
         }
     }

@@ -234,6 +234,11 @@ impl Node {
         &self.inner.node_id
     }
 
+    /// When this node started (ms since the epoch).
+    pub fn started_ms(&self) -> u64 {
+        self.inner.started_ms
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }

@@ -172,7 +172,8 @@ async fn fetch_inventory(
         return node.inventory().ok();
     }
     let address = http.get(member)?;
-    let mut request = client.get(format!("http://{address}/v1/internal/inventory"));
+    let url = crate::server::base_url(address);
+    let mut request = client.get(format!("{url}/v1/internal/inventory"));
     if let Some(secret) = &node.config().auth.cluster_secret {
         request = request.bearer_auth(secret);
     }
@@ -193,9 +194,8 @@ async fn post_trash(
     let address = http
         .get(member)
         .ok_or_else(|| format!("no HTTP address known for {member}"))?;
-    let mut request = client
-        .post(format!("http://{address}/v1/internal/trash"))
-        .json(body);
+    let url = crate::server::base_url(address);
+    let mut request = client.post(format!("{url}/v1/internal/trash")).json(body);
     if let Some(secret) = &node.config().auth.cluster_secret {
         request = request.bearer_auth(secret);
     }

@@ -37,6 +37,14 @@ pub enum QueryError {
         " (allow_partial: true answers without them)"
     )]
     Unavailable { shards: Vec<String> },
+    /// Too much work at once: refused at once rather than queued (503 with
+    /// `Retry-After`).
+    #[error("this node is running {limit} {what} already (its {field}); try again shortly")]
+    Overloaded {
+        what: &'static str,
+        limit: usize,
+        field: &'static str,
+    },
     /// A holder answered a map request with an error (after the retry).
     #[error("{node}: {message}")]
     Remote {
@@ -83,6 +91,7 @@ impl QueryError {
             QueryError::Timeout { .. } => "timeout",
             QueryError::Cancelled => "cancelled",
             QueryError::Unavailable { .. } => "shards_unavailable",
+            QueryError::Overloaded { .. } => "overloaded",
             QueryError::Remote { code, .. } => remote_code(code),
         }
     }
@@ -95,7 +104,9 @@ impl QueryError {
             QueryError::InvalidRequest(_) | QueryError::InvalidParams { .. } => 400,
             QueryError::Failed { .. } | QueryError::Panicked { .. } => 500,
             QueryError::Timeout { .. } => 504,
-            QueryError::Cancelled | QueryError::Unavailable { .. } => 503,
+            QueryError::Cancelled
+            | QueryError::Unavailable { .. }
+            | QueryError::Overloaded { .. } => 503,
             QueryError::Remote { code, status, .. } => match remote_code(code) {
                 "leaf_failed" => 502,
                 _ => *status,
@@ -107,7 +118,7 @@ impl QueryError {
 /// The code of another member's error, as this node reports it: the codes dram
 /// knows pass through (with their status), anything else is `leaf_failed`.
 fn remote_code(code: &str) -> &'static str {
-    const KNOWN: [&str; 13] = [
+    const KNOWN: [&str; 14] = [
         "analysis_failed",
         "analysis_panicked",
         "invalid_params",
@@ -121,6 +132,7 @@ fn remote_code(code: &str) -> &'static str {
         "unauthorized",
         "storage_error",
         "catalog_error",
+        "overloaded",
     ];
     KNOWN
         .into_iter()

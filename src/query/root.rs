@@ -195,13 +195,19 @@ impl Node {
             message,
         };
         tracing::debug!(target, to = %address, "query forwarded: this node has not heard of its target yet");
-        let response = membership
+        let mut forwarded = membership
             .http_client()
-            .post(format!("http://{address}/v1/query/{target}/{analysis}"))
+            .post(format!(
+                "{}/v1/query/{target}/{analysis}",
+                crate::server::base_url(&address)
+            ))
             .header(FORWARDED_HEADER, "1")
-            .json(request)
-            .send()
-            .await;
+            .json(request);
+        // The member trusts a member: the query was checked here.
+        if let Some(secret) = &self.config().auth.cluster_secret {
+            forwarded = forwarded.bearer_auth(secret);
+        }
+        let response = forwarded.send().await;
         let response = match response {
             Ok(response) => response,
             Err(e) => return Some(Err(remote(502, "leaf_failed", e.to_string()))),
@@ -468,7 +474,8 @@ where
     futures::future::join_all(requests).await
 }
 
-/// `POST http://{address}/v1/internal/map` for `shards`, decoded.
+/// `POST {address}/v1/internal/map` for `shards`, decoded (`address`: the
+/// holder's base URL, or `host:port` for plain HTTP).
 pub(crate) async fn send_map(
     client: &reqwest::Client,
     node: &str,
@@ -498,8 +505,9 @@ pub(crate) async fn send_map(
         shards: shards.to_vec(),
         timeout_ms: left.as_millis() as u64,
     };
+    let url = crate::server::base_url(address);
     let mut request = client
-        .post(format!("http://{address}/v1/internal/map"))
+        .post(format!("{url}/v1/internal/map"))
         .timeout(left)
         .json(&body);
     if let Some(secret) = secret {

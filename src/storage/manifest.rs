@@ -243,3 +243,141 @@ mod tests {
         assert_eq!(Part::from_key("shards/"), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests (proptest, 2,000 cases each): parsing never panics,
+    //! whatever the bytes, and a manifest it accepts names only paths that
+    //! stay inside their part's folder.
+
+    use std::path::{Component, Path};
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Tokens of JSON and of manifests, hostile ones included.
+    fn token() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("{"),
+            Just("}"),
+            Just("["),
+            Just("]"),
+            Just(":"),
+            Just(","),
+            Just(r#""format""#),
+            Just(r#""files""#),
+            Just(r#""path""#),
+            Just(r#""size""#),
+            Just(r#""sha256""#),
+            Just("1"),
+            Just("-1"),
+            Just("1e400"),
+            Just("18446744073709551616"),
+            Just("null"),
+            Just("true"),
+            Just(r#""../x""#),
+            Just(r#""shards/0/a""#),
+            Just(r#""\u0000""#),
+            Just(r#""\ud800""#),
+            Just(" "),
+        ]
+    }
+
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            4 => Just("shards"),
+            2 => Just("global"),
+            3 => Just("0"),
+            3 => Just("a"),
+            2 => Just("b-1"),
+            2 => Just("x.csv"),
+            1 => Just(".."),
+            1 => Just("."),
+            1 => Just(""),
+            1 => Just("dram.json"),
+            1 => Just("a.b"),
+            1 => Just("..\\.."),
+            1 => Just("é"),
+            1 => Just("\0"),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => vec(segment(), 1..5).prop_map(|s| s.join("/")),
+            1 => vec(segment(), 1..4).prop_map(|s| format!("/{}", s.join("/"))),
+            1 => any::<String>(),
+        ]
+    }
+
+    fn sha256() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            8 => "[0-9a-f]{64}".prop_map(Some),
+            1 => Just(Some("A".repeat(64))),
+            1 => Just(None),
+            1 => any::<String>().prop_map(Some),
+        ]
+    }
+
+    fn manifest() -> impl Strategy<Value = Manifest> {
+        let file = (path(), any::<u64>(), sha256()).prop_map(|(path, size, sha256)| ManifestFile {
+            path,
+            size,
+            sha256,
+        });
+        let format = prop_oneof![9 => Just(FORMAT), 1 => any::<u32>()];
+        (format, vec(file, 0..8)).prop_map(|(format, files)| Manifest { format, files })
+    }
+
+    /// Non-empty, relative, no empty, `.` or `..` segment, no NUL or backslash.
+    fn is_clean(path: &str) -> bool {
+        !path.is_empty()
+            && !path.starts_with('/')
+            && !path.contains(['\0', '\\'])
+            && path
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::parse(&bytes);
+        }
+
+        #[test]
+        fn json_like_text_never_panics(tokens in vec(token(), 0..64)) {
+            let _ = Manifest::parse(tokens.concat().as_bytes());
+        }
+
+        #[test]
+        fn accepted_manifests_name_only_paths_inside(manifest in manifest()) {
+            let bytes = serde_json::to_vec(&manifest).unwrap();
+            let Ok(parsed) = Manifest::parse(&bytes) else {
+                return Ok(());
+            };
+            prop_assert_eq!(&parsed, &manifest);
+            for file in &parsed.files {
+                prop_assert!(is_clean(&file.path), "{:?}", file.path);
+            }
+            let base = Path::new("/data/dbs/db");
+            for (part, files) in parsed.parts().unwrap() {
+                if let Some(id) = part.shard_id() {
+                    prop_assert!(is_valid_shard_id(id), "{id:?}");
+                }
+                let folder = base.join(part.key());
+                for placed in files {
+                    prop_assert!(is_clean(&placed.local), "{:?}", placed.local);
+                    let local = folder.join(&placed.local);
+                    prop_assert!(local.starts_with(&folder) && local != folder);
+                    let plain = |c: Component| matches!(c, Component::RootDir | Component::Normal(_));
+                    prop_assert!(local.components().all(plain), "{local:?}");
+                }
+            }
+        }
+    }
+}

@@ -2,12 +2,15 @@
 //! library API where the issue names it, e.g. lazy opens). One test binary.
 
 mod aliases;
+mod auth;
+mod backup;
 mod builtin;
 mod cluster;
 mod dashboard;
 mod databases;
 mod example;
 mod fanout;
+mod hostile;
 mod index;
 mod metrics;
 mod placement;
@@ -15,3 +18,4 @@ mod query;
 mod restart;
 mod s3;
 mod support;
+mod tls;

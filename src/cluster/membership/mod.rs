@@ -83,6 +83,8 @@ pub struct Membership {
     http_client: reqwest::Client,
     /// Whether this node was given seeds (it waits to meet a peer before placing).
     seeded: bool,
+    /// Registry backups, run by the primary (`cluster::backup`).
+    pub(crate) backups: crate::cluster::backup::Backups,
 }
 
 /// What the sync loop reads of a live peer.
@@ -160,6 +162,7 @@ impl Membership {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_ms: now_ms(),
             zone: node.config().node.zone.clone(),
+            tls: node.config().http.tls(),
         };
         let initial = vec![(KEY_NODE.to_string(), to_json(&info))];
         let chitchat = spawn_chitchat(chitchat_config, initial, transport)
@@ -180,10 +183,12 @@ impl Membership {
             state: Mutex::default(),
             rounds: Default::default(),
             seeded: !config.seeds.is_empty(),
+            backups: crate::cluster::backup::Backups::new(&node),
             last_gc_ms: Mutex::new(0),
             failed_holders: Mutex::default(),
-            http_client: reqwest::Client::builder()
+            http_client: crate::server::peer_client(node.config())
                 .pool_max_idle_per_host(64)
+                .default_headers(peer_headers(&config.id))
                 .build()
                 .map_err(|e| {
                     NodeError::InvalidInput(format!("cannot build an HTTP client: {e}"))
@@ -202,6 +207,7 @@ impl Membership {
             task.abort();
             let _ = task.await;
         }
+        self.backups.shutdown().await;
         let chitchat = lock(&self.chitchat).take();
         if let Some(chitchat) = chitchat
             && let Err(e) = chitchat.shutdown().await
@@ -351,7 +357,7 @@ impl Membership {
                 let state = chitchat.node_state(id)?;
                 Some(Peer {
                     id: id.node_id.to_string(),
-                    http: parse::<NodeInfo>(state.get(KEY_NODE)).map(|n| n.http),
+                    http: parse::<NodeInfo>(state.get(KEY_NODE)).map(|n| n.url()),
                     registry: parse(state.get(KEY_REGISTRY)),
                     inventory: parse(state.get(KEY_INVENTORY)),
                     primary: parse(state.get(KEY_PRIMARY)),
@@ -531,7 +537,11 @@ impl Membership {
 }
 
 async fn sync_loop(membership: std::sync::Weak<Membership>, node: Node, interval: Duration) {
-    let client = match reqwest::Client::builder().timeout(PULL_TIMEOUT).build() {
+    let client = match crate::server::peer_client(node.config())
+        .timeout(PULL_TIMEOUT)
+        .default_headers(peer_headers(&node.config().cluster.id))
+        .build()
+    {
         Ok(client) => client,
         Err(e) => {
             warn!(error = %e, "cannot build the HTTP client: the registry will not sync");
@@ -559,14 +569,15 @@ async fn sync_loop(membership: std::sync::Weak<Membership>, node: Node, interval
     }
 }
 
-/// `GET http://{http}{path}` with the cluster secret, as JSON.
+/// `GET {http}{path}` with the cluster secret, as JSON (`http`: a member's
+/// base URL, or `host:port` for plain HTTP).
 async fn pull<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     node: &Node,
     http: &str,
     path: &str,
 ) -> Result<T, String> {
-    let mut request = client.get(format!("http://{http}{path}"));
+    let mut request = client.get(format!("{}{path}", crate::server::base_url(http)));
     if let Some(secret) = &node.config().auth.cluster_secret {
         request = request.bearer_auth(secret);
     }
@@ -590,4 +601,14 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 fn parse<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
     serde_json::from_str(value?).ok()
+}
+
+/// Headers every node-to-node request carries: the cluster id, so that a
+/// member of another cluster is refused even if it knows the secret.
+fn peer_headers(cluster_id: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(cluster_id) {
+        headers.insert(crate::api::CLUSTER_HEADER, value);
+    }
+    headers
 }

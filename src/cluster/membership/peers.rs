@@ -24,7 +24,7 @@ impl Membership {
             .into_iter()
             .filter(|m| m.live && !m.is_self)
             .map(|member| async move {
-                let answer = match member.node.as_ref().map(|n| n.http.clone()) {
+                let answer = match member.node.as_ref().map(|n| n.url()) {
                     None => Err("its HTTP address is not known yet".to_string()),
                     Some(http) => {
                         match tokio::time::timeout(

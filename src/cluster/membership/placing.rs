@@ -121,6 +121,12 @@ impl Membership {
         let Some(primary) = self.own_primacy() else {
             return Ok(());
         };
+        // Backups (cluster/backup): restore into an empty cluster, back up changes; never waits.
+        let registries: Vec<Option<usize>> = peers
+            .iter()
+            .map(|p| p.registry.as_ref().map(|r| r.entries))
+            .collect();
+        self.backups.on_primary_round(node, &registries);
         let layouts = node.layouts()?;
         let planned = plan(&layouts, &state);
         if planned.downloads.is_empty() && planned.trashes.is_empty() && planned.waiting.is_empty()
@@ -296,7 +302,7 @@ impl Membership {
         let members = self.members().await;
         let mut out = QueryHolders::default();
         for member in members.iter().filter(|m| m.live && !m.is_self) {
-            if let Some(http) = member.node.as_ref().map(|n| n.http.clone()) {
+            if let Some(http) = member.node.as_ref().map(NodeInfo::url) {
                 out.http.insert(member.id.clone(), http);
             }
             if let Some(load) = member.load {
@@ -362,7 +368,7 @@ impl Membership {
             .filter_map(|m| {
                 let registry = m.registry?;
                 let ahead = registry.hash != own.hash && registry.max > own.max;
-                ahead.then(|| Some((registry.max, m.node?.http)))?
+                ahead.then(|| Some((registry.max, m.node?.url())))?
             })
             .max_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, http)| http))
@@ -409,7 +415,7 @@ impl Membership {
             .await
             .into_iter()
             .filter(|m| m.live)
-            .filter_map(|m| Some((m.id, m.node.map(|n: NodeInfo| n.http)?)))
+            .filter_map(|m| Some((m.id, m.node.map(|n: NodeInfo| n.url())?)))
             .collect()
     }
 

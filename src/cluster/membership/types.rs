@@ -18,6 +18,18 @@ pub struct NodeInfo {
     pub started_ms: u64,
     #[serde(default)]
     pub zone: String,
+    /// Its API is served over HTTPS (`http.tls_cert`). Absent from the gossip
+    /// of members that predate TLS: plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+}
+
+impl NodeInfo {
+    /// The base URL of its API: `http://…` or `https://…`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
+    }
 }
 
 /// The `primary` key: whom a member names as primary, the highest term it knows,

@@ -1,0 +1,49 @@
+//! Backup routes: `POST /v1/admin/backup` (write one now), `GET
+//! /v1/admin/backups` (list them, newest first, with their validity) and
+//! `POST /v1/admin/restore {backup}` (make the registry equal a backup's).
+//! Any member answers them, from its own registry; `cluster::backup` does the
+//! work. Without `backup.url` they answer 409.
+
+use serde::Deserialize;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::error::respond;
+use crate::cluster::backup;
+use crate::node::{Node, NodeError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    backup: String,
+}
+
+pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFilter<(Response,)> {
+    let with_node = warp::any().map(move || node.clone());
+
+    let write = warp::path!("v1" / "admin" / "backup")
+        .and(warp::post())
+        .and(with_node.clone())
+        .then(|node: Node| async move { respond(StatusCode::OK, backup::backup_now(&node).await) });
+
+    let list = warp::path!("v1" / "admin" / "backups")
+        .and(warp::get())
+        .and(with_node.clone())
+        .then(|node: Node| async move { respond(StatusCode::OK, backup::list(&node).await) });
+
+    let restore = warp::path!("v1" / "admin" / "restore")
+        .and(warp::post())
+        .and(body)
+        .and(with_node)
+        .then(|body: bytes::Bytes, node: Node| async move {
+            let result = match super::parse::<RestoreBody>(&body) {
+                Ok(request) => backup::restore(&node, &request.backup).await,
+                Err(e) => Err::<backup::RestoreReport, NodeError>(e),
+            };
+            respond(StatusCode::OK, super::acknowledged(&node, result).await)
+        });
+
+    write.or(list).unify().or(restore).unify().boxed()
+}
