@@ -210,12 +210,23 @@ struct NodeArg {
     /// A token for the node: the admin token, or a signed token for a query.
     #[arg(long, env = "DRAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificates to trust for an https:// node (its own certificate).
+    #[arg(long, env = "DRAM_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 impl NodeArg {
-    /// A client of the node, sending the token when one is given.
-    fn client(&self) -> Client {
-        Client::new(&self.node).with_token(self.token.clone())
+    /// A client of the node, sending the token and trusting the CA when given.
+    fn client(&self) -> Result<Client> {
+        let client = Client::new(&self.node).with_token(self.token.clone());
+        let Some(path) = &self.ca else {
+            return Ok(client);
+        };
+        let pem =
+            std::fs::read(path).with_context(|| format!("--ca: cannot read {}", path.display()))?;
+        client
+            .with_ca_pem(&pem)
+            .with_context(|| format!("--ca {}", path.display()))
     }
 }
 
@@ -347,7 +358,7 @@ async fn run(command: Command) -> Result<()> {
             node,
         } => {
             let answer = node
-                .client()
+                .client()?
                 .post(
                     "/v1/tokens",
                     &serde_json::json!({"database": database, "ttl": ttl}),
@@ -392,7 +403,7 @@ async fn run(command: Command) -> Result<()> {
                 body["allow_partial"] = json!(true);
             }
             let path = format!("/v1/query/{}/{}", segment(&database)?, segment(&analysis)?);
-            let client = node.client().with_cluster_secret(cluster_secret);
+            let client = node.client()?.with_cluster_secret(cluster_secret);
             let answer = if direct {
                 let request: dram::query::QueryRequest = serde_json::from_value(body)?;
                 let answer = client
@@ -410,7 +421,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Analyses { node } => {
-            let listed = node.client().get("/v1/analyses").await?;
+            let listed = node.client()?.get("/v1/analyses").await?;
             for analysis in listed["analyses"].as_array().into_iter().flatten() {
                 println!(
                     "{}\t{}",
@@ -421,7 +432,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Stats { node } => {
-            let stats = node.client().get("/v1/stats").await?;
+            let stats = node.client()?.get("/v1/stats").await?;
             print_json(&stats);
             Ok(())
         }
@@ -529,7 +540,7 @@ async fn db(command: DbCommand) -> Result<()> {
             wait,
             node,
         } => {
-            let client = node.client();
+            let client = node.client()?;
             let body = json!({
                 "name": name,
                 "source": url,
@@ -548,7 +559,7 @@ async fn db(command: DbCommand) -> Result<()> {
             Ok(())
         }
         DbCommand::Ls { node } => {
-            let list = node.client().get("/v1/databases").await?;
+            let list = node.client()?.get("/v1/databases").await?;
             println!(
                 "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>7}",
                 "NAME", "STATE", "MODE", "SHARDS", "FILES", "BYTES", "DONE"
@@ -575,12 +586,12 @@ async fn db(command: DbCommand) -> Result<()> {
             Ok(())
         }
         DbCommand::Show { name, node } => {
-            print_json(&node.client().get(&format!("/v1/databases/{name}")).await?);
+            print_json(&node.client()?.get(&format!("/v1/databases/{name}")).await?);
             Ok(())
         }
         DbCommand::Rm { name, node } => {
             let info = node
-                .client()
+                .client()?
                 .delete(&format!("/v1/databases/{name}"))
                 .await?;
             println!(
@@ -591,7 +602,7 @@ async fn db(command: DbCommand) -> Result<()> {
         }
         DbCommand::Restore { name, node } => {
             let info = node
-                .client()
+                .client()?
                 .post(&format!("/v1/databases/{name}/restore"), &json!({}))
                 .await?;
             println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
@@ -613,21 +624,21 @@ async fn wait_for_database(client: &Client, name: &str) -> Result<Value> {
 async fn alias(command: AliasCommand) -> Result<()> {
     match command {
         AliasCommand::Set { name, target, node } => {
-            node.client()
+            node.client()?
                 .put(&format!("/v1/aliases/{name}"), &json!({ "target": target }))
                 .await
                 .with_context(|| format!("setting alias {name}"))?;
             println!("{name} -> {target}");
         }
         AliasCommand::Rm { name, node } => {
-            node.client()
+            node.client()?
                 .delete(&format!("/v1/aliases/{name}"))
                 .await
                 .with_context(|| format!("removing alias {name}"))?;
             println!("{name} removed");
         }
         AliasCommand::Ls { node } => {
-            let list = node.client().get("/v1/aliases").await?;
+            let list = node.client()?.get("/v1/aliases").await?;
             for alias in list["aliases"].as_array().into_iter().flatten() {
                 println!(
                     "{} -> {}",
@@ -643,7 +654,7 @@ async fn alias(command: AliasCommand) -> Result<()> {
 async fn cluster(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Status { node } => {
-            let status = node.client().get("/v1/cluster").await?;
+            let status = node.client()?.get("/v1/cluster").await?;
             println!(
                 "cluster {}  health {}  (seen from {})",
                 status["cluster_id"].as_str().unwrap_or("?"),
@@ -698,7 +709,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::Shards { database, node } => {
             let path = format!("/v1/cluster/shards?database={}", segment(&database)?);
-            let holders = node.client().get(&path).await?;
+            let holders = node.client()?.get(&path).await?;
             let show = |label: &str, list: &Value| {
                 let holders: Vec<String> = list
                     .as_array()
@@ -723,7 +734,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             Ok(())
         }
         ClusterCommand::Gc { node } => {
-            let report = node.client().get("/v1/gc").await?;
+            let report = node.client()?.get("/v1/gc").await?;
             let full: Vec<&str> = report["full_disks"]
                 .as_array()
                 .into_iter()
@@ -754,7 +765,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             replicas,
             node,
         } => {
-            let client = node.client();
+            let client = node.client()?;
             if let (Some(database), Some(replicas)) = (database, replicas) {
                 let path = format!(
                     "/v1/plan?database={}&replicas={}",
@@ -806,7 +817,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
 async fn admin(command: AdminCommand) -> Result<()> {
     match command {
         AdminCommand::Backup { node } => {
-            let written = node.client().post("/v1/admin/backup", &json!({})).await?;
+            let written = node.client()?.post("/v1/admin/backup", &json!({})).await?;
             println!(
                 "wrote {} ({})",
                 written["backup"].as_str().unwrap_or("?"),
@@ -814,7 +825,7 @@ async fn admin(command: AdminCommand) -> Result<()> {
             );
         }
         AdminCommand::Backups { node } => {
-            let listing = node.client().get("/v1/admin/backups").await?;
+            let listing = node.client()?.get("/v1/admin/backups").await?;
             println!("backups in {}", listing["url"].as_str().unwrap_or("?"));
             for backup in listing["backups"].as_array().into_iter().flatten() {
                 let state = match backup["error"].as_str() {
@@ -831,7 +842,7 @@ async fn admin(command: AdminCommand) -> Result<()> {
         }
         AdminCommand::Restore { name, node } => {
             let report = node
-                .client()
+                .client()?
                 .post("/v1/admin/restore", &json!({ "backup": name }))
                 .await?;
             let restored = &report["restored"];

@@ -50,6 +50,26 @@ impl Client {
         }
     }
 
+    /// Also trusts the certificates in `pem` (PEM): a node serving TLS with
+    /// a certificate of its own.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Client, ClientError> {
+        let bad = |message: String| ClientError::Protocol {
+            url: self.base.clone(),
+            message,
+        };
+        let roots = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+        if roots.is_empty() {
+            return Err(bad("the CA file holds no certificate".into()));
+        }
+        self.http = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(4))
+            .tls_certs_merge(roots)
+            .build()
+            .map_err(|e| bad(format!("cannot build an HTTPS client: {e}")))?;
+        Ok(self)
+    }
+
     /// Sends `token` (the admin token, or a signed token) on every call.
     pub fn with_token(mut self, token: Option<String>) -> Client {
         self.token = token;

@@ -68,6 +68,20 @@ async fn a_node_with_a_certificate_serves_https_only() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
+    // The command line, told to trust the certificate.
+    let cert_arg = cert.display().to_string();
+    let listed = crate::support::dram_cli(&["db", "ls", "--ca", &cert_arg], &url).await;
+    assert!(listed.contains("NAME"), "{listed}");
+    // The library client likewise; a file that is no certificate is an error.
+    let client = dram::client::Client::new(&url)
+        .with_ca_pem(&std::fs::read(&cert).unwrap())
+        .unwrap();
+    assert_eq!(client.get("/v1/health").await.unwrap()["status"], "ok");
+    assert!(
+        dram::client::Client::new(&url)
+            .with_ca_pem(b"nope")
+            .is_err()
+    );
 
     // Plain HTTP on the TLS port gets no answer.
     let plain = format!("http://{}/v1/health", server.http_addr);
