@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{Client, ClientError};
-use crate::query::root::{FanOut, RootQuery, send_map};
+use crate::query::fanout::{FanOut, send_map};
+use crate::query::root::RootQuery;
 use crate::query::{Analyses, NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
 
 /// Deadline of a direct query that names none.

@@ -8,10 +8,12 @@
 //! its deadline is cancelled (its maps see it through [`Shard::is_cancelled`]).
 //!
 //! Files: `analysis.rs` (the trait, errors, the registry), `shard.rs` (what `map`
-//! sees), `leaf.rs` (running maps and the pre-reduce), `error.rs`.
+//! sees), `leaf.rs` (running maps and the pre-reduce), `root.rs` (a query's
+//! root), `fanout.rs` (holders, map requests, retries), `error.rs`.
 
 mod analysis;
 mod error;
+pub(crate) mod fanout;
 pub(crate) mod leaf;
 pub(crate) mod root;
 mod shard;

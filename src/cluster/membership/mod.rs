@@ -19,6 +19,7 @@
 mod ack;
 mod disagreement;
 mod peers;
+use peers::{peer_headers, pull};
 mod placing;
 pub(crate) use placing::QueryHolders;
 mod types;
@@ -569,26 +570,6 @@ async fn sync_loop(membership: std::sync::Weak<Membership>, node: Node, interval
     }
 }
 
-/// `GET {http}{path}` with the cluster secret, as JSON (`http`: a member's
-/// base URL, or `host:port` for plain HTTP).
-async fn pull<T: serde::de::DeserializeOwned>(
-    client: &reqwest::Client,
-    node: &Node,
-    http: &str,
-    path: &str,
-) -> Result<T, String> {
-    let mut request = client.get(format!("{}{path}", crate::server::base_url(http)));
-    if let Some(secret) = &node.config().auth.cluster_secret {
-        request = request.bearer_auth(secret);
-    }
-    let response = request.send().await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("{path} answered HTTP {status}"));
-    }
-    response.json::<T>().await.map_err(|e| e.to_string())
-}
-
 fn set_if_changed(state: &mut chitchat::NodeState, key: &str, value: String) {
     if state.get(key) != Some(value.as_str()) {
         state.set(key, value);
@@ -601,14 +582,4 @@ fn to_json<T: Serialize>(value: &T) -> String {
 
 fn parse<T: serde::de::DeserializeOwned>(value: Option<&str>) -> Option<T> {
     serde_json::from_str(value?).ok()
-}
-
-/// Headers every node-to-node request carries: the cluster id, so that a
-/// member of another cluster is refused even if it knows the secret.
-fn peer_headers(cluster_id: &str) -> reqwest::header::HeaderMap {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(value) = reqwest::header::HeaderValue::from_str(cluster_id) {
-        headers.insert(crate::api::CLUSTER_HEADER, value);
-    }
-    headers
 }

@@ -1,11 +1,12 @@
-//! Asking every other live member the same read-only question over HTTP, for
-//! the cluster-wide views of the index (`?scope=cluster`).
+//! Talking to the other members over HTTP: every request carries the cluster
+//! secret and id (`pull`, `peer_headers`); `ask_members` asks every other live
+//! member the same read-only question (the index's `?scope=cluster` views).
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::{Membership, pull};
+use super::Membership;
 use crate::node::Node;
 
 /// How long one member may take to answer.
@@ -42,4 +43,34 @@ impl Membership {
             });
         futures::future::join_all(asks).await
     }
+}
+
+/// `GET {http}{path}` with the cluster secret, as JSON (`http`: a member's
+/// base URL, or `host:port` for plain HTTP).
+pub(super) async fn pull<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    node: &Node,
+    http: &str,
+    path: &str,
+) -> Result<T, String> {
+    let mut request = client.get(format!("{}{path}", crate::server::base_url(http)));
+    if let Some(secret) = &node.config().auth.cluster_secret {
+        request = request.bearer_auth(secret);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("{path} answered HTTP {status}"));
+    }
+    response.json::<T>().await.map_err(|e| e.to_string())
+}
+
+/// Headers every node-to-node request carries: the cluster id, so that a
+/// member of another cluster is refused even if it knows the secret.
+pub(super) fn peer_headers(cluster_id: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(cluster_id) {
+        headers.insert(crate::api::CLUSTER_HEADER, value);
+    }
+    headers
 }

@@ -1,0 +1,350 @@
+//! The fan-out core, shared by a query's root and the direct client: which
+//! holder gets which shards, one map request per holder, one retry per failed
+//! shard on its next holder, and the request itself (`send_map`, MessagePack
+//! back).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use tokio::time::Instant as Deadline;
+
+use super::NodeMeta;
+use super::QueryError;
+use super::analysis::DynPartial;
+use super::root::{Gathered, LOAD_STEP, MapRequest, RootQuery};
+use crate::placement::{score, shard_key};
+
+/// The fan-out core, shared by a query's root and the direct client: each
+/// shard goes to its best holder (rendezvous order), one request per holder;
+/// a failed request's shards are retried once on their next holder.
+pub(crate) struct FanOut<'a> {
+    pub database: &'a str,
+    pub shards: Vec<String>,
+    /// Shard → the members holding a ready copy.
+    pub holders: &'a HashMap<String, Vec<String>>,
+    /// Map work under way per member (the `load` gossip key); absent is idle.
+    pub load: &'a HashMap<String, u64>,
+    pub allow_partial: bool,
+}
+
+/// A shard whose request failed: (shard, (node, error)).
+type ShardFailure = (String, (String, QueryError));
+
+/// One map request's outcome.
+struct Answer {
+    node: String,
+    shards: Vec<String>,
+    took_ms: u64,
+    result: Result<DynPartial, QueryError>,
+}
+
+impl FanOut<'_> {
+    /// Runs the requests through `send(node, shards)`.
+    pub(crate) async fn run<F, Fut>(self, send: F) -> Result<Gathered, QueryError>
+    where
+        F: Fn(String, Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+    {
+        let mut gathered = Gathered::default();
+        // Per shard, its holders best first: the least loaded, ties by rendezvous
+        // score (the same holder each time while loads are even: warm caches).
+        let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for shard in self.shards {
+            let mut list: Vec<String> = self.holders.get(&shard).cloned().unwrap_or_default();
+            let key = shard_key(self.database, &shard);
+            // Loads compare in steps of `LOAD_STEP`: a request or two in flight
+            // does not outweigh cache affinity.
+            let load = |node: &String| self.load.get(node).copied().unwrap_or(0) / LOAD_STEP;
+            list.sort_by(|a, b| {
+                load(a)
+                    .cmp(&load(b))
+                    .then_with(|| score(&key, b, 1).total_cmp(&score(&key, a, 1)))
+            });
+            if list.is_empty() {
+                missing.push(shard);
+            } else {
+                candidates.insert(shard, list);
+            }
+        }
+        let mut first: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (shard, list) in &candidates {
+            first
+                .entry(list[0].clone())
+                .or_default()
+                .push(shard.clone());
+        }
+        let mut errors: HashMap<String, (String, QueryError)> = HashMap::new();
+        for answer in send_all(&send, first).await {
+            if let Err(e) = gathered.take(answer) {
+                errors.extend(e);
+            }
+        }
+        // One retry per failed shard, on its next holder.
+        let mut retry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (shard, (node, _)) in &errors {
+            if let Some(next) = candidates[shard].iter().find(|c| *c != node) {
+                retry.entry(next.clone()).or_default().push(shard.clone());
+                gathered.meta.retries += 1;
+            }
+        }
+        for answer in send_all(&send, retry).await {
+            let shards = answer.shards.clone();
+            match gathered.take(answer) {
+                Ok(()) => {
+                    for shard in &shards {
+                        errors.remove(shard);
+                    }
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        if !self.allow_partial
+            && let Some(shard) = errors.keys().min().cloned()
+            && let Some((_, error)) = errors.remove(&shard)
+        {
+            return Err(error);
+        }
+        missing.extend(errors.into_keys());
+        missing.sort();
+        if !missing.is_empty() && !self.allow_partial {
+            return Err(QueryError::Unavailable { shards: missing });
+        }
+        gathered.meta.missing_shards = missing;
+        Ok(gathered)
+    }
+}
+
+impl Gathered {
+    /// Keeps an answer's partial, or returns its shards with the error.
+    fn take(&mut self, answer: Answer) -> Result<(), Vec<ShardFailure>> {
+        let (error, failed) = match answer.result {
+            Ok(partial) => {
+                self.partials.push(partial);
+                self.meta.shards += answer.shards.len();
+                (None, Vec::new())
+            }
+            Err(e) => {
+                let failed = answer
+                    .shards
+                    .iter()
+                    .map(|shard| (shard.clone(), (answer.node.clone(), clone_error(&e))))
+                    .collect();
+                (Some(e.to_string()), failed)
+            }
+        };
+        self.meta.nodes.push(NodeMeta {
+            node: answer.node,
+            shards: answer.shards.len(),
+            took_ms: answer.took_ms,
+            error,
+        });
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+}
+
+/// Sends one request per node at once.
+async fn send_all<F, Fut>(send: &F, by_node: BTreeMap<String, Vec<String>>) -> Vec<Answer>
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+{
+    let requests = by_node.into_iter().map(|(node, shards)| async move {
+        let started = Instant::now();
+        let result = send(node.clone(), shards.clone()).await;
+        Answer {
+            node,
+            shards,
+            took_ms: started.elapsed().as_millis() as u64,
+            result,
+        }
+    });
+    futures::future::join_all(requests).await
+}
+
+/// `POST {address}/v1/internal/map` for `shards`, decoded (`address`: the
+/// holder's base URL, or `host:port` for plain HTTP).
+pub(crate) async fn send_map(
+    client: &reqwest::Client,
+    node: &str,
+    address: &str,
+    secret: Option<&str>,
+    query: &RootQuery,
+    shards: &[String],
+) -> Result<DynPartial, QueryError> {
+    let remote = |message: String| QueryError::Remote {
+        node: node.to_string(),
+        status: 502,
+        code: "leaf_failed".into(),
+        message,
+    };
+    if address.is_empty() {
+        return Err(remote("no HTTP address known".into()));
+    }
+    let left = query
+        .deadline
+        .saturating_duration_since(Deadline::now())
+        .max(std::time::Duration::from_millis(1));
+    let body = MapRequest {
+        database: query.database.clone(),
+        version: query.version.clone(),
+        analysis: query.analysis_name.clone(),
+        params: query.raw_params.clone(),
+        shards: shards.to_vec(),
+        timeout_ms: left.as_millis() as u64,
+    };
+    let url = crate::server::base_url(address);
+    let mut request = client
+        .post(format!("{url}/v1/internal/map"))
+        .timeout(left)
+        .json(&body);
+    if let Some(secret) = secret {
+        request = request.bearer_auth(secret);
+    }
+    let response = request.send().await.map_err(|e| remote(e.to_string()))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| remote(e.to_string()))?;
+    if !status.is_success() {
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        return Err(QueryError::Remote {
+            node: node.to_string(),
+            status: status.as_u16(),
+            code: body["error"]["code"]
+                .as_str()
+                .unwrap_or("leaf_failed")
+                .to_string(),
+            message: body["error"]["message"]
+                .as_str()
+                .map_or_else(|| format!("HTTP {status}"), str::to_string),
+        });
+    }
+    let analysis = query.analysis.clone();
+    super::leaf::blocking(&query.analysis_name, move || analysis.decode(&bytes)).await
+}
+
+/// A copy of an error to report for each shard of a failed request.
+fn clone_error(e: &QueryError) -> QueryError {
+    QueryError::Remote {
+        node: match e {
+            QueryError::Remote { node, .. } => node.clone(),
+            _ => String::new(),
+        },
+        status: e.http_status(),
+        code: e.code().to_string(),
+        message: match e {
+            QueryError::Remote { message, .. } => message.clone(),
+            other => other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn holders(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(shard, nodes)| {
+                (
+                    shard.to_string(),
+                    nodes.iter().map(|n| n.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs a fan-out where `failing` members fail; returns what was sent where.
+    async fn fan_out(
+        shards: &[&str],
+        holders: &HashMap<String, Vec<String>>,
+        load: &HashMap<String, u64>,
+        failing: &[&str],
+        allow_partial: bool,
+    ) -> (Result<Gathered, QueryError>, Vec<(String, Vec<String>)>) {
+        let sent = Mutex::new(Vec::new());
+        let plan = FanOut {
+            database: "db",
+            shards: shards.iter().map(|s| s.to_string()).collect(),
+            holders,
+            load,
+            allow_partial,
+        };
+        let result = plan
+            .run(|node, shards| {
+                sent.lock().unwrap().push((node.clone(), shards.clone()));
+                let fails = failing.contains(&node.as_str());
+                async move {
+                    if fails {
+                        Err(QueryError::Remote {
+                            node,
+                            status: 502,
+                            code: "leaf_failed".into(),
+                            message: "connection refused".into(),
+                        })
+                    } else {
+                        Ok(Box::new(shards.len()) as DynPartial)
+                    }
+                }
+            })
+            .await;
+        (result, sent.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn one_request_per_holder_the_least_loaded_first_then_rendezvous() {
+        let map = holders(&[("0", &["a", "b"]), ("1", &["a", "b"]), ("2", &["a", "b"])]);
+        let (result, sent) = fan_out(&["0", "1", "2"], &map, &HashMap::new(), &[], false).await;
+        let gathered = result.unwrap();
+        assert_eq!(gathered.meta.shards, 3);
+        assert_eq!(gathered.meta.retries, 0);
+        let requests: usize = sent.len();
+        assert!(requests <= 2, "one request per holder: {sent:?}");
+        // The same choice every time while loads are even.
+        let (_, again) = fan_out(&["0", "1", "2"], &map, &HashMap::new(), &[], false).await;
+        let sorted = |mut v: Vec<(String, Vec<String>)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(sent), sorted(again));
+        // b busy: everything goes to a.
+        let load = HashMap::from([("b".to_string(), 8)]);
+        let (_, busy) = fan_out(&["0", "1", "2"], &map, &load, &[], false).await;
+        assert_eq!(
+            busy,
+            [("a".to_string(), vec!["0".into(), "1".into(), "2".into()])]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_holder_is_retried_once_elsewhere_and_missing_shards_fail_or_are_listed() {
+        let map = holders(&[("0", &["a", "b"]), ("1", &["a"])]);
+        let load = HashMap::from([("b".to_string(), LOAD_STEP)]);
+        let (result, sent) = fan_out(&["0", "1"], &map, &load, &["a"], true).await;
+        let gathered = result.unwrap();
+        assert_eq!(gathered.meta.retries, 1, "{sent:?}");
+        assert_eq!(gathered.meta.shards, 1);
+        assert_eq!(gathered.meta.missing_shards, ["1"], "no other holder of 1");
+        assert!(
+            gathered
+                .meta
+                .nodes
+                .iter()
+                .any(|n| n.node == "a" && n.error.is_some())
+        );
+        // Without allow_partial the holder's error is the answer.
+        let (result, _) = fan_out(&["0", "1"], &map, &load, &["a"], false).await;
+        assert!(matches!(result, Err(QueryError::Remote { .. })));
+        // A shard nobody holds: 503 naming it.
+        let (result, _) = fan_out(&["0", "9"], &map, &load, &[], false).await;
+        match result {
+            Err(QueryError::Unavailable { shards }) => assert_eq!(shards, ["9"]),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+}
