@@ -9,11 +9,15 @@ mod count;
 mod files;
 mod group;
 mod rows;
+#[cfg(feature = "sql")]
+mod sql;
 
 pub use count::{Count, CountParams, RowCount};
 pub use files::Files;
 pub use group::{Group, GroupOutput, GroupParams, GroupRow};
 pub use rows::{Columns, Format};
+#[cfg(feature = "sql")]
+pub use sql::{Sql, SqlOutput, SqlParams, SqlPartial};
 
 use crate::builder::NodeBuilder;
 
@@ -24,13 +28,18 @@ pub fn analyses() -> crate::query::Analyses {
     let _ = analyses.insert("files", Files);
     let _ = analyses.insert("count", Count);
     let _ = analyses.insert("group", Group);
+    #[cfg(feature = "sql")]
+    let _ = analyses.insert("sql", Sql);
     analyses
 }
 
 /// Registers every built-in analysis under its usual name.
 pub fn register(builder: NodeBuilder) -> NodeBuilder {
-    builder
+    let builder = builder
         .analysis("files", Files)
         .analysis("count", Count)
-        .analysis("group", Group)
+        .analysis("group", Group);
+    #[cfg(feature = "sql")]
+    let builder = builder.analysis("sql", Sql);
+    builder
 }

@@ -83,7 +83,7 @@ async fn built_ins_count_and_group_rows_by_column() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["count", "files", "group"]);
+    assert_eq!(names, ["count", "files", "group", "sql"]);
 
     // files: from the manifest, every file of each shard.
     let answer = client

@@ -17,5 +17,6 @@ mod placement;
 mod query;
 mod restart;
 mod s3;
+mod sql;
 mod support;
 mod tls;
