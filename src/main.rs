@@ -91,6 +91,19 @@ enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// SQL over a database's Parquet and CSV tables (the `sql` analysis): a
+    /// table on a terminal, JSON rows otherwise.
+    Sql {
+        /// Database or alias.
+        database: String,
+        /// The query.
+        sql: String,
+        /// Print JSON even on a terminal.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// A signed token that lets its holder query one database or alias until
     /// it expires (needs the admin token when one is set).
     Token {
@@ -352,6 +365,27 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Cluster(command) => cluster(command).await,
         Command::Admin(command) => admin(command).await,
+        Command::Sql {
+            database,
+            sql,
+            json,
+            node,
+        } => {
+            let answer = node
+                .client()?
+                .post(
+                    &format!("/v1/query/{database}/sql"),
+                    &serde_json::json!({"params": {"sql": sql}}),
+                )
+                .await?;
+            let result = &answer["result"];
+            if json || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!("{}", serde_json::to_string_pretty(&result["rows"])?);
+            } else {
+                print!("{}", sql_table(result));
+            }
+            Ok(())
+        }
         Command::Token {
             database,
             ttl,
@@ -891,4 +925,67 @@ fn print_json(value: &Value) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );
+}
+
+/// A `sql` answer as a text table: a header, a rule, a line per row.
+fn sql_table(result: &serde_json::Value) -> String {
+    let columns: Vec<String> = result["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect();
+    let cell = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = result["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| columns.iter().map(|c| cell(&row[c.as_str()])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .fold(c.chars().count(), usize::max)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(&columns);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&line(&rule));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out.push_str(&format!("({} rows)\n", rows.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_answers_print_as_a_table() {
+        let result = serde_json::json!({
+            "columns": ["region", "total"],
+            "rows": [{"region": "eu", "total": 18}, {"region": "asia", "total": null}]
+        });
+        assert_eq!(
+            sql_table(&result),
+            "region  total\n------  -----\neu      18\nasia\n(2 rows)\n"
+        );
+    }
 }

@@ -121,6 +121,12 @@ async fn sql_answers_as_one_process_would() {
             assert_eq!(answer["result"]["rows"], expected, "{sql}: {answer}");
         }
     }
+    // The command line (not a terminal: JSON rows).
+    let sql = QUERIES[0];
+    let printed = crate::support::dram_cli(&["sql", "shop", sql], &n2.server.url()).await;
+    let rows: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(rows, reference(&all, sql).await, "{printed}");
+
     // Bad SQL is the caller's error.
     let bad = n1
         .client
