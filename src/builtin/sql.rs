@@ -28,6 +28,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 use crate::query::{Analysis, AnalysisError, DataDir, Shard};
 
@@ -46,11 +47,10 @@ pub struct SqlParams {
 /// streams (one per shard), and the schemas of the tables they saw.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SqlPartial {
-    #[serde(with = "serde_bytes_list")]
-    pub parts: Vec<Vec<u8>>,
+    pub parts: Vec<ByteBuf>,
     /// Table → an empty Arrow IPC stream carrying its schema.
     #[serde(default)]
-    pub tables: BTreeMap<String, serde_bytes_vec::Bytes>,
+    pub tables: BTreeMap<String, ByteBuf>,
 }
 
 /// The answer: column names and rows.
@@ -58,67 +58,6 @@ pub struct SqlPartial {
 pub struct SqlOutput {
     pub columns: Vec<String>,
     pub rows: Vec<serde_json::Map<String, serde_json::Value>>,
-}
-
-mod serde_bytes_vec {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    /// Bytes that MessagePack carries as binary.
-    #[derive(Debug, Clone, Default, PartialEq, Eq)]
-    pub struct Bytes(pub Vec<u8>);
-
-    impl Serialize for Bytes {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(&self.0)
-        }
-    }
-
-    impl<'de> Deserialize<'de> for Bytes {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Visitor;
-            impl<'de> serde::de::Visitor<'de> for Visitor {
-                type Value = Bytes;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("bytes")
-                }
-                fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-                    Ok(Bytes(v.to_vec()))
-                }
-                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                    Ok(Bytes(v))
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Bytes, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some(b) = seq.next_element::<u8>()? {
-                        out.push(b);
-                    }
-                    Ok(Bytes(out))
-                }
-            }
-            d.deserialize_bytes(Visitor)
-        }
-    }
-}
-
-mod serde_bytes_list {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::serde_bytes_vec::Bytes;
-
-    pub fn serialize<S: Serializer>(parts: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
-        let wrapped: Vec<Bytes> = parts.iter().map(|p| Bytes(p.clone())).collect();
-        wrapped.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        Ok(Vec::<Bytes>::deserialize(d)?
-            .into_iter()
-            .map(|b| b.0)
-            .collect())
-    }
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> AnalysisError {
@@ -153,32 +92,55 @@ fn context() -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
-/// Registers every `<table>/` folder of `data` whose files are Parquet or CSV.
-async fn register_tables(ctx: &SessionContext, data: &DataDir) -> Result<(), AnalysisError> {
+/// Registers every `<table>/` folder of `data` whose files are Parquet or
+/// CSV (other files are not read); returns the tables' names. A folder with
+/// both is refused.
+async fn register_tables(
+    ctx: &SessionContext,
+    data: &DataDir,
+) -> Result<Vec<String>, AnalysisError> {
     let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for path in data.files() {
-        if let Some((table, _)) = path.split_once('/') {
+        if let Some((table, _)) = path.split_once('/')
+            && (path.ends_with(".parquet") || path.ends_with(".csv"))
+        {
             tables.entry(table.to_string()).or_default().push(path);
         }
     }
-    for (table, files) in tables {
+    for (table, files) in &tables {
         // Lazy databases: fetch every file of the table first.
-        for file in &files {
+        for file in files {
             data.path(file)?;
         }
-        let dir = data.dir().join(&table);
-        let dir = format!("{}/", dir.display());
-        if files.iter().all(|f| f.ends_with(".parquet")) {
-            ctx.register_parquet(&table, &dir, ParquetReadOptions::default())
+        let dir = format!("{}/", data.dir().join(table).display());
+        let parquet = files.iter().filter(|f| f.ends_with(".parquet")).count();
+        let registered = if parquet == files.len() {
+            ctx.register_parquet(table, &dir, ParquetReadOptions::default())
                 .await
-                .map_err(|e| failed(&format!("table {table}"), e))?;
-        } else if files.iter().all(|f| f.ends_with(".csv")) {
-            ctx.register_csv(&table, &dir, CsvReadOptions::new())
-                .await
-                .map_err(|e| failed(&format!("table {table}"), e))?;
-        }
+        } else if parquet == 0 {
+            ctx.register_csv(table, &dir, CsvReadOptions::new()).await
+        } else {
+            return Err(AnalysisError::failed(format!(
+                "table {table} mixes Parquet and CSV files; a table is one or the other"
+            )));
+        };
+        registered.map_err(|e| failed(&format!("table {table}"), e))?;
     }
-    Ok(())
+    Ok(tables.into_keys().collect())
+}
+
+/// The physical plan of `sql` in `ctx` (a query that does not plan is the
+/// caller's error).
+async fn physical_plan(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Arc<dyn ExecutionPlan>, AnalysisError> {
+    ctx.sql(sql)
+        .await
+        .map_err(invalid)?
+        .create_physical_plan()
+        .await
+        .map_err(invalid)
 }
 
 /// The partial aggregate of the plan's lowest aggregation (the one over the
@@ -268,35 +230,25 @@ fn from_ipc(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), AnalysisError
 /// Plans `sql` on a shard and runs the shard's share of it.
 async fn map_shard(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
     let ctx = context();
-    register_tables(&ctx, shard.data()).await?;
+    let mut names = register_tables(&ctx, shard.data()).await?;
     if let Some(global) = shard.global() {
-        register_tables(&ctx, global).await?;
+        names.extend(register_tables(&ctx, global).await?);
     }
     let mut tables = BTreeMap::new();
-    for table in ctx
-        .catalog("datafusion")
-        .and_then(|c| c.schema("public"))
-        .map(|s| s.table_names())
-        .unwrap_or_default()
-    {
-        if let Ok(provider) = ctx.table_provider(&table).await {
-            let schema = provider.schema();
-            tables.insert(table, serde_bytes_vec::Bytes(to_ipc(&schema, &[])?));
-        }
+    for table in names {
+        let provider = ctx
+            .table_provider(table.as_str())
+            .await
+            .map_err(|e| failed(&format!("table {table}"), e))?;
+        tables.insert(table, ByteBuf::from(to_ipc(&provider.schema(), &[])?));
     }
-    let plan = ctx
-        .sql(sql)
-        .await
-        .map_err(invalid)?
-        .create_physical_plan()
-        .await
-        .map_err(invalid)?;
+    let plan = physical_plan(&ctx, sql).await?;
     let shard_plan = partial_aggregate(&plan).unwrap_or(plan);
     let batches = collect(shard_plan.clone(), ctx.task_ctx())
         .await
         .map_err(|e| failed(&format!("shard {}", shard.id()), e))?;
     Ok(SqlPartial {
-        parts: vec![to_ipc(&shard_plan.schema(), &batches)?],
+        parts: vec![ByteBuf::from(to_ipc(&shard_plan.schema(), &batches)?)],
         tables,
     })
 }
@@ -305,19 +257,13 @@ async fn map_shard(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError
 async fn finish_all(sql: &str, partial: SqlPartial) -> Result<SqlOutput, AnalysisError> {
     let ctx = context();
     for (table, schema) in &partial.tables {
-        let (schema, _) = from_ipc(&schema.0)?;
+        let (schema, _) = from_ipc(schema)?;
         let empty =
             MemTable::try_new(schema, vec![vec![], vec![]]).map_err(|e| failed("table", e))?;
         ctx.register_table(table.as_str(), Arc::new(empty))
             .map_err(|e| failed("table", e))?;
     }
-    let plan = ctx
-        .sql(sql)
-        .await
-        .map_err(invalid)?
-        .create_physical_plan()
-        .await
-        .map_err(invalid)?;
+    let plan = physical_plan(&ctx, sql).await?;
     let mut parts = Vec::new();
     for bytes in &partial.parts {
         parts.push(from_ipc(bytes)?);

@@ -64,7 +64,11 @@ impl Inner {
     /// written before the index existed).
     pub(crate) fn index_blobs_if_missing(&self) -> Result<(), NodeError> {
         let manifests: Vec<(String, Manifest)> = self.catalog.scan(MANIFESTS, "")?;
-        if manifests.is_empty() || !self.catalog.scan::<BlobUse>(BLOB_USES, "")?.is_empty() {
+        let indexed = !self
+            .catalog
+            .newest_from::<BlobUse>(BLOB_USES, "", 1)?
+            .is_empty();
+        if manifests.is_empty() || indexed {
             return Ok(());
         }
         self.catalog.write(|w| {
@@ -305,21 +309,25 @@ impl Node {
         // Bytes per part whose content another database also uses.
         let mut shared: HashMap<String, u64> = HashMap::new();
         if let Some(manifest) = &manifest {
-            for (part, files) in manifest.parts().map_err(StorageError::Manifest)? {
-                for placed in files {
-                    let Some(sha) = &placed.file.sha256 else {
-                        continue;
-                    };
-                    let users: Vec<(String, BlobUse)> =
-                        inner.catalog.scan(BLOB_USES, &key(&[sha, ""]))?;
-                    let elsewhere = users
-                        .iter()
-                        .any(|(k, _)| k.split('\0').nth(1).is_some_and(|db| db != name));
-                    if elsewhere {
-                        *shared.entry(part.key()).or_default() += placed.file.size;
+            let parts = manifest.parts().map_err(StorageError::Manifest)?;
+            // One read transaction for every file's lookup.
+            inner.catalog.read(|r| {
+                for (part, files) in &parts {
+                    for placed in files {
+                        let Some(sha) = &placed.file.sha256 else {
+                            continue;
+                        };
+                        let users: Vec<(String, BlobUse)> = r.scan(BLOB_USES, &key(&[sha, ""]))?;
+                        let elsewhere = users
+                            .iter()
+                            .any(|(k, _)| k.split('\0').nth(1).is_some_and(|db| db != name));
+                        if elsewhere {
+                            *shared.entry(part.key()).or_default() += placed.file.size;
+                        }
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
         let mut parts = Vec::new();
         for (part_key, part) in held {

@@ -57,6 +57,22 @@ pub(crate) async fn member_with(
     }
 }
 
+/// Two members, n1 and n2 (seeded by n1), sharing the `store` folder under
+/// `dir`, once each sees both live.
+pub(crate) async fn two_members(dir: &Path) -> (Member, Member) {
+    let store = dir.join("store");
+    let n1 = member_with(dir, "n1", &store, &[], |_| {}, None).await;
+    let seeds = [n1.gossip.as_str()];
+    let n2 = member_with(dir, "n2", &store, &seeds, |_| {}, None).await;
+    on_all(&[&n1.client, &n2.client], 20, "two live members", |c| {
+        Box::pin(async move {
+            live_members(&c.get("/v1/cluster").await.unwrap_or(Value::Null)).len() == 2
+        })
+    })
+    .await;
+    (n1, n2)
+}
+
 /// Polls `check` on every client until all agree it holds (at most `secs`).
 pub(crate) async fn on_all(
     clients: &[&Client],

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{live_members, member_with, on_all};
+use crate::cluster::two_members;
 use crate::support::{eventually, expect_error, publish, wait_loaded};
 
 async fn events(client: &dram::client::Client, query: &str) -> Vec<Value> {
@@ -18,17 +18,8 @@ async fn events(client: &dram::client::Client, query: &str) -> Vec<Value> {
 async fn the_index_tells_where_files_are_and_what_happened() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let n1 = member_with(dir.path(), "n1", &store, &[], |_| {}, None).await;
-    let seeds = [n1.gossip.as_str()];
-    let n2 = member_with(dir.path(), "n2", &store, &seeds, |_| {}, None).await;
+    let (n1, n2) = two_members(dir.path()).await;
     let clients = [&n1.client, &n2.client];
-    on_all(&clients, 20, "two live members", |c| {
-        Box::pin(async move {
-            let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
-            live_members(&status).len() == 2
-        })
-    })
-    .await;
 
     // Two databases sharing one file's content.
     let shared: &[u8] = b"k,v\nx,1\ny,2\n";

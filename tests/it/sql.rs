@@ -6,7 +6,7 @@ use datafusion::arrow::json::ArrayWriter;
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use serde_json::{Value, json};
 
-use crate::cluster::{live_members, member_with, on_all};
+use crate::cluster::{on_all, two_members};
 use crate::support::{copies, publish, ready};
 
 const QUERIES: &[&str] = &[
@@ -62,17 +62,8 @@ async fn reference(dir: &std::path::Path, sql: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sql_answers_as_one_process_would() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let n1 = member_with(dir.path(), "n1", &store, &[], |_| {}, None).await;
-    let seeds = [n1.gossip.as_str()];
-    let n2 = member_with(dir.path(), "n2", &store, &seeds, |_| {}, None).await;
+    let (n1, n2) = two_members(dir.path()).await;
     let clients = [&n1.client, &n2.client];
-    on_all(&clients, 20, "two members", |c| {
-        Box::pin(async move {
-            live_members(&c.get("/v1/cluster").await.unwrap_or(Value::Null)).len() == 2
-        })
-    })
-    .await;
 
     // Four shards of `sales`, a global `regions` table; the same files for the
     // reference.
@@ -136,4 +127,36 @@ async fn sql_answers_as_one_process_would() {
         )
         .await;
     crate::support::expect_error(bad, 400, "invalid_params");
+
+    // A table folder mixing Parquet and CSV is refused, naming the table.
+    publish(
+        dir.path(),
+        &store_config,
+        "mixed",
+        &[
+            ("shards/0/t/a.csv", b"x\n1\n".as_slice()),
+            ("shards/0/t/b.parquet", b"not parquet".as_slice()),
+        ],
+    )
+    .await;
+    n1.client
+        .post(
+            "/v1/databases",
+            &json!({"name": "mixed", "source": "mixed"}),
+        )
+        .await
+        .unwrap();
+    crate::support::wait_loaded(&n1.client, "mixed").await;
+    let mixed = n1
+        .client
+        .post(
+            "/v1/query/mixed/sql",
+            &json!({"params": {"sql": "SELECT * FROM t"}}),
+        )
+        .await;
+    let message = crate::support::expect_error(mixed, 500, "analysis_failed");
+    assert!(
+        message.contains("table t mixes Parquet and CSV"),
+        "{message}"
+    );
 }
