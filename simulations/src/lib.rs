@@ -11,7 +11,10 @@
 //! - `scale.rs`: part 2 — placement, rebalancing, elections and a gossip model
 //!   at 10 to 10,000 members, without sockets.
 //! - `report.rs`: the scenario table.
+//! - `bench/`: dram measured beside its references (rclone, object_store,
+//!   DataFusion, warp), one file per case.
 
+pub mod bench;
 pub mod cluster;
 pub mod data;
 pub mod faults;

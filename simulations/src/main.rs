@@ -6,16 +6,18 @@
 //! cargo run -p simulations --release -- scale [--nodes 10,100,1000,10000] [--shards 10000]
 //!                                             [--replicas 3] [--seed S] [--csv FILE]
 //! cargo run -p simulations --release -- all [--seed S]
+//! cargo run -p simulations --release -- bench [--only CASE,…] [--quick] [--seed S]
 //! ```
 //!
 //! `scenarios` (part 1) runs the shipped scripts against real nodes with faults
 //! and prints one table; `scale` (part 2) drives dram's real placement,
 //! rebalancer and election code and a gossip model at up to 10,000 members;
-//! `all` does both. Every run prints its seed; `--seed` replays it.
+//! `all` does both. Every run prints its seed; `--seed` replays it. `bench`
+//! measures dram beside the tools users would otherwise use (`bench/`).
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use simulations::{report, scale, scenario, scenarios};
+use simulations::{bench, report, scale, scenario, scenarios};
 
 #[derive(Parser)]
 #[command(about = "dram's simulation harness")]
@@ -43,6 +45,19 @@ enum Command {
         nodes: String,
         #[command(flatten)]
         common: Common,
+    },
+    /// dram side by side with its references (rclone, plain object_store,
+    /// DataFusion, bare warp, …); one table per case, with ratios.
+    Bench {
+        /// Only these cases (comma-separated names).
+        #[arg(long)]
+        only: Option<String>,
+        /// Small data and short runs: checks every case runs, not figures.
+        #[arg(long)]
+        quick: bool,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Everything, at the default sizes.
     All {
@@ -82,6 +97,15 @@ fn main() -> Result<()> {
     let (nodes, common) = match cli.command {
         Command::Scenarios { only, seed } => return run_scenarios(only.as_deref(), seed),
         Command::Scale { nodes, common } => (nodes, common),
+        Command::Bench { only, quick, seed } => {
+            let only: Vec<String> = only
+                .iter()
+                .flat_map(|o| o.split(','))
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            return bench::run(&only, &bench::Settings { quick, seed });
+        }
         Command::All { common } => {
             let passed = run_scenarios(None, common.seed);
             println!();
