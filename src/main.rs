@@ -96,8 +96,15 @@ enum Command {
     Sql {
         /// Database or alias.
         database: String,
-        /// The query.
-        sql: String,
+        /// The query (split between the shards and this node by dram).
+        #[arg(required_unless_present = "map", conflicts_with_all = ["map", "reduce"])]
+        sql: Option<String>,
+        /// Instead of a query: SQL each shard runs…
+        #[arg(long, requires = "reduce")]
+        map: Option<String>,
+        /// …and SQL over table `partials` (every shard's rows of --map).
+        #[arg(long, requires = "map")]
+        reduce: Option<String>,
         /// Print JSON even on a terminal.
         #[arg(long)]
         json: bool,
@@ -368,14 +375,20 @@ async fn run(command: Command) -> Result<()> {
         Command::Sql {
             database,
             sql,
+            map,
+            reduce,
             json,
             node,
         } => {
+            let params = match sql {
+                Some(sql) => serde_json::json!({ "sql": sql }),
+                None => serde_json::json!({ "map_sql": map, "reduce_sql": reduce }),
+            };
             let answer = node
                 .client()?
                 .post(
                     &format!("/v1/query/{database}/sql"),
-                    &serde_json::json!({"params": {"sql": sql}}),
+                    &serde_json::json!({ "params": params }),
                 )
                 .await?;
             let result = &answer["result"];

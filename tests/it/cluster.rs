@@ -60,17 +60,31 @@ pub(crate) async fn member_with(
 /// Two members, n1 and n2 (seeded by n1), sharing the `store` folder under
 /// `dir`, once each sees both live.
 pub(crate) async fn two_members(dir: &Path) -> (Member, Member) {
+    let mut members = members(dir, 2).await;
+    let n2 = members.pop().expect("two members");
+    let n1 = members.pop().expect("two members");
+    (n1, n2)
+}
+
+/// `count` members n1, n2, … (seeded by n1), sharing the `store` folder under
+/// `dir`, once each sees all of them live.
+pub(crate) async fn members(dir: &Path, count: usize) -> Vec<Member> {
     let store = dir.join("store");
     let n1 = member_with(dir, "n1", &store, &[], |_| {}, None).await;
-    let seeds = [n1.gossip.as_str()];
-    let n2 = member_with(dir, "n2", &store, &seeds, |_| {}, None).await;
-    on_all(&[&n1.client, &n2.client], 20, "two live members", |c| {
+    let seeds = [n1.gossip.clone()];
+    let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+    let mut members = vec![n1];
+    for i in 2..=count {
+        members.push(member_with(dir, &format!("n{i}"), &store, &seeds, |_| {}, None).await);
+    }
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    on_all(&clients, 20, "every member live", |c| {
         Box::pin(async move {
-            live_members(&c.get("/v1/cluster").await.unwrap_or(Value::Null)).len() == 2
+            live_members(&c.get("/v1/cluster").await.unwrap_or(Value::Null)).len() == count
         })
     })
     .await;
-    (n1, n2)
+    members
 }
 
 /// Polls `check` on every client until all agree it holds (at most `secs`).
