@@ -13,7 +13,7 @@
 #[path = "sales/analyses.rs"]
 #[allow(dead_code)]
 mod analyses;
-#[path = "common/measure.rs"]
+#[path = "../simulations/src/bench/measure.rs"]
 mod measure;
 #[path = "sales/server.rs"]
 mod server;

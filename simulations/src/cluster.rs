@@ -142,6 +142,7 @@ impl SimCluster {
         config.download.concurrency = self.settings.download_concurrency;
         config.download.retry_max_secs = self.settings.retry_max_secs;
         config.cluster.gc_interval_secs = self.settings.gc_interval_secs;
+        config.cluster.gc_min_age_secs = 0;
         if let Some(max_bytes) = node.max_bytes {
             config.disks = vec![dram::config::DiskConfig {
                 path: node.data_dir.clone(),

@@ -262,22 +262,7 @@ pub fn run(n: usize, settings: &Settings) -> Row {
     }
 
     // An alias change: push-pull gossip rounds until everyone has it.
-    let mut informed = vec![false; n];
-    informed[0] = true;
-    let mut alias_rounds = 0;
-    while informed.iter().any(|i| !i) && alias_rounds < 1_000 {
-        alias_rounds += 1;
-        let before_round = informed.clone();
-        for member in 0..n {
-            for _ in 0..GOSSIP_FANOUT.min(n.saturating_sub(1)) {
-                let peer = rng.random_range(0..n);
-                if before_round[member] || before_round[peer] {
-                    informed[member] = true;
-                    informed[peer] = true;
-                }
-            }
-        }
-    }
+    let alias_rounds = epidemic_rounds(n, &mut rng);
     let digest = n as u64 * DIGEST_ENTRY_BYTES;
     Row {
         nodes: n,
@@ -299,6 +284,29 @@ pub fn run(n: usize, settings: &Settings) -> Row {
         digest_fits_datagram: digest <= MAX_DATAGRAM,
         took_secs: started.elapsed().as_secs_f64(),
     }
+}
+
+/// Rounds of push-pull gossip (each member with `GOSSIP_FANOUT` random
+/// peers a round, chitchat's count) until a change one member made has
+/// reached all `n`: the epidemic model dram's gossip follows.
+pub fn epidemic_rounds(n: usize, rng: &mut impl Rng) -> usize {
+    let mut informed = vec![false; n];
+    informed[0] = true;
+    let mut rounds = 0;
+    while informed.iter().any(|i| !i) && rounds < 1_000 {
+        rounds += 1;
+        let before_round = informed.clone();
+        for member in 0..n {
+            for _ in 0..GOSSIP_FANOUT.min(n.saturating_sub(1)) {
+                let peer = rng.random_range(0..n);
+                if before_round[member] || before_round[peer] {
+                    informed[member] = true;
+                    informed[peer] = true;
+                }
+            }
+        }
+    }
+    rounds
 }
 
 pub fn table(rows: &[Row]) -> String {

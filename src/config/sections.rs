@@ -305,6 +305,10 @@ pub struct ClusterConfig {
     /// While a member's disk is past its high watermark, the primary deletes one
     /// garbage-collection-eligible database per this many seconds.
     pub gc_interval_secs: u64,
+    /// Garbage collection never takes a database defined less than this many
+    /// seconds ago (a database just added is about to be used, and a disk
+    /// filled by others should not empty dram of what it was just given).
+    pub gc_min_age_secs: u64,
     /// The rebalancer moves copies only off members whose use is more than this
     /// fraction of their capacity above the mean.
     pub rebalance_threshold: f64,
@@ -331,6 +335,7 @@ impl Default for ClusterConfig {
             node_left_delay_secs: 60,
             max_concurrent_moves: 2,
             gc_interval_secs: 60,
+            gc_min_age_secs: 3600,
             ack_timeout_ms: 10_000,
             rebalance_threshold: 0.05,
         }

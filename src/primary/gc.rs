@@ -1,7 +1,8 @@
 //! Garbage collection order — pure.
 //!
-//! A database is garbage-collection eligible when it is defined, no alias points
-//! to it and its definition is not marked `keep`. When a member's disk passes its
+//! A database is garbage-collection eligible when it is defined (for at least
+//! `cluster.gc_min_age_secs`: one just added is about to be used), no alias
+//! points to it and its definition is not marked `keep`. When a member's disk passes its
 //! high watermark the primary deletes the eligible databases least recently read
 //! first (never read before any read one), one at a time; deleted databases go to
 //! the trash, which members under disk pressure purge early.
@@ -28,7 +29,13 @@ pub struct Eligible {
 }
 
 /// The eligible databases in the order garbage collection takes them.
-pub fn eligible(registry: &Registry, inventories: &[Inventory]) -> Vec<Eligible> {
+/// Databases defined less than `min_age_ms` before `now_ms` are not taken.
+pub fn eligible(
+    registry: &Registry,
+    inventories: &[Inventory],
+    now_ms: u64,
+    min_age_ms: u64,
+) -> Vec<Eligible> {
     let aliased: BTreeSet<&str> = registry
         .aliases
         .values()
@@ -39,7 +46,10 @@ pub fn eligible(registry: &Registry, inventories: &[Inventory]) -> Vec<Eligible>
         let Some(definition) = &record.definition else {
             continue;
         };
-        if definition.keep || aliased.contains(name.as_str()) {
+        if definition.keep
+            || aliased.contains(name.as_str())
+            || now_ms.saturating_sub(record.updated_ms) < min_age_ms
+        {
             continue;
         }
         out.insert(
@@ -164,11 +174,14 @@ mod tests {
         }
         // Read recently on b: "old" is not that old after all.
         b.databases.insert("old".into(), held(5, Some(20_000)));
-        let order = eligible(&registry, &[a, b]);
+        let order = eligible(&registry, &[a.clone(), b.clone()], 100_000, 0);
         let names: Vec<&str> = order.iter().map(|e| e.database.as_str()).collect();
         assert_eq!(names, ["never", "recent", "old"]);
         assert_eq!(order[2].bytes, 15);
         assert_eq!(order[2].holders, ["a", "b"]);
         assert_eq!(order[2].last_read_ms, Some(20_000));
+        // Defined at 1 ms: not eligible until it is a minute old.
+        assert!(eligible(&registry, &[a.clone(), b.clone()], 30_000, 60_000).is_empty());
+        assert_eq!(eligible(&registry, &[a, b], 60_001, 60_000).len(), 3);
     }
 }

@@ -431,6 +431,7 @@ async fn garbage_collection_deletes_the_coldest_unaliased_database_when_a_disk_f
     config.cluster.gossip_interval_ms = 100;
     config.cluster.primary_settle_secs = 1;
     config.cluster.gc_interval_secs = 1;
+    config.cluster.gc_min_age_secs = 0;
     config.trash.lifetime_secs = 3600;
     let disk = |max_bytes: u64| dram::config::DiskConfig {
         path: dir.path().join("data"),

@@ -8,6 +8,12 @@
 //!
 //! Cases live one per file and export `run(&Settings) -> Result<Vec<Table>>`.
 
+pub mod fanout;
+pub mod gossip;
+pub mod http;
+pub mod measure;
+pub mod nodes;
+
 use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
@@ -99,7 +105,23 @@ pub struct Case {
 
 /// Every case, in the order they run.
 pub fn cases() -> Vec<Case> {
-    vec![]
+    vec![
+        Case {
+            name: "fanout",
+            about: "12 shards on 3 nodes vs on one node: latency and throughput",
+            run: fanout::run,
+        },
+        Case {
+            name: "http",
+            about: "a trivial query over dram's HTTP API vs a bare warp server",
+            run: http::run,
+        },
+        Case {
+            name: "gossip",
+            about: "alias convergence on 5, 20, 50 nodes vs the epidemic model",
+            run: gossip::run,
+        },
+    ]
 }
 
 /// Runs the chosen cases (all when `only` is empty) and prints their tables

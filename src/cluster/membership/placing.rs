@@ -226,7 +226,12 @@ impl Membership {
             primary,
             triggered: !full_disks.is_empty(),
             full_disks,
-            eligible: eligible(&node.registry()?, inventories),
+            eligible: eligible(
+                &node.registry()?,
+                inventories,
+                now_ms(),
+                node.config().cluster.gc_min_age_secs * 1000,
+            ),
             trash: Vec::new(),
             cache: Vec::new(),
         })

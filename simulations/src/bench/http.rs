@@ -1,0 +1,120 @@
+//! `http` (issue 11, case 4): a trivial query over dram's HTTP API (`files`
+//! on a one-shard database: no data read, the answer is a few hundred bytes)
+//! against a bare warp server on this machine answering the same bytes to the
+//! same POST — the floor of any HTTP service here. Concurrency 1 and 32, one
+//! run.
+//!
+//! ```text
+//! cargo run -p simulations --release -- bench --only http
+//! ```
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use serde_json::json;
+use warp::Filter;
+
+use super::measure::{post, run as measure};
+use super::nodes::{config, post_json, publish, runtime, start, wait_placed};
+use super::{Settings, Table, ratio};
+
+pub fn run(settings: &Settings) -> Result<Vec<Table>> {
+    runtime()?.block_on(http(settings))
+}
+
+async fn http(settings: &Settings) -> Result<Vec<Table>> {
+    let secs = if settings.quick { 1 } else { 5 };
+    let dir = tempfile::tempdir()?;
+    let store_url = format!("file://{}", dir.path().join("store").display());
+    let folder = dir.path().join("tiny");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("rows.csv"), "n\n1\n2\n")?;
+    publish(&folder, &store_url, "tiny").await?;
+    let node = start(config(dir.path(), "n1", &store_url, "bench", &[])?).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let body = json!({"name": "tiny", "source": "tiny"});
+    post_json(&http, &format!("{}/v1/databases", node.url()), &body).await?;
+    wait_placed(&http, &node.url(), "tiny", 1, 1, 1, 60).await?;
+
+    // The bytes dram answers, served by a bare warp route.
+    let query_url = format!("{}/v1/query/tiny/files", node.url());
+    let answer: Bytes = http
+        .post(&query_url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    let reply = answer.clone();
+    let route = warp::post()
+        .and(warp::path!("v1" / "query" / "tiny" / "files"))
+        .and(warp::body::bytes())
+        .map(move |_body: Bytes| {
+            warp::http::Response::builder()
+                .header("content-type", "application/json")
+                .body(reply.clone())
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind the bare warp server")?;
+    let bare_url = format!("http://{}/v1/query/tiny/files", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let bare = tokio::spawn(
+        warp::serve(route)
+            .incoming(listener)
+            .graceful(async {
+                let _ = stop_rx.await;
+            })
+            .run(),
+    );
+
+    let mut table = Table::new(
+        "http: a trivial dram query vs a bare warp server answering the same bytes",
+        &[
+            "conc",
+            "warp q/s",
+            "dram q/s",
+            "q/s ratio",
+            "warp p50 µs",
+            "dram p50 µs",
+            "warp p99 µs",
+            "dram p99 µs",
+        ],
+    );
+    for concurrency in [1usize, 32] {
+        let mut figures = Vec::new();
+        for url in [&bare_url, &query_url] {
+            let (http, url) = (http.clone(), url.clone());
+            figures.push(
+                measure(concurrency, secs, move || {
+                    post(http.clone(), url.clone(), "{}".into())
+                })
+                .await?,
+            );
+        }
+        let (warp, dram) = (&figures[0], &figures[1]);
+        table.row(vec![
+            concurrency.to_string(),
+            format!("{:.0}", warp.qps),
+            format!("{:.0}", dram.qps),
+            ratio(dram.qps, warp.qps),
+            warp.p50.to_string(),
+            dram.p50.to_string(),
+            warp.p99.to_string(),
+            dram.p99.to_string(),
+        ]);
+    }
+    table.note(format!(
+        "{} bytes per answer; reqwest client in the same process (it shares the cores); {secs} s \
+         per figure. dram's path: accept loop with limits, auth guard, alias resolution, pinning \
+         the version, the map on the blocking pool, reduce, JSON.",
+        answer.len()
+    ));
+    table.note("command: cargo run -p simulations --release -- bench --only http");
+    let _ = stop_tx.send(());
+    let _ = bare.await;
+    node.shutdown().await;
+    Ok(vec![table])
+}

@@ -1,0 +1,141 @@
+//! Real dram nodes for the benchmarks, in this process on 127.0.0.1 (HTTP on
+//! port 0, gossip over UDP), and databases published to a local-disk store.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dram::storage::{Source, SourceUrl};
+use dram::{Config, Server};
+use serde_json::Value;
+
+/// A free UDP port on 127.0.0.1 (for gossip).
+pub fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A node's configuration: id `name`, data under `dir/name`, the store at
+/// `store_url`, in cluster `cluster` joining through `seeds`.
+pub fn config(
+    dir: &Path,
+    name: &str,
+    store_url: &str,
+    cluster: &str,
+    seeds: &[String],
+) -> Result<Config> {
+    let mut config = Config::default();
+    config.node.id = name.to_string();
+    config.node.data_dir = dir.join(name);
+    config.node.http_listen = "127.0.0.1:0".into();
+    config.store.url = store_url.to_string();
+    config.cluster.id = cluster.to_string();
+    config.cluster.gossip_listen = format!("127.0.0.1:{}", free_udp_port()?);
+    config.cluster.gossip_interval_ms = 100;
+    config.cluster.seeds = seeds.to_vec();
+    // The machine's disk is shared: whatever others fill, this node has 8 GiB
+    // of its own (a disk past its watermark gets nothing new).
+    config.disks = vec![dram::config::DiskConfig {
+        path: config.node.data_dir.clone(),
+        high_watermark: 0.9,
+        max_bytes: Some(8 << 30),
+    }];
+    Ok(config)
+}
+
+/// Starts a node with the built-in analyses.
+pub async fn start(config: Config) -> Result<Server> {
+    Ok(dram::builtin::register(dram::Node::builder(config))
+        .serve()
+        .await?)
+}
+
+/// Uploads `folder` as database `name` (with its manifest) to `store_url`.
+pub async fn publish(folder: &Path, store_url: &str, name: &str) -> Result<()> {
+    let store = dram::config::StoreConfig {
+        url: store_url.to_string(),
+        ..Default::default()
+    };
+    let url = SourceUrl::resolve(store_url, name)?;
+    let source = Source::open(&url, &store, true)?;
+    let plan = dram::publish::plan(folder)?;
+    dram::publish::publish(&plan, &source, 8, &|_| {}).await?;
+    Ok(())
+}
+
+/// Waits (at most `secs`) until `url`'s node sees each of the `shards` shards
+/// of `database` ready on exactly `copies` members, spread over `nodes`
+/// members in all; returns the shards each member holds.
+pub async fn wait_placed(
+    http: &reqwest::Client,
+    url: &str,
+    database: &str,
+    shards: usize,
+    copies: usize,
+    nodes: usize,
+    secs: u64,
+) -> Result<BTreeMap<String, usize>> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let view: Value = http
+            .get(format!("{url}/v1/cluster/shards?database={database}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let listed = view["shards"].as_object().cloned().unwrap_or_default();
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        let placed = listed.len() == shards
+            && listed.values().all(|holders| {
+                let ready: Vec<&str> = holders
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| h["state"] == "ready")
+                    .filter_map(|h| h["node"].as_str())
+                    .collect();
+                for node in &ready {
+                    *held.entry(node.to_string()).or_default() += 1;
+                }
+                ready.len() == copies
+            });
+        if placed && held.len() == nodes {
+            return Ok(held);
+        }
+        if Instant::now() > deadline {
+            let info: Value = http
+                .get(format!("{url}/v1/databases/{database}"))
+                .send()
+                .await?
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            bail!("{database} not placed on {nodes} nodes within {secs} s: {view}; {info}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POSTs `body` to `url` and fails unless the answer is a success.
+pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let response = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "POST {url}: HTTP {status}: {answer}");
+    Ok(answer)
+}
+
+/// A multi-threaded runtime for one case.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")
+}
