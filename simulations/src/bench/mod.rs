@@ -8,6 +8,8 @@
 //!
 //! Cases live one per file and export `run(&Settings) -> Result<Vec<Table>>`.
 
+pub mod sql;
+
 use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
@@ -99,7 +101,11 @@ pub struct Case {
 
 /// Every case, in the order they run.
 pub fn cases() -> Vec<Case> {
-    vec![]
+    vec![Case {
+        name: "sql",
+        about: "the sql analysis on 1, 2 and 4 nodes vs one-process DataFusion, same Parquet",
+        run: sql::run,
+    }]
 }
 
 /// Runs the chosen cases (all when `only` is empty) and prints their tables
