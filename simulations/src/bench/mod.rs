@@ -13,6 +13,7 @@ pub mod gossip;
 pub mod http;
 pub mod measure;
 pub mod nodes;
+pub mod sql;
 
 use std::fmt::Write as _;
 
@@ -106,6 +107,11 @@ pub struct Case {
 /// Every case, in the order they run.
 pub fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "sql",
+            about: "the sql analysis on 1, 2 and 4 nodes vs one-process DataFusion, same Parquet",
+            run: sql::run,
+        },
         Case {
             name: "fanout",
             about: "12 shards on 3 nodes vs on one node: latency and throughput",
