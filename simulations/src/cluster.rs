@@ -143,13 +143,13 @@ impl SimCluster {
         config.download.retry_max_secs = self.settings.retry_max_secs;
         config.cluster.gc_interval_secs = self.settings.gc_interval_secs;
         config.cluster.gc_min_age_secs = 0;
-        if let Some(max_bytes) = node.max_bytes {
-            config.disks = vec![dram::config::DiskConfig {
-                path: node.data_dir.clone(),
-                high_watermark: 0.9,
-                max_bytes: Some(max_bytes),
-            }];
-        }
+        // 4 GiB of its own unless the script fills it (the machine's disk is
+        // shared: others may have filled it past the watermark).
+        config.disks = vec![dram::config::DiskConfig {
+            path: node.data_dir.clone(),
+            high_watermark: 0.9,
+            max_bytes: Some(node.max_bytes.unwrap_or(4 << 30)),
+        }];
         config.trash.lifetime_secs = 3600;
         config.auth.cluster_secret = Some(SECRET.into());
         config

@@ -20,6 +20,13 @@ pub fn config(dir: &Path) -> Config {
     config.node.http_listen = "127.0.0.1:0".into();
     config.store.url = format!("file://{}", dir.join("store").display());
     config.cluster.gossip_listen = format!("127.0.0.1:{}", free_udp_port());
+    // The machine's disk is shared and may be past 90% used by others: each
+    // node gets 4 GiB of its own (a disk past its watermark gets nothing new).
+    config.disks = vec![dram::config::DiskConfig {
+        path: config.node.data_dir.clone(),
+        high_watermark: 0.9,
+        max_bytes: Some(4 << 30),
+    }];
     config
 }
 

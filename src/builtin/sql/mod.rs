@@ -319,8 +319,31 @@ fn output(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<SqlOutput, Anal
     Ok(SqlOutput { columns, rows })
 }
 
-fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Handle::current().block_on(work)
+/// Runs `work` (from the blocking pool, where `map` and `finish` run) on
+/// DataFusion's own runtime: the tasks it spawns for scans and repartitions
+/// then run on their own threads instead of the node's runtime, whose
+/// workers also keep gossip's heartbeats on time (a member busy with SQL
+/// must not look dead to its peers).
+fn block_on<T>(
+    work: impl std::future::Future<Output = Result<T, AnalysisError>>,
+) -> Result<T, AnalysisError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("dram-sql")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match runtime {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => Err(AnalysisError::failed(format!(
+            "cannot start the sql runtime: {e}"
+        ))),
+    }
 }
 
 impl Analysis for Sql {
