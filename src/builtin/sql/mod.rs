@@ -97,8 +97,9 @@ pub struct SqlOutput {
 /// context, with where the global files are as object-store paths.
 async fn shard_context(
     shard: &Shard,
+    statistics: bool,
 ) -> Result<(SessionContext, Vec<String>, Option<String>), AnalysisError> {
-    let ctx = plan::context();
+    let ctx = plan::context(statistics);
     let mut names = tables::register(&ctx, shard.data()).await?;
     let mut global_dir = None;
     if let Some(global) = shard.global() {
@@ -127,7 +128,7 @@ async fn run_part(
 
 /// Plans `sql` on a shard and runs the shard's share of it.
 async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
-    let (ctx, names, global_dir) = shard_context(shard).await?;
+    let (mut ctx, names, global_dir) = shard_context(shard, true).await?;
     let mut tables = BTreeMap::new();
     let mut empty_table = false;
     for table in names {
@@ -141,7 +142,7 @@ async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError
             !schema.fields().is_empty() && schema.fields().iter().all(|f| f.data_type().is_null());
         tables.insert(table, vec![ByteBuf::from(to_ipc(&schema, &[])?)]);
     }
-    let plan = match plan::physical_plan(&ctx, sql).await {
+    let mut plan = match plan::physical_plan(&ctx, sql).await {
         Ok(plan) => plan,
         // A shard whose table has no rows (so no types) may not plan, say
         // `sum` over a Null column: it adds nothing to the answer. (A query
@@ -159,6 +160,11 @@ async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError
         }
         Err(e) => return Err(e),
     };
+    if !matches!(Cut::of(&plan), Cut::Aggregate(_)) {
+        // The shard's part ends in a merge of rows: planned as the root plans.
+        ctx = shard_context(shard, false).await?.0;
+        plan = plan::physical_plan(&ctx, sql).await?;
+    }
     let cut = Cut::of(&plan);
     let reads_shard = plan::check(&plan, &cut, global_dir.as_deref())?;
     let mut part = cut.shard_part(&plan);
@@ -179,7 +185,7 @@ async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError
 
 /// Runs `map_sql` whole on a shard.
 async fn map_explicit(map_sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
-    let (ctx, _, _) = shard_context(shard).await?;
+    let (ctx, _, _) = shard_context(shard, true).await?;
     let plan = plan::physical_plan(&ctx, map_sql).await?;
     Ok(SqlPartial {
         parts: vec![run_part(&ctx, plan, shard).await?],
@@ -210,7 +216,7 @@ fn decode(partial: &SqlPartial) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>, An
 
 /// Runs the root's share of `sql` over every shard's partial.
 async fn finish_split(sql: &str, partial: SqlPartial) -> Result<SqlOutput, AnalysisError> {
-    let ctx = plan::context();
+    let ctx = plan::context(false);
     for (table, schemas) in &partial.tables {
         let schemas = schemas
             .iter()
@@ -273,7 +279,7 @@ async fn finish_explicit(
         .into_iter()
         .flatten()
         .collect();
-    let ctx = plan::context();
+    let ctx = plan::context(false);
     let table = MemTable::try_new(schema, vec![rows]).map_err(|e| failed("partials", e))?;
     ctx.register_table("partials", Arc::new(table))
         .map_err(|e| failed("partials", e))?;

@@ -21,7 +21,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
-use datafusion::physical_plan::limit::GlobalLimitExec;
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -32,13 +33,16 @@ type Plan = Arc<dyn ExecutionPlan>;
 
 /// A context whose plans keep the partial and the final aggregation apart
 /// and have the same shape on a shard and at the root: two target
-/// partitions, every file scan split in two whatever its size, no table
-/// statistics (a small shard plans as the root's tables without rows do:
-/// DataFusion does not split a scan it knows to be small), and without the
-/// rules that
-/// fuse the two phases or answer an aggregate from a table's statistics (a
-/// shard's statistics are not the database's).
-pub(super) fn context() -> SessionContext {
+/// partitions, every file scan split in two whatever its size, and without
+/// the rules that fuse the two phases or answer an aggregate from a table's
+/// statistics (a shard's statistics are not the database's).
+///
+/// With `statistics`, tables are registered with their row counts and sizes:
+/// joins then build on the smaller side. The root plans without (it has no
+/// rows), and so does a shard whose plan has no aggregation: DataFusion does
+/// not split a scan it knows to be small, and the shard's plan must end in
+/// the same merge as the root's.
+pub(super) fn context(statistics: bool) -> SessionContext {
     let rules: Vec<_> = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new()
         .rules
         .into_iter()
@@ -51,7 +55,7 @@ pub(super) fn context() -> SessionContext {
         .collect();
     let mut config = SessionConfig::new().with_target_partitions(2);
     config.options_mut().optimizer.repartition_file_min_size = 0;
-    config.options_mut().execution.collect_statistics = false;
+    config.options_mut().execution.collect_statistics = statistics;
     let state = datafusion::execution::SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
@@ -233,14 +237,20 @@ pub(super) fn check(
             node = child;
         }
     }
+    // Below an aggregation no LIMIT of the query's can have been pushed: any
+    // limit there is a subquery's. Elsewhere the query's own limit is pushed
+    // into each partition (TopK sorts, local limits): a subquery's limit is
+    // one over all partitions.
+    let aggregate = matches!(cut, Cut::Aggregate(_));
     fn below(
         node: &Plan,
         exempt: &[Plan],
         global_dir: Option<&str>,
+        aggregate: bool,
     ) -> Result<bool, AnalysisError> {
         let mut reads = scans_shard_files(node, global_dir);
         for child in node.children() {
-            reads |= below(child, exempt, global_dir)?;
+            reads |= below(child, exempt, global_dir, aggregate)?;
         }
         if !reads || exempt.iter().any(|e| Arc::ptr_eq(e, node)) {
             return Ok(reads);
@@ -250,14 +260,18 @@ pub(super) fn check(
         {
             return Err(cannot_split("a window function (OVER …) over shard rows"));
         }
-        if node.downcast_ref::<GlobalLimitExec>().is_some()
+        let over_all_partitions = node.downcast_ref::<GlobalLimitExec>().is_some()
             || (is_merge(node) && node.fetch().is_some())
-        {
+            || node
+                .downcast_ref::<SortExec>()
+                .is_some_and(|sort| sort.fetch().is_some() && !sort.preserve_partitioning());
+        let any_limit = node.fetch().is_some() || node.downcast_ref::<LocalLimitExec>().is_some();
+        if over_all_partitions || (aggregate && any_limit) {
             return Err(cannot_split("a LIMIT inside a subquery over shard rows"));
         }
         Ok(reads)
     }
-    below(&part, &exempt, global_dir)
+    below(&part, &exempt, global_dir, aggregate)
 }
 
 #[cfg(test)]
@@ -275,7 +289,7 @@ mod tests {
         std::fs::write(shard.join("a.csv"), "id,region,amount\n1,eu,2.5\n2,us,4\n").unwrap();
         std::fs::write(shard.join("b.csv"), "id,region,amount\n3,eu,1\n").unwrap();
         std::fs::write(global.join("regions/r.csv"), "code,name\neu,Europe\n").unwrap();
-        let ctx = context();
+        let ctx = context(false);
         let csv = datafusion::prelude::CsvReadOptions::new;
         // Integers in one file, decimals in the other: one schema for both.
         let files = [shard.join("a.csv"), shard.join("b.csv")];
