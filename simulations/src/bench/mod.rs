@@ -8,6 +8,12 @@
 //!
 //! Cases live one per file and export `run(&Settings) -> Result<Vec<Table>>`.
 
+pub mod dedup;
+pub mod idle;
+pub mod load;
+pub mod restart;
+pub mod support;
+
 use std::fmt::Write as _;
 
 use anyhow::{Result, bail};
@@ -99,7 +105,28 @@ pub struct Case {
 
 /// Every case, in the order they run.
 pub fn cases() -> Vec<Case> {
-    vec![]
+    vec![
+        Case {
+            name: "load",
+            about: "load 1 GiB (1,000 files, then 8) from s3s-fs: dram vs rclone copy vs plain GETs",
+            run: load::run,
+        },
+        Case {
+            name: "dedup",
+            about: "load v2 sharing 90% of its files with v1: bytes fetched and time",
+            run: dedup::run,
+        },
+        Case {
+            name: "restart",
+            about: "restart a node holding 10,000 ready shards: time until it serves, peak memory",
+            run: restart::run,
+        },
+        Case {
+            name: "idle",
+            about: "idle cluster of 20 nodes: resident memory and network bytes/s per node",
+            run: idle::run,
+        },
+    ]
 }
 
 /// Runs the chosen cases (all when `only` is empty) and prints their tables
