@@ -8,12 +8,17 @@
 //!
 //! Cases live one per file and export `run(&Settings) -> Result<Vec<Table>>`.
 
+pub mod dedup;
 pub mod fanout;
 pub mod gossip;
 pub mod http;
+pub mod idle;
+pub mod load;
 pub mod measure;
 pub mod nodes;
+pub mod restart;
 pub mod sql;
+pub mod support;
 
 use std::fmt::Write as _;
 
@@ -107,6 +112,26 @@ pub struct Case {
 /// Every case, in the order they run.
 pub fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "load",
+            about: "load 1 GiB (1,000 files, then 8) from s3s-fs: dram vs rclone copy vs plain GETs",
+            run: load::run,
+        },
+        Case {
+            name: "dedup",
+            about: "load v2 sharing 90% of its files with v1: bytes fetched and time",
+            run: dedup::run,
+        },
+        Case {
+            name: "restart",
+            about: "restart a node holding 10,000 ready shards: time until it serves, peak memory",
+            run: restart::run,
+        },
+        Case {
+            name: "idle",
+            about: "idle cluster of 20 nodes: resident memory and network bytes/s per node",
+            run: idle::run,
+        },
         Case {
             name: "sql",
             about: "the sql analysis on 1, 2 and 4 nodes vs one-process DataFusion, same Parquet",
