@@ -10,12 +10,7 @@ use dram::storage::{Source, SourceUrl};
 use dram::{Config, Server};
 use serde_json::Value;
 
-/// A free UDP port on 127.0.0.1 (for gossip).
-pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use super::support::free_udp_port;
 
 /// A node's configuration: id `name`, data under `dir/name`, the store at
 /// `store_url`, in cluster `cluster` joining through `seeds`.
