@@ -172,5 +172,14 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             format!("{rejection:?}"),
         )
     };
-    Ok(error_response(status, code, &message))
+    let mut response = error_response(status, code, &message);
+    if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::LENGTH_REQUIRED {
+        // The body was not read: the connection cannot carry another request,
+        // and a client that reused it would fail with a broken pipe.
+        response.headers_mut().insert(
+            warp::http::header::CONNECTION,
+            warp::http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
 }

@@ -375,6 +375,8 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(too_big.status(), 413);
+    // The unread body ends the connection: the client is told not to reuse it.
+    assert_eq!(too_big.headers()["connection"], "close");
     let body: serde_json::Value = too_big.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
     let not_json = raw.post(&url).body("name=x").send().await.unwrap();
