@@ -113,19 +113,19 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     }
     match rejection.find::<BodyError>() {
         Some(BodyError::Timeout(ms)) => {
-            return Ok(error_response(
+            return Ok(closing(error_response(
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
                 &format!("the request body did not arrive within {ms} ms (http.body_timeout_ms)"),
-            ));
+            )));
         }
         Some(BodyError::Unreadable(e)) => {
             let message = format!("cannot read the request body: {e}");
-            return Ok(error_response(
+            return Ok(closing(error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_input",
                 &message,
-            ));
+            )));
         }
         None => {}
     }
@@ -172,14 +172,20 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             format!("{rejection:?}"),
         )
     };
-    let mut response = error_response(status, code, &message);
+    let response = error_response(status, code, &message);
     if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::LENGTH_REQUIRED {
-        // The body was not read: the connection cannot carry another request,
-        // and a client that reused it would fail with a broken pipe.
-        response.headers_mut().insert(
-            warp::http::header::CONNECTION,
-            warp::http::HeaderValue::from_static("close"),
-        );
+        return Ok(closing(response));
     }
     Ok(response)
+}
+
+/// `response` with `Connection: close`: for a request whose body was not
+/// (wholly) read, the connection cannot carry another request, and a client
+/// that reused it would fail with a broken pipe.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        warp::http::header::CONNECTION,
+        warp::http::HeaderValue::from_static("close"),
+    );
+    response
 }
