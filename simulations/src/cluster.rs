@@ -23,6 +23,16 @@ use crate::faults::{Network, StoreFaults};
 /// The cluster secret every simulated node shares.
 pub const SECRET: &str = "simulation-secret";
 
+/// How many members a `GET /v1/cluster` answer lists as live.
+pub fn live_count(status: &serde_json::Value) -> usize {
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["live"] == true)
+        .count()
+}
+
 /// Settings every node of a simulated cluster gets.
 #[derive(Debug, Clone)]
 pub struct NodeSettings {

@@ -33,9 +33,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
     let size = (total / FILES as u64) as usize;
     let dir = tempfile::tempdir()?;
     let s3 = S3Server::start(dir.path(), BUCKET)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = super::nodes::runtime()?;
     let mut rng = StdRng::seed_from_u64(settings.seed);
 
     let folder = dir.path().join("src");

@@ -203,11 +203,7 @@ fn dram_cluster(binary: &Path, n: usize, interval_ms: u64, window: Duration) -> 
             "every node to see all members live",
             || {
                 let status = node.get("/v1/cluster").ok()?;
-                let live = status["members"]
-                    .as_array()?
-                    .iter()
-                    .filter(|m| m["live"] == true)
-                    .count();
+                let live = crate::cluster::live_count(&status);
                 (live == n).then_some(())
             },
         )?;

@@ -102,9 +102,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
     let rclone = find_binary("rclone");
     let dir = tempfile::tempdir()?;
     let s3 = S3Server::start(dir.path(), BUCKET)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = super::nodes::runtime()?;
     let mut rng = StdRng::seed_from_u64(settings.seed);
 
     let mut sizes = Vec::new();

@@ -95,11 +95,7 @@ const QUERIES: &[Query] = &[
 ];
 
 pub fn run(settings: &Settings) -> Result<Vec<Table>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot build a runtime")?;
-    runtime.block_on(run_async(settings))
+    super::nodes::runtime()?.block_on(run_async(settings))
 }
 
 /// What one query answered and how long it took, per configuration.
@@ -314,8 +310,7 @@ where
         work().await?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(super::support::median(&times))
 }
 
 /// DataFusion's answer (the warm-up run): column names and JSON rows, as
@@ -496,12 +491,7 @@ async fn start_cluster(dir: &Path, store_url: &str, ids: &[String]) -> Result<Ve
         let client = Client::new(&node.server.url());
         loop {
             let status = client.get("/v1/cluster").await.unwrap_or(Value::Null);
-            let live = status["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["live"] == true)
-                .count();
+            let live = crate::cluster::live_count(&status);
             if live == ids.len() {
                 break;
             }

@@ -779,12 +779,7 @@ async fn converged(topo: &Topology) -> Result<Option<String>> {
         let Ok(status) = client.get("/v1/cluster").await else {
             return Ok(Some(format!("n{} does not answer", index + 1)));
         };
-        let live = status["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["live"] == true)
-            .count();
+        let live = crate::cluster::live_count(&status);
         if live != running.len() {
             return Ok(Some(format!(
                 "n{} sees {live} live of {} running",
