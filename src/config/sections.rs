@@ -83,6 +83,11 @@ pub struct DownloadConfig {
     /// A failed load is retried after 1 s, 2 s, 4 s, … up to this many seconds
     /// between tries, for as long as the database stays defined.
     pub retry_max_secs: u64,
+    /// Downloaded files are not flushed one by one: a disk is synced once no
+    /// file has been written to it for this many milliseconds (and at least
+    /// every 30 s while writes go on). After a crash, what was written since
+    /// the last sync is verified again at start.
+    pub sync_delay_ms: u64,
 }
 
 impl Default for DownloadConfig {
@@ -90,6 +95,7 @@ impl Default for DownloadConfig {
         DownloadConfig {
             concurrency: 32,
             retry_max_secs: 60,
+            sync_delay_ms: 1000,
         }
     }
 }

@@ -173,6 +173,8 @@ pub struct DiskIndex {
     pub used_bytes: u64,
     pub free_bytes: u64,
     pub over_watermark: bool,
+    /// Files written since the disk's last sync.
+    pub unsynced: bool,
     /// used / capacity.
     #[serde(rename = "use")]
     pub use_ratio: f64,
@@ -409,6 +411,7 @@ impl Node {
                 used_bytes: stats.used_by_dram_bytes,
                 free_bytes: stats.free_bytes,
                 over_watermark: stats.over_watermark,
+                unsynced: stats.unsynced,
                 use_ratio: if capacity == 0 {
                     0.0
                 } else {

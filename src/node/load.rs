@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
 use super::space::Reservation;
@@ -386,8 +386,8 @@ async fn fetch_all(
         .filter(|(_, n)| **n == 0)
         .map(|(p, _)| p.clone())
         .collect();
-    for part in empty {
-        commit_part(inner, name, &part, None)?;
+    if !empty.is_empty() {
+        commit_parts(inner, name, &empty, None)?;
     }
     let mut results = futures::stream::iter(work.into_iter().map(|(part, disk, placed)| {
         let counter = lock(progress).get(&part).cloned().unwrap_or_default();
@@ -410,28 +410,48 @@ async fn fetch_all(
 
     // Per part: when its first file began, bytes fetched (for write events).
     let mut writes: HashMap<Part, (Instant, u64, u64)> = HashMap::new();
-    while let Some((part, placed, sha, (began, bytes, disk))) = results.try_next().await? {
-        let write = writes.entry(part.clone()).or_insert((began, 0, 0));
-        write.0 = write.0.min(began);
-        write.1 += bytes;
-        write.2 += 1;
-        if placed.file.sha256.is_none() {
-            fetched_hashes.push(sha.clone());
-            inner.pin([sha.clone()]);
-            if let Some(entry) = manifest
-                .files
-                .iter_mut()
-                .find(|f| f.path == placed.file.path)
-            {
-                entry.sha256 = Some(sha);
+    while let Some(first) = results.try_next().await? {
+        // Group commit: every fetch already done joins this batch, and the
+        // parts they complete are marked ready in one transaction.
+        let mut batch = vec![first];
+        while let Some(next) = results.try_next().now_or_never() {
+            match next? {
+                Some(done) => batch.push(done),
+                None => break,
             }
-            unhashed_parts.insert(part.clone(), true);
         }
-        let left = remaining.entry(part.clone()).or_insert(1);
-        *left -= 1;
-        if *left == 0 {
-            let updated = unhashed_parts.remove(&part).map(|_| &*manifest);
-            commit_part(inner, name, &part, updated)?;
+        let mut completed = Vec::new();
+        let mut hashes_learned = false;
+        for (part, placed, sha, (began, bytes, disk)) in batch {
+            let write = writes.entry(part.clone()).or_insert((began, 0, 0));
+            write.0 = write.0.min(began);
+            write.1 += bytes;
+            write.2 += 1;
+            if placed.file.sha256.is_none() {
+                fetched_hashes.push(sha.clone());
+                inner.pin([sha.clone()]);
+                if let Some(entry) = manifest
+                    .files
+                    .iter_mut()
+                    .find(|f| f.path == placed.file.path)
+                {
+                    entry.sha256 = Some(sha);
+                }
+                unhashed_parts.insert(part.clone(), true);
+            }
+            let left = remaining.entry(part.clone()).or_insert(1);
+            *left -= 1;
+            if *left == 0 {
+                hashes_learned |= unhashed_parts.remove(&part).is_some();
+                completed.push((part, disk));
+            }
+        }
+        if completed.is_empty() {
+            continue;
+        }
+        let parts: Vec<Part> = completed.iter().map(|(part, _)| part.clone()).collect();
+        commit_parts(inner, name, &parts, hashes_learned.then_some(&*manifest))?;
+        for (part, disk) in completed {
             if let Some((began, bytes, files)) = writes.remove(&part) {
                 inner.record_write(name, &part.key(), &disk, bytes, files, began.elapsed());
             }
@@ -441,19 +461,27 @@ async fn fetch_all(
 }
 
 /// Fetches (or finds) one file's blob and links it into its part; returns its hash
-/// and, when a new blob was stored, its size.
+/// and, when a new blob was stored, its size. File system calls run on the
+/// blocking pool: the task that calls this drives every download of the load.
 async fn fetch_file(
     inner: &Inner,
     source: &Source,
-    disk: &Disk,
+    disk: &Arc<Disk>,
     name: &str,
     part: &Part,
     placed: &PlacedFile,
     counter: &AtomicU64,
 ) -> Result<(String, Option<u64>), NodeError> {
     let file = &placed.file;
+    let present = match &file.sha256 {
+        Some(sha) => {
+            let (disk, sha, size) = (disk.clone(), sha.clone(), file.size);
+            blocking(move || Ok(disk.has_blob(&sha, size))).await?
+        }
+        None => false,
+    };
     let (sha, new_bytes) = match &file.sha256 {
-        Some(sha) if disk.has_blob(sha, file.size) => {
+        Some(sha) if present => {
             counter.fetch_add(file.size, Ordering::Relaxed);
             inner.count_reuse();
             (sha.clone(), None)
@@ -469,23 +497,38 @@ async fn fetch_file(
             (fetched.sha256, fetched.new_blob.then_some(fetched.size))
         }
     };
-    disk.link(&sha, name, part, &placed.local)?;
+    let (link_disk, link_sha) = (disk.clone(), sha.clone());
+    let (name, part, local) = (name.to_string(), part.clone(), placed.local.clone());
+    blocking(move || Ok(link_disk.link(&link_sha, &name, &part, &local)?)).await?;
     Ok((sha, new_bytes))
 }
 
-/// Marks one part ready, with the manifest if hashes were learned while loading.
-fn commit_part(
+/// Runs file system work on the blocking pool. The work does not panic; its
+/// task fails only when the runtime shuts down.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| NodeError::ShuttingDown)?
+}
+
+/// Marks parts ready in one transaction, with the manifest if hashes were
+/// learned while loading.
+fn commit_parts(
     inner: &Inner,
     name: &str,
-    part: &Part,
+    parts: &[Part],
     manifest: Option<&Manifest>,
 ) -> Result<(), NodeError> {
     inner.catalog.write(|w| {
-        let part_key = key(&[name, &part.key()]);
-        if let Some(mut record) = w.get::<PartRecord>(PARTS, &part_key)? {
-            record.state = PartState::Ready;
-            record.written_ms = Some(now_ms());
-            w.put(PARTS, &part_key, &record)?;
+        for part in parts {
+            let part_key = key(&[name, &part.key()]);
+            if let Some(mut record) = w.get::<PartRecord>(PARTS, &part_key)? {
+                record.state = PartState::Ready;
+                record.written_ms = Some(now_ms());
+                w.put(PARTS, &part_key, &record)?;
+            }
         }
         if let Some(manifest) = manifest {
             w.put(MANIFESTS, name, manifest)?;

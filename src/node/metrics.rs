@@ -351,6 +351,11 @@ pub fn gauges(
                 "1 when a disk is past its high watermark (it gets nothing new).",
                 u64::from(disk.over_watermark),
             ),
+            (
+                "dram_disk_unsynced",
+                "1 while files written to a disk wait for its next sync.",
+                u64::from(disk.unsynced),
+            ),
         ];
         for (name, help, value) in samples {
             out.push(Gauge::new(name, help, value as f64).label("disk", disk.id.as_str()));
@@ -527,6 +532,7 @@ mod tests {
             max_bytes: None,
             capacity_bytes: 1000,
             over_watermark: true,
+            unsynced: false,
         };
         let load = Load {
             inflight: 2,

@@ -8,6 +8,7 @@
 
 mod aliases;
 mod databases;
+mod durable;
 mod error;
 pub mod events;
 mod gc;
@@ -174,16 +175,8 @@ impl Node {
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
         let data_dir = config.node.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io(&data_dir))?;
-        let mut disks = Vec::new();
-        for (i, disk) in config.effective_disks().iter().enumerate() {
-            disks.push(Arc::new(Disk::open(
-                i.to_string(),
-                &disk.path,
-                disk.high_watermark,
-                disk.max_bytes,
-            )?));
-        }
         let catalog = Catalog::open(&data_dir.join("catalog.redb"))?;
+        let (disks, unsynced) = durable::open_disks(&config, &catalog)?;
         let node_id = node_id(&config, &catalog)?;
         let (shutdown_tx, _) = watch::channel(false);
         let metrics = metrics::Metrics::new(&node_id);
@@ -224,6 +217,7 @@ impl Node {
         node.inner.define_existing_databases()?;
         node.inner.remove_stray_database_dirs()?;
         node.inner.index_blobs_if_missing()?;
+        node.inner.recover_unsynced(unsynced)?;
         node.resume_loads()?;
         node.spawn_background();
         info!(node = %node.inner.node_id, disks = node.inner.disks.len(), "node started");
@@ -326,6 +320,7 @@ impl Node {
             task.abort();
             let _ = task.await;
         }
+        self.inner.close_disks().await;
         if let Err(e) = self.inner.flush_counters() {
             warn!(error = %e, "flushing counters at shutdown failed");
         }
@@ -420,6 +415,23 @@ impl Node {
             }
         });
         lock(&self.inner.tasks).push(task);
+
+        // The flusher: its syncs may take seconds and must not hold up the rest.
+        let weak = Arc::downgrade(&self.inner);
+        let mut shutdown_rx = self.inner.shutdown_tx.subscribe();
+        let flusher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut dirty_since = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown_rx.changed() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                inner.sync_idle_disks(&mut dirty_since).await;
+            }
+        });
+        lock(&self.inner.tasks).push(flusher);
     }
 }
 

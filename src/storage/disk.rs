@@ -1,12 +1,17 @@
 //! One local data directory: `blobs/aa/<sha256>` (content-addressed, read-only),
 //! `dbs/<database>/<part>/...` (hard links to blobs) and `tmp/` (downloads under
 //! way, emptied at start). A blob enters `blobs/` only after it was verified.
+//!
+//! Blobs and links are written without a flush each: the disk counts its
+//! writes, and [`Disk::sync`] makes everything written before it durable at
+//! once (the node's flusher calls it once writes go quiet).
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +27,23 @@ pub struct Disk {
     /// Bytes of blobs on this disk: counted at open, kept up to date after.
     used_bytes: AtomicU64,
     next_temp: AtomicU64,
+    /// Blobs committed and links made since the disk was opened.
+    writes: AtomicU64,
+    /// When the last of them was made (ms since the epoch).
+    last_write_ms: AtomicU64,
+    /// `writes` as it stood when the last completed sync began.
+    synced_writes: AtomicU64,
+    /// Set at shutdown: writes are refused from then on. Writers hold the read
+    /// side while they write, so closing waits for those under way.
+    closed: RwLock<bool>,
+}
+
+/// A blob found on disk, with when its content was last written.
+#[derive(Debug, Clone)]
+pub struct BlobFile {
+    pub sha256: String,
+    pub size: u64,
+    pub modified_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +63,10 @@ pub struct DiskStats {
     /// Usage is past the high watermark: placement gives this disk nothing new.
     #[serde(default)]
     pub over_watermark: bool,
+    /// Files were written since the last sync: a crash now would have them
+    /// checked again at start.
+    #[serde(default)]
+    pub unsynced: bool,
 }
 
 impl Disk {
@@ -51,6 +77,19 @@ impl Disk {
         high_watermark: f64,
         max_bytes: Option<u64>,
     ) -> Result<Disk, StorageError> {
+        Disk::open_listing(id, root, high_watermark, max_bytes, u64::MAX).map(|(disk, _)| disk)
+    }
+
+    /// Opens a data directory like [`Disk::open`], and returns the blobs whose
+    /// content was written at or after `written_since_ms` (from the same pass
+    /// over `blobs/` that counts the disk's use).
+    pub fn open_listing(
+        id: String,
+        root: &Path,
+        high_watermark: f64,
+        max_bytes: Option<u64>,
+        written_since_ms: u64,
+    ) -> Result<(Disk, Vec<BlobFile>), StorageError> {
         for sub in ["blobs", "dbs", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
@@ -67,10 +106,63 @@ impl Disk {
             max_bytes,
             used_bytes: AtomicU64::new(0),
             next_temp: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            last_write_ms: AtomicU64::new(0),
+            synced_writes: AtomicU64::new(0),
+            closed: RwLock::new(false),
         };
-        let used = disk.list_blobs()?.iter().map(|(_, size)| size).sum();
+        let mut used = 0;
+        let mut recent = Vec::new();
+        disk.each_blob(|blob| {
+            used += blob.size;
+            if blob.modified_ms >= written_since_ms {
+                recent.push(blob);
+            }
+        })?;
         disk.used_bytes.store(used, Ordering::Relaxed);
-        Ok(disk)
+        Ok((disk, recent))
+    }
+
+    /// Counts a write (a blob committed, a link made).
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.last_write_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Refuses writes from now on, once those under way are done.
+    pub fn close(&self) {
+        *self.closed.write().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// Holds off [`Disk::close`] while a write is made; fails once closed.
+    fn open_for_write(&self, path: &Path) -> Result<RwLockReadGuard<'_, bool>, StorageError> {
+        let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
+        if *closed {
+            return Err(StorageError::io(path)(io::Error::other(
+                "the disk is closed: the node is shutting down",
+            )));
+        }
+        Ok(closed)
+    }
+
+    /// When the last blob or link was written (ms since the epoch, 0: never).
+    pub fn last_write_ms(&self) -> u64 {
+        self.last_write_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether something was written since the last completed sync began.
+    pub fn is_dirty(&self) -> bool {
+        self.writes.load(Ordering::Relaxed) != self.synced_writes.load(Ordering::Relaxed)
+    }
+
+    /// Makes everything written to this disk's file system so far durable:
+    /// file contents and directory entries (Linux `syncfs`; elsewhere `sync`).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let writes = self.writes.load(Ordering::Relaxed);
+        let root = File::open(&self.root).map_err(StorageError::io(&self.root))?;
+        sync_file_system(&root).map_err(StorageError::io(&self.root))?;
+        self.synced_writes.fetch_max(writes, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
@@ -103,6 +195,7 @@ impl Disk {
     /// there, the temp file is dropped and the existing blob kept (its hard links
     /// stay valid). Returns whether a new blob was stored.
     pub fn commit_blob(&self, temp: &Path, sha256: &str, size: u64) -> Result<bool, StorageError> {
+        let _open = self.open_for_write(temp)?;
         let blob = self.blob_path(sha256);
         if let Some(parent) = blob.parent() {
             fs::create_dir_all(parent).map_err(StorageError::io(parent))?;
@@ -117,6 +210,7 @@ impl Disk {
         fs::remove_file(temp).map_err(StorageError::io(temp))?;
         if stored {
             self.used_bytes.fetch_add(size, Ordering::Relaxed);
+            self.wrote();
         }
         Ok(stored)
     }
@@ -132,11 +226,12 @@ impl Disk {
     ) -> Result<PathBuf, StorageError> {
         let blob = self.blob_path(sha256);
         let dest = self.part_dir(database, part).join(local);
+        let _open = self.open_for_write(&dest)?;
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(StorageError::io(parent))?;
         }
         match fs::hard_link(&blob, &dest) {
-            Ok(()) => {}
+            Ok(()) => self.wrote(),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let same = match (fs::metadata(&blob), fs::metadata(&dest)) {
                     (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
@@ -145,6 +240,7 @@ impl Disk {
                 if !same {
                     fs::remove_file(&dest).map_err(StorageError::io(&dest))?;
                     fs::hard_link(&blob, &dest).map_err(StorageError::io(&dest))?;
+                    self.wrote();
                 }
             }
             Err(e) => return Err(StorageError::io(&dest)(e)),
@@ -197,8 +293,13 @@ impl Disk {
 
     /// Every blob on this disk with its size.
     pub fn list_blobs(&self) -> Result<Vec<(String, u64)>, StorageError> {
-        let root = self.root.join("blobs");
         let mut blobs = Vec::new();
+        self.each_blob(|blob| blobs.push((blob.sha256, blob.size)))?;
+        Ok(blobs)
+    }
+
+    fn each_blob(&self, mut found: impl FnMut(BlobFile)) -> Result<(), StorageError> {
+        let root = self.root.join("blobs");
         for fan in fs::read_dir(&root).map_err(StorageError::io(&root))? {
             let fan = fan.map_err(StorageError::io(&root))?.path();
             if !fan.is_dir() {
@@ -208,15 +309,20 @@ impl Disk {
                 let entry = entry.map_err(StorageError::io(&fan))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if is_sha256_hex(&name) {
-                    let size = entry
-                        .metadata()
-                        .map_err(StorageError::io(entry.path()))?
-                        .len();
-                    blobs.push((name, size));
+                    let meta = entry.metadata().map_err(StorageError::io(entry.path()))?;
+                    let modified_ms = u64::try_from(meta.mtime())
+                        .unwrap_or(0)
+                        .saturating_mul(1000)
+                        .saturating_add(meta.mtime_nsec().max(0) as u64 / 1_000_000);
+                    found(BlobFile {
+                        sha256: name,
+                        size: meta.len(),
+                        modified_ms,
+                    });
                 }
             }
         }
-        Ok(blobs)
+        Ok(())
     }
 
     pub fn used_bytes(&self) -> u64 {
@@ -235,6 +341,7 @@ impl Disk {
             max_bytes: self.max_bytes,
             capacity_bytes: self.usage().0,
             over_watermark: self.over_watermark(),
+            unsynced: self.is_dirty(),
         }
     }
 
@@ -260,6 +367,30 @@ impl Disk {
         let (capacity, used, _) = self.usage();
         capacity > 0 && used as f64 > self.high_watermark * capacity as f64
     }
+}
+
+#[cfg(target_os = "linux")]
+fn sync_file_system(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a syscall on a descriptor `file` keeps open.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_file_system(_file: &File) -> io::Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// (total, available) bytes of the file system holding `path`.
@@ -331,5 +462,42 @@ mod tests {
         assert_eq!(disk.used_bytes(), 3);
         assert!(disk.has_blob(&sha, 3));
         assert!(!disk.has_blob(&sha, 4));
+    }
+
+    #[test]
+    fn counts_writes_until_synced_and_refuses_them_once_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
+        assert!(!disk.is_dirty());
+        let sha = "ef".repeat(32);
+        let temp = disk.temp_path();
+        fs::write(&temp, b"abc").unwrap();
+        disk.commit_blob(&temp, &sha, 3).unwrap();
+        assert!(disk.is_dirty());
+        assert!(disk.last_write_ms() > 0);
+        disk.sync().unwrap();
+        assert!(!disk.is_dirty());
+        disk.link(&sha, "a", &Part::Global, "f").unwrap();
+        assert!(disk.is_dirty(), "a link is a write too");
+
+        disk.close();
+        let temp = disk.temp_path();
+        fs::write(&temp, b"xyz").unwrap();
+        let err = disk.commit_blob(&temp, &"01".repeat(32), 3).unwrap_err();
+        assert!(err.to_string().contains("shutting down"), "{err}");
+        assert!(disk.link(&sha, "b", &Part::Global, "f").is_err());
+        drop(disk);
+
+        // Reopened: blobs written at or after a time are listed.
+        let (_, recent) = Disk::open_listing("0".into(), dir.path(), 0.9, None, 0).unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            (recent[0].sha256.as_str(), recent[0].size),
+            (sha.as_str(), 3)
+        );
+        let (disk, recent) =
+            Disk::open_listing("0".into(), dir.path(), 0.9, None, u64::MAX).unwrap();
+        assert!(recent.is_empty());
+        assert_eq!(disk.used_bytes(), 3);
     }
 }

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -53,7 +54,7 @@ pub const FETCH_ATTEMPTS: u32 = 3;
 /// index records them as exceptions).
 pub async fn fetch_blob(
     source: &Source,
-    disk: &Disk,
+    disk: &Arc<Disk>,
     file: &ManifestFile,
     progress: &AtomicU64,
     failed_try: &(dyn Fn(&StorageError) + Sync),
@@ -82,32 +83,20 @@ pub async fn fetch_blob(
     }
 }
 
-/// Written bytes are handed to the kernel's writeback in steps of this size.
-const WRITEBACK_BYTES: u64 = 8 << 20;
+/// Bytes the network side gathers before handing them to the writer thread:
+/// one wake-up of it per batch rather than per network read (often 16 KiB).
+const BATCH_BYTES: usize = 256 << 10;
 
-/// Starts writing `len` bytes at `offset` of `file` back to disk without
-/// waiting (Linux `sync_file_range`): the `fsync` that ends every file then
-/// finds little left to write, instead of stalling its stream while a large
-/// file's whole page cache is flushed. A hint only: errors surface at `fsync`.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: a syscall on a descriptor `file` keeps open; it touches no
-    // memory of this process.
-    let _ = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
+/// What the network side hands the writer: bytes, then `End` once the body
+/// is whole. A channel closed without `End` means the download failed.
+enum ToWriter {
+    Bytes(Vec<Bytes>),
+    End,
 }
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 async fn fetch_once(
     source: &Source,
-    disk: &Disk,
+    disk: &Arc<Disk>,
     file: &ManifestFile,
     progress: &AtomicU64,
     added: &mut u64,
@@ -118,39 +107,30 @@ async fn fetch_once(
         .get(&location)
         .await
         .map_err(StorageError::store(&location))?;
-    let temp = disk.temp_path();
-    let mut guard = TempGuard(Some(temp.clone()));
-    let out = File::create(&temp).map_err(StorageError::io(&temp))?;
 
-    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Bytes>(16);
-    let writer_path = temp.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<(String, u64), StorageError> {
-        let mut out = out;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut handed_over = 0u64;
-        while let Some(chunk) = chunk_rx.blocking_recv() {
-            hasher.update(&chunk);
-            out.write_all(&chunk)
-                .map_err(StorageError::io(&writer_path))?;
-            size += chunk.len() as u64;
-            if size - handed_over >= WRITEBACK_BYTES {
-                start_writeback(&out, handed_over, size - handed_over);
-                handed_over = size;
-            }
-        }
-        out.sync_all().map_err(StorageError::io(&writer_path))?;
-        Ok((hex::encode(hasher.finalize()), size))
-    });
+    let (batch_tx, batch_rx) = mpsc::channel::<ToWriter>(4);
+    let writer = {
+        let (disk, file) = (disk.clone(), file.clone());
+        tokio::task::spawn_blocking(move || write_blob(&disk, &file, batch_rx))
+    };
 
     let mut stream = result.into_stream();
+    let mut batch = Vec::new();
+    let mut batched = 0;
     let mut received = 0u64;
     let mut failure = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => {
+    loop {
+        let chunk = match stream.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
                 failure = Some(StorageError::store(&location)(e));
+                break;
+            }
+            None => {
+                if !batch.is_empty() {
+                    let _ = batch_tx.send(ToWriter::Bytes(batch)).await;
+                }
+                let _ = batch_tx.send(ToWriter::End).await;
                 break;
             }
         };
@@ -164,25 +144,67 @@ async fn fetch_once(
         }
         progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         *added += chunk.len() as u64;
-        if chunk_tx.send(chunk).await.is_err() {
-            break; // the writer failed; its error is reported below
+        batched += chunk.len();
+        batch.push(chunk);
+        if batched >= BATCH_BYTES {
+            batched = 0;
+            let full = std::mem::take(&mut batch);
+            if batch_tx.send(ToWriter::Bytes(full)).await.is_err() {
+                break; // the writer failed; its error is reported below
+            }
         }
     }
-    drop(chunk_tx);
+    drop(batch_tx);
     let written = writer.await.map_err(|e| StorageError::Io {
-        path: temp.clone(),
+        path: disk.root.join("tmp"),
         source: std::io::Error::other(e),
     })?;
-    if let Some(failure) = failure {
-        return Err(failure);
+    match failure {
+        Some(failure) => Err(failure),
+        None => written,
     }
-    let (sha256, size) = written?;
+}
+
+/// The blocking half of a fetch: writes the batches into a temp file while
+/// hashing them; once the body is whole, checks size and sha256 against the
+/// manifest and commits the blob. Any error (or a body that never ended)
+/// removes the temp file. No fsync here: the node syncs each disk once its
+/// writes go quiet, and checks again at start what a crash may have cut short
+/// (`node::durable`).
+fn write_blob(
+    disk: &Disk,
+    file: &ManifestFile,
+    mut batch_rx: mpsc::Receiver<ToWriter>,
+) -> Result<Fetched, StorageError> {
+    let temp = disk.temp_path();
+    let mut guard = TempGuard(Some(temp.clone()));
+    let mut out = File::create(&temp).map_err(StorageError::io(&temp))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        match batch_rx.blocking_recv() {
+            Some(ToWriter::Bytes(chunks)) => {
+                for chunk in chunks {
+                    hasher.update(&chunk);
+                    out.write_all(&chunk).map_err(StorageError::io(&temp))?;
+                    size += chunk.len() as u64;
+                }
+            }
+            Some(ToWriter::End) => break,
+            None => {
+                return Err(StorageError::io(&temp)(std::io::Error::other(
+                    "the download stopped before the end of the file",
+                )));
+            }
+        }
+    }
     if size != file.size {
         return Err(StorageError::Mismatch {
             path: file.path.clone(),
             message: format!("{size} bytes, the manifest says {}", file.size),
         });
     }
+    let sha256 = hex::encode(hasher.finalize());
     if let Some(expected) = &file.sha256
         && *expected != sha256
     {
@@ -191,6 +213,7 @@ async fn fetch_once(
             message: format!("sha256 {sha256}, the manifest says {expected}"),
         });
     }
+    drop(out);
     let new_blob = disk.commit_blob(&temp, &sha256, size)?;
     guard.0 = None;
     Ok(Fetched {
@@ -278,7 +301,7 @@ mod tests {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
+        let disk = Arc::new(Disk::open("0".into(), dir.path(), 0.9, None).unwrap());
         let sha = hex::encode(Sha256::digest(b"hello"));
         let progress = AtomicU64::new(0);
         let good = ManifestFile {

@@ -15,7 +15,8 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_queries_by_outcome_and_show_the_node_state() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let mut config = config(dir.path());
+    config.download.sync_delay_ms = 3000;
     let files: [(&str, &[u8]); 2] = [
         ("shards/a/rows.csv", b"city,amount\noslo,1\nlima,2\n"),
         ("shards/b/rows.csv", b"city,amount\npune,3\n"),
@@ -87,6 +88,27 @@ async fn metrics_count_queries_by_outcome_and_show_the_node_state() {
         Some(1.0),
         "{text}"
     );
+
+    // The loaded files wait for the disk's sync, which comes once the disk
+    // has been idle for download.sync_delay_ms.
+    assert_eq!(at(r#"dram_disk_unsynced{disk="0"}"#), Some(1.0), "{text}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(format!("{}/metrics", server.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&text, r#"dram_disk_unsynced{disk="0"}"#) == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disk is never synced: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     server.shutdown().await;
 }

@@ -235,7 +235,9 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
         "dram: an in-process node (dram::Server, download.concurrency 32, one disk with max_bytes \
          16 GB, store = the s3s-fs endpoint), timed from POST /v1/databases {\"name\":\"bench\",\"source\":\"s3://bench/<layout>\"} \
          until GET /v1/databases/bench (polled every 10 ms) says ready; a fresh data dir each run. \
-         dram verifies sha256 and size of every file and fsyncs it; rclone and plain GETs do not fsync.",
+         dram verifies sha256 and size of every file; like rclone and plain GETs it leaves \
+         writeback to the kernel while it loads, and syncs the disk once it has been idle for \
+         download.sync_delay_ms (1 s, after the timer stopped; a crash before it is checked at start).",
     );
     table.note(format!(
         "rclone: env -u AWS_CA_BUNDLE rclone copy bench:{BUCKET}/<layout>/ OUT --config rclone.conf {} \
@@ -245,7 +247,8 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
     table.note(format!(
         "plain GETs: object_store AmazonS3 client, LIST the prefix, then whole-object GETs \
          {PLAIN_CONCURRENCY} at a time, sha256 of each body while writing it (tokio::fs) to OUT; \
-         plain+fsync: the same, and File::sync_all once each file is written (as dram does)"
+         plain+fsync: the same, and File::sync_all once each file is written (a flush per file, \
+         as dram did before it synced whole disks)"
     ));
     table.note(format!(
         "order rotated every round; out dir deleted and sync(2) between runs. Every run's MB/s, \

@@ -442,7 +442,7 @@ impl Membership {
         for disk in disks {
             let summary = DiskSummary {
                 total: disk.total_bytes,
-                free: disk.free_bytes,
+                free: DiskSummary::coarse_free(disk.free_bytes, disk.total_bytes),
                 used: disk.used_by_dram_bytes,
                 capacity: disk.capacity_bytes,
                 full: disk.over_watermark,

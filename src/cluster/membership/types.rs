@@ -53,6 +53,8 @@ pub struct PrimaryStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSummary {
     pub total: u64,
+    /// Rounded down to [`DiskSummary::free_step`]: the exact figure moves with
+    /// every write on the host, and each change would be gossiped again.
     pub free: u64,
     pub used: u64,
     /// What dram may fill (the placement weight).
@@ -61,6 +63,19 @@ pub struct DiskSummary {
     /// Past its high watermark.
     #[serde(default)]
     pub full: bool,
+}
+
+impl DiskSummary {
+    /// The step `free` is gossiped in: 0.1% of the disk, at least 1 MiB.
+    pub fn free_step(total: u64) -> u64 {
+        (total / 1000).max(1 << 20)
+    }
+
+    /// `free` rounded down to its step.
+    pub fn coarse_free(free: u64, total: u64) -> u64 {
+        let step = Self::free_step(total);
+        free / step * step
+    }
 }
 
 /// One member as `GET /v1/cluster` shows it.
@@ -122,4 +137,24 @@ pub struct ShardHolders {
     pub database: String,
     pub global: Vec<Holder>,
     pub shards: BTreeMap<String, Vec<Holder>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DiskSummary;
+
+    #[test]
+    fn free_bytes_are_gossiped_in_steps() {
+        let total = 252_000_000_000;
+        let step = DiskSummary::free_step(total);
+        assert_eq!(step, 252_000_000);
+        // Writes of a few MB elsewhere on the host leave the gossiped value alone.
+        let a = DiskSummary::coarse_free(22_000_100_000, total);
+        let b = DiskSummary::coarse_free(22_000_100_000 - 30_000_000, total);
+        assert_eq!(a, b);
+        assert!(a <= 22_000_100_000 && 22_000_100_000 - a < step);
+        // Small disks step by 1 MiB; nothing free stays nothing.
+        assert_eq!(DiskSummary::free_step(10 << 20), 1 << 20);
+        assert_eq!(DiskSummary::coarse_free(0, 10 << 20), 0);
+    }
 }

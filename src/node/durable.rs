@@ -1,0 +1,345 @@
+//! Durability without a flush per file. Downloads commit blobs, link them and
+//! mark parts ready without fsync; the flusher syncs a disk once no file has
+//! been written to it for `download.sync_delay_ms` (at least every
+//! [`MAX_UNSYNCED`] while writes go on) and records in the catalog when that
+//! sync began: everything written before it is durable. A clean shutdown
+//! closes the disks to writes, syncs them and records that it did.
+//!
+//! At start after anything but a clean shutdown, what was written after the
+//! recorded time is checked again before anything is served: blobs written
+//! since (by mtime) are hashed, and one that no longer matches its name is
+//! removed with every link to it; ready parts written since (or that lost a
+//! link) must have all their files, else they go back to downloading and the
+//! load resumes. A power loss can therefore cost a download, never a wrong
+//! answer. Invariant: a disk's recorded time is never later than the start of
+//! a sync that completed, and `clean` is set only when nothing was written
+//! after that sync began.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::{Inner, NodeError, now_ms};
+use crate::catalog::{Catalog, MANIFESTS, META, PARTS, PartRecord, PartState};
+use crate::config::Config;
+use crate::storage::disk::BlobFile;
+use crate::storage::{Disk, Manifest, Part, StorageError};
+
+/// Longest a disk stays unsynced while writes keep coming.
+pub const MAX_UNSYNCED: Duration = Duration::from_secs(30);
+
+/// Slack for coarse file timestamps and small clock steps: files written this
+/// long before a recorded sync began are checked too.
+const CLOCK_SLACK_MS: u64 = 2_000;
+
+/// The catalog's record of a disk's last sync.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SyncMark {
+    /// When the sync began (ms since the epoch).
+    started_ms: u64,
+    /// Set by a clean shutdown: nothing was written after the sync.
+    clean: bool,
+}
+
+type PartFiles = std::collections::BTreeMap<Part, Vec<crate::storage::manifest::PlacedFile>>;
+
+/// What start found possibly unsynced on one disk.
+pub(crate) struct Unsynced {
+    disk: usize,
+    /// Files written after this may have been lost; `None`: nothing to check
+    /// (a clean shutdown, a new disk, or one an older dram flushed file by file).
+    since_ms: Option<u64>,
+    blobs: Vec<BlobFile>,
+}
+
+fn synced_key(path: &Path) -> String {
+    format!("synced:{}", path.display())
+}
+
+/// Opens the configured disks; for each, lists the blobs written since its
+/// last recorded sync unless it was shut down cleanly.
+pub(crate) fn open_disks(
+    config: &Config,
+    catalog: &Catalog,
+) -> Result<(Vec<Arc<Disk>>, Vec<Unsynced>), NodeError> {
+    let mut disks = Vec::new();
+    let mut unsynced = Vec::new();
+    for (i, disk) in config.effective_disks().iter().enumerate() {
+        let mark: Option<SyncMark> = catalog.get(META, &synced_key(&disk.path))?;
+        let since_ms = mark
+            .filter(|mark| !mark.clean)
+            .map(|mark| mark.started_ms.saturating_sub(CLOCK_SLACK_MS));
+        let (opened, blobs) = Disk::open_listing(
+            i.to_string(),
+            &disk.path,
+            disk.high_watermark,
+            disk.max_bytes,
+            since_ms.unwrap_or(u64::MAX),
+        )?;
+        disks.push(Arc::new(opened));
+        unsynced.push(Unsynced {
+            disk: i,
+            since_ms,
+            blobs,
+        });
+    }
+    Ok((disks, unsynced))
+}
+
+impl Inner {
+    /// Checks again what was written after each disk's last sync (syncing the
+    /// disk once that is done), then records that this run has begun: from
+    /// now on, a crash leaves the disk to be checked. Runs before loads resume.
+    pub(crate) fn recover_unsynced(&self, unsynced: Vec<Unsynced>) -> Result<(), NodeError> {
+        for Unsynced {
+            disk,
+            since_ms,
+            blobs,
+        } in unsynced
+        {
+            let Some(disk) = self.disks.get(disk).cloned() else {
+                continue;
+            };
+            let started = now_ms();
+            if let Some(since_ms) = since_ms {
+                let lost = self.drop_damaged_blobs(&disk, &blobs)?;
+                let parts = self.reopen_incomplete_parts(&disk, since_ms, &lost)?;
+                if !blobs.is_empty() || parts > 0 {
+                    disk.sync()?;
+                    info!(
+                        disk = %disk.id,
+                        blobs = blobs.len(),
+                        parts,
+                        "checked what was written after the last sync"
+                    );
+                }
+            }
+            self.mark_synced(&disk, started, false)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes blobs written since the last sync; removes those whose content
+    /// is not what their name says, with every link to them. Returns the
+    /// `(database, part key)`s that lost a link.
+    fn drop_damaged_blobs(
+        &self,
+        disk: &Disk,
+        blobs: &[BlobFile],
+    ) -> Result<HashSet<(String, String)>, NodeError> {
+        let mut damaged = Vec::new();
+        for blob in blobs {
+            let path = disk.blob_path(&blob.sha256);
+            match hash_file(&path) {
+                Ok(sha) if sha == blob.sha256 => {}
+                Ok(sha) => damaged.push((blob, format!("content hashes to {sha}"))),
+                Err(e) => damaged.push((blob, format!("unreadable: {e}"))),
+            }
+        }
+        let mut lost = HashSet::new();
+        if damaged.is_empty() {
+            return Ok(lost);
+        }
+        let inodes: HashSet<(u64, u64)> = damaged
+            .iter()
+            .filter_map(|(blob, _)| std::fs::metadata(disk.blob_path(&blob.sha256)).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        let dbs = disk.root.join("dbs");
+        for entry in walkdir::WalkDir::new(&dbs).min_depth(3) {
+            let Ok(entry) = entry else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || !inodes.contains(&(meta.dev(), meta.ino())) {
+                continue;
+            }
+            std::fs::remove_file(entry.path()).map_err(StorageError::io(entry.path()))?;
+            let mut names = entry
+                .path()
+                .strip_prefix(&dbs)
+                .unwrap_or(entry.path())
+                .iter();
+            if let (Some(database), Some(part)) = (names.next(), names.next()) {
+                lost.insert((
+                    database.to_string_lossy().into_owned(),
+                    part.to_string_lossy().into_owned(),
+                ));
+            }
+        }
+        for (blob, why) in damaged {
+            disk.remove_blob(&blob.sha256)?;
+            let error = StorageError::Mismatch {
+                path: disk.blob_path(&blob.sha256).display().to_string(),
+                message: format!("{why} after a crash before it was synced; removed"),
+            };
+            warn!(disk = %disk.id, error = %error, "damaged blob");
+            self.record_error(Some(&disk.id), None, None, &error);
+        }
+        Ok(lost)
+    }
+
+    /// Ready parts on `disk` that became ready after `since_ms` or lost a link:
+    /// any missing or short file sends the part back to downloading. Returns
+    /// how many parts were checked.
+    fn reopen_incomplete_parts(
+        &self,
+        disk: &Disk,
+        since_ms: u64,
+        lost: &HashSet<(String, String)>,
+    ) -> Result<usize, NodeError> {
+        let parts: Vec<(String, PartRecord)> = self.catalog.scan(PARTS, "")?;
+        // Per database: its files by part, from its manifest (read once).
+        let mut layouts: HashMap<String, Option<PartFiles>> = HashMap::new();
+        let mut checked = 0;
+        let mut incomplete = Vec::new();
+        for (part_key, record) in parts {
+            let Some((database, part_name)) = part_key.split_once('\0') else {
+                continue;
+            };
+            let recent = record.written_ms.is_some_and(|ms| ms >= since_ms);
+            let lost_link = lost.contains(&(database.to_string(), part_name.to_string()));
+            if record.disk != disk.id
+                || record.state != PartState::Ready
+                || record.trashed_ms.is_some()
+                || !(recent || lost_link)
+            {
+                continue;
+            }
+            let Some(part) = Part::from_key(part_name) else {
+                continue;
+            };
+            let layout = match layouts.get(database) {
+                Some(layout) => layout,
+                None => {
+                    let manifest: Option<Manifest> = self.catalog.get(MANIFESTS, database)?;
+                    let layout = manifest.and_then(|m| m.parts().ok());
+                    layouts.entry(database.to_string()).or_insert(layout)
+                }
+            };
+            let Some(files) = layout else {
+                continue;
+            };
+            checked += 1;
+            let dir = disk.part_dir(database, &part);
+            let whole = files.get(&part).is_some_and(|files| {
+                files.iter().all(|placed| {
+                    std::fs::metadata(dir.join(&placed.local))
+                        .is_ok_and(|m| m.len() == placed.file.size)
+                })
+            });
+            if !whole {
+                incomplete.push(part_key);
+            }
+        }
+        if !incomplete.is_empty() {
+            self.catalog.write(|w| {
+                for part_key in &incomplete {
+                    if let Some(mut record) = w.get::<PartRecord>(PARTS, part_key)? {
+                        record.state = PartState::Downloading;
+                        record.written_ms = None;
+                        w.put(PARTS, part_key, &record)?;
+                    }
+                }
+                Ok::<_, NodeError>(())
+            })?;
+            for part_key in &incomplete {
+                warn!(part = %part_key.replace('\0', "/"), "part lost files in a crash before they were synced; loading it again");
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Records that everything written to `disk` before `started_ms` is
+    /// durable, and whether nothing was written after.
+    fn mark_synced(&self, disk: &Disk, started_ms: u64, clean: bool) -> Result<(), NodeError> {
+        let mark = SyncMark { started_ms, clean };
+        self.catalog
+            .write(|w| w.put(META, &synced_key(&disk.root), &mark))?;
+        Ok(())
+    }
+
+    /// Syncs every disk written to since its last sync that has been idle for
+    /// `download.sync_delay_ms` or unsynced for [`MAX_UNSYNCED`]. `dirty_since`
+    /// tracks, per disk, when the flusher first saw it unsynced.
+    pub(crate) async fn sync_idle_disks(self: &Arc<Self>, dirty_since: &mut HashMap<String, u64>) {
+        let delay = self.config.download.sync_delay_ms;
+        for disk in &self.disks {
+            if !disk.is_dirty() {
+                dirty_since.remove(&disk.id);
+                continue;
+            }
+            let now = now_ms();
+            let first = *dirty_since.entry(disk.id.clone()).or_insert(now);
+            let idle = now.saturating_sub(disk.last_write_ms()) >= delay;
+            let overdue = now.saturating_sub(first) >= MAX_UNSYNCED.as_millis() as u64;
+            if !idle && !overdue {
+                continue;
+            }
+            let started = now_ms();
+            let synced = {
+                let disk = disk.clone();
+                tokio::task::spawn_blocking(move || disk.sync()).await
+            };
+            let result = match synced {
+                Ok(result) => result.map_err(NodeError::from),
+                Err(_) => Err(NodeError::ShuttingDown),
+            }
+            .and_then(|()| self.mark_synced(disk, started, false));
+            match result {
+                Ok(()) => {
+                    dirty_since.remove(&disk.id);
+                }
+                Err(e) => {
+                    warn!(disk = %disk.id, error = %e, "syncing the disk failed; trying again");
+                    if let NodeError::Storage(e) = &e {
+                        self.record_error(Some(&disk.id), None, None, e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// At shutdown: closes every disk to writes (waiting for those under way),
+    /// syncs it and records a clean shutdown, so the next start checks nothing.
+    pub(crate) async fn close_disks(self: &Arc<Self>) {
+        for disk in &self.disks {
+            let started = now_ms();
+            let closed = {
+                let disk = disk.clone();
+                tokio::task::spawn_blocking(move || {
+                    disk.close();
+                    if disk.is_dirty() { disk.sync() } else { Ok(()) }
+                })
+                .await
+            };
+            let result = match closed {
+                Ok(result) => result.map_err(NodeError::from),
+                Err(_) => Err(NodeError::ShuttingDown),
+            }
+            .and_then(|()| self.mark_synced(disk, started, true));
+            if let Err(e) = result {
+                warn!(disk = %disk.id, error = %e, "syncing the disk at shutdown failed; the next start checks it");
+            }
+        }
+    }
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
