@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
@@ -184,33 +184,40 @@ impl Disk {
     }
 
     /// A fresh path under `tmp/` for a download.
-    pub fn temp_path(&self) -> PathBuf {
+    fn temp_path(&self) -> PathBuf {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         self.root
             .join("tmp")
             .join(format!("{}-{n}.part", std::process::id()))
     }
 
-    /// Moves a verified temp file into `blobs/`, read-only. If the blob is already
-    /// there, the temp file is dropped and the existing blob kept (its hard links
-    /// stay valid). Returns whether a new blob was stored.
+    /// Creates a temp file for a download under `tmp/`, read-only from the
+    /// start (the handle returned may still write): committed, it is a blob.
+    pub fn create_temp(&self) -> Result<(PathBuf, File), StorageError> {
+        let temp = self.temp_path();
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&temp)
+            .map_err(StorageError::io(&temp))?;
+        Ok((temp, file))
+    }
+
+    /// Moves a verified temp file (from [`Disk::create_temp`]) into `blobs/`.
+    /// If the blob is already there, the temp file is dropped and the existing
+    /// blob kept (its hard links stay valid). Returns whether a new blob was
+    /// stored.
     pub fn commit_blob(&self, temp: &Path, sha256: &str, size: u64) -> Result<bool, StorageError> {
         let _open = self.open_for_write(temp)?;
         let blob = self.blob_path(sha256);
-        if let Some(parent) = blob.parent() {
-            fs::create_dir_all(parent).map_err(StorageError::io(parent))?;
-        }
-        fs::set_permissions(temp, fs::Permissions::from_mode(0o444))
-            .map_err(StorageError::io(temp))?;
-        let stored = match fs::hard_link(temp, &blob) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(StorageError::io(&blob)(e)),
-        };
-        fs::remove_file(temp).map_err(StorageError::io(temp))?;
+        let stored =
+            with_parent(&blob, || move_new(temp, &blob)).map_err(StorageError::io(&blob))?;
         if stored {
             self.used_bytes.fetch_add(size, Ordering::Relaxed);
             self.wrote();
+        } else {
+            fs::remove_file(temp).map_err(StorageError::io(temp))?;
         }
         Ok(stored)
     }
@@ -227,10 +234,7 @@ impl Disk {
         let blob = self.blob_path(sha256);
         let dest = self.part_dir(database, part).join(local);
         let _open = self.open_for_write(&dest)?;
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(StorageError::io(parent))?;
-        }
-        match fs::hard_link(&blob, &dest) {
+        match with_parent(&dest, || fs::hard_link(&blob, &dest)) {
             Ok(()) => self.wrote(),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let same = match (fs::metadata(&blob), fs::metadata(&dest)) {
@@ -369,6 +373,66 @@ impl Disk {
     }
 }
 
+/// Runs `make` (which creates `path`), creating `path`'s folder first if it
+/// fails for want of it: folders are made once, not checked for every file.
+fn with_parent<T>(path: &Path, make: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    match make() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            make()
+        }
+        other => other,
+    }
+}
+
+/// Moves `from` to `to` unless `to` exists; whether it moved.
+#[cfg(target_os = "linux")]
+fn move_new(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (c_from, c_to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let moved = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if moved == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // A file system without RENAME_NOREPLACE.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => link_new(from, to),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn move_new(from: &Path, to: &Path) -> io::Result<bool> {
+    link_new(from, to)
+}
+
+/// `move_new` by hard link and unlink.
+fn link_new(from: &Path, to: &Path) -> io::Result<bool> {
+    match fs::hard_link(from, to) {
+        Ok(()) => {
+            fs::remove_file(from)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn sync_file_system(file: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -414,6 +478,14 @@ fn remove_any(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    /// A temp file holding `bytes`, as a download leaves it.
+    fn downloaded(disk: &Disk, bytes: &[u8]) -> PathBuf {
+        let (temp, mut file) = disk.create_temp().unwrap();
+        file.write_all(bytes).unwrap();
+        temp
+    }
 
     #[test]
     fn commit_link_and_remove() {
@@ -421,8 +493,7 @@ mod tests {
         let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
         let sha = "ab".repeat(32);
         for _ in 0..2 {
-            let temp = disk.temp_path();
-            fs::write(&temp, b"hello").unwrap();
+            let temp = downloaded(&disk, b"hello");
             disk.commit_blob(&temp, &sha, 5).unwrap();
             assert!(!temp.exists());
         }
@@ -450,11 +521,9 @@ mod tests {
     fn open_empties_tmp_and_counts_blobs() {
         let dir = tempfile::tempdir().unwrap();
         let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
-        let temp = disk.temp_path();
-        fs::write(&temp, b"partial").unwrap();
+        let temp = downloaded(&disk, b"partial");
         let sha = "cd".repeat(32);
-        let other = disk.temp_path();
-        fs::write(&other, b"abc").unwrap();
+        let other = downloaded(&disk, b"abc");
         disk.commit_blob(&other, &sha, 3).unwrap();
         drop(disk);
         let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
@@ -470,8 +539,7 @@ mod tests {
         let disk = Disk::open("0".into(), dir.path(), 0.9, None).unwrap();
         assert!(!disk.is_dirty());
         let sha = "ef".repeat(32);
-        let temp = disk.temp_path();
-        fs::write(&temp, b"abc").unwrap();
+        let temp = downloaded(&disk, b"abc");
         disk.commit_blob(&temp, &sha, 3).unwrap();
         assert!(disk.is_dirty());
         assert!(disk.last_write_ms() > 0);
@@ -481,8 +549,7 @@ mod tests {
         assert!(disk.is_dirty(), "a link is a write too");
 
         disk.close();
-        let temp = disk.temp_path();
-        fs::write(&temp, b"xyz").unwrap();
+        let temp = downloaded(&disk, b"xyz");
         let err = disk.commit_blob(&temp, &"01".repeat(32), 3).unwrap_err();
         assert!(err.to_string().contains("shutting down"), "{err}");
         assert!(disk.link(&sha, "b", &Part::Global, "f").is_err());

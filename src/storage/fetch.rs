@@ -3,7 +3,6 @@
 //! checked against the manifest before the blob is committed. On any error the
 //! temp file is removed.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -176,9 +175,8 @@ fn write_blob(
     file: &ManifestFile,
     mut batch_rx: mpsc::Receiver<ToWriter>,
 ) -> Result<Fetched, StorageError> {
-    let temp = disk.temp_path();
+    let (temp, mut out) = disk.create_temp()?;
     let mut guard = TempGuard(Some(temp.clone()));
-    let mut out = File::create(&temp).map_err(StorageError::io(&temp))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {

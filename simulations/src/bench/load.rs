@@ -8,7 +8,8 @@
 //! A real s3s-fs server on 127.0.0.1 holds two databases published through
 //! its API (`dram::publish`): 1 GiB in 1,000 files (10 shards × 100) and
 //! 1 GiB in 8 files (8 shards × 1); 64 MiB each with `--quick`. Per layout and
-//! round, in an order rotated every round, each contender copies the whole
+//! round (4: one per contender), in an order rotated every round so that each
+//! goes first once, each contender copies the whole
 //! database to local disk and its MB/s is recorded; the table shows medians.
 //! Between runs the copy is deleted and `sync` is called (not timed). Target
 //! (issue 11): dram ≥ 1.0× rclone and ≥ 0.9× the plain loop.
@@ -98,7 +99,8 @@ impl Contender {
 
 pub fn run(settings: &Settings) -> Result<Vec<Table>> {
     let total = if settings.quick { 64 << 20 } else { GIB };
-    let rounds = if settings.quick { 1 } else { 3 };
+    // As many rounds as contenders: each goes first once.
+    let rounds = if settings.quick { 1 } else { CONTENDERS.len() };
     let rclone = find_binary("rclone");
     let dir = tempfile::tempdir()?;
     let s3 = S3Server::start(dir.path(), BUCKET)?;
@@ -251,7 +253,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
          as dram did before it synced whole disks)"
     ));
     table.note(format!(
-        "order rotated every round; out dir deleted and sync(2) between runs. Every run's MB/s, \
+        "order rotated every round (each contender goes first once); out dir deleted and sync(2) between runs. Every run's MB/s, \
          and median CPU seconds per GiB of the client (this process's getrusage, rclone's as a \
          child) and of s3s-fs (/proc/<pid>/stat):\n{}",
         runs_note.join("\n")
