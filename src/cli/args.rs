@@ -1,0 +1,317 @@
+//! The command line's grammar (clap): commands, their arguments and the
+//! flags every client command shares.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use dram::Config;
+use dram::client::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "dram",
+    version,
+    about = "Serve read-only databases from object storage"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run a node (embedded defaults without --config; flags override both).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: ServeOverrides,
+    },
+    /// Upload a local folder as a database, with its manifest.
+    Publish {
+        /// Folder with shards/<id>/ and global/ (or flat: one shard "0").
+        dir: PathBuf,
+        /// Destination: file://…, s3://bucket/prefix, or a name under store.url.
+        url: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Files uploaded at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+    /// Databases on a node.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Aliases on a node.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Run an analysis over a database (or alias) and print its answer.
+    Query {
+        /// Database or alias.
+        database: String,
+        /// Analysis name (`dram analyses` lists them).
+        analysis: String,
+        /// The analysis's parameters, as JSON.
+        #[arg(long)]
+        params: Option<String>,
+        /// Map only this shard (repeat for several); all shards without it.
+        #[arg(long = "shard", value_name = "ID")]
+        shards: Vec<String>,
+        /// Deadline in milliseconds (the node's query.timeout_ms without it).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Print only the result, without the meta.
+        #[arg(long)]
+        result_only: bool,
+        /// Ask the holders directly (the node only tells where the shards are)
+        /// and reduce here; built-in analyses only.
+        #[arg(long)]
+        direct: bool,
+        /// Answer without shards no live member holds (listed in the meta).
+        #[arg(long)]
+        allow_partial: bool,
+        /// The cluster secret the holders' map endpoint needs (with --direct).
+        #[arg(long, env = "DRAM_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// The analyses a node serves.
+    Analyses {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Per-database and per-disk statistics of a node.
+    Stats {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// SQL over a database's Parquet and CSV tables (the `sql` analysis): a
+    /// table on a terminal, JSON rows otherwise.
+    Sql {
+        /// Database or alias.
+        database: String,
+        /// The query (split between the shards and this node by dram).
+        #[arg(required_unless_present = "map", conflicts_with_all = ["map", "reduce"])]
+        sql: Option<String>,
+        /// Instead of a query: SQL each shard runs…
+        #[arg(long, requires = "reduce")]
+        map: Option<String>,
+        /// …and SQL over table `partials` (every shard's rows of --map).
+        #[arg(long, requires = "map")]
+        reduce: Option<String>,
+        /// Print JSON even on a terminal.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// A signed token that lets its holder query one database or alias until
+    /// it expires (needs the admin token when one is set).
+    Token {
+        /// The database or alias the token opens.
+        database: String,
+        /// Seconds it is valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// The cluster as a node sees it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Backups of the registry (definitions, aliases, pins) in backup.url.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Write a backup of the registry now.
+    Backup {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List the backups, newest first, with their validity.
+    Backups {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Make the cluster's registry equal backup NAME's (entries made since are removed).
+    Restore {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+/// Settings of `dram serve` that override the config file.
+#[derive(Args, Clone, Default)]
+pub(crate) struct ServeOverrides {
+    /// node.id
+    #[arg(long = "id", value_name = "ID")]
+    pub(crate) node_id: Option<String>,
+    /// node.data_dir
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// node.http_listen
+    #[arg(long = "http", value_name = "ADDR")]
+    pub(crate) http_listen: Option<String>,
+    /// cluster.gossip_listen
+    #[arg(long = "gossip", value_name = "ADDR")]
+    pub(crate) gossip_listen: Option<String>,
+    /// cluster.seeds (repeat for several)
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub(crate) seeds: Vec<String>,
+}
+
+impl ServeOverrides {
+    pub(crate) fn apply(self, config: &mut Config) {
+        if let Some(id) = self.node_id {
+            config.node.id = id;
+        }
+        if let Some(dir) = self.data_dir {
+            config.node.data_dir = dir;
+        }
+        if let Some(http) = self.http_listen {
+            config.node.http_listen = http;
+        }
+        if let Some(gossip) = self.gossip_listen {
+            config.cluster.gossip_listen = gossip;
+        }
+        if !self.seeds.is_empty() {
+            config.cluster.seeds = self.seeds;
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Health, members (live or dead), their disks and what they serve.
+    Status {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Which members hold each shard of a database, and in which state.
+    Shards {
+        database: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// The databases garbage collection may delete, coldest first, and whether a
+    /// full disk makes it run now.
+    Gc {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// What placement would do now (downloads, trashes, extra copies waiting),
+    /// or with --database and --replicas how disk use per node would change.
+    Plan {
+        #[arg(long, requires = "replicas")]
+        database: Option<String>,
+        /// Another replication factor: a number or "all".
+        #[arg(long, requires = "database")]
+        replicas: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct NodeArg {
+    /// The node's URL.
+    #[arg(long, env = "DRAM_NODE", default_value = "http://127.0.0.1:7070")]
+    pub(crate) node: String,
+    /// A token for the node: the admin token, or a signed token for a query.
+    #[arg(long, env = "DRAM_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// PEM certificates to trust for an https:// node (its own certificate).
+    #[arg(long, env = "DRAM_CA", value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+}
+
+impl NodeArg {
+    /// A client of the node, sending the token and trusting the CA when given.
+    pub(crate) fn client(&self) -> Result<Client> {
+        let client = Client::new(&self.node).with_token(self.token.clone());
+        let Some(path) = &self.ca else {
+            return Ok(client);
+        };
+        let pem =
+            std::fs::read(path).with_context(|| format!("--ca: cannot read {}", path.display()))?;
+        client
+            .with_ca_pem(&pem)
+            .with_context(|| format!("--ca {}", path.display()))
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DbCommand {
+    /// Load a database on the node.
+    Add {
+        name: String,
+        /// Source URL, or a name under the node's store.url.
+        url: String,
+        /// Fetch shard files on first use instead of now.
+        #[arg(long)]
+        lazy: bool,
+        /// Copies to keep in a cluster: a number or "all".
+        #[arg(long, default_value = "1")]
+        replicas: String,
+        /// Never collect it as garbage, even when no alias points to it.
+        #[arg(long)]
+        keep: bool,
+        /// Wait until the database is ready (or failed).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List databases.
+    Ls {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Show one database with its shards and progress.
+    Show {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Delete a database (to the trash; restorable until purged).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Bring a database back from the trash.
+    Restore {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AliasCommand {
+    /// Point NAME at database TARGET.
+    Set {
+        name: String,
+        target: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Remove an alias.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// List aliases.
+    Ls {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
