@@ -160,16 +160,17 @@ impl Inner {
                 continue;
             }
             std::fs::remove_file(entry.path()).map_err(StorageError::io(entry.path()))?;
-            let mut names = entry
-                .path()
-                .strip_prefix(&dbs)
-                .unwrap_or(entry.path())
-                .iter();
-            if let (Some(database), Some(part)) = (names.next(), names.next()) {
-                lost.insert((
-                    database.to_string_lossy().into_owned(),
-                    part.to_string_lossy().into_owned(),
-                ));
+            // dbs/<database>/global/… or dbs/<database>/shards/<id>/…
+            let relative = entry.path().strip_prefix(&dbs).unwrap_or(entry.path());
+            let mut names = relative.iter().map(|n| n.to_string_lossy());
+            let (database, part) = (names.next(), names.next());
+            let part = match (part.as_deref(), names.next()) {
+                (Some("shards"), Some(id)) => Some(format!("shards/{id}")),
+                (Some("global"), _) => Some("global".to_string()),
+                _ => None,
+            };
+            if let (Some(database), Some(part)) = (database, part) {
+                lost.insert((database.into_owned(), part));
             }
         }
         for (blob, why) in damaged {
