@@ -16,7 +16,6 @@
 //! after that sync began.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::{Inner, NodeError, now_ms};
+use super::{Inner, NodeError, blocking, now_ms};
 use crate::catalog::{Catalog, MANIFESTS, META, PARTS, PartRecord, PartState};
 use crate::config::Config;
 use crate::storage::disk::BlobFile;
@@ -109,8 +108,8 @@ impl Inner {
             };
             let started = now_ms();
             if let Some(since_ms) = since_ms {
-                let lost = self.drop_damaged_blobs(&disk, &blobs)?;
-                let parts = self.reopen_incomplete_parts(&disk, since_ms, &lost)?;
+                let damaged = self.drop_damaged_blobs(&disk, &blobs)?;
+                let parts = self.reopen_incomplete_parts(&disk, since_ms, &damaged)?;
                 if !blobs.is_empty() || parts > 0 {
                     disk.sync()?;
                     info!(
@@ -127,13 +126,13 @@ impl Inner {
     }
 
     /// Hashes blobs written since the last sync; removes those whose content
-    /// is not what their name says, with every link to them. Returns the
-    /// `(database, part key)`s that lost a link.
+    /// is not what their name says, with every link to them. Returns their
+    /// hashes.
     fn drop_damaged_blobs(
         &self,
         disk: &Disk,
         blobs: &[BlobFile],
-    ) -> Result<HashSet<(String, String)>, NodeError> {
+    ) -> Result<HashSet<String>, NodeError> {
         let mut damaged = Vec::new();
         for blob in blobs {
             let path = disk.blob_path(&blob.sha256);
@@ -143,9 +142,8 @@ impl Inner {
                 Err(e) => damaged.push((blob, format!("unreadable: {e}"))),
             }
         }
-        let mut lost = HashSet::new();
         if damaged.is_empty() {
-            return Ok(lost);
+            return Ok(HashSet::new());
         }
         let inodes: HashSet<(u64, u64)> = damaged
             .iter()
@@ -160,19 +158,8 @@ impl Inner {
                 continue;
             }
             std::fs::remove_file(entry.path()).map_err(StorageError::io(entry.path()))?;
-            // dbs/<database>/global/… or dbs/<database>/shards/<id>/…
-            let relative = entry.path().strip_prefix(&dbs).unwrap_or(entry.path());
-            let mut names = relative.iter().map(|n| n.to_string_lossy());
-            let (database, part) = (names.next(), names.next());
-            let part = match (part.as_deref(), names.next()) {
-                (Some("shards"), Some(id)) => Some(format!("shards/{id}")),
-                (Some("global"), _) => Some("global".to_string()),
-                _ => None,
-            };
-            if let (Some(database), Some(part)) = (database, part) {
-                lost.insert((database.into_owned(), part));
-            }
         }
+        let mut hashes = HashSet::new();
         for (blob, why) in damaged {
             disk.remove_blob(&blob.sha256)?;
             let error = StorageError::Mismatch {
@@ -181,18 +168,20 @@ impl Inner {
             };
             warn!(disk = %disk.id, error = %error, "damaged blob");
             self.record_error(Some(&disk.id), None, None, &error);
+            hashes.insert(blob.sha256.clone());
         }
-        Ok(lost)
+        Ok(hashes)
     }
 
-    /// Ready parts on `disk` that became ready after `since_ms` or lost a link:
-    /// any missing or short file sends the part back to downloading. Returns
-    /// how many parts were checked.
+    /// Ready parts on `disk` that became ready after `since_ms` or have a
+    /// file whose blob was `damaged` (and removed with its links): any missing
+    /// or short file sends the part back to downloading. Returns how many
+    /// parts were checked.
     fn reopen_incomplete_parts(
         &self,
         disk: &Disk,
         since_ms: u64,
-        lost: &HashSet<(String, String)>,
+        damaged: &HashSet<String>,
     ) -> Result<usize, NodeError> {
         let parts: Vec<(String, PartRecord)> = self.catalog.scan(PARTS, "")?;
         // Per database: its files by part, from its manifest (read once).
@@ -204,11 +193,10 @@ impl Inner {
                 continue;
             };
             let recent = record.written_ms.is_some_and(|ms| ms >= since_ms);
-            let lost_link = lost.contains(&(database.to_string(), part_name.to_string()));
             if record.disk != disk.id
                 || record.state != PartState::Ready
                 || record.trashed_ms.is_some()
-                || !(recent || lost_link)
+                || (!recent && damaged.is_empty())
             {
                 continue;
             }
@@ -223,16 +211,20 @@ impl Inner {
                     layouts.entry(database.to_string()).or_insert(layout)
                 }
             };
-            let Some(files) = layout else {
+            let Some(files) = layout.as_ref().and_then(|layout| layout.get(&part)) else {
                 continue;
             };
+            let lost_link = files.iter().any(|placed| {
+                (placed.file.sha256.as_ref()).is_some_and(|sha| damaged.contains(sha))
+            });
+            if !(recent || lost_link) {
+                continue;
+            }
             checked += 1;
             let dir = disk.part_dir(database, &part);
-            let whole = files.get(&part).is_some_and(|files| {
-                files.iter().all(|placed| {
-                    std::fs::metadata(dir.join(&placed.local))
-                        .is_ok_and(|m| m.len() == placed.file.size)
-                })
+            let whole = files.iter().all(|placed| {
+                std::fs::metadata(dir.join(&placed.local))
+                    .is_ok_and(|m| m.len() == placed.file.size)
             });
             if !whole {
                 incomplete.push(part_key);
@@ -268,7 +260,7 @@ impl Inner {
     /// Syncs every disk written to since its last sync that has been idle for
     /// `download.sync_delay_ms` or unsynced for [`MAX_UNSYNCED`]. `dirty_since`
     /// tracks, per disk, when the flusher first saw it unsynced.
-    pub(crate) async fn sync_idle_disks(self: &Arc<Self>, dirty_since: &mut HashMap<String, u64>) {
+    pub(crate) async fn sync_idle_disks(&self, dirty_since: &mut HashMap<String, u64>) {
         let delay = self.config.download.sync_delay_ms;
         for disk in &self.disks {
             if !disk.is_dirty() {
@@ -283,15 +275,10 @@ impl Inner {
                 continue;
             }
             let started = now_ms();
-            let synced = {
-                let disk = disk.clone();
-                tokio::task::spawn_blocking(move || disk.sync()).await
-            };
-            let result = match synced {
-                Ok(result) => result.map_err(NodeError::from),
-                Err(_) => Err(NodeError::ShuttingDown),
-            }
-            .and_then(|()| self.mark_synced(disk, started, false));
+            let syncing = disk.clone();
+            let result = blocking(move || Ok(syncing.sync()?))
+                .await
+                .and_then(|()| self.mark_synced(disk, started, false));
             match result {
                 Ok(()) => {
                     dirty_since.remove(&disk.id);
@@ -308,21 +295,18 @@ impl Inner {
 
     /// At shutdown: closes every disk to writes (waiting for those under way),
     /// syncs it and records a clean shutdown, so the next start checks nothing.
-    pub(crate) async fn close_disks(self: &Arc<Self>) {
+    pub(crate) async fn close_disks(&self) {
         for disk in &self.disks {
             let started = now_ms();
-            let closed = {
-                let disk = disk.clone();
-                tokio::task::spawn_blocking(move || {
-                    disk.close();
-                    if disk.is_dirty() { disk.sync() } else { Ok(()) }
-                })
-                .await
-            };
-            let result = match closed {
-                Ok(result) => result.map_err(NodeError::from),
-                Err(_) => Err(NodeError::ShuttingDown),
-            }
+            let closing = disk.clone();
+            let result = blocking(move || {
+                closing.close();
+                if closing.is_dirty() {
+                    closing.sync()?;
+                }
+                Ok(())
+            })
+            .await
             .and_then(|()| self.mark_synced(disk, started, true));
             if let Err(e) = result {
                 warn!(disk = %disk.id, error = %e, "syncing the disk at shutdown failed; the next start checks it");
@@ -332,15 +316,7 @@ impl Inner {
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
 }

@@ -4,7 +4,7 @@
 //! load that stops for any reason resumes from the catalog: ready parts are kept,
 //! verified blobs are not fetched again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
 use super::space::Reservation;
-use super::{Inner, NodeError, lock, now_ms};
+use super::{Inner, NodeError, blocking, lock, now_ms};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord, PartState, key,
 };
@@ -379,7 +379,7 @@ async fn fetch_all(
     written: &AtomicU64,
 ) -> Result<(), NodeError> {
     let concurrency = inner.config.download.concurrency;
-    let mut unhashed_parts: HashMap<Part, bool> = HashMap::new();
+    let mut unhashed_parts: HashSet<Part> = HashSet::new();
     // Parts with no files left to fetch are ready at once.
     let empty: Vec<Part> = remaining
         .iter()
@@ -437,12 +437,12 @@ async fn fetch_all(
                 {
                     entry.sha256 = Some(sha);
                 }
-                unhashed_parts.insert(part.clone(), true);
+                unhashed_parts.insert(part.clone());
             }
             let left = remaining.entry(part.clone()).or_insert(1);
             *left -= 1;
             if *left == 0 {
-                hashes_learned |= unhashed_parts.remove(&part).is_some();
+                hashes_learned |= unhashed_parts.remove(&part);
                 completed.push((part, disk));
             }
         }
@@ -501,16 +501,6 @@ async fn fetch_file(
     let (name, part, local) = (name.to_string(), part.clone(), placed.local.clone());
     blocking(move || Ok(link_disk.link(&link_sha, &name, &part, &local)?)).await?;
     Ok((sha, new_bytes))
-}
-
-/// Runs file system work on the blocking pool. The work does not panic; its
-/// task fails only when the runtime shuts down.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, NodeError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| NodeError::ShuttingDown)?
 }
 
 /// Marks parts ready in one transaction, with the manifest if hashes were

@@ -54,6 +54,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs file system work on the blocking pool. The work does not panic; its
+/// task fails only when the runtime shuts down.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| NodeError::ShuttingDown)?
+}
+
 /// Locks a std mutex, recovering from poisoning (a panicked holder cannot leave
 /// these maps in a state worse than stale).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use super::manifest::{Part, is_sha256_hex};
+use crate::node::now_ms;
 
 #[derive(Debug)]
 pub struct Disk {
@@ -449,12 +450,6 @@ fn sync_file_system(_file: &File) -> io::Result<()> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// (total, available) bytes of the file system holding `path`.

@@ -88,6 +88,15 @@ async fn publish_files(
     files
 }
 
+/// Every file of `files` is under `dir` with its content.
+fn assert_on_disk(dir: &Path, files: &[(String, Vec<u8>)], when: &str) {
+    for (path, body) in files {
+        let on_disk =
+            std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path} {when}: {e}"));
+        assert!(on_disk == *body, "{path} differs {when}");
+    }
+}
+
 fn write_config(dir: &Path, config: &dram::Config) -> std::path::PathBuf {
     let file = dir.join("node.toml");
     std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
@@ -138,10 +147,7 @@ async fn killed_mid_download_restarts_and_finishes() {
         fetched_again < total,
         "verified blobs from before the kill are kept: fetched {fetched_again} of {total}"
     );
-    for (path, body) in &files {
-        let on_disk = std::fs::read(data.join("dbs/big").join(path)).unwrap();
-        assert!(on_disk == *body, "{path} differs after resume");
-    }
+    assert_on_disk(&data.join("dbs/big"), &files, "after resume");
     assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
     node.kill();
 
@@ -189,10 +195,7 @@ async fn unsynced_files_are_checked_after_a_crash() {
     let node = NodeProcess::start(&config_file);
     let info = wait_loaded(&node.client, "db").await;
     assert_eq!(info["state"], "ready", "{info}");
-    for (path, body) in &files {
-        let on_disk = std::fs::read(dbs.join(path)).unwrap();
-        assert!(on_disk == *body, "{path} differs after the check");
-    }
+    assert_on_disk(&dbs, &files, "after the check");
     let stats = node.client.get("/v1/stats").await.unwrap();
     assert_eq!(
         stats["node"]["bytes_downloaded"], size as u64,
@@ -231,10 +234,7 @@ async fn unsynced_files_are_checked_after_a_crash() {
     let node = NodeProcess::start(&config_file);
     let info = wait_loaded(&node.client, "db").await;
     assert_eq!(info["state"], "ready", "{info}");
-    for (path, body) in &files {
-        let on_disk = std::fs::read(dbs.join(path)).unwrap();
-        assert!(on_disk == *body, "{path} differs after the second check");
-    }
+    assert_on_disk(&dbs, &files, "after the second check");
     let stats = node.client.get("/v1/stats").await.unwrap();
     assert_eq!(stats["node"]["bytes_downloaded"], size as u64, "{stats}");
     node.kill();
