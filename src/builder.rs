@@ -68,6 +68,11 @@ impl NodeBuilder {
         self
     }
 
+    /// The configuration the node will start with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Mounts extra warp routes beside the API (tried after dram's own). The
     /// closure receives the started node, e.g. to run queries from a route.
     pub fn routes<F, R, T>(mut self, mount: F) -> Self

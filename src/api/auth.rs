@@ -4,13 +4,16 @@
 //! | call | needs |
 //! |---|---|
 //! | `GET /v1/health`, `GET /`, dashboard assets | nothing |
-//! | `/v1/internal/*` | the cluster secret; a caller naming another cluster id is refused |
+//! | `/v1/internal/*` | the cluster secret (the admin token when no secret is set); a caller naming another cluster id is refused |
 //! | `POST /v1/query/{db_or_alias}/…` | with `auth.require_token_for_reads`: the admin token, the cluster secret (a member forwarding), or a signed token for that database or alias |
+//! | `/v1/admin/*` (backups, restore, scrub), `POST /v1/tokens`, any change | the admin token, when one is set |
 //! | other `GET`s | with `auth.require_token_for_reads`: the admin token or the cluster secret |
-//! | anything else (changes, admin, tokens) | the admin token, when one is set |
 //!
 //! No token where one is needed → 401; a token that does not allow the call
-//! (another database, expired, tampered, not the admin token) → 403.
+//! (another database, not the admin token) → 403. A token that is presented
+//! is checked wherever it is sent: one that is no key of this cluster's,
+//! expired or tampered with → 401, even where the call needs none (a node
+//! with no admin token, secret or key — loopback only — reads no token).
 
 use serde::Deserialize;
 use warp::Filter;
@@ -75,6 +78,7 @@ fn need(method: &Method, path: &str) -> Need {
             Need::Nothing
         }
         (_, ["v1", "internal", ..]) => Need::Internal,
+        (_, ["v1", "admin", ..]) => Need::Admin,
         (&Method::POST, ["v1", "query", target, _]) => {
             Need::Query(percent_decode(target).unwrap_or_else(|| (*target).to_string()))
         }
@@ -139,9 +143,30 @@ fn check(
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
     let admin = token.is_some_and(|t| matches(t, auth.admin_token.as_deref()));
-    let peer = token.is_some_and(|t| matches(t, auth.cluster_secret.as_deref()));
+    let peer = token.is_some_and(|t| matches(t, auth.peer_secret()));
     let missing = || Refused::unauthorized("this call needs a token (Authorization: Bearer …)");
-    match need(method, path) {
+    let need = need(method, path);
+    // A signed token, checked once: a bad one is refused wherever it goes.
+    // A node with no credential at all (a loopback node for development)
+    // is open and reads no token.
+    let checks_tokens =
+        auth.admin_token.is_some() || auth.peer_secret().is_some() || keys(node).is_some();
+    let grant = match token {
+        Some(token) if checks_tokens && !admin && !peer && need != Need::Nothing => {
+            let keys = keys(node).ok_or_else(|| {
+                Refused::unauthorized(
+                    "invalid token: it is not the admin token, and this node has no key to \
+                     check signed tokens",
+                )
+            })?;
+            Some(
+                keys.verify(token, now_ms())
+                    .map_err(|e| Refused::unauthorized(format!("invalid token: {e}")))?,
+            )
+        }
+        _ => None,
+    };
+    match need {
         Need::Nothing => Ok(()),
         Need::Internal => {
             if let Some(cluster) = cluster
@@ -152,7 +177,7 @@ fn check(
                     node.config().cluster.id
                 )));
             }
-            match (&auth.cluster_secret, token) {
+            match (auth.peer_secret(), token) {
                 (None, _) => Ok(()),
                 (Some(_), None) => Err(missing()),
                 (Some(_), Some(_)) if peer => Ok(()),
@@ -178,15 +203,9 @@ fn check(
         },
         Need::Query(_) if !auth.require_token_for_reads || admin || peer => Ok(()),
         Need::Query(target) => {
-            let Some(token) = token else {
+            let Some(grant) = grant else {
                 return Err(missing());
             };
-            let Some(keys) = keys(node) else {
-                return Err(Refused::forbidden("this node has no key to check tokens"));
-            };
-            let grant = keys
-                .verify(token, now_ms())
-                .map_err(|e| Refused::forbidden(e.to_string()))?;
             let opens = grant.name == target
                 || node
                     .resolve(&target)
@@ -291,6 +310,7 @@ mod tests {
         assert_eq!(need(&Method::DELETE, "/v1/databases/a"), Need::Admin);
         assert_eq!(need(&Method::POST, "/v1/tokens"), Need::Admin);
         assert_eq!(need(&Method::POST, "/v1/admin/restore"), Need::Admin);
+        assert_eq!(need(&Method::GET, "/v1/admin/backups"), Need::Admin);
         assert_eq!(need(&Method::POST, "/v1/query/a"), Need::Admin);
         assert_eq!(percent_decode("a%zz"), None);
     }

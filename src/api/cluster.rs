@@ -67,7 +67,7 @@ fn not_clustered() -> NodeError {
 
 /// Whether `authorization` carries the cluster secret (always, when none is set).
 fn authorized(node: &Node, authorization: Option<&str>) -> bool {
-    match &node.config().auth.cluster_secret {
+    match node.config().auth.peer_secret() {
         None => true,
         Some(secret) => authorization
             .and_then(|h| h.strip_prefix("Bearer "))

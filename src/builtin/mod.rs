@@ -29,17 +29,20 @@ pub fn analyses() -> crate::query::Analyses {
     let _ = analyses.insert("count", Count);
     let _ = analyses.insert("group", Group);
     #[cfg(feature = "sql")]
-    let _ = analyses.insert("sql", Sql);
+    let _ = analyses.insert("sql", Sql::default());
     analyses
 }
 
-/// Registers every built-in analysis under its usual name.
+/// Registers every built-in analysis under its usual name (`sql` with the
+/// builder's `[sql]` settings).
 pub fn register(builder: NodeBuilder) -> NodeBuilder {
+    #[cfg(feature = "sql")]
+    let sql = Sql::new(&builder.config().sql);
     let builder = builder
         .analysis("files", Files)
         .analysis("count", Count)
         .analysis("group", Group);
     #[cfg(feature = "sql")]
-    let builder = builder.analysis("sql", Sql);
+    let builder = builder.analysis("sql", sql);
     builder
 }

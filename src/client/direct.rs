@@ -127,6 +127,9 @@ impl Client {
             allow_partial: request.allow_partial,
         };
         let secret = self.cluster_secret.as_deref();
+        // Fires when the query ends however it ends: reduce and finish stop.
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
         let work = async {
             let gathered = fan_out
                 .run(|node, shards| {
@@ -139,7 +142,7 @@ impl Client {
                 .await?;
             let (analysis, params) = (analysis.clone(), params.clone());
             let partials = gathered.partials;
-            let result = crate::query::leaf::blocking(analysis_name, move || {
+            let result = crate::query::leaf::blocking(analysis_name, &cancel, move || {
                 let reduced = analysis.reduce(&params, partials)?;
                 analysis.finish(&params, reduced)
             })

@@ -42,6 +42,7 @@ pub struct Config {
     pub index: IndexConfig,
     pub http: HttpConfig,
     pub query: QueryConfig,
+    pub sql: SqlConfig,
     pub cluster: ClusterConfig,
     pub backup: BackupConfig,
     pub auth: AuthConfig,
@@ -106,6 +107,12 @@ impl Config {
                     "must be in (0, 1]",
                 ));
             }
+        }
+        if self.sql.memory_limit < 1 << 20 {
+            return Err(invalid(
+                "sql.memory_limit",
+                "must be at least 1048576 (1 MiB)",
+            ));
         }
         if !(0.0..1.0).contains(&self.cluster.rebalance_threshold) {
             return Err(invalid("cluster.rebalance_threshold", "must be in [0, 1)"));
@@ -216,6 +223,59 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be positive"));
+            }
+        }
+        self.check_exposure()
+    }
+
+    /// The addresses this node listens on that other machines can reach
+    /// (anything but loopback), by setting name.
+    pub fn exposed_listeners(&self) -> Vec<&'static str> {
+        let reachable = |address: &str| {
+            address
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback())
+        };
+        let mut exposed = Vec::new();
+        if reachable(&self.node.http_listen) {
+            exposed.push("node.http_listen");
+        }
+        if reachable(&self.cluster.gossip_listen) {
+            exposed.push("cluster.gossip_listen");
+        }
+        exposed
+    }
+
+    /// Closed by default: a node reachable from other machines needs an
+    /// admin token (else anyone may change the cluster) and a cluster secret
+    /// (else anyone may join its gossip and call its node-to-node API),
+    /// unless `auth.insecure` says otherwise.
+    fn check_exposure(&self) -> Result<(), ConfigError> {
+        let exposed = self.exposed_listeners();
+        if exposed.is_empty() || self.auth.insecure {
+            return Ok(());
+        }
+        for (field, value, env) in [
+            (
+                "auth.admin_token",
+                &self.auth.admin_token,
+                "DRAM_ADMIN_TOKEN",
+            ),
+            (
+                "auth.cluster_secret",
+                &self.auth.cluster_secret,
+                "DRAM_CLUSTER_SECRET",
+            ),
+        ] {
+            if value.is_none() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must be set (or {env}) when {} is not a loopback address; \
+                         auth.insecure = true runs without it",
+                        exposed.join(" or ")
+                    ),
+                ));
             }
         }
         Ok(())

@@ -60,6 +60,10 @@ pub struct StoreConfig {
     pub allow_http: Option<bool>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// Sources other than `url` and what is below it that databases may be
+    /// defined from: globs of URL prefixes (`"s3://other-bucket/**"`,
+    /// `"file:///mnt/exports"`). Empty: the store only.
+    pub allowed_sources: Vec<String>,
 }
 
 impl Default for StoreConfig {
@@ -71,6 +75,7 @@ impl Default for StoreConfig {
             allow_http: None,
             access_key_id: None,
             secret_access_key: None,
+            allowed_sources: Vec::new(),
         }
     }
 }
@@ -265,6 +270,24 @@ impl Default for QueryConfig {
     }
 }
 
+/// The built-in `sql` analysis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// Bytes of memory one part of a SQL query (a shard's share, or the
+    /// root's final step) may hold on this node; past it the query fails
+    /// with 503 `memory_limit` (nothing spills to disk).
+    pub memory_limit: u64,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            memory_limit: 2 << 30,
+        }
+    }
+}
+
 impl QueryConfig {
     /// `max_concurrent_maps`, with 0 resolved to the number of CPU cores.
     pub fn map_slots(&self) -> usize {
@@ -430,6 +453,21 @@ pub struct AuthConfig {
     pub previous_token_key_grace_secs: u64,
     /// The longest `ttl` a token may be given.
     pub max_token_ttl_secs: u64,
+    /// Lets a node listen on a non-loopback address without `admin_token`
+    /// or `cluster_secret` (it warns at every start). Off: it refuses to.
+    pub insecure: bool,
+}
+
+impl AuthConfig {
+    /// What members present to each other on node-to-node calls (and
+    /// require of each other): the cluster secret, or the admin token when
+    /// no cluster secret is set. `None`: both unset, node-to-node calls are
+    /// open (allowed only on loopback addresses, or with `insecure`).
+    pub fn peer_secret(&self) -> Option<&str> {
+        self.cluster_secret
+            .as_deref()
+            .or(self.admin_token.as_deref())
+    }
 }
 
 impl Default for AuthConfig {
@@ -442,6 +480,7 @@ impl Default for AuthConfig {
             previous_token_key: None,
             previous_token_key_grace_secs: 24 * 3600,
             max_token_ttl_secs: 30 * 24 * 3600,
+            insecure: false,
         }
     }
 }

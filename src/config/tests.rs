@@ -68,6 +68,26 @@ fn validate_names_the_field() {
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("cluster.gossip_advertise"), "{err}");
 
+    // Reachable from other machines: closed unless told otherwise.
+    let mut config = Config::default();
+    config.node.http_listen = "0.0.0.0:7070".into();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("auth.admin_token") && err.contains("node.http_listen"),
+        "{err}"
+    );
+    config.auth.admin_token = Some("a".into());
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("auth.cluster_secret"), "{err}");
+    config.auth.cluster_secret = Some("s".into());
+    config.validate().unwrap();
+    let mut config = Config::default();
+    config.cluster.gossip_listen = "10.1.2.3:7071".into();
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("cluster.gossip_listen"), "{err}");
+    config.auth.insecure = true;
+    config.validate().unwrap();
+
     let mut config = Config::default();
     config.store.url = "ftp://x".into();
     let err = config.validate().unwrap_err().to_string();

@@ -77,6 +77,7 @@ impl Node {
         }
         let inner = &self.inner;
         let source = SourceUrl::resolve(&inner.config.store.url, &request.source)?;
+        source.check_allowed(&inner.config.store)?;
         let record = Definition {
             source: source.to_url(),
             mode: request.mode,

@@ -201,12 +201,12 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
     if !matches!(record.state, DbState::Loading | DbState::Ready) {
         return Ok(());
     }
-    let source = Source::open(
-        &SourceUrl::parse(&record.source)?,
-        &inner.config.store,
-        false,
-    )?
-    .layered(inner.store_layer.as_ref());
+    // A definition from another member is loaded only from a source this
+    // node's own configuration allows.
+    let url = SourceUrl::parse(&record.source)?;
+    url.check_allowed(&inner.config.store)?;
+    let source =
+        Source::open(&url, &inner.config.store, false)?.layered(inner.store_layer.as_ref());
     let mut manifest = match inner.catalog.get::<Manifest>(MANIFESTS, name)? {
         Some(manifest) => manifest,
         None => register_manifest(inner, &record, &source).await?,

@@ -231,6 +231,17 @@ impl Node {
         node.resume_loads()?;
         node.spawn_background();
         info!(node = %node.inner.node_id, disks = node.inner.disks.len(), "node started");
+        let exposed = node.inner.config.exposed_listeners();
+        let auth = &node.inner.config.auth;
+        if !exposed.is_empty() && (auth.admin_token.is_none() || auth.cluster_secret.is_none()) {
+            tracing::warn!(
+                listeners = ?exposed,
+                admin_token = auth.admin_token.is_some(),
+                cluster_secret = auth.cluster_secret.is_some(),
+                "auth.insecure: this node is reachable from other machines without an admin \
+                 token and a cluster secret; anyone there may change it or join its cluster"
+            );
+        }
         Ok(node)
     }
 

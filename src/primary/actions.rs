@@ -174,7 +174,7 @@ async fn fetch_inventory(
     let address = http.get(member)?;
     let url = crate::server::base_url(address);
     let mut request = client.get(format!("{url}/v1/internal/inventory"));
-    if let Some(secret) = &node.config().auth.cluster_secret {
+    if let Some(secret) = node.config().auth.peer_secret() {
         request = request.bearer_auth(secret);
     }
     let response = request.send().await.ok()?;
@@ -196,7 +196,7 @@ async fn post_trash(
         .ok_or_else(|| format!("no HTTP address known for {member}"))?;
     let url = crate::server::base_url(address);
     let mut request = client.post(format!("{url}/v1/internal/trash")).json(body);
-    if let Some(secret) = &node.config().auth.cluster_secret {
+    if let Some(secret) = node.config().auth.peer_secret() {
         request = request.bearer_auth(secret);
     }
     let response = request.send().await.map_err(|e| e.to_string())?;

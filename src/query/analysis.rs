@@ -93,6 +93,11 @@ pub enum AnalysisErrorKind {
     InvalidParams,
     /// The query was cancelled (deadline passed, or the caller went away).
     Cancelled,
+    /// The request would change something where only reads are allowed
+    /// (HTTP 400 `read_only`).
+    ReadOnly,
+    /// The query needs more memory than it may use (HTTP 503 `memory_limit`).
+    MemoryLimit,
     /// Anything else: the analysis or the data (HTTP 500).
     Failed,
 }
@@ -108,6 +113,20 @@ impl AnalysisError {
     pub fn failed(message: impl fmt::Display) -> AnalysisError {
         AnalysisError {
             kind: AnalysisErrorKind::Failed,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn read_only(message: impl fmt::Display) -> AnalysisError {
+        AnalysisError {
+            kind: AnalysisErrorKind::ReadOnly,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn memory_limit(message: impl fmt::Display) -> AnalysisError {
+        AnalysisError {
+            kind: AnalysisErrorKind::MemoryLimit,
             message: message.to_string(),
         }
     }

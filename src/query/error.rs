@@ -27,6 +27,14 @@ pub enum QueryError {
         shard: Option<String>,
         message: String,
     },
+    #[error("{message}")]
+    ReadOnly { message: String },
+    #[error("analysis {analysis:?} needs more memory than it may use{}: {message}", on_shard(.shard))]
+    MemoryLimit {
+        analysis: String,
+        shard: Option<String>,
+        message: String,
+    },
     #[error("the query passed its deadline of {timeout_ms} ms and was cancelled")]
     Timeout { timeout_ms: u64 },
     #[error("the query was cancelled")]
@@ -71,6 +79,14 @@ impl QueryError {
                 message: e.message().to_string(),
             },
             AnalysisErrorKind::Cancelled => QueryError::Cancelled,
+            AnalysisErrorKind::ReadOnly => QueryError::ReadOnly {
+                message: e.message().to_string(),
+            },
+            AnalysisErrorKind::MemoryLimit => QueryError::MemoryLimit {
+                analysis: analysis.to_string(),
+                shard: shard.map(str::to_string),
+                message: e.message().to_string(),
+            },
             _ => QueryError::Failed {
                 analysis: analysis.to_string(),
                 shard: shard.map(str::to_string),
@@ -89,6 +105,8 @@ impl QueryError {
             QueryError::Failed { .. } => "analysis_failed",
             QueryError::Panicked { .. } => "analysis_panicked",
             QueryError::Timeout { .. } => "timeout",
+            QueryError::ReadOnly { .. } => "read_only",
+            QueryError::MemoryLimit { .. } => "memory_limit",
             QueryError::Cancelled => "cancelled",
             QueryError::Unavailable { .. } => "shards_unavailable",
             QueryError::Overloaded { .. } => "overloaded",
@@ -101,7 +119,10 @@ impl QueryError {
         match self {
             QueryError::Node(e) => e.http_status(),
             QueryError::UnknownAnalysis(_) => 404,
-            QueryError::InvalidRequest(_) | QueryError::InvalidParams { .. } => 400,
+            QueryError::InvalidRequest(_)
+            | QueryError::InvalidParams { .. }
+            | QueryError::ReadOnly { .. } => 400,
+            QueryError::MemoryLimit { .. } => 503,
             QueryError::Failed { .. } | QueryError::Panicked { .. } => 500,
             QueryError::Timeout { .. } => 504,
             QueryError::Cancelled
@@ -118,8 +139,10 @@ impl QueryError {
 /// The code of another member's error, as this node reports it: the codes dram
 /// knows pass through (with their status), anything else is `leaf_failed`.
 fn remote_code(code: &str) -> &'static str {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 16] = [
         "analysis_failed",
+        "read_only",
+        "memory_limit",
         "analysis_panicked",
         "invalid_params",
         "invalid_input",

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use tokio::time::Instant as Deadline;
+use tokio_util::sync::CancellationToken;
 
 use super::NodeMeta;
 use super::QueryError;
@@ -223,7 +224,10 @@ pub(crate) async fn send_map(
         });
     }
     let analysis = query.analysis.clone();
-    super::leaf::blocking(&query.analysis_name, move || analysis.decode(&bytes)).await
+    super::leaf::blocking(&query.analysis_name, &CancellationToken::new(), move || {
+        analysis.decode(&bytes)
+    })
+    .await
 }
 
 /// A copy of an error to report for each shard of a failed request.

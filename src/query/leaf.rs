@@ -2,6 +2,7 @@
 //! blocking pool and bounded by the node's map slots, then pre-reduces the
 //! partials into one. A panic or error in user code fails this query only.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -37,6 +38,7 @@ impl LeafTask {
                     () = cancel.cancelled() => return Err(QueryError::Cancelled),
                 };
                 let result = tokio::task::spawn_blocking(move || {
+                    let _current = CurrentQuery::enter(shard.cancellation().clone());
                     shard.check_cancelled()?;
                     analysis.map(&params, &shard)
                 })
@@ -59,6 +61,7 @@ impl LeafTask {
             &self.analysis,
             &self.params,
             &self.slots,
+            &self.cancel,
             partials,
         )
         .await
@@ -71,6 +74,7 @@ pub(crate) async fn reduce(
     analysis: &Arc<dyn DynAnalysis>,
     params: &DynParams,
     slots: &Arc<Semaphore>,
+    cancel: &CancellationToken,
     partials: Vec<DynPartial>,
 ) -> Result<DynPartial, QueryError> {
     let _slot = slots
@@ -79,19 +83,54 @@ pub(crate) async fn reduce(
         .await
         .map_err(|_| QueryError::Cancelled)?;
     let (analysis, params) = (analysis.clone(), params.clone());
-    blocking(name, move || analysis.reduce(&params, partials)).await
+    blocking(name, cancel, move || analysis.reduce(&params, partials)).await
 }
 
 /// Runs user code on the blocking pool, turning its errors and panics into
-/// query errors.
+/// query errors; the code sees `cancel` through [`cancellation`].
 pub(crate) async fn blocking<T: Send + 'static>(
     name: &str,
+    cancel: &CancellationToken,
     f: impl FnOnce() -> Result<T, AnalysisError> + Send + 'static,
 ) -> Result<T, QueryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| panicked(name, None, e))?
-        .map_err(|e| QueryError::from_analysis(name, None, e))
+    let cancel = cancel.clone();
+    tokio::task::spawn_blocking(move || {
+        let _current = CurrentQuery::enter(cancel);
+        f()
+    })
+    .await
+    .map_err(|e| panicked(name, None, e))?
+    .map_err(|e| QueryError::from_analysis(name, None, e))
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<CancellationToken>> = const { RefCell::new(None) };
+}
+
+/// The query whose `map`, `reduce` or `finish` runs on this thread, for as
+/// long as the guard lives.
+struct CurrentQuery;
+
+impl CurrentQuery {
+    fn enter(cancel: CancellationToken) -> CurrentQuery {
+        CURRENT.with(|current| *current.borrow_mut() = Some(cancel));
+        CurrentQuery
+    }
+}
+
+impl Drop for CurrentQuery {
+    fn drop(&mut self) {
+        CURRENT.with(|current| *current.borrow_mut() = None);
+    }
+}
+
+/// The cancellation of the query whose `map`, `reduce` or `finish` runs on
+/// the calling thread: cancelled once the query passes its deadline, its
+/// caller goes away or the node shuts down. Code that waits or computes for
+/// long (an engine's own runtime, say) stops when it fires. Outside an
+/// analysis, a token that never fires.
+pub fn cancellation() -> CancellationToken {
+    CURRENT.with(|current| current.borrow().clone().unwrap_or_default())
 }
 
 fn panicked(analysis: &str, shard: Option<&str>, e: JoinError) -> QueryError {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, AnalysisInfo};
 pub use error::QueryError;
+pub use leaf::cancellation;
 pub use root::{FORWARDED_HEADER, MapRequest, PARTIAL_MEDIA_TYPE};
 pub use shard::{DataDir, Shard, ShardFile};
 
@@ -172,6 +173,10 @@ impl Node {
             &request,
             timeout_ms,
         );
+        // Fires when this query ends however it ends (answer, deadline,
+        // caller gone): the root's reduce and finish stop with it.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
         let work = async {
             let gathered = self.gather(&query, shard_ids).await?;
             let partial = leaf::reduce(
@@ -179,12 +184,15 @@ impl Node {
                 &analysis,
                 &params,
                 &self.map_slots(),
+                &cancel,
                 gathered.partials,
             )
             .await?;
             let (analysis, params) = (analysis.clone(), params.clone());
-            let result =
-                leaf::blocking(analysis_name, move || analysis.finish(&params, partial)).await?;
+            let result = leaf::blocking(analysis_name, &cancel, move || {
+                analysis.finish(&params, partial)
+            })
+            .await?;
             Ok::<_, QueryError>((result, gathered.meta))
         };
         let (result, gathered) =

@@ -153,7 +153,7 @@ impl Node {
             .membership()
             .map(|m| m.http_client().clone())
             .unwrap_or_default();
-        let secret = self.config().auth.cluster_secret.clone();
+        let secret = self.config().auth.peer_secret().map(str::to_string);
         let plan = FanOut {
             database: &query.database,
             shards,
@@ -203,7 +203,7 @@ impl Node {
             .header(FORWARDED_HEADER, "1")
             .json(request);
         // The member trusts a member: the query was checked here.
-        if let Some(secret) = &self.config().auth.cluster_secret {
+        if let Some(secret) = self.config().auth.peer_secret() {
             forwarded = forwarded.bearer_auth(secret);
         }
         let response = forwarded.send().await;
@@ -284,7 +284,12 @@ impl Node {
         };
         let work = async {
             let partial = self.map_here(&query, &shards).await?;
-            super::leaf::blocking(&request.analysis, move || analysis.encode(partial)).await
+            super::leaf::blocking(
+                &request.analysis,
+                &tokio_util::sync::CancellationToken::new(),
+                move || analysis.encode(partial),
+            )
+            .await
         };
         match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work).await {
             Ok(result) => result,

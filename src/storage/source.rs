@@ -83,6 +83,46 @@ impl SourceUrl {
         SourceUrl::parse(&format!("{base}/{relative}"))
     }
 
+    /// Whether a node with `store` may read this source: under the store's
+    /// own URL, or matching one of `store.allowed_sources` (globs of URL
+    /// prefixes; `*` within one segment, `**` across). Anything else — a
+    /// server path or another bucket — is refused, so that defining a
+    /// database cannot make a node read files it was not meant to serve.
+    pub fn check_allowed(&self, store: &StoreConfig) -> Result<(), StorageError> {
+        let url = self.to_url();
+        let refuse = |message: String| StorageError::InvalidSource {
+            url: url.clone(),
+            message,
+        };
+        if let SourceUrl::File(path) = self
+            && path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(refuse("a file:// source may not contain '..'".into()));
+        }
+        let base = SourceUrl::parse(&store.url)?.to_url();
+        if under(&url, &base) {
+            return Ok(());
+        }
+        for pattern in &store.allowed_sources {
+            let glob = globset::GlobBuilder::new(pattern.trim_end_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| refuse(format!("store.allowed_sources has a bad glob: {e}")))?
+                .compile_matcher();
+            // The URL or any of its prefixes at a '/'.
+            let mut prefixes = url.match_indices('/').map(|(i, _)| &url[..i]);
+            if glob.is_match(&url) || prefixes.any(|prefix| glob.is_match(prefix)) {
+                return Ok(());
+            }
+        }
+        Err(refuse(format!(
+            "not under the node's store ({base}) nor in store.allowed_sources: add a glob of \
+             URL prefixes there (e.g. \"s3://other-bucket/**\") to allow it"
+        )))
+    }
+
     pub fn to_url(&self) -> String {
         match self {
             SourceUrl::File(path) => format!("file://{}", path.display()),
@@ -90,6 +130,15 @@ impl SourceUrl {
             SourceUrl::Memory { name, prefix } => join_url("memory://", name, prefix),
         }
     }
+}
+
+/// Whether `url` is `base` or below it.
+fn under(url: &str, base: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    url == base
+        || url
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn join_url(scheme: &str, host: &str, prefix: &str) -> String {
@@ -271,6 +320,37 @@ mod tests {
             "s3://b/dbs/sales/v1"
         );
         assert!(SourceUrl::resolve("file://./x", "../etc").is_err());
+    }
+
+    #[test]
+    fn sources_are_the_store_and_the_allowed_ones() {
+        let mut store = StoreConfig {
+            url: "s3://dbs/prod".into(),
+            ..StoreConfig::default()
+        };
+        let allowed =
+            |url: &str, store: &StoreConfig| SourceUrl::parse(url).unwrap().check_allowed(store);
+        assert!(allowed("s3://dbs/prod/sales", &store).is_ok());
+        assert!(allowed("s3://dbs/prod", &store).is_ok());
+        for url in [
+            "s3://dbs/production/x",
+            "s3://other/sales",
+            "file:///etc/passwd",
+            "file:///",
+            "memory://x/y",
+        ] {
+            let error = allowed(url, &store).unwrap_err().to_string();
+            assert!(error.contains("store.allowed_sources"), "{url}: {error}");
+        }
+        store.allowed_sources = vec!["s3://other/*".into(), "file:///mnt/exports".into()];
+        assert!(allowed("s3://other/sales", &store).is_ok());
+        assert!(allowed("s3://other/sales/v1", &store).is_ok());
+        assert!(allowed("file:///mnt/exports/day1", &store).is_ok());
+        assert!(allowed("file:///mnt/exports2/day1", &store).is_err());
+        assert!(allowed("file:///mnt/exports/../../etc", &store).is_err());
+        store.url = "file://./dram-store".into();
+        assert!(allowed("file://./dram-store/sales", &store).is_ok());
+        assert!(allowed("file://./dram-store/../x", &store).is_err());
         assert!(SourceUrl::parse("s3:///x").is_err());
         assert!(SourceUrl::parse("ftp://x").is_err());
         assert!(SourceUrl::parse("s3://b/a/../c").is_err());

@@ -63,8 +63,22 @@ async fn tokens_guard_changes_reads_and_queries() {
         401,
         "unauthorized",
     );
+    // A token that is no key of this cluster's is refused wherever it goes.
     let wrong = Client::new(&url).with_token(Some("not-the-admin-token".into()));
-    expect_error(wrong.post("/v1/databases", &define).await, 403, "forbidden");
+    for refused in [
+        wrong.post("/v1/databases", &define).await,
+        wrong.get("/v1/databases").await,
+        wrong.post("/v1/query/sales/count", &json!({})).await,
+    ] {
+        let message = expect_error(refused, 401, "unauthorized");
+        assert!(message.contains("invalid token"), "{message}");
+    }
+    // Admin reads are admin calls.
+    expect_error(
+        anonymous.get("/v1/admin/backups").await,
+        401,
+        "unauthorized",
+    );
 
     // The admin does everything.
     admin.post("/v1/databases", &define).await.unwrap();
@@ -123,8 +137,8 @@ async fn tokens_guard_changes_reads_and_queries() {
             .with_token(Some(tampered))
             .post("/v1/query/other/count", &json!({}))
             .await,
-        403,
-        "forbidden",
+        401,
+        "unauthorized",
     );
     assert!(message.contains("signature"), "{message}");
 
@@ -137,8 +151,8 @@ async fn tokens_guard_changes_reads_and_queries() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let message = expect_error(
         short.post("/v1/query/sales/count", &json!({})).await,
-        403,
-        "forbidden",
+        401,
+        "unauthorized",
     );
     assert!(message.contains("expired"), "{message}");
 
@@ -157,8 +171,8 @@ async fn tokens_guard_changes_reads_and_queries() {
             .with_token(Some(stranger))
             .post("/v1/query/sales/count", &json!({}))
             .await,
-        403,
-        "forbidden",
+        401,
+        "unauthorized",
     );
 
     // Bad requests for tokens.

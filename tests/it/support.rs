@@ -191,6 +191,7 @@ impl S3Server {
             allow_http: Some(true),
             access_key_id: Some(S3_KEY.into()),
             secret_access_key: Some(S3_SECRET.into()),
+            allowed_sources: Vec::new(),
         }
     }
 }

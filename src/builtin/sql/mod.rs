@@ -11,8 +11,10 @@
 //! — exact, as in one process. What cannot be cut exactly is refused with
 //! the construct named, or runs as an explicit `map_sql` / `reduce_sql` pair.
 //!
-//! Joins between two shard tables join the rows of the same shard
-//! (co-located, as shards are split by the joined key).
+//! Only queries run (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE): anything that
+//! would define, write or set something is refused as `read_only`. Each part
+//! of a query holds at most `sql.memory_limit` bytes and nothing spills to
+//! disk; a cancelled query (deadline, caller gone, shutdown) stops at once.
 
 mod plan;
 mod tables;
@@ -34,8 +36,31 @@ use crate::query::{Analysis, AnalysisError, Shard};
 use plan::Cut;
 use tables::{conform, failed, from_ipc, to_ipc, unify};
 
-/// SQL over the shards' tables.
-pub struct Sql;
+/// SQL over the shards' tables: read-only, each part of a query within
+/// `memory_limit` bytes, stopped when the query is cancelled.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    memory_limit: u64,
+}
+
+impl Sql {
+    /// `sql` with the node's `[sql]` settings.
+    pub fn new(config: &crate::config::SqlConfig) -> Sql {
+        Sql {
+            memory_limit: config.memory_limit,
+        }
+    }
+
+    fn context(&self, statistics: bool) -> Result<SessionContext, AnalysisError> {
+        plan::context(statistics, self.memory_limit)
+    }
+}
+
+impl Default for Sql {
+    fn default() -> Sql {
+        Sql::new(&crate::config::SqlConfig::default())
+    }
+}
 
 /// Params of `sql`: either `sql`, split automatically, or `map_sql` run on
 /// every shard and `reduce_sql` run at the root over table `partials` (all
@@ -57,10 +82,18 @@ enum Mode<'a> {
 }
 
 impl SqlParams {
+    /// How the query runs; every statement given must be read-only.
     fn mode(&self) -> Result<Mode<'_>, AnalysisError> {
         match (&self.sql, &self.map_sql, &self.reduce_sql) {
-            (Some(sql), None, None) => Ok(Mode::Split(sql)),
-            (None, Some(map), Some(reduce)) => Ok(Mode::Explicit { map, reduce }),
+            (Some(sql), None, None) => {
+                plan::read_only(sql)?;
+                Ok(Mode::Split(sql))
+            }
+            (None, Some(map), Some(reduce)) => {
+                plan::read_only(map)?;
+                plan::read_only(reduce)?;
+                Ok(Mode::Explicit { map, reduce })
+            }
             (Some(_), _, _) => Err(AnalysisError::invalid_params(
                 "give either sql, or map_sql and reduce_sql, not both",
             )),
@@ -96,10 +129,11 @@ pub struct SqlOutput {
 /// The shard's tables (its own and the global ones) registered in a fresh
 /// context, with where the global files are as object-store paths.
 async fn shard_context(
+    sql: &Sql,
     shard: &Shard,
     statistics: bool,
 ) -> Result<(SessionContext, Vec<String>, Option<String>), AnalysisError> {
-    let ctx = plan::context(statistics);
+    let ctx = sql.context(statistics)?;
     let mut names = tables::register(&ctx, shard.data()).await?;
     let mut global_dir = None;
     if let Some(global) = shard.global() {
@@ -122,13 +156,13 @@ async fn run_part(
 ) -> Result<ByteBuf, AnalysisError> {
     let batches = collect(part.clone(), ctx.task_ctx())
         .await
-        .map_err(|e| failed(&format!("shard {}", shard.id()), e))?;
+        .map_err(|e| plan::run_failed(&format!("shard {}", shard.id()), e))?;
     Ok(ByteBuf::from(to_ipc(&part.schema(), &batches)?))
 }
 
 /// Plans `sql` on a shard and runs the shard's share of it.
-async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
-    let (mut ctx, names, global_dir) = shard_context(shard, true).await?;
+async fn map_split(this: &Sql, sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
+    let (mut ctx, names, global_dir) = shard_context(this, shard, true).await?;
     let mut tables = BTreeMap::new();
     let mut empty_table = false;
     for table in names {
@@ -162,7 +196,7 @@ async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError
     };
     if !matches!(Cut::of(&plan), Cut::Aggregate(_)) {
         // The shard's part ends in a merge of rows: planned as the root plans.
-        ctx = shard_context(shard, false).await?.0;
+        ctx = shard_context(this, shard, false).await?.0;
         plan = plan::physical_plan(&ctx, sql).await?;
     }
     let cut = Cut::of(&plan);
@@ -184,8 +218,12 @@ async fn map_split(sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError
 }
 
 /// Runs `map_sql` whole on a shard.
-async fn map_explicit(map_sql: &str, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
-    let (ctx, _, _) = shard_context(shard, true).await?;
+async fn map_explicit(
+    this: &Sql,
+    map_sql: &str,
+    shard: &Shard,
+) -> Result<SqlPartial, AnalysisError> {
+    let (ctx, _, _) = shard_context(this, shard, true).await?;
     let plan = plan::physical_plan(&ctx, map_sql).await?;
     Ok(SqlPartial {
         parts: vec![run_part(&ctx, plan, shard).await?],
@@ -215,8 +253,12 @@ fn decode(partial: &SqlPartial) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>, An
 }
 
 /// Runs the root's share of `sql` over every shard's partial.
-async fn finish_split(sql: &str, partial: SqlPartial) -> Result<SqlOutput, AnalysisError> {
-    let ctx = plan::context(false);
+async fn finish_split(
+    this: &Sql,
+    sql: &str,
+    partial: SqlPartial,
+) -> Result<SqlOutput, AnalysisError> {
+    let ctx = this.context(false)?;
     for (table, schemas) in &partial.tables {
         let schemas = schemas
             .iter()
@@ -260,12 +302,13 @@ async fn finish_split(sql: &str, partial: SqlPartial) -> Result<SqlOutput, Analy
             })
         }
     }
-    .map_err(|e| failed("final", e))?;
+    .map_err(|e| plan::run_failed("final", e))?;
     output(&plan.schema(), &batches)
 }
 
 /// Runs `reduce_sql` over table `partials`: every shard's rows of `map_sql`.
 async fn finish_explicit(
+    this: &Sql,
     reduce_sql: &str,
     partial: SqlPartial,
 ) -> Result<SqlOutput, AnalysisError> {
@@ -279,14 +322,14 @@ async fn finish_explicit(
         .into_iter()
         .flatten()
         .collect();
-    let ctx = plan::context(false);
+    let ctx = this.context(false)?;
     let table = MemTable::try_new(schema, vec![rows]).map_err(|e| failed("partials", e))?;
     ctx.register_table("partials", Arc::new(table))
         .map_err(|e| failed("partials", e))?;
     let plan = plan::physical_plan(&ctx, reduce_sql).await?;
     let batches = collect(plan.clone(), ctx.task_ctx())
         .await
-        .map_err(|e| failed("reduce_sql", e))?;
+        .map_err(|e| plan::run_failed("reduce_sql", e))?;
     output(&plan.schema(), &batches)
 }
 
@@ -329,10 +372,25 @@ fn output(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<SqlOutput, Anal
 /// DataFusion's own runtime: the tasks it spawns for scans and repartitions
 /// then run on their own threads instead of the node's runtime, whose
 /// workers also keep gossip's heartbeats on time (a member busy with SQL
-/// must not look dead to its peers).
-fn block_on<T>(
-    work: impl std::future::Future<Output = Result<T, AnalysisError>>,
+/// must not look dead to its peers). When the query is cancelled (deadline,
+/// caller gone, shutdown) the work is dropped, and with it every task
+/// DataFusion spawned for it.
+///
+/// Planning and running walk the query's expression trees recursively: the
+/// work is polled on a thread of its own, and DataFusion's tasks run on
+/// threads, with [`STACK_BYTES`] of stack (reserved, not used, until a deep
+/// query needs it).
+fn block_on<T: Send>(
+    work: impl std::future::Future<Output = Result<T, AnalysisError>> + Send,
 ) -> Result<T, AnalysisError> {
+    let cancel = crate::query::cancellation();
+    let work = async move {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(AnalysisError::cancelled()),
+            done = work => done,
+        }
+    };
     static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
         std::sync::OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| {
@@ -340,17 +398,27 @@ fn block_on<T>(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("dram-sql")
+            .thread_stack_size(STACK_BYTES)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
     });
-    match runtime {
-        Ok(runtime) => runtime.block_on(work),
-        Err(e) => Err(AnalysisError::failed(format!(
-            "cannot start the sql runtime: {e}"
-        ))),
-    }
+    let runtime = runtime
+        .as_ref()
+        .map_err(|e| AnalysisError::failed(format!("cannot start the sql runtime: {e}")))?;
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("dram-sql-query".into())
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(scope, || runtime.block_on(work))
+            .map_err(|e| AnalysisError::failed(format!("cannot start a sql thread: {e}")))?
+            .join()
+            .map_err(|_| AnalysisError::failed("the sql query panicked"))?
+    })
 }
+
+/// The stack of the threads that plan and run SQL.
+const STACK_BYTES: usize = 64 << 20;
 
 impl Analysis for Sql {
     type Params = SqlParams;
@@ -363,8 +431,8 @@ impl Analysis for Sql {
 
     fn map(&self, params: &SqlParams, shard: &Shard) -> Result<SqlPartial, AnalysisError> {
         match params.mode()? {
-            Mode::Split(sql) => block_on(map_split(sql, shard)),
-            Mode::Explicit { map, .. } => block_on(map_explicit(map, shard)),
+            Mode::Split(sql) => block_on(map_split(self, sql, shard)),
+            Mode::Explicit { map, .. } => block_on(map_explicit(self, map, shard)),
         }
     }
 
@@ -397,8 +465,8 @@ impl Analysis for Sql {
 
     fn finish(&self, params: &SqlParams, partial: SqlPartial) -> Result<SqlOutput, AnalysisError> {
         match params.mode()? {
-            Mode::Split(sql) => block_on(finish_split(sql, partial)),
-            Mode::Explicit { reduce, .. } => block_on(finish_explicit(reduce, partial)),
+            Mode::Split(sql) => block_on(finish_split(self, sql, partial)),
+            Mode::Explicit { reduce, .. } => block_on(finish_explicit(self, reduce, partial)),
         }
     }
 }

@@ -54,7 +54,7 @@ pub(super) async fn pull<T: serde::de::DeserializeOwned>(
     path: &str,
 ) -> Result<T, String> {
     let mut request = client.get(format!("{}{path}", crate::server::base_url(http)));
-    if let Some(secret) = &node.config().auth.cluster_secret {
+    if let Some(secret) = node.config().auth.peer_secret() {
         request = request.bearer_auth(secret);
     }
     let response = request.send().await.map_err(|e| e.to_string())?;
