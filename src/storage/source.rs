@@ -106,7 +106,10 @@ impl SourceUrl {
             return Ok(());
         }
         for pattern in &store.allowed_sources {
-            let glob = globset::GlobBuilder::new(pattern.trim_end_matches('/'))
+            // A prefix allows what is below it: `x/**` is the same as `x`.
+            let prefix = pattern.trim_end_matches('/');
+            let prefix = prefix.strip_suffix("/**").unwrap_or(prefix);
+            let glob = globset::GlobBuilder::new(prefix)
                 .literal_separator(true)
                 .build()
                 .map_err(|e| refuse(format!("store.allowed_sources has a bad glob: {e}")))?
@@ -343,6 +346,11 @@ mod tests {
             assert!(error.contains("store.allowed_sources"), "{url}: {error}");
         }
         store.allowed_sources = vec!["s3://other/*".into(), "file:///mnt/exports".into()];
+        let mut all_of = store.clone();
+        all_of.allowed_sources = vec!["s3://third/**".into()];
+        assert!(allowed("s3://third", &all_of).is_ok());
+        assert!(allowed("s3://third/a/b", &all_of).is_ok());
+        assert!(allowed("s3://thirds/a", &all_of).is_err());
         assert!(allowed("s3://other/sales", &store).is_ok());
         assert!(allowed("s3://other/sales/v1", &store).is_ok());
         assert!(allowed("file:///mnt/exports/day1", &store).is_ok());

@@ -99,6 +99,57 @@ async fn database_and_alias_names_cannot_leave_the_data_folder() {
     server.shutdown().await;
 }
 
+/// `db add` with a source outside the store: it used to read any file the
+/// server could (`file:///etc/…` and a `group` query returned it).
+#[tokio::test]
+async fn sources_outside_the_store_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(secret.join("shards/0")).unwrap();
+    std::fs::write(secret.join("shards/0/rows.csv"), "password\nhunter2\n").unwrap();
+    let outside = format!("file://{}", secret.display());
+    let (server, client) = node(&dir.path().join("n"), |_| {}).await;
+    for source in [
+        outside.as_str(),
+        "file:///etc",
+        "file:///",
+        "s3://another-bucket/x",
+        "memory://other/x",
+    ] {
+        let body = json!({"name": "stolen", "source": source});
+        let message = expect_error(
+            client.post("/v1/databases", &body).await,
+            400,
+            "invalid_source",
+        );
+        assert!(message.contains("store.allowed_sources"), "{source}: {message}");
+    }
+    let store = server.node.config().store.url.clone();
+    let message = expect_error(
+        client
+            .post(
+                "/v1/databases",
+                &json!({"name": "stolen", "source": format!("{store}/../../secret")}),
+            )
+            .await,
+        400,
+        "invalid_source",
+    );
+    assert!(message.contains(".."), "{message}");
+    expect_error(client.get("/v1/databases/stolen").await, 404, "not_found");
+    server.shutdown().await;
+
+    // Allowed explicitly, the same folder loads.
+    let glob = format!("{outside}/**");
+    let (server, client) = node(&dir.path().join("m"), |config| {
+        config.store.allowed_sources = vec![glob.clone()];
+    })
+    .await;
+    let info = load(&client, json!({"name": "allowed", "source": outside})).await;
+    assert_eq!(info["state"], "ready", "{info}");
+    server.shutdown().await;
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
