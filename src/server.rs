@@ -221,8 +221,12 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// How long a request in flight when the server closes has to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves HTTP/1 requests on one connection until the client closes it, it
-/// breaks a limit, or the server closes (the request in flight finishes).
+/// breaks a limit, or the server closes (the request in flight has
+/// [`SHUTDOWN_GRACE`] to finish).
 async fn serve_connection<I, S>(io: I, service: S, limits: Limits, closing: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -240,7 +244,15 @@ where
         served = connection.as_mut() => served,
         () = closing.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            // Past the grace period the request is dropped, and with it its
+            // query: its work stops (see `query::cancellation`).
+            match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::info!("a request still running at shutdown was cancelled");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = served {

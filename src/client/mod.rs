@@ -71,6 +71,11 @@ impl Client {
     }
 
     /// Sends `token` (the admin token, or a signed token) on every call.
+    /// The node's URL this client calls.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     pub fn with_token(mut self, token: Option<String>) -> Client {
         self.token = token;
         self

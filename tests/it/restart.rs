@@ -239,3 +239,121 @@ async fn unsynced_files_are_checked_after_a_crash() {
     assert_eq!(stats["node"]["bytes_downloaded"], size as u64, "{stats}");
     node.kill();
 }
+
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ
+}
+
+/// CPU seconds `pid` uses over the next `window`.
+async fn cpu_over(pid: u32, window: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(window).await;
+    cpu_seconds(pid) - before
+}
+
+/// A SQL query that would keep a core busy for many minutes: each shard
+/// counts 10^11 generated rows.
+const ENDLESS: &str =
+    "SELECT count(*) AS n FROM generate_series(1, 100000000000) WHERE value % 7 = 3";
+
+/// A query past its deadline, or whose caller hangs up, stops its work (it
+/// used to keep a core busy for over a minute after the 504), and a node
+/// running one stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sql_query_stops_its_work_and_sigterm_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    publish(
+        dir.path(),
+        &config.store,
+        "db",
+        &[
+            ("shards/a/t/x.csv", b"n\n1\n".as_slice()),
+            ("shards/b/t/y.csv", b"n\n2\n"),
+        ],
+    )
+    .await;
+    let config_file = write_config(dir.path(), &config);
+    let node = NodeProcess::start(&config_file);
+    let pid = node.child.id();
+    node.client
+        .post("/v1/databases", &json!({"name": "db", "source": "db"}))
+        .await
+        .unwrap();
+    wait_loaded(&node.client, "db").await;
+    let idle = cpu_over(pid, Duration::from_millis(1500)).await;
+
+    // Past its deadline: 504, then the node goes quiet.
+    let started = Instant::now();
+    let answer = node
+        .client
+        .post(
+            "/v1/query/db/sql",
+            &json!({"params": {"sql": ENDLESS}, "timeout_ms": 1000}),
+        )
+        .await;
+    expect_error(answer, 504, "timeout");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after_deadline = cpu_over(pid, Duration::from_millis(1500)).await;
+    assert!(
+        after_deadline < idle + 0.5,
+        "{after_deadline:.2} CPU s in 1.5 s after the deadline (idle: {idle:.2})"
+    );
+
+    // The caller hangs up: the same.
+    let url = format!("{}/v1/query/db/sql", node.client.base_url());
+    let gone = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"params": {"sql": ENDLESS}}))
+        .timeout(Duration::from_millis(800))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the query answered: {gone:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after_hangup = cpu_over(pid, Duration::from_millis(1500)).await;
+    assert!(
+        after_hangup < idle + 0.5,
+        "{after_hangup:.2} CPU s in 1.5 s after the caller left (idle: {idle:.2})"
+    );
+
+    // SIGTERM while a query runs: the node stops within seconds.
+    let running = tokio::spawn(
+        reqwest::Client::new()
+            .post(&url)
+            .json(&json!({"params": {"sql": ENDLESS}}))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut node = node;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopping = Instant::now();
+    let exited = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if stopping.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        exited.is_some(),
+        "the node did not stop within 15 s of SIGTERM while a query ran"
+    );
+    let _ = running.await;
+}

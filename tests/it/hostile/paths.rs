@@ -122,7 +122,10 @@ async fn sources_outside_the_store_are_refused_unless_allowed() {
             400,
             "invalid_source",
         );
-        assert!(message.contains("store.allowed_sources"), "{source}: {message}");
+        assert!(
+            message.contains("store.allowed_sources"),
+            "{source}: {message}"
+        );
     }
     let store = server.node.config().store.url.clone();
     let message = expect_error(
