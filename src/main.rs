@@ -20,6 +20,16 @@ use cli::output::*;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
+    if !serving {
+        // A client command whose reader goes away (`dram db show x | head -1`)
+        // ends quietly, as other command-line tools do, instead of panicking
+        // on the closed pipe. (A server keeps ignoring SIGPIPE: a client
+        // hanging up must not stop it.)
+        // SAFETY: nothing else runs yet; setting a signal's disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
     });

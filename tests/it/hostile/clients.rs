@@ -250,3 +250,31 @@ async fn queries_past_the_bound_get_503_overloaded_with_retry_after() {
     assert_eq!(answer["result"], 2);
     server.shutdown().await;
 }
+
+/// `dram db ls | head -1`: the reader goes away before the command prints.
+/// The command ends quietly (no panic about the broken pipe).
+#[tokio::test]
+async fn a_cli_command_whose_reader_goes_away_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = super::node(dir.path(), |_| {}).await;
+    super::load_good(dir.path(), &server, &client).await;
+    let url = server.url();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(crate::support::dram_binary())
+            .args(["db", "show", "good", "--node", &url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is printed
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    server.shutdown().await;
+}
