@@ -268,3 +268,39 @@ async fn a_node_of_another_cluster_does_not_join() {
     assert_eq!(live_members(&theirs), ["x1"], "{theirs}");
     drop(friend);
 }
+
+/// Where reads are open, a presented token is still checked: a bad one is
+/// 401 (it used to be ignored), a good one and none are served.
+#[tokio::test]
+async fn a_bad_token_is_refused_even_where_reads_are_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = member_with(
+        dir.path(),
+        "n1",
+        &dir.path().join("store"),
+        &[],
+        |config| config.auth.admin_token = Some(ADMIN.into()),
+        None,
+    )
+    .await;
+    let url = n1.server.url();
+    n1.client.get("/v1/databases").await.unwrap();
+    let expired = dram::auth::SigningKey::derived_from_secret(SECRET).sign("x", 1);
+    for token in ["garbage", expired.as_str()] {
+        let message = expect_error(
+            Client::new(&url)
+                .with_token(Some(token.to_string()))
+                .get("/v1/databases")
+                .await,
+            401,
+            "unauthorized",
+        );
+        assert!(message.contains("invalid token"), "{message}");
+    }
+    Client::new(&url)
+        .with_token(Some(ADMIN.into()))
+        .get("/v1/databases")
+        .await
+        .unwrap();
+    n1.server.shutdown().await;
+}
