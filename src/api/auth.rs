@@ -149,11 +149,12 @@ fn check(
     // A signed token, checked once: a bad one is refused wherever it goes.
     // A node with no credential at all (a loopback node for development)
     // is open and reads no token.
+    let keys = keys(node);
     let checks_tokens =
-        auth.admin_token.is_some() || auth.peer_secret().is_some() || keys(node).is_some();
+        auth.admin_token.is_some() || auth.peer_secret().is_some() || keys.is_some();
     let grant = match token {
         Some(token) if checks_tokens && !admin && !peer && need != Need::Nothing => {
-            let keys = keys(node).ok_or_else(|| {
+            let keys = keys.ok_or_else(|| {
                 Refused::unauthorized(
                     "invalid token: it is not the admin token, and this node has no key to \
                      check signed tokens",
