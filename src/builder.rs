@@ -24,6 +24,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::cluster::SignedUdpTransport;
 use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::query::{Analyses, Analysis};
@@ -87,8 +88,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Gossips over `transport` instead of UDP: e.g. chitchat's in-memory
-    /// `ChannelTransport`, whose links a test can cut to partition a cluster.
+    /// Gossips over `transport` instead of UDP (signed with the cluster
+    /// secret when one is set): e.g. chitchat's in-memory `ChannelTransport`,
+    /// whose links a test can cut to partition a cluster.
     pub fn gossip_transport(mut self, transport: impl Transport) -> Self {
         self.gossip_transport = Some(Arc::new(transport));
         self
@@ -128,9 +130,15 @@ impl NodeBuilder {
             .into_iter()
             .map(|mount| mount(node.clone()))
             .reduce(|a, b| a.or(b).unify().boxed());
-        let transport = self
-            .gossip_transport
-            .unwrap_or_else(|| Arc::new(UdpTransport));
+        let secret = node.config().auth.cluster_secret.as_deref();
+        let transport: Arc<dyn Transport> = match (self.gossip_transport, secret) {
+            (Some(transport), _) => transport,
+            (None, Some(secret)) => Arc::new(SignedUdpTransport::new(
+                secret,
+                node.metrics().gossip_rejected(),
+            )),
+            (None, None) => Arc::new(UdpTransport),
+        };
         Server::serve(listener, node, extra, transport).await
     }
 }

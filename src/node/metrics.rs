@@ -42,6 +42,7 @@ pub struct Metrics {
     downloads: Option<IntCounterVec>,
     download_errors: Option<IntCounterVec>,
     read_bytes: Option<IntCounterVec>,
+    gossip_rejected: Option<IntCounterVec>,
 }
 
 /// One sample of a gauge computed at scrape time. Samples of one name must carry
@@ -175,8 +176,20 @@ impl Metrics {
                 "Bytes analyses read from local files, by disk.",
                 &["disk"],
             ),
+            gossip_rejected: counter(
+                &registry,
+                "dram_gossip_rejected_total",
+                "Gossip datagrams dropped unread: not signed with this cluster's secret \
+                 (bad_signature), or too short to carry a signature (unsigned).",
+                &["reason"],
+            ),
             registry,
         }
+    }
+
+    /// The counter of gossip datagrams dropped, for the gossip transport.
+    pub fn gossip_rejected(&self) -> Option<IntCounterVec> {
+        self.gossip_rejected.clone()
     }
 
     /// A query this node ran as root ended: `outcome` is `ok` or its error code.

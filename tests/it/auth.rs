@@ -2,7 +2,7 @@
 //! `require_token_for_reads`, every read); signed tokens open one database or
 //! alias until they expire; the previous key is honoured during its grace
 //! period; node-to-node routes need the secret and the same cluster id; a node
-//! of another cluster does not join gossip.
+//! of another cluster, or with another secret or none, does not join gossip.
 
 use std::time::Duration;
 
@@ -252,20 +252,57 @@ async fn a_node_of_another_cluster_does_not_join() {
         None,
     )
     .await;
+    // Same cluster id, but another secret, or none: every gossip datagram is
+    // signed with the secret, and theirs are dropped unread.
+    let forger = member_with(
+        dir.path(),
+        "y1",
+        &store,
+        &seeds,
+        |config| config.auth.cluster_secret = Some("another secret".into()),
+        None,
+    )
+    .await;
+    let open = member_with(
+        dir.path(),
+        "z1",
+        &store,
+        &seeds,
+        |config| config.auth.cluster_secret = None,
+        None,
+    )
+    .await;
     let friend = member_with(dir.path(), "n2", &store, &seeds, |_| {}, None).await;
     eventually(20, "n2 joins n1", || async {
         let status = n1.client.get("/v1/cluster").await.unwrap_or(Value::Null);
         live_members(&status).contains(&"n2".to_string())
     })
     .await;
-    // By then the stranger had as long to join; it never did, on either side.
+    // By then the others had as long to join; they never did, on either side.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let status = n1.client.get("/v1/cluster").await.unwrap();
-    assert!(
-        !live_members(&status).contains(&"x1".to_string()),
-        "{status}"
-    );
-    let theirs = stranger.client.get("/v1/cluster").await.unwrap();
-    assert_eq!(live_members(&theirs), ["x1"], "{theirs}");
+    assert_eq!(live_members(&status), ["n1", "n2"], "{status}");
+    for (outsider, name) in [(&stranger, "x1"), (&forger, "y1"), (&open, "z1")] {
+        let theirs = outsider.client.get("/v1/cluster").await.unwrap();
+        assert_eq!(live_members(&theirs), [name], "{theirs}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", n1.server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rejected = |reason: &str| {
+        let line = format!("dram_gossip_rejected_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // The forger's and the open member's (an unsigned datagram's last bytes
+    // are no valid tag either).
+    assert!(rejected("bad_signature") >= 2.0, "{metrics}");
     drop(friend);
 }
 

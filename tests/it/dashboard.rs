@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use chitchat::transport::ChannelTransport;
 use dram::client::Client;
 use serde_json::{Value, json};
 
@@ -34,7 +35,15 @@ fn browser_test_dir() -> PathBuf {
     dir
 }
 
-async fn start(dir: &Path, name: &str, seeds: &[&str], secret: &str) -> Member {
+/// A member gossiping over `transport` (in memory: UDP gossip is signed
+/// with the secret, and a member with another one would never join).
+async fn start(
+    dir: &Path,
+    name: &str,
+    seeds: &[&str],
+    secret: &str,
+    transport: &ChannelTransport,
+) -> Member {
     let secret = secret.to_string();
     member_with(
         dir,
@@ -49,7 +58,7 @@ async fn start(dir: &Path, name: &str, seeds: &[&str], secret: &str) -> Member {
             // with the other secret never will.
             config.cluster.ack_timeout_ms = 300;
         },
-        None,
+        Some(transport.clone()),
     )
     .await
 }
@@ -128,10 +137,11 @@ async fn dashboard_shows_members_disagreement_and_shard_copies() {
     std::fs::create_dir_all(dir.path().join("store")).unwrap();
 
     // n3 has another cluster secret: gossip works, its registry pulls do not.
-    let n1 = start(dir.path(), "n1", &[], SECRET).await;
+    let transport = ChannelTransport::default();
+    let n1 = start(dir.path(), "n1", &[], SECRET, &transport).await;
     let seed = n1.gossip.clone();
-    let n2 = start(dir.path(), "n2", &[&seed], SECRET).await;
-    let n3 = start(dir.path(), "n3", &[&seed], "another-secret").await;
+    let n2 = start(dir.path(), "n2", &[&seed], SECRET, &transport).await;
+    let n3 = start(dir.path(), "n3", &[&seed], "another-secret", &transport).await;
     let all = [&n1.client, &n2.client, &n3.client];
     on_all(&all, 30, "three live members and a primary", |c| {
         Box::pin(async move {

@@ -389,18 +389,29 @@ async fn an_alias_swapped_during_a_stream_never_mixes_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_has_not_heard_of_a_database_forwards_the_query() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(dir.path(), "n1", &[]).await;
-    // n2 gossips with n1 but holds no cluster secret: its registry pulls are
-    // refused, so it never learns what n1 defines (its queries, carrying no
-    // token, are reads n1 answers).
+    // n2 gossips with n1 (in memory: UDP gossip is signed with the secret)
+    // but holds no cluster secret: its registry pulls are refused, so it
+    // never learns what n1 defines (its queries, carrying no token, are
+    // reads n1 answers).
+    let transport = chitchat::transport::ChannelTransport::default();
+    let store = dir.path().join("store");
+    let n1 = member_with(
+        dir.path(),
+        "n1",
+        &store,
+        &[],
+        |_| {},
+        Some(transport.clone()),
+    )
+    .await;
     let seed = n1.gossip.clone();
     let n2 = member_with(
         dir.path(),
         "n2",
-        &dir.path().join("store"),
+        &store,
         &[&seed],
         |config| config.auth.cluster_secret = None,
-        None,
+        Some(transport),
     )
     .await;
     let total = publish_dataset(dir.path(), &n1, "fresh", 2).await;
