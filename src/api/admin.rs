@@ -36,7 +36,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
     let restore = warp::path!("v1" / "admin" / "restore")
         .and(warp::post())
         .and(body)
-        .and(with_node)
+        .and(with_node.clone())
         .then(|body: bytes::Bytes, node: Node| async move {
             let result = match super::parse::<RestoreBody>(&body) {
                 Ok(request) => backup::restore(&node, &request.backup).await,
@@ -45,5 +45,26 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
             respond(StatusCode::OK, super::acknowledged(&node, result).await)
         });
 
-    write.or(list).unify().or(restore).unify().boxed()
+    let scrub = warp::path!("v1" / "admin" / "scrub")
+        .and(warp::post())
+        .and(with_node.clone())
+        .map(|node: Node| {
+            let status = node.scrub_now();
+            respond(
+                StatusCode::ACCEPTED,
+                Ok::<_, NodeError>(serde_json::json!({
+                    "started": !status.running,
+                    "scrub": status,
+                })),
+            )
+        });
+
+    write
+        .or(list)
+        .unify()
+        .or(restore)
+        .unify()
+        .or(scrub)
+        .unify()
+        .boxed()
 }

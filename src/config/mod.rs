@@ -43,6 +43,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub query: QueryConfig,
     pub sql: SqlConfig,
+    pub scrub: ScrubConfig,
     pub cluster: ClusterConfig,
     pub backup: BackupConfig,
     pub auth: AuthConfig,
@@ -107,6 +108,15 @@ impl Config {
                     "must be in (0, 1]",
                 ));
             }
+        }
+        if self.scrub.bytes_per_sec < 1 << 20 {
+            return Err(invalid(
+                "scrub.bytes_per_sec",
+                "must be at least 1048576 (1 MiB/s)",
+            ));
+        }
+        if self.scrub.interval_secs == 0 {
+            return Err(invalid("scrub.interval_secs", "must be positive"));
         }
         if self.sql.memory_limit < 1 << 20 {
             return Err(invalid(

@@ -270,6 +270,26 @@ impl Default for QueryConfig {
     }
 }
 
+/// The scrub: every blob re-hashed in the background.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubConfig {
+    /// At most this many bytes hashed per second (the scrub's whole cost).
+    pub bytes_per_sec: u64,
+    /// A full pass over every blob begins this long after the last one began
+    /// (`POST /v1/admin/scrub` starts one now).
+    pub interval_secs: u64,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig {
+            bytes_per_sec: 64 << 20,
+            interval_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
 /// The built-in `sql` analysis.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

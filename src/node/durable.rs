@@ -109,7 +109,7 @@ impl Inner {
             let started = now_ms();
             if let Some(since_ms) = since_ms {
                 let damaged = self.drop_damaged_blobs(&disk, &blobs)?;
-                let parts = self.reopen_incomplete_parts(&disk, since_ms, &damaged)?;
+                let (parts, _) = self.reopen_incomplete_parts(&disk, since_ms, &damaged)?;
                 if !blobs.is_empty() || parts > 0 {
                     disk.sync()?;
                     info!(
@@ -133,21 +133,32 @@ impl Inner {
         disk: &Disk,
         blobs: &[BlobFile],
     ) -> Result<HashSet<String>, NodeError> {
-        let mut damaged = Vec::new();
-        for blob in blobs {
-            let path = disk.blob_path(&blob.sha256);
-            match hash_file(&path) {
-                Ok(sha) if sha == blob.sha256 => {}
-                Ok(sha) => damaged.push((blob, format!("content hashes to {sha}"))),
-                Err(e) => damaged.push((blob, format!("unreadable: {e}"))),
-            }
-        }
+        let damaged: Vec<(String, String)> = blobs
+            .iter()
+            .filter_map(|blob| {
+                check_blob(disk, &blob.sha256)
+                    .err()
+                    .map(|why| (blob.sha256.clone(), why))
+            })
+            .collect();
+        self.remove_damaged_blobs(disk, damaged, "after a crash before it was synced")
+    }
+
+    /// Removes blobs whose content is not what their name says (with why),
+    /// with every link to them, each an error event naming `when`. Returns
+    /// their hashes.
+    pub(super) fn remove_damaged_blobs(
+        &self,
+        disk: &Disk,
+        damaged: Vec<(String, String)>,
+        when: &str,
+    ) -> Result<HashSet<String>, NodeError> {
         if damaged.is_empty() {
             return Ok(HashSet::new());
         }
         let inodes: HashSet<(u64, u64)> = damaged
             .iter()
-            .filter_map(|(blob, _)| std::fs::metadata(disk.blob_path(&blob.sha256)).ok())
+            .filter_map(|(sha, _)| std::fs::metadata(disk.blob_path(sha)).ok())
             .map(|m| (m.dev(), m.ino()))
             .collect();
         let dbs = disk.root.join("dbs");
@@ -160,15 +171,15 @@ impl Inner {
             std::fs::remove_file(entry.path()).map_err(StorageError::io(entry.path()))?;
         }
         let mut hashes = HashSet::new();
-        for (blob, why) in damaged {
-            disk.remove_blob(&blob.sha256)?;
+        for (sha, why) in damaged {
+            disk.remove_blob(&sha)?;
             let error = StorageError::Mismatch {
-                path: disk.blob_path(&blob.sha256).display().to_string(),
-                message: format!("{why} after a crash before it was synced; removed"),
+                path: disk.blob_path(&sha).display().to_string(),
+                message: format!("{why} {when}; removed"),
             };
             warn!(disk = %disk.id, error = %error, "damaged blob");
             self.record_error(Some(&disk.id), None, None, &error);
-            hashes.insert(blob.sha256.clone());
+            hashes.insert(sha);
         }
         Ok(hashes)
     }
@@ -176,13 +187,13 @@ impl Inner {
     /// Ready parts on `disk` that became ready after `since_ms` or have a
     /// file whose blob was `damaged` (and removed with its links): any missing
     /// or short file sends the part back to downloading. Returns how many
-    /// parts were checked.
-    fn reopen_incomplete_parts(
+    /// parts were checked, and the keys of those sent back.
+    pub(super) fn reopen_incomplete_parts(
         &self,
         disk: &Disk,
         since_ms: u64,
         damaged: &HashSet<String>,
-    ) -> Result<usize, NodeError> {
+    ) -> Result<(usize, Vec<String>), NodeError> {
         let parts: Vec<(String, PartRecord)> = self.catalog.scan(PARTS, "")?;
         // Per database: its files by part, from its manifest (read once).
         let mut layouts: HashMap<String, Option<PartFiles>> = HashMap::new();
@@ -242,10 +253,10 @@ impl Inner {
                 Ok::<_, NodeError>(())
             })?;
             for part_key in &incomplete {
-                warn!(part = %part_key.replace('\0', "/"), "part lost files in a crash before they were synced; loading it again");
+                warn!(part = %part_key.replace('\0', "/"), "part lost files (a damaged blob, or a crash before a sync); loading it again");
             }
         }
-        Ok(checked)
+        Ok((checked, incomplete))
     }
 
     /// Records that everything written to `disk` before `started_ms` is
@@ -319,4 +330,15 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Whether the blob `sha256` on `disk` holds what its name says: `Err` says
+/// why not. A blob that is gone (purged meanwhile) is not damaged.
+pub(super) fn check_blob(disk: &Disk, sha256: &str) -> Result<(), String> {
+    match hash_file(&disk.blob_path(sha256)) {
+        Ok(sha) if sha == sha256 => Ok(()),
+        Ok(sha) => Err(format!("content hashes to {sha}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("unreadable: {e}")),
+    }
 }

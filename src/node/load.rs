@@ -464,7 +464,7 @@ async fn fetch_all(
 /// and, when a new blob was stored, its size. File system calls run on the
 /// blocking pool: the task that calls this drives every download of the load.
 async fn fetch_file(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     source: &Source,
     disk: &Arc<Disk>,
     name: &str,
@@ -473,10 +473,12 @@ async fn fetch_file(
     counter: &AtomicU64,
 ) -> Result<(String, Option<u64>), NodeError> {
     let file = &placed.file;
+    // A blob already here is checked before it is linked (deduplication
+    // must not spread a damaged blob).
     let present = match &file.sha256 {
         Some(sha) => {
-            let (disk, sha, size) = (disk.clone(), sha.clone(), file.size);
-            blocking(move || Ok(disk.has_blob(&sha, size))).await?
+            let (inner, disk, sha, size) = (inner.clone(), disk.clone(), sha.clone(), file.size);
+            blocking(move || Ok(inner.intact_blob(&disk, &sha, size))).await?
         }
         None => false,
     };

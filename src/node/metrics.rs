@@ -390,13 +390,42 @@ impl Node {
             Some(membership) => Some(membership.status(self).await?),
             None => None,
         };
-        Ok(gauges(
+        let mut out = gauges(
             self.id(),
             &inventory,
             &self.disk_stats(),
             self.load(),
             cluster.as_ref(),
-        ))
+        );
+        let scrub = self.inner.scrub.status();
+        out.extend([
+            Gauge::new(
+                "dram_scrub_running",
+                "1 while a scrub pass re-hashes this node's blobs.",
+                f64::from(u8::from(scrub.running)),
+            ),
+            Gauge::new(
+                "dram_scrub_pass_checked_bytes",
+                "Bytes the current (or last) scrub pass has hashed.",
+                scrub.bytes_checked as f64,
+            ),
+            Gauge::new(
+                "dram_scrub_pass_bytes",
+                "Bytes the current (or last) scrub pass hashes in all.",
+                scrub.bytes_total as f64,
+            ),
+            Gauge::new(
+                "dram_scrub_passes",
+                "Scrub passes completed since this node started.",
+                scrub.passes as f64,
+            ),
+            Gauge::new(
+                "dram_scrub_damaged_blobs",
+                "Damaged blobs found (and quarantined) since this node started.",
+                scrub.damaged as f64,
+            ),
+        ]);
+        Ok(out)
     }
 }
 

@@ -18,6 +18,7 @@ mod load;
 pub mod metrics;
 mod placement;
 mod registry;
+mod scrub;
 mod shard;
 mod space;
 mod stats;
@@ -42,6 +43,7 @@ pub use databases::{AddDatabase, DatabaseInfo, PartInfo};
 pub use error::NodeError;
 pub use inventory::{HeldDatabase, HeldPart, HeldState, Inventory, InventoryDigest};
 pub use placement::Placement;
+pub use scrub::ScrubStatus;
 pub use shard::ShardContext;
 pub(crate) use shard::json_name;
 pub use stats::{DatabaseStats, NodeStats, Stats};
@@ -118,6 +120,8 @@ pub(crate) struct Inner {
     events: events::EventLog,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The background re-hash of every blob (see `scrub`).
+    scrub: Arc<scrub::Scrubber>,
 }
 
 /// Map work under way on this node and how long recent map work took.
@@ -220,6 +224,7 @@ impl Node {
             metrics,
             shutdown_tx,
             tasks: Mutex::default(),
+            scrub: Arc::default(),
             config,
         });
         let node = Node { inner };
@@ -453,6 +458,18 @@ impl Node {
             }
         });
         lock(&self.inner.tasks).push(flusher);
+
+        let scrub = tokio::spawn(scrub::run(
+            Arc::downgrade(&self.inner),
+            self.inner.scrub.clone(),
+            self.inner.shutdown_tx.subscribe(),
+        ));
+        lock(&self.inner.tasks).push(scrub);
+    }
+
+    /// Starts a scrub pass now (unless one is under way): `POST /v1/admin/scrub`.
+    pub fn scrub_now(&self) -> ScrubStatus {
+        self.inner.scrub_now()
     }
 }
 

@@ -290,8 +290,18 @@ impl ShardContext {
             .catalog
             .get(DATABASES, &self.database)?
             .ok_or_else(|| NodeError::not_found("database", &self.database))?;
+        // A blob already here (another database's) is checked before it is
+        // linked: deduplication must not spread a damaged blob.
+        let present = match &entry.sha256 {
+            Some(sha) => {
+                let (inner, disk, sha, size) =
+                    (inner.clone(), self.disk.clone(), sha.clone(), entry.size);
+                super::blocking(move || Ok(inner.intact_blob(&disk, &sha, size))).await?
+            }
+            None => false,
+        };
         let sha = match &entry.sha256 {
-            Some(sha) if self.disk.has_blob(sha, entry.size) => sha.clone(),
+            Some(sha) if present => sha.clone(),
             _ => {
                 let source = Source::open(
                     &SourceUrl::parse(&record.source)?,

@@ -19,6 +19,9 @@ pub struct Stats {
     pub node: NodeStats,
     pub databases: Vec<DatabaseStats>,
     pub disks: Vec<DiskUsage>,
+    /// The background re-hash of every blob.
+    #[serde(default)]
+    pub scrub: super::ScrubStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +178,7 @@ impl Node {
             },
             databases,
             disks,
+            scrub: inner.scrub.status(),
         })
     }
 }

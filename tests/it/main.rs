@@ -17,6 +17,7 @@ mod placement;
 mod query;
 mod restart;
 mod s3;
+mod scrub;
 mod sql;
 mod support;
 mod tls;
