@@ -512,3 +512,92 @@ async fn a_purge_never_undoes_an_alias_move_made_after_the_deletion() {
     );
     server.shutdown().await;
 }
+
+/// A seed (no `seeds` of its own) restarted in a running cluster used to name
+/// itself primary at once and give itself every shard (downloaded, then
+/// trashed). Now it waits to hear from a majority of the members its catalog
+/// last knew: no primary of its own while alone, nothing downloaded, each
+/// shard still held once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_seed_waits_for_its_cluster_before_placing_or_leading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut members = members(dir.path(), 3).await;
+    let files: Vec<(String, String)> = (0..6)
+        .map(|s| (format!("shards/{s}/rows.csv"), format!("n\n{s}\n")))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_bytes()))
+        .collect();
+    publish(
+        dir.path(),
+        &members[0].server.node.config().store,
+        "db",
+        &files,
+    )
+    .await;
+    members[1]
+        .client
+        .post(
+            "/v1/databases",
+            &json!({"name": "db", "source": "db", "replicas": 1}),
+        )
+        .await
+        .unwrap();
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    let once = |c: &Client| {
+        let c = c.clone();
+        Box::pin(async move {
+            let view = crate::support::copies(&c, "db").await;
+            view.len() == 6
+                && view
+                    .values()
+                    .all(|holders| crate::support::ready(holders).len() == 1)
+        }) as futures::future::BoxFuture<'static, bool>
+    };
+    on_all(&clients, 30, "every shard held once, a primary", |c| {
+        let placed = once(c);
+        Box::pin(async move {
+            let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
+            placed.await && !status["primary"].is_null()
+        })
+    })
+    .await;
+
+    // n1 restarts on the same data and gossip address.
+    let n1 = members.remove(0);
+    let gossip = n1.gossip.clone();
+    n1.server.shutdown().await;
+    let n1 = member_with(
+        dir.path(),
+        "n1",
+        &store,
+        &[],
+        |config| config.cluster.gossip_listen = gossip.clone(),
+        None,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = n1.client.get("/v1/cluster").await.unwrap();
+        if live_members(&status).len() == 3 {
+            break;
+        }
+        assert!(
+            status["primary"].is_null(),
+            "alone after its restart, n1 sees a primary: {status}"
+        );
+        assert!(Instant::now() < deadline, "n1 never met its cluster again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Placement with everyone in view gives n1 what it already holds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = n1.client.get("/v1/stats").await.unwrap();
+    assert_eq!(stats["node"]["bytes_downloaded"], 0, "{stats}");
+    assert!(once(&n1.client).await, "each shard is still held once");
+    n1.server.shutdown().await;
+    for member in members {
+        member.server.shutdown().await;
+    }
+}

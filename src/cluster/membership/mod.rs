@@ -21,12 +21,13 @@ mod disagreement;
 mod peers;
 use peers::{peer_headers, pull};
 mod placing;
+mod quorum;
 pub(crate) use placing::QueryHolders;
 mod types;
 
 pub use types::*;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,9 +85,15 @@ pub struct Membership {
     http_client: reqwest::Client,
     /// Whether this node was given seeds (it waits to meet a peer before placing).
     seeded: bool,
+    /// The members this node last knew, and whether it has met a majority
+    /// of them since it started (see `quorum`).
+    quorum: Mutex<quorum::Quorum>,
     /// Registry backups, run by the primary (`cluster::backup`).
     pub(crate) backups: crate::cluster::backup::Backups,
 }
+
+/// The catalog key of the members this node last knew.
+const MEMBERS_KEY: &str = "members";
 
 /// What the sync loop reads of a live peer.
 struct Peer {
@@ -184,6 +191,12 @@ impl Membership {
             state: Mutex::default(),
             rounds: Default::default(),
             seeded: !config.seeds.is_empty(),
+            quorum: Mutex::new(quorum::Quorum::new(
+                node.id(),
+                node.catalog()
+                    .get::<BTreeSet<String>>(crate::catalog::META, MEMBERS_KEY)?
+                    .unwrap_or_default(),
+            )),
             backups: crate::cluster::backup::Backups::new(&node),
             last_gc_ms: Mutex::new(0),
             failed_holders: Mutex::default(),
@@ -398,7 +411,8 @@ impl Membership {
             });
         }
         views[0].names = candidate(&views).map(str::to_string);
-        let known = self.known_members().await;
+        let known_now = self.known_members().await;
+        let known = lock(&self.quorum).known(known_now);
         let elected = elect(known, &views);
         let seen_term = views.iter().map(|v| v.term).max().unwrap_or(0);
         let key = {
@@ -520,8 +534,48 @@ impl Membership {
             lock(&self.inventories).retain(|id, _| live.contains(id.as_str()));
         }
         self.track_disagreement(&registry, &peers);
+        self.meet(node, &peers).await?;
         self.elect(node, &peers).await;
         self.place(node, client, &peers).await
+    }
+
+    /// Notes whom this node hears from (see `quorum`) and, once it has met
+    /// its cluster, remembers the members it knows in the catalog.
+    async fn meet(&self, node: &Node, peers: &[Peer]) -> Result<(), NodeError> {
+        let grace_ms = node
+            .config()
+            .cluster
+            .dead_node_grace_period_secs
+            .saturating_mul(1000);
+        let waited_too_long = now_ms().saturating_sub(node.started_ms()) > grace_ms;
+        let live = peers.iter().map(|p| p.id.as_str()).chain([self.node_id()]);
+        let was_met = lock(&self.quorum).met();
+        if !lock(&self.quorum).observe(live, waited_too_long) {
+            return Ok(());
+        }
+        if !was_met {
+            info!("heard from a majority of the members this node last knew");
+        }
+        let known: BTreeSet<String> = {
+            let chitchat = self.handle.lock().await;
+            let (live, dead) = distinct_members(&chitchat);
+            live.iter()
+                .chain(&dead)
+                .map(|id| id.node_id.to_string())
+                .collect()
+        };
+        let changed = lock(&self.quorum).remember(known).cloned();
+        if let Some(members) = changed {
+            node.catalog()
+                .write(|w| w.put(crate::catalog::META, MEMBERS_KEY, &members))?;
+        }
+        Ok(())
+    }
+
+    /// Whether this node has heard from a majority of the members it last
+    /// knew since it started (a first start has).
+    pub(crate) fn has_met_its_cluster(&self) -> bool {
+        lock(&self.quorum).met()
     }
 
     /// Notes, for every live member, since when its registry digest differs from

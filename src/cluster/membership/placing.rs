@@ -102,6 +102,12 @@ impl Membership {
         let round = self.round(node).await?;
         let state = round.state.clone();
         let rounds = self.rounds.fetch_add(1, Ordering::Relaxed) + 1;
+        // After a restart: nothing until a majority of the members this node
+        // last knew are heard from (a restarted seed, alone for a moment,
+        // would otherwise give itself every shard).
+        if !self.has_met_its_cluster() {
+            return Ok(());
+        }
         // A node without seeds starts a cluster (or is alone): it places at once,
         // and hands shards over as members join. A node with seeds waits to meet
         // a peer, so that it does not fetch shards that belong elsewhere.
