@@ -358,6 +358,37 @@ mod tests {
         assert_eq!(paths, ["global/g", "shards/0/y", "shards/1/x"]);
         assert!(manifest.files.iter().all(|f| f.sha256.is_none()));
 
+        // Names with non-ASCII and special characters, in a folder without
+        // manifest: listed, then fetched under the same key.
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["shards/0/Fő.csv", "shards/0/a b%20c#d.csv", "global/é/ü.csv"];
+        for name in names {
+            let file = dir.path().join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, name).unwrap();
+        }
+        let local = crate::storage::Source::open(
+            &crate::storage::SourceUrl::File(dir.path().to_path_buf()),
+            &crate::config::StoreConfig::default(),
+            false,
+        )
+        .unwrap();
+        let manifest = read_manifest(&local).await.unwrap();
+        let mut paths: Vec<_> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        paths.sort_unstable();
+        let mut expected = names.to_vec();
+        expected.sort_unstable();
+        assert_eq!(paths, expected);
+        let disk_dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::open("0".into(), disk_dir.path(), 0.99, None).unwrap());
+        for file in &manifest.files {
+            let fetched = fetch_blob(&local, &disk, file, &AtomicU64::new(0), &|_| {})
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.path));
+            let blob = std::fs::read(disk.blob_path(&fetched.sha256)).unwrap();
+            assert_eq!(blob, file.path.as_bytes());
+        }
+
         let empty = memory_source("fetch-empty").await;
         assert!(matches!(
             read_manifest(&empty).await,

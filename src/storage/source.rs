@@ -226,13 +226,17 @@ impl Source {
         self
     }
 
-    /// The object path of a file of the database, given its relative path.
+    /// The object path of a file of the database, given its relative path:
+    /// the key as it is (what a listing gives back for it), so that a name
+    /// with non-ASCII or special characters round-trips. (A path that is not
+    /// a valid key, which names checked beforehand never are, is escaped.)
     pub fn object_path(&self, relative: &str) -> StorePath {
-        if self.prefix.as_ref().is_empty() {
-            StorePath::from(relative)
+        let full = if self.prefix.as_ref().is_empty() {
+            relative.to_string()
         } else {
-            StorePath::from(format!("{}/{}", self.prefix, relative))
-        }
+            format!("{}/{}", self.prefix, relative)
+        };
+        StorePath::parse(&full).unwrap_or_else(|_| StorePath::from(full))
     }
 
     /// The relative path of an object listed under the prefix.
