@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError, load, lock, now_ms, registry};
+use super::{HeldState, Inner, Node, NodeError, load, lock, now_ms, registry};
 use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, Mode, PARTS, PartRecord,
     PartState, ReadStats, Replicas, key,
@@ -49,7 +49,9 @@ pub struct PartInfo {
     /// Shard id, or `None` for global data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    pub state: PartState,
+    /// `downloading`, `ready`, `lazy`, `failed`, or `trashed` (the copy or
+    /// its whole database is in the trash).
+    pub state: HeldState,
     /// When this copy was trashed (the primary dropped an extra copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trashed_ms: Option<u64>,
@@ -267,9 +269,10 @@ impl Inner {
             } else {
                 ReadStats::default()
             };
+            let trashed = info.record.state == DbState::Trashed || part.trashed_ms.is_some();
             let part_info = PartInfo {
                 id: which.shard_id().map(str::to_string),
-                state: part.state,
+                state: HeldState::of(part.state, trashed),
                 trashed_ms: part.trashed_ms,
                 disk: part.disk,
                 files: part.files,

@@ -22,6 +22,18 @@ pub enum HeldState {
 }
 
 impl HeldState {
+    /// A copy's state: its catalog state, unless it (or its whole database)
+    /// is in the trash.
+    pub fn of(state: PartState, trashed: bool) -> HeldState {
+        match state {
+            _ if trashed => HeldState::Trashed,
+            PartState::Downloading => HeldState::Downloading,
+            PartState::Ready => HeldState::Ready,
+            PartState::Lazy => HeldState::Lazy,
+            PartState::Failed => HeldState::Failed,
+        }
+    }
+
     /// Whether a query may use this copy.
     pub fn is_serving(self) -> bool {
         matches!(self, HeldState::Ready | HeldState::Lazy)
@@ -95,22 +107,13 @@ impl Node {
             databases: BTreeMap::new(),
         };
         for info in self.databases_detailed()? {
-            let trashed = info.record.state == DbState::Trashed;
             let held = |part: &super::PartInfo| {
-                let state = match part.state {
-                    _ if trashed || part.trashed_ms.is_some() => HeldState::Trashed,
-                    PartState::Downloading => HeldState::Downloading,
-                    PartState::Ready => HeldState::Ready,
-                    PartState::Lazy => HeldState::Lazy,
-                    PartState::Failed => HeldState::Failed,
-                };
                 let pct = match part.state {
-                    PartState::Ready => 100,
                     _ if part.bytes == 0 => 0,
                     _ => (part.bytes_done.saturating_mul(100) / part.bytes).min(100) as u8,
                 };
                 HeldPart {
-                    state,
+                    state: part.state,
                     bytes: part.bytes,
                     pct,
                 }

@@ -222,6 +222,13 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
     let trashed = client.delete("/v1/databases/gone").await.unwrap();
     assert_eq!(trashed["state"], "trashed");
     assert!(trashed["purge_at_ms"].as_u64().unwrap() > trashed["trashed_ms"].as_u64().unwrap());
+    // Its shards say so too (they used to say `ready`).
+    let shown = client.get("/v1/databases/gone").await.unwrap();
+    let shards = shown["shards"].as_array().unwrap();
+    assert!(
+        !shards.is_empty() && shards.iter().all(|s| s["state"] == "trashed"),
+        "{shown}"
+    );
     assert!(matches!(
         server.node.shard("gone", "0"),
         Err(dram::NodeError::NotReady(message)) if message == "database \"gone\" is trashed, not ready"
