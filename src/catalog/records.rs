@@ -97,6 +97,9 @@ pub struct PartRecord {
     /// When this copy became ready (its download finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_ms: Option<u64>,
+    /// Why the last load of a `failed` copy failed (it is tried again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl PartRecord {

@@ -164,6 +164,7 @@ mod tests {
                                 state: *state,
                                 bytes: 1,
                                 pct: 100,
+                                error: None,
                             },
                         )
                     })

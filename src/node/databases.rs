@@ -52,6 +52,9 @@ pub struct PartInfo {
     /// `downloading`, `ready`, `lazy`, `failed`, or `trashed` (the copy or
     /// its whole database is in the trash).
     pub state: HeldState,
+    /// Why the copy is `failed` (it is tried again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// When this copy was trashed (the primary dropped an extra copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trashed_ms: Option<u64>,
@@ -273,6 +276,7 @@ impl Inner {
             let part_info = PartInfo {
                 id: which.shard_id().map(str::to_string),
                 state: HeldState::of(part.state, trashed),
+                error: part.error.clone(),
                 trashed_ms: part.trashed_ms,
                 disk: part.disk,
                 files: part.files,

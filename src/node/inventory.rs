@@ -46,6 +46,9 @@ pub struct HeldPart {
     pub bytes: u64,
     /// Download progress, 0–100.
     pub pct: u8,
+    /// Why the copy is `failed` (the last try's error; it is tried again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl Node {
                     state: part.state,
                     bytes: part.bytes,
                     pct,
+                    error: part.error.clone(),
                 }
             };
             // A database that failed before its manifest was read has no parts.

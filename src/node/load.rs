@@ -169,7 +169,7 @@ async fn run(inner: Arc<Inner>, name: String, progress: Progress, generation: u6
                 retry.failures,
                 wait.as_secs_f64().ceil()
             );
-            if let Err(e2) = mark_failed(&inner, &name, &message) {
+            if let Err(e2) = mark_failed(&inner, &name, &message, &e.to_string()) {
                 warn!(database = %name, error = %e2, "recording the failure failed");
             }
         }
@@ -180,7 +180,10 @@ async fn run(inner: Arc<Inner>, name: String, progress: Progress, generation: u6
     }
 }
 
-fn mark_failed(inner: &Inner, name: &str, message: &str) -> Result<(), NodeError> {
+/// Records a failed load: a loading database is `failed`, and so is every
+/// copy it was fetching (a ready database given more shards stays ready),
+/// each with the reason, until a retry succeeds.
+fn mark_failed(inner: &Inner, name: &str, message: &str, error: &str) -> Result<(), NodeError> {
     inner.catalog.write(|w| {
         if let Some(mut record) = w.get::<DatabaseRecord>(DATABASES, name)?
             && record.state == DbState::Loading
@@ -188,6 +191,18 @@ fn mark_failed(inner: &Inner, name: &str, message: &str) -> Result<(), NodeError
             record.state = DbState::Failed;
             record.error = Some(message.to_string());
             w.put(DATABASES, name, &record)?;
+        }
+        let parts: Vec<(String, PartRecord)> = w.scan(PARTS, &key(&[name, ""]))?;
+        for (part_key, mut part) in parts {
+            if part.trashed_ms.is_none()
+                && matches!(part.state, PartState::Downloading | PartState::Failed)
+            {
+                part.state = PartState::Failed;
+                // The error alone (no retry count): the inventory digest,
+                // gossiped, changes only when the reason does.
+                part.error = Some(error.to_string());
+                w.put(PARTS, &part_key, &part)?;
+            }
         }
         Ok(())
     })
@@ -235,7 +250,12 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
         let Some(part_record) = records.get(part) else {
             continue;
         };
-        if part_record.state != PartState::Downloading || part_record.trashed_ms.is_some() {
+        // A failed copy is tried again with the database.
+        if !matches!(
+            part_record.state,
+            PartState::Downloading | PartState::Failed
+        ) || part_record.trashed_ms.is_some()
+        {
             continue;
         }
         let disk = inner.disk(&part_record.disk)?.clone();
@@ -359,6 +379,7 @@ async fn register_parts(
                 bytes: files.iter().map(|f| f.file.size).sum(),
                 trashed_ms: None,
                 written_ms: None,
+                error: None,
             };
             w.put(PARTS, &key(&[&record.name, &part.key()]), &part_record)?;
         }
@@ -519,6 +540,7 @@ fn commit_parts(
             if let Some(mut record) = w.get::<PartRecord>(PARTS, &part_key)? {
                 record.state = PartState::Ready;
                 record.written_ms = Some(now_ms());
+                record.error = None;
                 w.put(PARTS, &part_key, &record)?;
             }
         }

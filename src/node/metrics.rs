@@ -541,6 +541,7 @@ mod tests {
             state,
             bytes: 10,
             pct: 100,
+            error: None,
         }
     }
 

@@ -382,7 +382,11 @@ impl Node {
             let downloading = || {
                 parts.iter().any(|(k, p)| {
                     k.split('\0').next() == Some(record.name.as_str())
-                        && p.state == crate::catalog::PartState::Downloading
+                        && matches!(
+                            p.state,
+                            crate::catalog::PartState::Downloading
+                                | crate::catalog::PartState::Failed
+                        )
                         && p.trashed_ms.is_none()
                 })
             };

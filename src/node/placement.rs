@@ -208,7 +208,7 @@ impl Inner {
             return Ok(records
                 .iter()
                 .flatten()
-                .any(|p| p.state == PartState::Downloading));
+                .any(|p| matches!(p.state, PartState::Downloading | PartState::Failed)));
         }
         let rooms: Vec<(String, u64)> = self
             .disks
@@ -245,6 +245,7 @@ impl Inner {
                             bytes,
                             trashed_ms: None,
                             written_ms: None,
+                            error: None,
                         };
                         info!(database = %name, part = %part.key(), "placement gives this node a copy");
                         w.put(PARTS, &part_key, &new)?;

@@ -130,6 +130,7 @@ mod tests {
                     state: HeldState::Ready,
                     bytes,
                     pct: 100,
+                    error: None,
                 },
             )]),
             last_read_ms,

@@ -361,7 +361,11 @@ mod tests {
         // Names with non-ASCII and special characters, in a folder without
         // manifest: listed, then fetched under the same key.
         let dir = tempfile::tempdir().unwrap();
-        let names = ["shards/0/Fő.csv", "shards/0/a b%20c#d.csv", "global/é/ü.csv"];
+        let names = [
+            "shards/0/Fő.csv",
+            "shards/0/a b%20c#d.csv",
+            "global/é/ü.csv",
+        ];
         for name in names {
             let file = dir.path().join(name);
             std::fs::create_dir_all(file.parent().unwrap()).unwrap();

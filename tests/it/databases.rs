@@ -434,6 +434,22 @@ async fn a_database_that_does_not_fit_fails_and_others_keep_serving() {
         info["error"].as_str().unwrap().contains("no room"),
         "{info}"
     );
+    // Its copies say `failed` with the reason, here and in the cluster's
+    // view (they used to say downloading, 0%).
+    let shown = client.get("/v1/databases/big").await.unwrap();
+    let shard = &shown["shards"][0];
+    assert_eq!(shard["state"], "failed", "{shown}");
+    assert!(
+        shard["error"].as_str().unwrap().contains("no room"),
+        "{shown}"
+    );
+    let held = client.get("/v1/internal/inventory").await.unwrap();
+    let held = &held["databases"]["big"]["shards"]["0"];
+    assert_eq!(held["state"], "failed", "{held}");
+    assert!(
+        held["error"].as_str().unwrap().contains("no room"),
+        "{held}"
+    );
     assert_eq!(read(&server, "small", "0", "a").await, b"1");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
