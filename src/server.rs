@@ -107,7 +107,24 @@ impl Server {
     /// Stops serving and shuts the node down. Returns once the node's catalog is
     /// closed, unless the caller still holds handles on it (`Node` clones,
     /// `ShardContext`s): then it gives up waiting after a few seconds.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        // Leave first: peers stop sending map requests here, then the
+        // requests in flight finish (within the grace period).
+        if let Some(membership) = self.node.membership() {
+            let interval = self.node.config().cluster.gossip_interval();
+            membership.announce_leaving(interval).await;
+        }
+        self.stop().await;
+    }
+
+    /// Stops without telling the cluster first, as a member that fails
+    /// would: its peers find out from refused requests and, later, gossip
+    /// (fault injection in tests and simulations).
+    pub async fn shutdown_unannounced(self) {
+        self.stop().await;
+    }
+
+    async fn stop(mut self) {
         self.closing.cancel();
         let _ = (&mut self.http).await;
         if let Some(membership) = self.node.membership() {

@@ -406,7 +406,15 @@ mod tests {
 
     type Outcome = crate::scenario::Outcome;
 
-    pinned_seed!(rolling_restart_seed_1, rolling_restart(), 1);
+    pinned_seed!(
+        rolling_restart_seed_1,
+        rolling_restart(),
+        1,
+        |o: &Outcome| {
+            assert!(o.queries_total > 0, "{o:?}");
+            assert_eq!(o.queries_failed, 0, "{o:?}");
+        }
+    );
     pinned_seed!(node_loss_seed_2, node_loss(), 2);
     pinned_seed!(join_and_rebalance_seed_3, join_and_rebalance(), 3);
     pinned_seed!(

@@ -124,6 +124,7 @@ impl Client {
             shards,
             holders: &holders,
             load: &load,
+            holder_timeout: &HashMap::new(),
             allow_partial: request.allow_partial,
         };
         let secret = self.cluster_secret.as_deref();
@@ -162,6 +163,7 @@ impl Client {
                 shards: meta.shards,
                 nodes: meta.nodes.into_iter().collect::<Vec<NodeMeta>>(),
                 retries: meta.retries,
+                hedges: meta.hedges,
                 missing_shards: meta.missing_shards,
                 took_ms: started.elapsed().as_millis() as u64,
             },

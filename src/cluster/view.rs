@@ -116,6 +116,7 @@ mod tests {
             registry: None,
             primary: None,
             load: None,
+            leaving: false,
         }
     }
 

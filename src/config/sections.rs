@@ -256,6 +256,10 @@ pub struct QueryConfig {
     /// (each waits for a map slot within its deadline); more are answered
     /// 503 `overloaded`.
     pub max_map_requests: usize,
+    /// How long a holder may take to answer a map request before its shards
+    /// are also asked of their other holders (the first full answer wins);
+    /// 0: four times the holder's recent p99, at least 200 ms.
+    pub holder_timeout_ms: u64,
 }
 
 impl Default for QueryConfig {
@@ -266,6 +270,7 @@ impl Default for QueryConfig {
             max_timeout_ms: 300_000,
             max_concurrent_queries: 256,
             max_map_requests: 1024,
+            holder_timeout_ms: 0,
         }
     }
 }

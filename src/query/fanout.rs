@@ -1,10 +1,11 @@
 //! The fan-out core, shared by a query's root and the direct client: which
-//! holder gets which shards, one map request per holder, one retry per failed
-//! shard on its next holder, and the request itself (`send_map`, MessagePack
-//! back).
+//! holder gets which shards, one map request per holder, a hedge when a
+//! holder is slow (its shards asked of their next holders too, the first
+//! full answer wins), one retry per failed shard on its next holder, and the
+//! request itself (`send_map`, MessagePack back).
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,9 @@ pub(crate) struct FanOut<'a> {
     pub holders: &'a HashMap<String, Vec<String>>,
     /// Map work under way per member (the `load` gossip key); absent is idle.
     pub load: &'a HashMap<String, u64>,
+    /// How long each member may take before its shards are also asked of
+    /// their next holders (absent: no hedge).
+    pub holder_timeout: &'a HashMap<String, Duration>,
     pub allow_partial: bool,
 }
 
@@ -75,15 +79,50 @@ impl FanOut<'_> {
                 .or_default()
                 .push(shard.clone());
         }
+        let requests = first.into_iter().map(|(node, shards)| {
+            // The hedge: every shard to its next holder (none if one has no other).
+            let hedge = self.holder_timeout.get(&node).and_then(|after| {
+                let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for shard in &shards {
+                    let next = candidates[shard].iter().find(|c| **c != node)?;
+                    elsewhere
+                        .entry(next.clone())
+                        .or_default()
+                        .push(shard.clone());
+                }
+                Some((*after, elsewhere))
+            });
+            hedged(&send, node, shards, hedge)
+        });
         let mut errors: HashMap<String, (String, QueryError)> = HashMap::new();
-        for answer in send_all(&send, first).await {
-            if let Err(e) = gathered.take(answer) {
-                errors.extend(e);
+        // Shards already asked of two holders: not retried again.
+        let mut asked_twice: HashSet<String> = HashSet::new();
+        for outcome in futures::future::join_all(requests).await {
+            if let Some((node, shards, after)) = outcome.abandoned {
+                gathered.meta.hedges += 1;
+                asked_twice.extend(shards.iter().cloned());
+                gathered.meta.nodes.push(NodeMeta {
+                    node,
+                    shards: shards.len(),
+                    took_ms: after.as_millis() as u64,
+                    error: Some(format!(
+                        "no answer within {} ms: its shards were asked of their next holders",
+                        after.as_millis()
+                    )),
+                });
+            }
+            for answer in outcome.answers {
+                if let Err(e) = gathered.take(answer) {
+                    errors.extend(e);
+                }
             }
         }
         // One retry per failed shard, on its next holder.
         let mut retry: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (shard, (node, _)) in &errors {
+            if asked_twice.contains(shard) {
+                continue;
+            }
             if let Some(next) = candidates[shard].iter().find(|c| *c != node) {
                 retry.entry(next.clone()).or_default().push(shard.clone());
                 gathered.meta.retries += 1;
@@ -154,17 +193,82 @@ where
     F: Fn(String, Vec<String>) -> Fut,
     Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
 {
-    let requests = by_node.into_iter().map(|(node, shards)| async move {
-        let started = Instant::now();
-        let result = send(node.clone(), shards.clone()).await;
-        Answer {
-            node,
-            shards,
-            took_ms: started.elapsed().as_millis() as u64,
-            result,
-        }
-    });
+    let requests = by_node
+        .into_iter()
+        .map(|(node, shards)| send_one(send, node, shards));
     futures::future::join_all(requests).await
+}
+
+async fn send_one<F, Fut>(send: &F, node: String, shards: Vec<String>) -> Answer
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+{
+    let started = Instant::now();
+    let result = send(node.clone(), shards.clone()).await;
+    Answer {
+        node,
+        shards,
+        took_ms: started.elapsed().as_millis() as u64,
+        result,
+    }
+}
+
+/// What a hedged request gave: the answers to keep, and the holder given up
+/// on (its shards, how long it had) when another answer won.
+struct Hedged {
+    answers: Vec<Answer>,
+    abandoned: Option<(String, Vec<String>, Duration)>,
+}
+
+/// One holder's request; past `hedge`'s time without an answer, its shards
+/// are asked of the other holders too, and the first full answer wins (the
+/// other request is dropped, which cancels its work).
+async fn hedged<F, Fut>(
+    send: &F,
+    node: String,
+    shards: Vec<String>,
+    hedge: Option<(Duration, BTreeMap<String, Vec<String>>)>,
+) -> Hedged
+where
+    F: Fn(String, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+{
+    let kept = |answers| Hedged {
+        answers,
+        abandoned: None,
+    };
+    let original = send_one(send, node.clone(), shards.clone());
+    let Some((after, elsewhere)) = hedge else {
+        return kept(vec![original.await]);
+    };
+    tokio::pin!(original);
+    tokio::select! {
+        answer = &mut original => return kept(vec![answer]),
+        () = tokio::time::sleep(after) => {}
+    }
+    let others = send_all(send, elsewhere);
+    tokio::pin!(others);
+    let abandoned = Some((node, shards, after));
+    tokio::select! {
+        answer = &mut original => {
+            if answer.result.is_ok() {
+                return kept(vec![answer]);
+            }
+            Hedged { answers: others.await, abandoned }
+        }
+        answers = &mut others => {
+            if answers.iter().all(|a| a.result.is_ok()) {
+                return Hedged { answers, abandoned };
+            }
+            let answer = original.await;
+            if answer.result.is_ok() {
+                kept(vec![answer])
+            } else {
+                Hedged { answers, abandoned }
+            }
+        }
+    }
 }
 
 /// `POST {address}/v1/internal/map` for `shards`, decoded (`address`: the
@@ -199,14 +303,28 @@ pub(crate) async fn send_map(
         timeout_ms: left.as_millis() as u64,
     };
     let url = crate::server::base_url(address);
-    let mut request = client
-        .post(format!("{url}/v1/internal/map"))
-        .timeout(left)
-        .json(&body);
-    if let Some(secret) = secret {
-        request = request.bearer_auth(secret);
-    }
-    let response = request.send().await.map_err(|e| remote(e.to_string()))?;
+    let request = || {
+        let mut request = client
+            .post(format!("{url}/v1/internal/map"))
+            .timeout(left)
+            .json(&body);
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        request.send()
+    };
+    // A map is idempotent (it only reads): one that failed before any answer
+    // came back — a pooled connection the holder had closed (it restarted,
+    // or went idle), a refused connection — is sent once more at once, on a
+    // fresh connection, before its shards go to another holder.
+    let response = match request().await {
+        Ok(response) => response,
+        Err(e) if !e.is_timeout() && e.status().is_none() => {
+            tracing::debug!(node, error = %e, "map request failed before an answer; sent again");
+            request().await.map_err(|e| remote(e.to_string()))?
+        }
+        Err(e) => return Err(remote(e.to_string())),
+    };
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| remote(e.to_string()))?;
     if !status.is_success() {
@@ -277,6 +395,7 @@ mod tests {
             shards: shards.iter().map(|s| s.to_string()).collect(),
             holders,
             load,
+            holder_timeout: &HashMap::new(),
             allow_partial,
         };
         let result = plan
@@ -323,6 +442,59 @@ mod tests {
             busy,
             [("a".to_string(), vec!["0".into(), "1".into(), "2".into()])]
         );
+    }
+
+    /// A hung holder (it never answers) past its timeout: its shards are
+    /// asked of their next holders, whose answer wins; a holder that does
+    /// answer in time is not hedged.
+    #[tokio::test]
+    async fn a_silent_holder_is_hedged_to_the_next_one() {
+        let map = holders(&[("0", &["a", "b"]), ("1", &["a", "b"])]);
+        let load = HashMap::from([("b".to_string(), LOAD_STEP)]);
+        let timeouts = HashMap::from([
+            ("a".to_string(), Duration::from_millis(100)),
+            ("b".to_string(), Duration::from_millis(100)),
+        ]);
+        for (hung, answers_after_ms, hedges) in [(true, 0, 1), (false, 10, 0)] {
+            let sent = Mutex::new(Vec::new());
+            let plan = FanOut {
+                database: "db",
+                shards: vec!["0".into(), "1".into()],
+                holders: &map,
+                load: &load,
+                holder_timeout: &timeouts,
+                allow_partial: false,
+            };
+            let gathered = plan
+                .run(|node, shards| {
+                    sent.lock().unwrap().push(node.clone());
+                    let silent = hung && node == "a";
+                    async move {
+                        if silent {
+                            std::future::pending::<()>().await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(answers_after_ms)).await;
+                        Ok(Box::new(shards.len()) as DynPartial)
+                    }
+                })
+                .await
+                .unwrap();
+            assert_eq!(gathered.meta.shards, 2);
+            assert_eq!(gathered.meta.hedges, hedges, "{:?}", sent.lock().unwrap());
+            assert_eq!(gathered.meta.retries, 0);
+            if hung {
+                assert_eq!(*sent.lock().unwrap(), ["a", "b"]);
+                let a = gathered.meta.nodes.iter().find(|n| n.node == "a").unwrap();
+                assert!(
+                    a.error
+                        .as_deref()
+                        .unwrap()
+                        .contains("no answer within 100 ms")
+                );
+            } else {
+                assert_eq!(*sent.lock().unwrap(), ["a"]);
+            }
+        }
     }
 
     #[tokio::test]

@@ -74,6 +74,10 @@ pub struct QueryMeta {
     pub nodes: Vec<NodeMeta>,
     /// Shards mapped again on another holder after a holder failed.
     pub retries: usize,
+    /// Holders that did not answer within `query.holder_timeout_ms`: their
+    /// shards were also asked of other holders (the first answer won).
+    #[serde(default)]
+    pub hedges: usize,
     /// Shards left out (only with `allow_partial`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_shards: Vec<String>,
@@ -217,6 +221,7 @@ impl Node {
                 shards: gathered.shards,
                 nodes: gathered.nodes,
                 retries: gathered.retries,
+                hedges: gathered.hedges,
                 missing_shards: gathered.missing_shards,
                 took_ms: started.elapsed().as_millis() as u64,
             },

@@ -9,7 +9,8 @@
 //! The leaf side of `/v1/internal/map` is `Node::map_request`: the same code the
 //! root runs on its own shards.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant as Deadline;
@@ -22,6 +23,9 @@ use std::sync::Arc;
 
 /// Map requests in flight that make a holder count as busier than another.
 pub(crate) const LOAD_STEP: u64 = 4;
+
+/// The shortest a holder is waited for before its shards are hedged.
+const MIN_HOLDER_TIMEOUT_MS: u64 = 200;
 
 /// Marks a query another member forwarded (it is not forwarded again).
 pub const FORWARDED_HEADER: &str = "x-dram-forwarded";
@@ -95,6 +99,8 @@ pub(crate) struct GatheredMeta {
     pub shards: usize,
     pub nodes: Vec<NodeMeta>,
     pub retries: usize,
+    /// Slow holders whose shards were also asked of their next holders.
+    pub hedges: usize,
     pub missing_shards: Vec<String>,
 }
 
@@ -148,6 +154,7 @@ impl Node {
             Some(membership) => holders_when_known(membership, query, &shards).await,
             None => Default::default(),
         };
+        let holder_timeout = self.holder_timeouts(&found.p99_ms);
         let (holders, http, load) = (found.holders, found.http, found.load);
         let client = self
             .membership()
@@ -159,6 +166,7 @@ impl Node {
             shards,
             holders: &holders,
             load: &load,
+            holder_timeout: &holder_timeout,
             allow_partial: query.allow_partial,
         };
         let result = plan
@@ -175,6 +183,24 @@ impl Node {
             membership.note_failed_holders(failed.map(|n| n.node.as_str()));
         }
         result
+    }
+
+    /// How long each member may take to answer a map request before its
+    /// shards are also asked of their next holders: `query.holder_timeout_ms`,
+    /// or (0) four times its recent p99, at least 200 ms.
+    fn holder_timeouts(&self, p99_ms: &HashMap<String, u64>) -> HashMap<String, Duration> {
+        let fixed = self.config().query.holder_timeout_ms;
+        p99_ms
+            .iter()
+            .map(|(node, p99)| {
+                let ms = if fixed > 0 {
+                    fixed
+                } else {
+                    p99.saturating_mul(4).max(MIN_HOLDER_TIMEOUT_MS)
+                };
+                (node.clone(), Duration::from_millis(ms))
+            })
+            .collect()
     }
 
     /// Sends a query to the member whose registry is furthest ahead; `None`

@@ -261,7 +261,7 @@ async fn every_node_answers_for_every_shard_and_survives_a_lost_holder() {
         (retried, answers, seen_dead, answers_retried)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    victim.server.shutdown().await;
+    victim.server.shutdown_unannounced().await;
     let (retried, answers, seen_dead, answers_retried) = stream.await.unwrap();
     assert!(seen_dead, "the victim was never seen dead");
     assert!(retried >= 1, "no answer was retried in {answers} answers");

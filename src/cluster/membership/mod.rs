@@ -51,6 +51,8 @@ pub const KEY_INVENTORY: &str = "inv";
 pub const KEY_DISK_PREFIX: &str = "disk:";
 pub const KEY_PRIMARY: &str = "primary";
 pub const KEY_LOAD: &str = "load";
+/// Set by a member shutting down: peers send it no new map requests.
+pub const KEY_LEAVING: &str = "leaving";
 
 /// Registry pulls started per sync round, at most.
 const PULLS_PER_ROUND: usize = 3;
@@ -214,6 +216,20 @@ impl Membership {
         Ok(membership)
     }
 
+    /// Tells the cluster this member is leaving, and waits (a couple of
+    /// gossip rounds, at most 2 s) for its peers to hear it and stop sending
+    /// it map requests. Alone, it does not wait.
+    pub async fn announce_leaving(&self, gossip_interval: Duration) {
+        let peers = {
+            let mut chitchat = self.handle.lock().await;
+            chitchat.self_node_state().set(KEY_LEAVING, "1");
+            chitchat.live_nodes().count() > 1
+        };
+        if peers {
+            tokio::time::sleep((gossip_interval * 3).min(Duration::from_secs(2))).await;
+        }
+    }
+
     /// Stops the sync loop and leaves gossip.
     pub async fn shutdown(&self) {
         let task = lock(&self.sync).take();
@@ -265,6 +281,7 @@ impl Membership {
                 registry: parse(state.get(KEY_REGISTRY)),
                 primary: parse(state.get(KEY_PRIMARY)),
                 load: parse(state.get(KEY_LOAD)),
+                leaving: state.get(KEY_LEAVING).is_some(),
             });
         }
         members.sort_by(|a, b| (!a.live, &a.id).cmp(&(!b.live, &b.id)));

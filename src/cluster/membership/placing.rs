@@ -55,6 +55,8 @@ pub(crate) struct QueryHolders {
     pub http: HashMap<String, String>,
     /// Member → map work in flight (failed lately: tried last).
     pub load: HashMap<String, u64>,
+    /// Member → its recent p99 map time (ms), from its `load` gossip key.
+    pub p99_ms: HashMap<String, u64>,
     /// Whether this view is current: the node has met its cluster and holds
     /// every live member's inventory as that member last gossiped it. A shard
     /// without a holder in a view that is not current may have one yet.
@@ -312,12 +314,17 @@ impl Membership {
     pub(crate) async fn query_holders(&self, database: &str, version: &str) -> QueryHolders {
         let members = self.members().await;
         let mut out = QueryHolders::default();
-        for member in members.iter().filter(|m| m.live && !m.is_self) {
+        // A member shutting down gets no new map requests.
+        for member in members
+            .iter()
+            .filter(|m| m.live && !m.is_self && !m.leaving)
+        {
             if let Some(http) = member.node.as_ref().map(NodeInfo::url) {
                 out.http.insert(member.id.clone(), http);
             }
             if let Some(load) = member.load {
                 out.load.insert(member.id.clone(), load.inflight);
+                out.p99_ms.insert(member.id.clone(), load.p99_ms);
             }
         }
         self.mark_failed(&mut out.load);

@@ -98,6 +98,9 @@ pub struct Member {
     /// Map work under way and its recent p99 (`load` key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<crate::node::Load>,
+    /// The member is shutting down (`leaving` key): no new map requests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// A member whose registry digest has differed from the majority's for too long.
