@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -71,16 +72,24 @@ struct Running {
     runtime: tokio::runtime::Runtime,
     server: Server,
     client: Client,
+    /// Set while the node hangs (see `SimCluster::hang`).
+    frozen: Option<Arc<AtomicBool>>,
 }
+
+/// Worker threads of a node's runtime.
+const NODE_WORKERS: usize = 2;
 
 impl SimNode {
     pub fn is_running(&self) -> bool {
         self.running.is_some()
     }
 
-    /// The client of a running node.
+    /// The client of a running node (not of a hung one).
     pub fn client(&self) -> Option<&Client> {
-        self.running.as_ref().map(|r| &r.client)
+        self.running
+            .as_ref()
+            .filter(|r| r.frozen.is_none())
+            .map(|r| &r.client)
     }
 }
 
@@ -178,7 +187,7 @@ impl SimCluster {
                 .object_store_layer(move |store| faults.wrap(store))
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(NODE_WORKERS)
             .thread_name(self.nodes[index].id.clone())
             .enable_all()
             .build()
@@ -204,12 +213,48 @@ impl SimCluster {
             runtime,
             server,
             client,
+            frozen: None,
         });
         Ok(())
     }
 
+    /// Hangs a node as SIGSTOP would a process: every worker of its runtime
+    /// is held, so neither its gossip nor its HTTP server (nor anything else
+    /// of it) moves; connections to it stay open and unanswered.
+    pub fn hang(&mut self, index: usize) {
+        let Some(running) = self.nodes[index].running.as_mut() else {
+            return;
+        };
+        if running.frozen.is_some() {
+            return;
+        }
+        let frozen = Arc::new(AtomicBool::new(true));
+        // More holders than workers: whichever workers pick them up, all are held.
+        for _ in 0..NODE_WORKERS * 4 {
+            let frozen = frozen.clone();
+            running.runtime.spawn(async move {
+                while frozen.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        running.frozen = Some(frozen);
+    }
+
+    /// Lets a hung node go on.
+    pub fn resume(&mut self, index: usize) {
+        if let Some(frozen) = self.nodes[index]
+            .running
+            .as_mut()
+            .and_then(|r| r.frozen.take())
+        {
+            frozen.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Crashes a node: its runtime is dropped with every task in it.
     pub async fn crash(&mut self, index: usize) {
+        self.resume(index);
         if let Some(running) = self.nodes[index].running.take() {
             let Running {
                 runtime, server, ..
@@ -225,6 +270,7 @@ impl SimCluster {
 
     /// Stops a node gracefully (as `systemctl stop` would).
     pub async fn stop(&mut self, index: usize) {
+        self.resume(index);
         if let Some(running) = self.nodes[index].running.take() {
             let Running {
                 runtime, server, ..

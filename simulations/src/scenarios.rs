@@ -66,7 +66,90 @@ pub fn all() -> Vec<Scenario> {
         alias_race(),
         crash_during_download(),
         disk_full(),
+        hung_member(),
+        seed_restart(),
+        scrub_corrupted_blob(),
     ]
+}
+
+/// A member hangs (SIGSTOP-like: its gossip and HTTP stop answering, its
+/// connections stay open) under query load: queries its shards were sent to
+/// are hedged to the other copies, none fails; it goes on 12 s later.
+pub fn hung_member() -> Scenario {
+    let mut ops = events_on(4);
+    ops.extend([
+        Op::QueryLoad {
+            target: "events",
+            concurrency: 3,
+        },
+        Op::Wait(secs(1)),
+        Op::Hang(2),
+        // Longer than the load's 10 s per query: a query left waiting on
+        // the hung member fails.
+        Op::Wait(secs(12)),
+        Op::StopQueryLoad,
+        Op::Resume(2),
+        converged(30),
+        placed("events", 30),
+    ]);
+    Scenario {
+        name: "hung-member",
+        about: "1 of 4 members hangs for 12 s under query load (no answer, connections open)",
+        settings: NodeSettings::default(),
+        ops,
+    }
+}
+
+/// The seed (the member without seeds) restarted in a running cluster: it
+/// waits to hear from the members it knew before it places or leads, so it
+/// fetches nothing it did not hold and elects nobody alone.
+pub fn seed_restart() -> Scenario {
+    let mut ops = events_on(3);
+    ops.extend([
+        Op::QueryLoad {
+            target: "events",
+            concurrency: 2,
+        },
+        Op::Stop(0),
+        Op::Wait(secs(1)),
+        Op::Restart(0),
+        converged(30),
+        placed("events", 30),
+        Op::StopQueryLoad,
+    ]);
+    Scenario {
+        name: "seed-restart",
+        about: "the seed member stopped and started again in a running cluster",
+        settings: NodeSettings::default(),
+        ops,
+    }
+}
+
+/// A byte of a stored file changes silently (its time put back): one scrub
+/// pass finds it, the blob is quarantined and fetched again; every answer
+/// after is right.
+pub fn scrub_corrupted_blob() -> Scenario {
+    let mut ops = events_on(3);
+    ops.extend([
+        Op::CorruptBlob {
+            on: 1,
+            database: "events",
+        },
+        Op::Scrub(1),
+        placed("events", 30),
+        Op::QueryLoad {
+            target: "events",
+            concurrency: 2,
+        },
+        Op::Wait(secs(2)),
+        Op::StopQueryLoad,
+    ]);
+    Scenario {
+        name: "scrub-corruption",
+        about: "one byte of a stored blob changed silently; a scrub finds and heals it",
+        settings: NodeSettings::default(),
+        ops,
+    }
 }
 
 /// Each of four members stopped and started again in turn while queries run.
@@ -441,4 +524,15 @@ mod tests {
     });
     pinned_seed!(crash_during_download_seed_9, crash_during_download(), 9);
     pinned_seed!(disk_full_seed_10, disk_full(), 10);
+    pinned_seed!(hung_member_seed_11, hung_member(), 11, |o: &Outcome| {
+        assert!(o.queries_total > 0, "{o:?}");
+        assert_eq!(o.queries_failed, 0, "{o:?}");
+    });
+    pinned_seed!(seed_restart_seed_12, seed_restart(), 12, |o: &Outcome| {
+        assert_eq!(o.queries_failed, 0, "{o:?}");
+    });
+    pinned_seed!(scrub_seed_13, scrub_corrupted_blob(), 13, |o: &Outcome| {
+        assert!(o.queries_total > 0, "{o:?}");
+        assert_eq!(o.queries_failed, 0, "{o:?}");
+    });
 }

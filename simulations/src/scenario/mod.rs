@@ -84,6 +84,16 @@ pub enum Op {
     Stop(usize),
     /// Starts a stopped or crashed member again, with its data.
     Restart(usize),
+    /// Hangs a member as SIGSTOP would: its gossip and HTTP stop answering,
+    /// connections to it stay open (the query load stops picking it).
+    Hang(usize),
+    /// Lets a hung member go on.
+    Resume(usize),
+    /// Changes one byte of one of a member's stored files of a database,
+    /// through its blob, and puts the file's time back: silent corruption.
+    CorruptBlob { on: usize, database: &'static str },
+    /// Asks a member for a scrub pass now and waits for it to end.
+    Scrub(usize),
     /// Cuts gossip between the sides.
     Partition(Vec<Vec<usize>>),
     /// Gossip datagrams dropped at this rate.
@@ -101,6 +111,51 @@ pub enum Op {
     Wait(Duration),
     /// Waits until a condition holds; the scenario fails after `secs`.
     Await { until: Until, secs: u64 },
+}
+
+/// Flips one byte of the first shard file under `dir` (through its hard
+/// link, the blob changes) and puts its modification time back.
+fn corrupt_a_file(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_type().is_file() && e.path().to_string_lossy().contains("/shards/"))
+        .ok_or_else(|| anyhow::anyhow!("no shard file under {}", dir.display()))?
+        .into_path();
+    let modified = std::fs::metadata(&file)?.modified()?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+    let mut bytes = std::fs::read(&file)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes)?;
+    std::fs::File::options()
+        .write(true)
+        .open(&file)?
+        .set_modified(modified)?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444))?;
+    Ok(())
+}
+
+/// `POST /v1/admin/scrub`, then waits (at most 30 s) until a pass that
+/// began after it has ended.
+async fn scrub(client: &dram::client::Client) -> Result<()> {
+    let asked = dram::node::now_ms();
+    client.post("/v1/admin/scrub", &json!({})).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = client.get("/v1/stats").await?;
+        let scrub = &stats["scrub"];
+        let began = scrub["pass_started_ms"].as_u64().unwrap_or(0);
+        if scrub["running"] == false && began >= asked {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("no scrub pass ended within 30 s: {scrub}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Conditions a scenario waits for.
@@ -312,6 +367,8 @@ impl Run {
                 | Op::Crash(_)
                 | Op::Stop(_)
                 | Op::Restart(_)
+                | Op::Hang(_)
+                | Op::Resume(_)
                 | Op::Heal
                 | Op::StoreHeal
                 | Op::FillDisk(_)
@@ -386,6 +443,24 @@ impl Run {
                 self.cluster.stop(*index).await
             }
             Op::Restart(index) => self.cluster.start(*index).await?,
+            // As with a stop, the load stops picking the member first (and
+            // the queries it was already asked finish): what fails then is
+            // the cluster's, not requests sent to the hung member itself.
+            Op::Hang(index) => {
+                self.update_topology(|t| t.clients[*index] = None);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.cluster.hang(*index);
+                self.update_topology(|t| t.clients[*index] = None);
+            }
+            Op::Resume(index) => self.cluster.resume(*index),
+            Op::CorruptBlob { on, database } => {
+                let dir = self.cluster.nodes[*on].data_dir.join("dbs").join(database);
+                corrupt_a_file(&dir)?;
+            }
+            Op::Scrub(index) => {
+                let client = self.cluster.client(*index)?.clone();
+                scrub(&client).await?;
+            }
             Op::Partition(groups) => {
                 let addresses = groups
                     .iter()
