@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod client;
 pub mod cluster;
 pub mod config;
+mod connections;
 pub mod hlc;
 pub mod names;
 pub mod node;

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
@@ -31,6 +31,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use crate::config::{Config, HttpConfig};
+use crate::connections::{Admitted, Connections, RequestTracker};
 use crate::node::{Node, NodeError};
 
 /// A node serving HTTP; `shutdown()` stops both.
@@ -144,6 +145,7 @@ impl Server {
 struct Limits {
     header_timeout: Duration,
     max_connections: usize,
+    max_connections_per_ip: usize,
 }
 
 impl Limits {
@@ -151,7 +153,37 @@ impl Limits {
         Limits {
             header_timeout: Duration::from_millis(http.header_timeout_ms),
             max_connections: http.max_connections,
+            max_connections_per_ip: http.max_connections_per_ip,
         }
+    }
+}
+
+/// A connection's service, marking its requests in flight (an idle
+/// connection may be closed to admit another, see `connections`).
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    requests: RequestTracker,
+}
+
+impl<S> hyper::service::Service<hyper::Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let busy = self.requests.request();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(busy);
+            answer
+        })
     }
 }
 
@@ -171,7 +203,7 @@ async fn accept_loop<S>(
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Connections::new(limits.max_connections, limits.max_connections_per_ip);
     let tracker = TaskTracker::new();
     let mut refused = 0u64;
     let mut last_warned: Option<Instant> = None;
@@ -186,34 +218,44 @@ async fn accept_loop<S>(
             },
             () = closing.cancelled() => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Past the cap: closed at once, so that a client is told now
-            // rather than left waiting behind connections that may be slow.
-            drop(stream);
-            refused += 1;
-            if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    refused,
-                    "connection refused: http.max_connections are open"
-                );
-                last_warned = Some(Instant::now());
+        let admitted = match connections.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                // Every connection at the cap is busy: this one is closed at
+                // once, so that its client is told now rather than left
+                // waiting behind them.
+                drop(stream);
+                refused += 1;
+                if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        max_connections_per_ip = limits.max_connections_per_ip,
+                        ?refusal,
+                        %peer,
+                        refused,
+                        "connection refused: the open connections at the cap are all busy"
+                    );
+                    last_warned = Some(Instant::now());
+                }
+                continue;
             }
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let (service, tls, closing) = (service.clone(), tls.clone(), closing.clone());
+        let service = Tracked {
+            inner: service,
+            requests: admitted.requests(),
+        };
         tracker.spawn(async move {
-            let _permit = permit;
             let Some(acceptor) = tls else {
-                return serve_connection(stream, service, limits, closing).await;
+                return serve_connection(stream, service, limits, closing, admitted).await;
             };
             let handshake = tokio::select! {
                 handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)) => handshake,
                 () = closing.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(stream)) => serve_connection(stream, service, limits, closing).await,
+                Ok(Ok(stream)) => serve_connection(stream, service, limits, closing, admitted).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out (http.header_timeout_ms)"),
             }
@@ -244,8 +286,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Serves HTTP/1 requests on one connection until the client closes it, it
 /// breaks a limit, or the server closes (the request in flight has
 /// [`SHUTDOWN_GRACE`] to finish).
-async fn serve_connection<I, S>(io: I, service: S, limits: Limits, closing: CancellationToken)
-where
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    limits: Limits,
+    closing: CancellationToken,
+    admitted: Admitted,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<hyper::Request<Incoming>, Response = Response> + Send + 'static,
     S::Future: Send + 'static,
@@ -259,6 +306,11 @@ where
     let mut connection = std::pin::pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,
+        // Closed while idle to admit another connection past a cap.
+        () = admitted.closing().cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
         () = closing.cancelled() => {
             connection.as_mut().graceful_shutdown();
             // Past the grace period the request is dropped, and with it its

@@ -172,8 +172,12 @@ pub struct HttpConfig {
     /// A request's body must arrive within this many milliseconds of its
     /// headers; otherwise 408 `timeout`.
     pub body_timeout_ms: u64,
-    /// Connections open at once; beyond it a new connection is closed at once.
+    /// Connections open at once. Beyond it the connection idle longest is
+    /// closed to admit the new one; when all are busy, the new one is closed.
     pub max_connections: usize,
+    /// Connections open at once from one address (the same rule, among that
+    /// address's connections).
+    pub max_connections_per_ip: usize,
     /// PEM certificate chain: with `tls_key`, the API is served over HTTPS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -190,6 +194,7 @@ impl Default for HttpConfig {
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             max_connections: 1024,
+            max_connections_per_ip: 256,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
@@ -214,6 +219,9 @@ impl HttpConfig {
             if ms == 0 || ms > 3_600_000 {
                 return Err(invalid(field, "must be in 1..=3600000"));
             }
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(invalid("http.max_connections_per_ip", "must be positive"));
         }
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             return Err(invalid("http.max_connections", "must be in 1..=1000000"));
