@@ -118,10 +118,13 @@ pub fn routes(
         .and(warp::get())
         .and(with_node.clone())
         .map(|node: Node| {
+            // Alive either way (200); `degraded` says what does not work.
+            let reasons = node.health_problems();
             json_response(
                 StatusCode::OK,
                 &serde_json::json!({
-                    "status": "ok",
+                    "status": if reasons.is_empty() { "ok" } else { "degraded" },
+                    "reasons": reasons,
                     "node": node.id(),
                     "version": env!("CARGO_PKG_VERSION"),
                 }),

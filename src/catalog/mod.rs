@@ -9,6 +9,7 @@
 pub mod records;
 
 use std::path::Path;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -65,6 +66,21 @@ pub enum CatalogError {
     Storage(#[from] redb::Error),
     #[error("catalog entry {key:?} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    /// An I/O error (a full disk, say) closed the catalog; it is opened
+    /// again on the next use.
+    #[error("the catalog is closed after an I/O error ({0}); it is reopened once writes succeed")]
+    Closed(String),
+}
+
+impl CatalogError {
+    /// An I/O error of the catalog's file (after which redb refuses every
+    /// use of the open database until it is opened again).
+    fn is_io(&self) -> bool {
+        matches!(
+            self,
+            CatalogError::Storage(redb::Error::Io(_) | redb::Error::PreviousIo)
+        )
+    }
 }
 
 macro_rules! from_redb {
@@ -89,20 +105,111 @@ pub fn key(parts: &[&str]) -> String {
     parts.join("\0")
 }
 
-#[derive(Debug)]
+type Opener = Box<dyn Fn() -> Result<Database, CatalogError> + Send + Sync>;
+
+/// The node's catalog. After an I/O error of its file (a full disk), redb
+/// refuses every further use of the open database: the catalog then opens
+/// the file again on its next use, and reports the error as its
+/// [`failure`](Catalog::failure) (health says `degraded`) until a write
+/// succeeds again.
 pub struct Catalog {
-    db: Database,
+    db: RwLock<Option<Database>>,
+    open: Opener,
+    state: Mutex<Failure>,
+}
+
+#[derive(Default)]
+struct Failure {
+    /// The last I/O error, until a write succeeds.
+    error: Option<String>,
+    /// The open database refuses further use: open it again.
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("failure", &self.failure())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let db = Database::create(path)?;
+        let path = path.to_path_buf();
+        Catalog::open_with(Box::new(move || Ok(Database::create(&path)?)))
+    }
+
+    /// A catalog over the database `open` opens (again after an I/O error).
+    fn open_with(open: Opener) -> Result<Catalog, CatalogError> {
+        let db = open()?;
         let txn = db.begin_write()?;
         for table in ALL_TABLES {
             txn.open_table(table)?;
         }
         txn.commit()?;
-        Ok(Catalog { db })
+        Ok(Catalog {
+            db: RwLock::new(Some(db)),
+            open,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The I/O error that closed the catalog, until a write succeeds again.
+    pub fn failure(&self) -> Option<String> {
+        self.failure_state().error.clone()
+    }
+
+    fn failure_state(&self) -> std::sync::MutexGuard<'_, Failure> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The open database (opened again first if an I/O error closed it).
+    fn database(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, CatalogError> {
+        // Not while this thread (or another) uses the database: then the
+        // next use reopens it.
+        if self.failure_state().poisoned
+            && let Ok(mut db) = self.db.try_write()
+        {
+            // Only one caller reopens: the others find it done.
+            let mut state = self.failure_state();
+            if state.poisoned {
+                *db = None; // the old handle must go before the file is opened again
+                match (self.open)() {
+                    Ok(opened) => {
+                        *db = Some(opened);
+                        state.poisoned = true;
+                        tracing::info!("catalog opened again after an I/O error");
+                    }
+                    Err(e) => state.error = Some(e.to_string()),
+                }
+            }
+        }
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if db.is_none() {
+            let why = self.failure().unwrap_or_else(|| "not open".into());
+            return Err(CatalogError::Closed(why));
+        }
+        Ok(db)
+    }
+
+    /// Notes an I/O error: the catalog is to be opened again.
+    fn noted(&self, e: impl Into<CatalogError>) -> CatalogError {
+        let e = e.into();
+        if e.is_io() {
+            let mut state = self.failure_state();
+            if !state.poisoned {
+                tracing::warn!(error = %e, "catalog I/O error: it is opened again on its next use");
+            }
+            state.poisoned = true;
+            state.error = Some(e.to_string());
+        }
+        e
     }
 
     /// Runs `f` in one write transaction, committed only if `f` succeeds.
@@ -110,10 +217,18 @@ impl Catalog {
     where
         E: From<CatalogError>,
     {
-        let txn = self.db.begin_write().map_err(CatalogError::from)?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| CatalogError::Closed("not open".into()))?;
+        let txn = db.begin_write().map_err(|e| self.noted(e))?;
         let mut writer = Writer { txn };
         let out = f(&mut writer)?;
-        writer.txn.commit().map_err(CatalogError::from)?;
+        writer.txn.commit().map_err(|e| self.noted(e))?;
+        if self.failure_state().error.is_some() {
+            self.failure_state().error = None;
+            tracing::info!("catalog writes succeed again");
+        }
         Ok(out)
     }
 
@@ -122,7 +237,11 @@ impl Catalog {
         table: Table,
         key: &str,
     ) -> Result<Option<T>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| CatalogError::Closed("not open".into()))?;
+        let txn = db.begin_read().map_err(|e| self.noted(e))?;
         let table = txn.open_table(table)?;
         match table.get(key)? {
             Some(value) => decode(key, value.value()).map(Some),
@@ -136,7 +255,11 @@ impl Catalog {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<(String, T)>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| CatalogError::Closed("not open".into()))?;
+        let txn = db.begin_read().map_err(|e| self.noted(e))?;
         let table = txn.open_table(table)?;
         scan_table(&table, prefix)
     }
@@ -160,7 +283,11 @@ impl Catalog {
         upper: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, T)>, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| CatalogError::Closed("not open".into()))?;
+        let txn = db.begin_read().map_err(|e| self.noted(e))?;
         let table = txn.open_table(table)?;
         let mut out = Vec::new();
         let range = match upper {
@@ -180,7 +307,11 @@ impl Catalog {
         &self,
         f: impl FnOnce(&Reader) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
-        let txn = self.db.begin_read()?;
+        let db = self.database()?;
+        let db = db
+            .as_ref()
+            .ok_or_else(|| CatalogError::Closed("not open".into()))?;
+        let txn = db.begin_read().map_err(|e| self.noted(e))?;
         f(&Reader { txn })
     }
 }
@@ -305,6 +436,86 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CatalogErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::StorageBackend;
+    use redb::backends::InMemoryBackend;
+
+    /// A disk that fills up on demand: while `full`, writes, growth and
+    /// syncs fail with ENOSPC (what the catalog's file system says then).
+    #[derive(Debug)]
+    struct FillingDisk {
+        bytes: Arc<InMemoryBackend>,
+        full: Arc<AtomicBool>,
+    }
+
+    impl FillingDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for FillingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.bytes.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.bytes.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            if len > self.bytes.len()? {
+                self.check()?;
+            }
+            self.bytes.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.bytes.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_catalog_closed_by_a_full_disk_opens_again_once_writes_succeed() {
+        let bytes = Arc::new(InMemoryBackend::new());
+        let full = Arc::new(AtomicBool::new(false));
+        let (b, f) = (bytes.clone(), full.clone());
+        let catalog = Catalog::open_with(Box::new(move || {
+            let disk = FillingDisk {
+                bytes: b.clone(),
+                full: f.clone(),
+            };
+            Ok(Database::builder().create_with_backend(disk)?)
+        }))
+        .unwrap();
+        catalog.write(|w| w.put(META, "a", &1u32)).unwrap();
+        assert_eq!(catalog.failure(), None);
+
+        full.store(true, Ordering::SeqCst);
+        for i in 0..3 {
+            let big = vec![7u8; 200_000];
+            let written = catalog.write(|w| w.put(META, &format!("big{i}"), &big));
+            assert!(written.is_err(), "a write succeeded on a full disk");
+        }
+        let failure = catalog.failure().expect("the failure is reported");
+        assert!(failure.contains("os error 28"), "{failure}");
+
+        // Space is back: the catalog opens again, writes succeed, and what
+        // was committed before is all there.
+        full.store(false, Ordering::SeqCst);
+        catalog.write(|w| w.put(META, "b", &2u32)).unwrap();
+        assert_eq!(catalog.failure(), None);
+        assert_eq!(catalog.get::<u32>(META, "a").unwrap(), Some(1));
+        assert_eq!(catalog.get::<u32>(META, "b").unwrap(), Some(2));
+        assert_eq!(catalog.get::<Vec<u8>>(META, "big0").unwrap(), None);
+    }
 
     #[test]
     fn write_is_all_or_nothing() {

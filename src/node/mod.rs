@@ -471,6 +471,17 @@ impl Node {
         lock(&self.inner.tasks).push(scrub);
     }
 
+    /// What keeps this node from working fully (`GET /v1/health` says
+    /// `degraded` with these): its catalog closed by an I/O error (a full
+    /// disk) until a write succeeds again.
+    pub fn health_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(error) = self.inner.catalog.failure() {
+            problems.push(format!("catalog: {error}"));
+        }
+        problems
+    }
+
     /// Starts a scrub pass now (unless one is under way): `POST /v1/admin/scrub`.
     pub fn scrub_now(&self) -> ScrubStatus {
         self.inner.scrub_now()
