@@ -140,6 +140,18 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::path!("registry"))
         .and(warp::get())
         .map(|node: Node| respond(StatusCode::OK, node.registry()));
+    // A member's registry pushed with a change it took: merged as if pulled.
+    let registry_push = internal
+        .clone()
+        .and(warp::path!("registry"))
+        .and(warp::post())
+        .and(body.clone())
+        .map(|node: Node, body: bytes::Bytes| {
+            let result = super::parse::<crate::cluster::Registry>(&body)
+                .and_then(|remote| node.merge_registry(&remote))
+                .map(|changes| serde_json::json!({"merged": !changes.is_empty()}));
+            respond(StatusCode::OK, result)
+        });
     let inventory = internal
         .clone()
         .and(warp::path!("inventory"))
@@ -201,6 +213,8 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .or(shards)
         .unify()
         .or(registry)
+        .unify()
+        .or(registry_push)
         .unify()
         .or(inventory)
         .unify()

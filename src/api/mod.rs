@@ -353,6 +353,7 @@ async fn acknowledged<T: serde::Serialize>(
     let acknowledged = match node.membership() {
         Some(membership) => {
             let timeout = std::time::Duration::from_millis(node.config().cluster.ack_timeout_ms);
+            membership.push_registry(node).await;
             membership.await_registry_agreement(node, timeout).await
         }
         None => true,

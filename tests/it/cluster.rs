@@ -601,3 +601,68 @@ async fn a_restarted_seed_waits_for_its_cluster_before_placing_or_leading() {
         member.server.shutdown().await;
     }
 }
+
+/// A change taken by a member that dies right after: it used to live only in
+/// that member's catalog (gossip had not carried it yet), and came back when
+/// the member did. The member now pushes the change to every live member
+/// before it waits for their acknowledgement: the others have it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_outlives_the_member_that_took_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let transport = chitchat::transport::ChannelTransport::default();
+    let n1 = member_with(
+        dir.path(),
+        "n1",
+        &store,
+        &[],
+        |_| {},
+        Some(transport.clone()),
+    )
+    .await;
+    let seeds = [n1.gossip.as_str()];
+    let n2 = member_with(
+        dir.path(),
+        "n2",
+        &store,
+        &seeds,
+        |_| {},
+        Some(transport.clone()),
+    )
+    .await;
+    publish(
+        dir.path(),
+        &n1.server.node.config().store,
+        "gone",
+        &[("shards/0/a.csv", b"x\n1\n".as_slice())],
+    )
+    .await;
+    n1.client
+        .post("/v1/databases", &json!({"name": "gone", "source": "gone"}))
+        .await
+        .unwrap();
+    on_all(&[&n1.client, &n2.client], 30, "both hold gone", |c| {
+        Box::pin(async move { database_state(c, "gone").await.as_deref() == Some("ready") })
+    })
+    .await;
+
+    // Gossip between them cut (HTTP still works): only a push can carry the
+    // deletion before n1 dies, 150 ms after it took it.
+    let a: std::net::SocketAddr = n1.gossip.parse().unwrap();
+    let b: std::net::SocketAddr = n2.gossip.parse().unwrap();
+    transport.remove_link(a, b).await;
+    transport.remove_link(b, a).await;
+    let deleting = {
+        let client = n1.client.clone();
+        tokio::spawn(async move { client.delete("/v1/databases/gone").await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    n1.server.shutdown_unannounced().await;
+    let _ = deleting.await;
+    let state = database_state(&n2.client, "gone").await;
+    assert!(
+        state.as_deref() != Some("ready"),
+        "n2 still serves the deleted database: {state:?}"
+    );
+    n2.server.shutdown().await;
+}

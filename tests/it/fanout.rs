@@ -389,10 +389,10 @@ async fn an_alias_swapped_during_a_stream_never_mixes_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_has_not_heard_of_a_database_forwards_the_query() {
     let dir = tempfile::tempdir().unwrap();
-    // n2 gossips with n1 (in memory: UDP gossip is signed with the secret)
-    // but holds no cluster secret: its registry pulls are refused, so it
-    // never learns what n1 defines (its queries, carrying no token, are
-    // reads n1 answers).
+    // n1 defines `fresh` alone; n2 joins after, gossiping with n1 (in
+    // memory: UDP gossip is signed with the secret) but holding no cluster
+    // secret: its registry pulls are refused, so it never learns of `fresh`
+    // (its queries, carrying no token, are reads n1 answers).
     let transport = chitchat::transport::ChannelTransport::default();
     let store = dir.path().join("store");
     let n1 = member_with(
@@ -404,6 +404,14 @@ async fn a_node_that_has_not_heard_of_a_database_forwards_the_query() {
         Some(transport.clone()),
     )
     .await;
+    let total = publish_dataset(dir.path(), &n1, "fresh", 2).await;
+    n1.client
+        .post(
+            "/v1/databases",
+            &json!({"name": "fresh", "source": "fresh", "replicas": "all"}),
+        )
+        .await
+        .unwrap();
     let seed = n1.gossip.clone();
     let n2 = member_with(
         dir.path(),
@@ -414,7 +422,6 @@ async fn a_node_that_has_not_heard_of_a_database_forwards_the_query() {
         Some(transport),
     )
     .await;
-    let total = publish_dataset(dir.path(), &n1, "fresh", 2).await;
     on_all(&[&n1.client, &n2.client], 30, "two live members", |c| {
         Box::pin(async move {
             let status = c.get("/v1/cluster").await.unwrap_or(Value::Null);
@@ -422,13 +429,6 @@ async fn a_node_that_has_not_heard_of_a_database_forwards_the_query() {
         })
     })
     .await;
-    n1.client
-        .post(
-            "/v1/databases",
-            &json!({"name": "fresh", "source": "fresh", "replicas": "all"}),
-        )
-        .await
-        .unwrap();
     crate::support::wait_loaded(&n1.client, "fresh").await;
     // n2 sees n1's registry digest move ahead of its own, and forwards.
     crate::support::eventually(10, "n2 answers through n1", || {
