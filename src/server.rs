@@ -144,6 +144,7 @@ impl Server {
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     header_timeout: Duration,
+    shutdown_grace: Duration,
     max_connections: usize,
     max_connections_per_ip: usize,
 }
@@ -152,6 +153,7 @@ impl Limits {
     fn of(http: &HttpConfig) -> Limits {
         Limits {
             header_timeout: Duration::from_millis(http.header_timeout_ms),
+            shutdown_grace: Duration::from_millis(http.shutdown_grace_ms),
             max_connections: http.max_connections,
             max_connections_per_ip: http.max_connections_per_ip,
         }
@@ -280,12 +282,9 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// How long a request in flight when the server closes has to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// Serves HTTP/1 requests on one connection until the client closes it, it
 /// breaks a limit, or the server closes (the request in flight has
-/// [`SHUTDOWN_GRACE`] to finish).
+/// `http.shutdown_grace_ms` to finish).
 async fn serve_connection<I, S>(
     io: I,
     service: S,
@@ -315,7 +314,7 @@ async fn serve_connection<I, S>(
             connection.as_mut().graceful_shutdown();
             // Past the grace period the request is dropped, and with it its
             // query: its work stops (see `query::cancellation`).
-            match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
+            match tokio::time::timeout(limits.shutdown_grace, connection).await {
                 Ok(served) => served,
                 Err(_) => {
                     tracing::info!("a request still running at shutdown was cancelled");

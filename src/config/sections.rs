@@ -172,6 +172,10 @@ pub struct HttpConfig {
     /// A request's body must arrive within this many milliseconds of its
     /// headers; otherwise 408 `timeout`.
     pub body_timeout_ms: u64,
+    /// On shutdown, how long the requests in flight (maps for other
+    /// members' queries among them) have to finish; past it they are
+    /// cancelled and their work stops.
+    pub shutdown_grace_ms: u64,
     /// Connections open at once. Beyond it the connection idle longest is
     /// closed to admit the new one; when all are busy, the new one is closed.
     pub max_connections: usize,
@@ -193,6 +197,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            shutdown_grace_ms: 5_000,
             max_connections: 1024,
             max_connections_per_ip: 256,
             tls_cert: None,
