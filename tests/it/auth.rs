@@ -286,12 +286,7 @@ async fn a_node_of_another_cluster_does_not_join() {
         let theirs = outsider.client.get("/v1/cluster").await.unwrap();
         assert_eq!(live_members(&theirs), [name], "{theirs}");
     }
-    let metrics = reqwest::get(format!("{}/metrics", n1.server.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(&n1.server.url()).await;
     let rejected = |reason: &str| {
         let line = format!("dram_gossip_rejected_total{{reason=\"{reason}\"}} ");
         metrics

@@ -193,12 +193,7 @@ async fn the_index_tells_where_files_are_and_what_happened() {
     );
 
     // The same in the Prometheus metrics.
-    let metrics = reqwest::get(format!("{}/metrics", n2.server.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(&n2.server.url()).await;
     assert!(
         metrics.contains(r#"dram_download_errors_total{class="checksum",disk="0"}"#),
         "{metrics}"

@@ -111,12 +111,7 @@ async fn a_damaged_blob_is_found_quarantined_and_loaded_again() {
         events.to_string().contains("found by the scrub"),
         "the damage is an error event: {events}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(&server.url()).await;
     assert!(
         metrics.lines().any(|l| l == "dram_scrub_damaged_blobs 1"),
         "{metrics}"

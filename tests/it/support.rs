@@ -288,3 +288,13 @@ pub fn ready(list: &[(String, String)]) -> Vec<&str> {
         .map(|(node, _)| node.as_str())
         .collect()
 }
+
+/// The Prometheus text of the node at `url` (`GET /metrics`).
+pub async fn metrics_text(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
