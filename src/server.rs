@@ -73,6 +73,15 @@ impl Server {
                 return Err(e);
             }
         };
+        #[cfg(feature = "sql")]
+        if let Some(engine) = node.sql_engine()
+            && let Err(e) = engine
+                .listen(&node.config().sql.worker_listen, http_addr)
+                .await
+        {
+            node.shutdown().await;
+            return Err(e);
+        }
         let started = crate::cluster::Membership::start(node.clone(), http_addr, &*transport).await;
         let membership = match started {
             Ok(membership) => membership,

@@ -22,3 +22,4 @@ pub mod report;
 pub mod scale;
 pub mod scenario;
 pub mod scenarios;
+pub mod tpch;

@@ -194,6 +194,40 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
                 }
             },
         );
+    // A byte range of a file of a part this node holds, for a member whose
+    // SQL reads a part it does not hold.
+    #[cfg(feature = "sql")]
+    let file = internal
+        .clone()
+        .and(warp::path("file"))
+        .and(warp::path::tail())
+        .and(warp::get())
+        .and(warp::header::optional::<String>("range"))
+        .then(
+            |node: Node, tail: warp::path::Tail, range: Option<String>| async move {
+                let location = percent_decode(tail.as_str());
+                match crate::query::sql::store::serve_range(&node, &location, range.as_deref())
+                    .await
+                {
+                    Ok(bytes) => warp::http::Response::builder()
+                        .status(if range.is_some() {
+                            StatusCode::PARTIAL_CONTENT
+                        } else {
+                            StatusCode::OK
+                        })
+                        .header("content-type", "application/octet-stream")
+                        .body(bytes.into())
+                        .unwrap_or_else(|_| {
+                            error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal",
+                                "cannot build the response",
+                            )
+                        }),
+                    Err(e) => super::error::api_error_response(&e),
+                }
+            },
+        );
     let trash = internal
         .and(warp::path!("trash"))
         .and(warp::post())
@@ -209,7 +243,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
             respond(StatusCode::OK, result)
         });
 
-    status
+    let routes = status
         .or(shards)
         .unify()
         .or(registry)
@@ -225,8 +259,19 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .or(plan)
         .unify()
         .or(gc)
-        .unify()
-        .boxed()
+        .unify();
+    #[cfg(feature = "sql")]
+    let routes = routes.or(file).unify();
+    routes.boxed()
+}
+
+/// A URL path as the text it encodes.
+#[cfg(feature = "sql")]
+fn percent_decode(path: &str) -> String {
+    url::form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// A `/v1/internal/*` request without the cluster secret.

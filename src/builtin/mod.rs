@@ -18,6 +18,10 @@ pub use group::{Group, GroupOutput, GroupParams, GroupRow};
 pub use rows::{Columns, Format};
 #[cfg(feature = "sql")]
 pub use sql::{Sql, SqlOutput, SqlParams, SqlPartial};
+#[cfg(feature = "sql")]
+pub(crate) use sql::{
+    SqlMode, physical_plan, reduce_explicit, run_failed, sql_mode, sql_output, unify_schemas,
+};
 
 use crate::builder::NodeBuilder;
 

@@ -36,6 +36,19 @@ impl Client {
         analysis_name: &str,
         request: QueryRequest,
     ) -> Result<QueryResponse, ClientError> {
+        // SQL runs on the members' distributed engine: a member coordinates.
+        if analysis_name == "sql" {
+            let path = format!("/v1/query/{target}/{analysis_name}");
+            let body = serde_json::to_value(&request).map_err(|e| ClientError::Protocol {
+                url: path.clone(),
+                message: e.to_string(),
+            })?;
+            let answer = self.post(&path, &body).await?;
+            return serde_json::from_value(answer).map_err(|e| ClientError::Protocol {
+                url: path,
+                message: e.to_string(),
+            });
+        }
         let started = Instant::now();
         let analysis = analyses
             .get(analysis_name)

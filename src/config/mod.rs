@@ -253,6 +253,9 @@ impl Config {
         if reachable(&self.cluster.gossip_listen) {
             exposed.push("cluster.gossip_listen");
         }
+        if reachable(&self.sql.worker_listen) {
+            exposed.push("sql.worker_listen");
+        }
         exposed
     }
 

@@ -316,12 +316,17 @@ pub struct SqlConfig {
     /// root's final step) may hold on this node; past it the query fails
     /// with 503 `memory_limit` (nothing spills to disk).
     pub memory_limit: u64,
+    /// Where this node's SQL worker listens for the stages other members
+    /// send it (node-to-node: the cluster secret is required). Empty: the
+    /// HTTP listener's address, on a port the system picks (gossiped).
+    pub worker_listen: String,
 }
 
 impl Default for SqlConfig {
     fn default() -> Self {
         SqlConfig {
             memory_limit: 2 << 30,
+            worker_listen: String::new(),
         }
     }
 }

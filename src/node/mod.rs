@@ -45,7 +45,7 @@ pub use inventory::{HeldDatabase, HeldPart, HeldState, Inventory, InventoryDiges
 pub use placement::Placement;
 pub use scrub::ScrubStatus;
 pub use shard::ShardContext;
-pub(crate) use shard::json_name;
+pub(crate) use shard::{WeakNode, json_name};
 pub use stats::{DatabaseStats, NodeStats, Stats};
 
 /// Milliseconds since the Unix epoch.
@@ -122,6 +122,9 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The background re-hash of every blob (see `scrub`).
     scrub: Arc<scrub::Scrubber>,
+    /// The distributed SQL engine (its worker listens once the node serves).
+    #[cfg(feature = "sql")]
+    sql: std::sync::OnceLock<Arc<crate::query::sql::SqlEngine>>,
 }
 
 /// Map work under way on this node and how long recent map work took.
@@ -225,9 +228,16 @@ impl Node {
             shutdown_tx,
             tasks: Mutex::default(),
             scrub: Arc::default(),
+            #[cfg(feature = "sql")]
+            sql: std::sync::OnceLock::new(),
             config,
         });
         let node = Node { inner };
+        #[cfg(feature = "sql")]
+        {
+            let engine = crate::query::sql::SqlEngine::new(&node.inner.config, node.downgrade())?;
+            let _ = node.inner.sql.set(Arc::new(engine));
+        }
         node.inner.observe_registry_clock()?;
         node.inner.define_existing_databases()?;
         node.inner.remove_stray_database_dirs()?;
@@ -276,6 +286,32 @@ impl Node {
     /// This node's Prometheus metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
+    }
+
+    #[cfg(feature = "sql")]
+    pub(crate) fn sql_slot(&self) -> &std::sync::OnceLock<Arc<crate::query::sql::SqlEngine>> {
+        &self.inner.sql
+    }
+
+    /// Where this node's SQL worker listens, once it does.
+    pub(crate) fn sql_worker(&self) -> Option<std::net::SocketAddr> {
+        #[cfg(feature = "sql")]
+        {
+            self.inner.sql.get().and_then(|engine| engine.bound())
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            None
+        }
+    }
+
+    /// Records the address other members reach this node's SQL worker at.
+    pub(crate) fn advertise_sql_worker(&self, address: std::net::SocketAddr) -> String {
+        #[cfg(feature = "sql")]
+        if let Some(engine) = self.inner.sql.get() {
+            return engine.advertise(address);
+        }
+        address.to_string()
     }
 
     pub(crate) fn set_membership(&self, membership: Arc<crate::cluster::Membership>) {
@@ -337,6 +373,10 @@ impl Node {
     /// Stops background tasks and loads; flushes counters. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);
+        #[cfg(feature = "sql")]
+        if let Some(engine) = self.inner.sql.get() {
+            engine.shutdown();
+        }
         let loads: Vec<_> = lock(&self.inner.loads).drain().collect();
         for (_, handle) in loads {
             handle.task.abort();

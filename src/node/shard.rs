@@ -344,3 +344,36 @@ pub(crate) fn json_name<T: serde::Serialize>(value: &T) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }
+
+/// A handle on a node that does not keep it alive: the SQL engine's object
+/// store and worker hold one (the node owns them).
+#[derive(Clone)]
+pub(crate) struct WeakNode(std::sync::Weak<Inner>);
+
+impl WeakNode {
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl Node {
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// The files of one part of a database this node knows the manifest of
+    /// (whether or not it holds the part): path inside the part → file.
+    pub(crate) fn part_files(
+        &self,
+        database: &str,
+        part: &Part,
+    ) -> Result<HashMap<String, ManifestFile>, NodeError> {
+        let files = self.inner.files(database)?;
+        Ok(files.parts.get(part).cloned().unwrap_or_default())
+    }
+
+    /// The parts of a database, from its manifest.
+    pub(crate) fn parts(&self, database: &str) -> Result<Vec<Part>, NodeError> {
+        Ok(self.inner.files(database)?.parts.keys().cloned().collect())
+    }
+}

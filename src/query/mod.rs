@@ -17,6 +17,8 @@ pub(crate) mod fanout;
 pub(crate) mod leaf;
 pub(crate) mod root;
 mod shard;
+#[cfg(feature = "sql")]
+pub(crate) mod sql;
 
 use std::time::{Duration, Instant};
 
@@ -156,6 +158,10 @@ impl Node {
         analysis_name: &str,
         request: QueryRequest,
     ) -> Result<QueryResponse, QueryError> {
+        #[cfg(feature = "sql")]
+        if let Some(answer) = self.run_sql(target, analysis_name, &request).await {
+            return answer;
+        }
         let started = Instant::now();
         let analysis = self
             .analyses()
@@ -229,7 +235,7 @@ impl Node {
     }
 
     /// The version of a database that is ready here (its manifest is known).
-    fn ready_version(&self, database: &str) -> Result<String, QueryError> {
+    pub(crate) fn ready_version(&self, database: &str) -> Result<String, QueryError> {
         let record: DatabaseRecord = self
             .catalog()
             .get(DATABASES, database)
@@ -311,7 +317,7 @@ impl Node {
     }
 
     /// The shards a query maps: those asked for (each once, each existing), or all.
-    fn chosen_shards(
+    pub(crate) fn chosen_shards(
         &self,
         database: &str,
         requested: Option<Vec<String>>,

@@ -151,7 +151,16 @@ impl Node {
             return Ok(Gathered::default());
         }
         let found = match self.membership() {
-            Some(membership) => holders_when_known(membership, query, &shards).await,
+            Some(membership) => {
+                holders_when_known(
+                    membership,
+                    &query.database,
+                    &query.version,
+                    &shards,
+                    query.deadline,
+                )
+                .await
+            }
             None => Default::default(),
         };
         let holder_timeout = self.holder_timeouts(&found.p99_ms);
@@ -257,7 +266,7 @@ impl Node {
 
     /// The shards of `database` this node serves its own copy of (one scan of
     /// its part records).
-    fn serving_shards(
+    pub(crate) fn serving_shards(
         &self,
         database: &str,
     ) -> Result<std::collections::HashSet<String>, QueryError> {
@@ -331,19 +340,17 @@ pub(crate) const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs
 
 /// The holders of the query's shards, waiting (at most `VIEW_WAIT`, within
 /// the deadline) while some shard has none and the view is not current.
-async fn holders_when_known(
+pub(crate) async fn holders_when_known(
     membership: &crate::cluster::Membership,
-    query: &RootQuery,
+    database: &str,
+    version: &str,
     shards: &[String],
+    deadline: Deadline,
 ) -> crate::cluster::membership::QueryHolders {
-    let left = query
-        .deadline
-        .saturating_duration_since(tokio::time::Instant::now());
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let until = tokio::time::Instant::now() + VIEW_WAIT.min(left);
     loop {
-        let found = membership
-            .query_holders(&query.database, &query.version)
-            .await;
+        let found = membership.query_holders(database, version).await;
         let unknown = shards.iter().any(|s| !found.holders.contains_key(s));
         if !unknown || found.current || tokio::time::Instant::now() >= until {
             return found;

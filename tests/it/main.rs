@@ -21,3 +21,4 @@ mod scrub;
 mod sql;
 mod support;
 mod tls;
+mod tpch;

@@ -1,9 +1,8 @@
-//! Tables and the bytes between nodes: registering a shard's Parquet and CSV
-//! folders, Arrow IPC, and one schema for what shards saw differently (CSV
+//! Tables and the bytes between nodes: registering a shard's tables for
+//! `map_sql`, Arrow IPC, and one schema for what shards saw differently (CSV
 //! schemas are inferred per shard: one shard's `amount` may be integers,
 //! another's decimals).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, new_null_array};
@@ -12,106 +11,55 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::TableProvider;
-use datafusion::catalog::streaming::StreamingTable;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::object_store::ObjectMeta;
+use datafusion::object_store::path::Path;
+use datafusion::prelude::SessionContext;
 
+use crate::query::sql::tables::{discover, infer_schema, listing_table};
 use crate::query::{AnalysisError, DataDir};
 
 pub(super) fn failed(what: &str, e: impl std::fmt::Display) -> AnalysisError {
     AnalysisError::failed(format!("{what}: {e}"))
 }
 
-/// Registers every `<table>/` folder of `data` whose files are Parquet or
-/// CSV (other files are not read); returns the tables' names. A folder with
-/// both is refused. Lazy databases fetch the tables' files here.
+/// Registers the tables of one part (see `query::sql::tables`: folders and
+/// single files of Parquet, CSV, TSV or JSON lines) from its local files;
+/// returns their names. Lazy databases fetch the tables' files here.
 pub(super) async fn register(
     ctx: &SessionContext,
     data: &DataDir,
 ) -> Result<Vec<String>, AnalysisError> {
-    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for path in data.files() {
-        if let Some((table, _)) = path.split_once('/')
-            && (path.ends_with(".parquet") || path.ends_with(".csv"))
-        {
-            tables.entry(table.to_string()).or_default().push(path);
+    let files = data.files();
+    let tables =
+        discover(files.iter().map(String::as_str)).map_err(AnalysisError::invalid_params)?;
+    for (name, (format, paths)) in &tables {
+        let mut urls = Vec::with_capacity(paths.len());
+        let mut objects = Vec::with_capacity(paths.len());
+        for path in paths {
+            let local = data.path(path)?;
+            let local = std::fs::canonicalize(&local).unwrap_or(local);
+            let location = Path::from_absolute_path(&local)
+                .map_err(|e| failed(&format!("table {name}"), e))?;
+            objects.push(ObjectMeta {
+                location,
+                last_modified: Default::default(),
+                size: data.size(path)?,
+                e_tag: None,
+                version: None,
+            });
+            let url = ListingTableUrl::parse(local.display().to_string())
+                .map_err(|e| failed(&format!("table {name}"), e))?;
+            urls.push(url);
         }
-    }
-    for (table, files) in &tables {
-        for file in files {
-            data.path(file)?;
-        }
-        let dir = format!("{}/", data.dir().join(table).display());
-        let parquet = files.iter().filter(|f| f.ends_with(".parquet")).count();
-        let registered = if parquet == files.len() {
-            ctx.register_parquet(table, &dir, ParquetReadOptions::default())
-                .await
-        } else if parquet == 0 {
-            let paths: Vec<_> = files.iter().map(|f| data.dir().join(f)).collect();
-            register_csv(ctx, table, &dir, &paths).await
-        } else {
-            return Err(AnalysisError::failed(format!(
-                "table {table} mixes Parquet and CSV files; a table is one or the other"
-            )));
-        };
-        registered.map_err(|e| failed(&format!("table {table}"), e))?;
+        let schema = infer_schema(ctx, "file:///", *format, &objects)
+            .await
+            .map_err(|e| failed(&format!("table {name}"), e))?;
+        let table = listing_table(name, urls, *format, schema, None)?;
+        ctx.register_table(name.as_str(), table)
+            .map_err(|e| failed(&format!("table {name}"), e))?;
     }
     Ok(tables.into_keys().collect())
-}
-
-/// A partition of a table that has no rows, and says nothing more about
-/// them (no statistics: an exact count of zero would let the optimizer drop
-/// a LIMIT or a sort the root still has to run over the shards' rows).
-#[derive(Debug)]
-struct NoRows(SchemaRef);
-
-impl PartitionStream for NoRows {
-    fn schema(&self) -> &SchemaRef {
-        &self.0
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        Box::pin(RecordBatchStreamAdapter::new(
-            self.0.clone(),
-            futures::stream::empty(),
-        ))
-    }
-}
-
-/// What the root plans a table as: its schema, two partitions like a
-/// shard's scan, no rows.
-pub(super) fn planning_table(schema: SchemaRef) -> Result<Arc<dyn TableProvider>, AnalysisError> {
-    let partition: Arc<dyn PartitionStream> = Arc::new(NoRows(schema.clone()));
-    let table = StreamingTable::try_new(schema, vec![partition.clone(), partition])
-        .map_err(|e| failed("table", e))?;
-    Ok(Arc::new(table))
-}
-
-/// Registers a CSV table. DataFusion infers each file's schema and refuses
-/// files that disagree (integers in one, decimals in another): then the
-/// files' schemas are unified here and the table registered with that one.
-pub(super) async fn register_csv(
-    ctx: &SessionContext,
-    table: &str,
-    dir: &str,
-    files: &[std::path::PathBuf],
-) -> datafusion::error::Result<()> {
-    let first = ctx.register_csv(table, dir, CsvReadOptions::new()).await;
-    if first.is_ok() || files.len() < 2 {
-        return first;
-    }
-    let mut schemas = Vec::with_capacity(files.len());
-    for file in files {
-        let path = file.display().to_string();
-        let frame = ctx.read_csv(path, CsvReadOptions::new()).await?;
-        schemas.push(Arc::new(frame.schema().as_arrow().clone()));
-    }
-    let schema = unify(&schemas);
-    ctx.register_csv(table, dir, CsvReadOptions::new().schema(&schema))
-        .await
 }
 
 pub(super) fn to_ipc(
@@ -155,7 +103,7 @@ fn wider(a: &DataType, b: &DataType) -> DataType {
 /// One schema for a table the shards saw with `schemas`: the columns of all
 /// of them in the order first seen, each of the wider type, nullable when
 /// any shard's is (or a shard lacks it).
-pub(super) fn unify(schemas: &[SchemaRef]) -> SchemaRef {
+pub(crate) fn unify(schemas: &[SchemaRef]) -> SchemaRef {
     let mut fields: Vec<Field> = Vec::new();
     for schema in schemas {
         for field in schema.fields() {

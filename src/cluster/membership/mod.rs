@@ -167,7 +167,17 @@ impl Membership {
         } else {
             http_addr
         };
+        let advertised = |address: SocketAddr| {
+            if address.ip().is_unspecified() {
+                SocketAddr::new(advertise.ip(), address.port())
+            } else {
+                address
+            }
+        };
         let info = NodeInfo {
+            sql: node
+                .sql_worker()
+                .map(|address| node.advertise_sql_worker(advertised(address))),
             http: advertised_http.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_ms: now_ms(),

@@ -53,6 +53,8 @@ pub(crate) struct QueryHolders {
     pub holders: HashMap<String, Vec<String>>,
     /// Member → HTTP address.
     pub http: HashMap<String, String>,
+    /// Member → the URL of its SQL worker, for members that run one.
+    pub workers: HashMap<String, String>,
     /// Member → map work in flight (failed lately: tried last).
     pub load: HashMap<String, u64>,
     /// Member → its recent p99 map time (ms), from its `load` gossip key.
@@ -321,6 +323,10 @@ impl Membership {
         {
             if let Some(http) = member.node.as_ref().map(NodeInfo::url) {
                 out.http.insert(member.id.clone(), http);
+            }
+            if let Some(worker) = member.node.as_ref().and_then(|n| n.sql.as_ref()) {
+                out.workers
+                    .insert(member.id.clone(), format!("http://{worker}"));
             }
             if let Some(load) = member.load {
                 out.load.insert(member.id.clone(), load.inflight);

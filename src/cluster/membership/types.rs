@@ -22,6 +22,9 @@ pub struct NodeInfo {
     /// of members that predate TLS: plain HTTP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls: bool,
+    /// Address of its SQL worker (distributed SQL's node-to-node endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 impl NodeInfo {

@@ -1,0 +1,527 @@
+//! The SQL engine: the built-in `sql` analysis runs on datafusion-distributed
+//! (DataFusion 55). The member that receives a query coordinates: it plans
+//! the query once as DataFusion would in one process, and the distributed
+//! planner cuts the plan into stages that stream Arrow between members
+//! (shuffles, broadcasts). Every member runs a worker (`worker.rs`) for the
+//! stages sent to it.
+//!
+//! - Tables (`tables.rs`): every member knows a version's tables from its
+//!   manifest; files are read through the `dram://` object store
+//!   (`store.rs`), from the local copy or from a holder.
+//! - Locality (`routing.rs`): a shard table's scan for shard S runs on the
+//!   holder chosen for S (local first, then least busy; version pinned).
+//! - Read-only, within `sql.memory_limit` per member, cancelled with the
+//!   query on every member (deadline, caller gone, shutdown).
+//! - The explicit `map_sql` / `reduce_sql` pair runs `map_sql` on every shard
+//!   through the fan-out and `reduce_sql` here over table `partials` and the
+//!   global tables.
+
+pub(crate) mod routing;
+pub(crate) mod store;
+pub(crate) mod tables;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::{NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
+use crate::builtin::{SqlOutput, SqlParams};
+use crate::node::{Node, NodeError, WeakNode};
+use crate::query::AnalysisError;
+use routing::Placement;
+use tables::Tables;
+
+/// The name the engine answers under.
+const SQL: &str = "sql";
+
+/// Versions whose tables a member keeps worked out.
+const KEPT_VERSIONS: usize = 64;
+
+/// The stack of the threads that plan and run SQL: planning walks a query's
+/// expression trees recursively (reserved, not used, until a deep query
+/// needs it).
+pub(crate) const STACK_BYTES: usize = 64 << 20;
+
+/// The runtime SQL runs on, apart from the node's: DataFusion's scans and
+/// repartitions keep its threads busy, and the node's runtime must keep
+/// gossip's heartbeats on time (a member busy with SQL must not look dead).
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, AnalysisError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("dram-sql")
+                .thread_stack_size(STACK_BYTES)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| AnalysisError::failed(format!("cannot start the sql runtime: {e}")))
+}
+
+/// One member's engine: its DataFusion runtime (memory pool, `dram://`
+/// store, caches of file metadata and statistics), its worker, and the
+/// connections to the other members' workers.
+pub(crate) struct SqlEngine {
+    runtime: Arc<RuntimeEnv>,
+    worker: Worker,
+    channels: worker::Channels,
+    secret: Option<String>,
+    tables: Mutex<Vec<Arc<Tables>>>,
+    /// Where this member's worker listens, once it does.
+    bound: OnceLock<SocketAddr>,
+    /// This member's worker, as the others reach it (once it listens).
+    url: OnceLock<Url>,
+    closing: CancellationToken,
+}
+
+impl SqlEngine {
+    pub(crate) fn new(
+        config: &crate::config::Config,
+        node: WeakNode,
+    ) -> Result<SqlEngine, NodeError> {
+        let limit = usize::try_from(config.sql.memory_limit).unwrap_or(usize::MAX);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limit, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(|e| NodeError::InvalidInput(format!("sql runtime: {e}")))?;
+        store::register(&runtime, node);
+        let secret = config.auth.peer_secret().map(str::to_string);
+        let channels = worker::Channels::new(secret.as_deref()).map_err(NodeError::InvalidInput)?;
+        let worker_channels = channels.clone();
+        let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
+            let channels = worker_channels.clone();
+            async move {
+                Ok(ctx
+                    .builder
+                    .with_distributed_channel_resolver(channels)
+                    .build())
+            }
+        })
+        .with_runtime_env(runtime.clone());
+        Ok(SqlEngine {
+            runtime,
+            worker,
+            channels,
+            secret,
+            tables: Mutex::default(),
+            bound: OnceLock::new(),
+            url: OnceLock::new(),
+            closing: CancellationToken::new(),
+        })
+    }
+
+    /// Starts this member's worker on `sql.worker_listen` (or beside the
+    /// HTTP listener): returns the address it listens on.
+    pub(crate) async fn listen(
+        &self,
+        configured: &str,
+        http: SocketAddr,
+    ) -> Result<SocketAddr, NodeError> {
+        let (listener, local) = worker::bind(configured, http)
+            .await
+            .map_err(NodeError::InvalidInput)?;
+        let runtime = runtime().map_err(|e| NodeError::InvalidInput(e.message().to_string()))?;
+        // Tasks sent to this worker run on the SQL runtime.
+        let listener = listener
+            .into_std()
+            .map_err(|e| NodeError::InvalidInput(format!("sql.worker_listen: {e}")))?;
+        let (worker, secret, closing) = (
+            self.worker.clone(),
+            self.secret.clone(),
+            self.closing.clone(),
+        );
+        runtime.spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => worker::serve(worker, listener, secret, closing).await,
+                Err(e) => tracing::warn!(error = %e, "the SQL worker cannot listen"),
+            }
+        });
+        let _ = self.bound.set(local);
+        Ok(local)
+    }
+
+    /// Where this member's worker listens, once it does.
+    pub(crate) fn bound(&self) -> Option<SocketAddr> {
+        self.bound.get().copied()
+    }
+
+    /// Records the address other members reach this member's worker at.
+    pub(crate) fn advertise(&self, address: SocketAddr) -> String {
+        let url = format!("http://{address}");
+        if let Ok(parsed) = Url::parse(&url) {
+            let _ = self.url.set(parsed);
+        }
+        address.to_string()
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.closing.cancel();
+    }
+
+    /// A coordinating context: distributed over `placement` when there is
+    /// one (members to run on), else this process alone.
+    fn session(&self, placement: Option<Placement>) -> SessionContext {
+        let distributed = match (placement, self.url.get()) {
+            (Some(placement), Some(url)) if placement.workers.len() > 1 => {
+                Some((placement, url.clone()))
+            }
+            _ => None,
+        };
+        let mut config = SessionConfig::new();
+        let options = config.options_mut();
+        options.execution.listing_table_ignore_subdirectory = false;
+        options.execution.collect_statistics = true;
+        if let Some((placement, _)) = &distributed {
+            config = config.with_extension(Arc::new(placement.clone()));
+        }
+        let builder = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features();
+        let state = match distributed {
+            Some((placement, url)) => builder
+                .with_distributed_worker_resolver(placement)
+                .with_distributed_channel_resolver(self.channels.clone())
+                .with_distributed_local_worker_context(self.worker.to_local_worker_context(url))
+                .with_distributed_desired_task_count_handler(routing::desired_task_count)
+                .with_distributed_scale_up_leaf_node_handler(routing::scale_up_leaf)
+                .with_distributed_route_tasks_handler(routing::route_tasks)
+                .with_distributed_planner()
+                .build(),
+            None => builder.build(),
+        };
+        SessionContext::new_with_state(state)
+    }
+
+    /// The tables of a version, worked out once.
+    async fn tables(
+        &self,
+        node: &Node,
+        ctx: &SessionContext,
+        database: &str,
+        version: &str,
+    ) -> Result<Arc<Tables>, AnalysisError> {
+        let known = crate::node::lock(&self.tables)
+            .iter()
+            .find(|t| t.database == database && t.version == version)
+            .cloned();
+        if let Some(tables) = known {
+            return Ok(tables);
+        }
+        let tables = Arc::new(Tables::load(node, ctx, database, version).await?);
+        let mut kept = crate::node::lock(&self.tables);
+        if kept.len() >= KEPT_VERSIONS {
+            kept.remove(0);
+        }
+        kept.push(tables.clone());
+        Ok(tables)
+    }
+}
+
+/// What a query reads where.
+struct Reading {
+    placement: Placement,
+    /// Member → shards it reads.
+    nodes: BTreeMap<String, usize>,
+    /// Shards read (those with a holder).
+    shards: Vec<String>,
+    missing: Vec<String>,
+}
+
+impl Node {
+    /// Runs the built-in `sql` analysis: `None` when the request is not one
+    /// the engine runs (another analysis, or no engine here).
+    pub(crate) async fn run_sql(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: &QueryRequest,
+    ) -> Option<Result<QueryResponse, QueryError>> {
+        if analysis_name != SQL {
+            return None;
+        }
+        let engine = self.sql_engine()?.clone();
+        Some(self.run_sql_with(engine, target, request).await)
+    }
+
+    async fn run_sql_with(
+        &self,
+        engine: Arc<SqlEngine>,
+        target: &str,
+        request: &QueryRequest,
+    ) -> Result<QueryResponse, QueryError> {
+        let started = Instant::now();
+        let analysis_error = |e: AnalysisError| QueryError::from_analysis(SQL, None, e);
+        let timeout_ms = self.query_timeout(request.timeout_ms)?;
+        let params: SqlParams = serde_json::from_value(
+            request
+                .params
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({})),
+        )
+        .map_err(|e| QueryError::InvalidParams {
+            analysis: SQL.into(),
+            message: e.to_string(),
+        })?;
+        let mode = crate::builtin::sql_mode(&params).map_err(analysis_error)?;
+        let database = self.resolve(target)?;
+        let version = self.ready_version(&database)?;
+        let shard_ids = self.chosen_shards(&database, request.shards.clone())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let work = async {
+            match mode {
+                crate::builtin::SqlMode::Split(sql) => {
+                    let reading = self
+                        .reading(&engine, &database, &version, &shard_ids, request, deadline)
+                        .await?;
+                    let (node, engine) = (self.clone(), engine.clone());
+                    let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
+                    let placement = reading.placement.clone();
+                    let shards = reading.shards.clone();
+                    let output = on_sql_runtime(async move {
+                        let ctx = engine.session(Some(placement));
+                        let tables = engine.tables(&node, &ctx, &db, &ver).await?;
+                        tables.register(&ctx, &shards, true)?;
+                        run(&ctx, &sql, &tables).await
+                    })
+                    .await
+                    .map_err(analysis_error)?;
+                    let nodes = reading
+                        .nodes
+                        .into_iter()
+                        .map(|(node, shards)| NodeMeta {
+                            node,
+                            shards,
+                            took_ms: started.elapsed().as_millis() as u64,
+                            error: None,
+                        })
+                        .collect();
+                    Ok::<_, QueryError>((output, nodes, reading.shards.len(), 0, reading.missing))
+                }
+                crate::builtin::SqlMode::Explicit { reduce, .. } => {
+                    let analysis = self
+                        .analyses()
+                        .get(SQL)
+                        .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
+                    let parsed = analysis
+                        .params(request.params.clone())
+                        .map_err(analysis_error)?;
+                    let query = super::root::RootQuery::new(
+                        &database,
+                        &version,
+                        SQL,
+                        analysis.clone(),
+                        parsed,
+                        request,
+                        timeout_ms,
+                    );
+                    let gathered = self.gather(&query, shard_ids.clone()).await?;
+                    let partials = gathered
+                        .partials
+                        .into_iter()
+                        .map(|p| p.downcast::<crate::builtin::SqlPartial>().map(|p| *p))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| QueryError::Failed {
+                            analysis: SQL.into(),
+                            shard: None,
+                            message: "the analysis named sql is not the built-in one".into(),
+                        })?;
+                    let (node, engine) = (self.clone(), engine.clone());
+                    let (db, ver, reduce) = (database.clone(), version.clone(), reduce.to_string());
+                    let output = on_sql_runtime(async move {
+                        let ctx = engine.session(None);
+                        let tables = engine.tables(&node, &ctx, &db, &ver).await?;
+                        tables.register(&ctx, &[], false)?;
+                        crate::builtin::reduce_explicit(&ctx, &reduce, partials).await
+                    })
+                    .await
+                    .map_err(analysis_error)?;
+                    let meta = gathered.meta;
+                    Ok((
+                        output,
+                        meta.nodes,
+                        meta.shards,
+                        meta.retries,
+                        meta.missing_shards,
+                    ))
+                }
+            }
+        };
+        let (output, nodes, shards, retries, missing_shards) =
+            match tokio::time::timeout_at(deadline, work).await {
+                Ok(result) => result?,
+                Err(_) => return Err(QueryError::Timeout { timeout_ms }),
+            };
+        let result = serde_json::to_value(output).map_err(|e| QueryError::Failed {
+            analysis: SQL.into(),
+            shard: None,
+            message: e.to_string(),
+        })?;
+        Ok(QueryResponse {
+            result,
+            meta: QueryMeta {
+                alias: (target != database).then(|| target.to_string()),
+                database,
+                version,
+                shards,
+                nodes,
+                retries,
+                hedges: 0,
+                missing_shards,
+                took_ms: started.elapsed().as_millis() as u64,
+            },
+        })
+    }
+
+    /// Chooses the member that reads each shard: this one for the shards it
+    /// serves, else a live holder with a worker, the least busy first.
+    async fn reading(
+        &self,
+        engine: &SqlEngine,
+        database: &str,
+        version: &str,
+        shards: &[String],
+        request: &QueryRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reading, QueryError> {
+        let here = self.serving_shards(database)?;
+        let own = engine.url.get().cloned();
+        let mut chosen: HashMap<String, Url> = HashMap::new();
+        let mut nodes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut missing = Vec::new();
+        let remote: Vec<String> = shards
+            .iter()
+            .filter(|s| !here.contains(*s))
+            .cloned()
+            .collect();
+        let mut workers: Vec<Url> = own.iter().cloned().collect();
+        let found = match self.membership() {
+            Some(membership) => Some(
+                super::root::holders_when_known(membership, database, version, &remote, deadline)
+                    .await,
+            ),
+            None => None,
+        };
+        if let Some(found) = &found {
+            workers.extend(found.workers.values().filter_map(|w| Url::parse(w).ok()));
+        }
+        let mut assigned: HashMap<String, u64> = HashMap::new();
+        for shard in shards {
+            if here.contains(shard) {
+                *nodes.entry(self.id().to_string()).or_default() += 1;
+                if let Some(own) = &own {
+                    chosen.insert(shard.clone(), own.clone());
+                }
+                continue;
+            }
+            let best = found.as_ref().and_then(|found| {
+                found
+                    .holders
+                    .get(shard)?
+                    .iter()
+                    .filter_map(|member| {
+                        let url = Url::parse(found.workers.get(member)?).ok()?;
+                        let busy = found.load.get(member).copied().unwrap_or(0)
+                            + assigned.get(member).copied().unwrap_or(0);
+                        Some((busy, member.clone(), url))
+                    })
+                    .min_by_key(|(busy, _, _)| *busy)
+            });
+            match best {
+                Some((_, member, url)) => {
+                    *assigned.entry(member.clone()).or_default() += 1;
+                    *nodes.entry(member).or_default() += 1;
+                    chosen.insert(shard.clone(), url);
+                }
+                None => missing.push(shard.clone()),
+            }
+        }
+        if !missing.is_empty() && !request.allow_partial {
+            return Err(QueryError::Unavailable { shards: missing });
+        }
+        let read: Vec<String> = shards
+            .iter()
+            .filter(|s| !missing.contains(s))
+            .cloned()
+            .collect();
+        Ok(Reading {
+            placement: Placement::new(chosen, workers),
+            nodes,
+            shards: read,
+            missing,
+        })
+    }
+
+    /// This member's SQL engine, when the `sql` feature is on.
+    pub(crate) fn sql_engine(&self) -> Option<&Arc<SqlEngine>> {
+        self.sql_slot().get()
+    }
+}
+
+/// Runs `work` on the SQL runtime; dropping the returned future (deadline,
+/// caller gone, shutdown) drops the work, and with it every stage it runs
+/// on this member and the streams from the others (which stop theirs).
+async fn on_sql_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, AnalysisError>> + Send + 'static,
+) -> Result<T, AnalysisError> {
+    let handle = runtime()?.spawn(work);
+    let abort = handle.abort_handle();
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _guard = AbortOnDrop(abort);
+    match handle.await {
+        Ok(result) => result,
+        Err(e) if e.is_cancelled() => Err(AnalysisError::cancelled()),
+        Err(_) => Err(AnalysisError::failed("the sql query panicked")),
+    }
+}
+
+/// Plans and runs one read-only statement; a missing table's error lists
+/// the tables there are.
+async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<SqlOutput, AnalysisError> {
+    let plan = match crate::builtin::physical_plan(ctx, sql).await {
+        Ok(plan) => plan,
+        Err(e) if e.message().contains("not found") && e.message().contains("table") => {
+            let names = tables.names();
+            return Err(AnalysisError::invalid_params(format!(
+                "{}; the tables of {} are: {}",
+                e.message(),
+                tables.database,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let schema: SchemaRef = plan.schema();
+    let batches: Vec<RecordBatch> = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+        .await
+        .map_err(|e| crate::builtin::run_failed("query", e))?;
+    crate::builtin::sql_output(&schema, &batches)
+}
