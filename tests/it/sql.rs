@@ -500,6 +500,127 @@ async fn sql_answers_as_one_process_would() {
         reference(&all, "csv", "SELECT count(*) AS n FROM sales").await
     );
 
+    // What there is: SHOW TABLES, information_schema, DESCRIBE; a missing
+    // table's error lists the tables there are.
+    let shown = ask(clients[1], "shop", json!({"sql": "SHOW TABLES"}))
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = shown["result"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["table_schema"] == "public")
+        .filter_map(|row| row["table_name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["products", "regions", "sales"], "{shown}");
+    let columns = ask(
+        clients[2],
+        "shop",
+        json!({"sql": "SELECT column_name FROM information_schema.columns WHERE table_name = 'regions' ORDER BY ordinal_position"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        columns["result"]["rows"],
+        json!([{"column_name": "code"}, {"column_name": "name"}]),
+        "{columns}"
+    );
+    let described = ask(clients[0], "shop", json!({"sql": "DESCRIBE products"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        described["result"]["rows"].as_array().unwrap().len(),
+        3,
+        "{described}"
+    );
+    let missing = ask(clients[0], "shop", json!({"sql": "SELECT * FROM nowhere"})).await;
+    let message = expect_error(missing, 400, "invalid_params");
+    assert!(
+        message.contains("nowhere") && message.contains("products, regions, sales"),
+        "{message}"
+    );
+
+    // Answers keep SELECT's column order; decimals and integers past 2^53
+    // keep every digit (as text).
+    let exact = ask(
+        clients[1],
+        "shop",
+        json!({"sql": "SELECT 9007199254740993 AS z_big, CAST('12345678901234567.89' AS DECIMAL(38, 2)) AS a_dec, 7 AS m_small"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        exact["result"]["columns"],
+        json!(["z_big", "a_dec", "m_small"])
+    );
+    assert_eq!(
+        exact["result"]["rows"].to_string(),
+        r#"[{"z_big":"9007199254740993","a_dec":"12345678901234567.89","m_small":7}]"#
+    );
+
+    // Tables as single files, and TSV and JSON lines.
+    publish(
+        dir.path(),
+        &store_config,
+        "flat",
+        &[
+            (
+                "shards/north/sales.csv",
+                b"id,amount\n1,2.5\n2,4\n".as_slice(),
+            ),
+            ("shards/south/sales.csv", b"id,amount\n3,1\n".as_slice()),
+            (
+                "shards/north/visits/a.tsv",
+                b"page\tn\nhome\t3\n".as_slice(),
+            ),
+            (
+                "shards/south/visits/b.tsv",
+                b"page\tn\nhome\t4\nshop\t1\n".as_slice(),
+            ),
+            (
+                "shards/north/events.jsonl",
+                b"{\"kind\":\"click\",\"n\":2}\n".as_slice(),
+            ),
+            (
+                "shards/south/events.jsonl",
+                b"{\"kind\":\"view\",\"n\":5}\n{\"kind\":\"click\",\"n\":1}\n".as_slice(),
+            ),
+            (
+                "global/products.csv",
+                b"id,name\n1,kite\n3,ball\n".as_slice(),
+            ),
+            ("shards/north/README.txt", b"not a table".as_slice()),
+        ],
+    )
+    .await;
+    clients[0]
+        .post("/v1/databases", &json!({"name": "flat", "source": "flat"}))
+        .await
+        .unwrap();
+    crate::support::wait_loaded(clients[0], "flat").await;
+    for (sql, expected) in [
+        (
+            "SELECT count(*) AS n, sum(amount) AS total FROM sales",
+            json!([{"n": 3, "total": 7.5}]),
+        ),
+        (
+            "SELECT page, sum(n) AS n FROM visits GROUP BY page ORDER BY page",
+            json!([{"page": "home", "n": 7}, {"page": "shop", "n": 1}]),
+        ),
+        (
+            "SELECT kind, sum(n) AS n FROM events GROUP BY kind ORDER BY kind",
+            json!([{"kind": "click", "n": 3}, {"kind": "view", "n": 5}]),
+        ),
+        (
+            "SELECT p.name, s.amount FROM sales s JOIN products p ON s.id = p.id ORDER BY p.name",
+            json!([{"name": "ball", "amount": 1.0}, {"name": "kite", "amount": 2.5}]),
+        ),
+    ] {
+        let answer = ask(clients[2], "flat", json!({"sql": sql})).await.unwrap();
+        assert_eq!(answer["result"]["rows"], expected, "{sql}: {answer}");
+    }
+
     // A table folder mixing Parquet and CSV is refused, naming the table.
     publish(
         dir.path(),

@@ -162,22 +162,70 @@ pub(crate) async fn reduce_explicit(
     sql_output(&plan.schema(), &batches)
 }
 
-/// The answer as JSON: column names, and each row as an object.
+/// The answer as JSON: column names, and each row as an object with its
+/// columns in SELECT order. Decimals are text with every digit, and so are
+/// 64-bit integers past 2^53 (a JSON number there loses digits in most
+/// clients); NULLs are left out of their row.
 pub(crate) fn sql_output(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<SqlOutput, AnalysisError> {
+    use datafusion::arrow::datatypes::DataType;
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let decimals_as_text = |batch: &RecordBatch| -> Result<RecordBatch, AnalysisError> {
+        if !batch
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| f.data_type().is_decimal())
+        {
+            return Ok(batch.clone());
+        }
+        let mut fields = Vec::with_capacity(batch.num_columns());
+        let mut arrays = Vec::with_capacity(batch.num_columns());
+        for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+            if field.data_type().is_decimal() {
+                let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)
+                    .map_err(|e| failed("json", e))?;
+                fields.push(field.as_ref().clone().with_data_type(DataType::Utf8));
+                arrays.push(text);
+            } else {
+                fields.push(field.as_ref().clone());
+                arrays.push(array.clone());
+            }
+        }
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        RecordBatch::try_new(schema, arrays).map_err(|e| failed("json", e))
+    };
+    let batches = batches
+        .iter()
+        .map(decimals_as_text)
+        .collect::<Result<Vec<_>, _>>()?;
     let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs).map_err(|e| failed("json", e))?;
     writer.finish().map_err(|e| failed("json", e))?;
     let bytes = writer.into_inner();
-    let rows: Vec<serde_json::Map<String, serde_json::Value>> = if bytes.is_empty() {
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = if bytes.is_empty() {
         Vec::new()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| failed("json", e))?
     };
+    const EXACT: u64 = 1 << 53;
+    for row in &mut rows {
+        for value in row.values_mut() {
+            let big = match value {
+                serde_json::Value::Number(n) => {
+                    n.as_i64().is_some_and(|v| v.unsigned_abs() > EXACT)
+                        || n.as_u64().is_some_and(|v| v > EXACT)
+                }
+                _ => false,
+            };
+            if big {
+                *value = serde_json::Value::String(value.to_string());
+            }
+        }
+    }
     Ok(SqlOutput { columns, rows })
 }
 

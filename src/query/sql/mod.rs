@@ -186,7 +186,7 @@ impl SqlEngine {
             }
             _ => None,
         };
-        let mut config = SessionConfig::new();
+        let mut config = SessionConfig::new().with_information_schema(true);
         let options = config.options_mut();
         options.execution.listing_table_ignore_subdirectory = false;
         options.execution.collect_statistics = true;
