@@ -245,6 +245,31 @@ struct Reading {
     /// Shards read (those with a holder).
     shards: Vec<String>,
     missing: Vec<String>,
+    /// Other members' worker addresses (`host:port`) → their ids.
+    members: HashMap<String, String>,
+}
+
+impl Reading {
+    /// The member an error is about, when it says a worker could not be
+    /// reached or its connection broke (not when the query itself failed).
+    fn failed_member(&self, message: &str) -> Option<String> {
+        const BROKEN: [&str; 7] = [
+            "connect",
+            "Unavailable",
+            "transport error",
+            "broken pipe",
+            "connection reset",
+            "stream closed",
+            "h2 protocol error",
+        ];
+        if !BROKEN.iter().any(|b| message.contains(b)) {
+            return None;
+        }
+        self.members
+            .iter()
+            .find(|(address, _)| message.contains(address.as_str()))
+            .map(|(_, member)| member.clone())
+    }
 }
 
 impl Node {
@@ -290,32 +315,64 @@ impl Node {
         let work = async {
             match mode {
                 crate::builtin::SqlMode::Split(sql) => {
-                    let reading = self
-                        .reading(&engine, &database, &version, &shard_ids, request, deadline)
-                        .await?;
-                    let (node, engine) = (self.clone(), engine.clone());
-                    let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
-                    let placement = reading.placement.clone();
-                    let shards = reading.shards.clone();
-                    let output = on_sql_runtime(async move {
-                        let ctx = engine.session(Some(placement));
-                        let tables = engine.tables(&node, &ctx, &db, &ver).await?;
-                        tables.register(&ctx, &shards, true)?;
-                        run(&ctx, &sql, &tables).await
-                    })
-                    .await
-                    .map_err(analysis_error)?;
-                    let nodes = reading
-                        .nodes
-                        .into_iter()
-                        .map(|(node, shards)| NodeMeta {
-                            node,
-                            shards,
-                            took_ms: started.elapsed().as_millis() as u64,
-                            error: None,
+                    // A member that fails (it died, its worker is gone) has
+                    // the query run again once without it.
+                    let mut excluded: Vec<String> = Vec::new();
+                    loop {
+                        let reading = self
+                            .reading(
+                                &engine, &database, &version, &shard_ids, request, deadline,
+                                &excluded,
+                            )
+                            .await?;
+                        let (node, engine) = (self.clone(), engine.clone());
+                        let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
+                        let placement = reading.placement.clone();
+                        let shards = reading.shards.clone();
+                        let output = on_sql_runtime(async move {
+                            let ctx = engine.session(Some(placement));
+                            let tables = engine.tables(&node, &ctx, &db, &ver).await?;
+                            tables.register(&ctx, &shards, true)?;
+                            run(&ctx, &sql, &tables).await
                         })
-                        .collect();
-                    Ok::<_, QueryError>((output, nodes, reading.shards.len(), 0, reading.missing))
+                        .await;
+                        let output = match output {
+                            Ok(output) => output,
+                            Err(e) => match reading.failed_member(e.message()) {
+                                Some(member) if excluded.is_empty() => {
+                                    tracing::info!(
+                                        member,
+                                        error = %e.message(),
+                                        "a member failed during a SQL query: running it again without it"
+                                    );
+                                    if let Some(membership) = self.membership() {
+                                        membership.note_failed_holders([member.as_str()]);
+                                    }
+                                    excluded.push(member);
+                                    continue;
+                                }
+                                _ => return Err(analysis_error(e)),
+                            },
+                        };
+                        let nodes = reading
+                            .nodes
+                            .into_iter()
+                            .map(|(node, shards)| NodeMeta {
+                                node,
+                                shards,
+                                took_ms: started.elapsed().as_millis() as u64,
+                                error: None,
+                            })
+                            .collect();
+                        let retries = if excluded.is_empty() { 0 } else { 1 };
+                        break Ok::<_, QueryError>((
+                            output,
+                            nodes,
+                            reading.shards.len(),
+                            retries,
+                            reading.missing,
+                        ));
+                    }
                 }
                 crate::builtin::SqlMode::Explicit { reduce, .. } => {
                     let analysis = self
@@ -402,6 +459,7 @@ impl Node {
         shards: &[String],
         request: &QueryRequest,
         deadline: tokio::time::Instant,
+        excluded: &[String],
     ) -> Result<Reading, QueryError> {
         let here = self.serving_shards(database)?;
         let own = engine.url.get().cloned();
@@ -421,8 +479,17 @@ impl Node {
             ),
             None => None,
         };
+        let mut members = HashMap::new();
         if let Some(found) = &found {
-            workers.extend(found.workers.values().filter_map(|w| Url::parse(w).ok()));
+            for (member, worker) in &found.workers {
+                if excluded.contains(member) {
+                    continue;
+                }
+                if let Ok(url) = Url::parse(worker) {
+                    members.insert(url.authority().to_string(), member.clone());
+                    workers.push(url);
+                }
+            }
         }
         let mut assigned: HashMap<String, u64> = HashMap::new();
         for shard in shards {
@@ -438,6 +505,7 @@ impl Node {
                     .holders
                     .get(shard)?
                     .iter()
+                    .filter(|member| !excluded.contains(member))
                     .filter_map(|member| {
                         let url = Url::parse(found.workers.get(member)?).ok()?;
                         let busy = found.load.get(member).copied().unwrap_or(0)
@@ -468,6 +536,7 @@ impl Node {
             nodes,
             shards: read,
             missing,
+            members,
         })
     }
 
