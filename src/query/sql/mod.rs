@@ -237,6 +237,16 @@ impl SqlEngine {
     }
 }
 
+/// What a query asks for: shards of a pinned version, by a deadline.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    database: &'a str,
+    version: &'a str,
+    shards: &'a [String],
+    allow_partial: bool,
+    deadline: tokio::time::Instant,
+}
+
 /// What a query reads where.
 struct Reading {
     placement: Placement,
@@ -319,12 +329,14 @@ impl Node {
                     // the query run again once without it.
                     let mut excluded: Vec<String> = Vec::new();
                     loop {
-                        let reading = self
-                            .reading(
-                                &engine, &database, &version, &shard_ids, request, deadline,
-                                &excluded,
-                            )
-                            .await?;
+                        let asked = Asked {
+                            database: &database,
+                            version: &version,
+                            shards: &shard_ids,
+                            allow_partial: request.allow_partial,
+                            deadline,
+                        };
+                        let reading = self.reading(&engine, &asked, &excluded).await?;
                         let (node, engine) = (self.clone(), engine.clone());
                         let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
                         let placement = reading.placement.clone();
@@ -454,13 +466,16 @@ impl Node {
     async fn reading(
         &self,
         engine: &SqlEngine,
-        database: &str,
-        version: &str,
-        shards: &[String],
-        request: &QueryRequest,
-        deadline: tokio::time::Instant,
+        asked: &Asked<'_>,
         excluded: &[String],
     ) -> Result<Reading, QueryError> {
+        let Asked {
+            database,
+            version,
+            shards,
+            allow_partial,
+            deadline,
+        } = *asked;
         let here = self.serving_shards(database)?;
         let own = engine.url.get().cloned();
         let mut chosen: HashMap<String, Url> = HashMap::new();
@@ -523,7 +538,7 @@ impl Node {
                 None => missing.push(shard.clone()),
             }
         }
-        if !missing.is_empty() && !request.allow_partial {
+        if !missing.is_empty() && !allow_partial {
             return Err(QueryError::Unavailable { shards: missing });
         }
         let read: Vec<String> = shards
