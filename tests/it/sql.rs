@@ -621,6 +621,45 @@ async fn sql_answers_as_one_process_would() {
         assert_eq!(answer["result"]["rows"], expected, "{sql}: {answer}");
     }
 
+    // The SQL worker is node-to-node: a call without the cluster secret is
+    // refused; with it, answered.
+    let cluster = clients[0].get("/v1/cluster").await.unwrap();
+    let worker = cluster["members"][0]["node"]["sql"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no worker address gossiped: {cluster}"))
+        .to_string();
+    for secret in [None, Some("wrong"), Some(crate::cluster::SECRET)] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{worker}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let header = secret.map(|s| http::HeaderValue::from_str(&format!("Bearer {s}")).unwrap());
+        let channel = tower::ServiceBuilder::new()
+            .map_request(move |mut request: http::Request<tonic::body::Body>| {
+                if let Some(header) = &header {
+                    request
+                        .headers_mut()
+                        .insert("authorization", header.clone());
+                }
+                request
+            })
+            .service(channel);
+        let mut client = datafusion_distributed::grpc::create_worker_client(
+            datafusion_distributed::grpc::BoxCloneSyncChannel::new(channel),
+        );
+        let answer = client
+            .get_worker_info(datafusion_distributed::GetWorkerInfoRequest {})
+            .await;
+        match secret {
+            Some(crate::cluster::SECRET) => assert!(answer.is_ok(), "{:?}", answer.err()),
+            _ => {
+                let refused = answer.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(refused.contains("cluster secret"), "{secret:?}: {refused}");
+            }
+        }
+    }
+
     // A table folder mixing Parquet and CSV is refused, naming the table.
     publish(
         dir.path(),
