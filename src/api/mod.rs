@@ -242,6 +242,7 @@ pub fn routes(
         .and(warp::header::optional::<String>(
             crate::query::FORWARDED_HEADER,
         ))
+        .and(warp::header::optional::<String>("accept"))
         .and(with_node.clone())
         .and(warp::any().map(move || queries_running.clone()))
         .then(
@@ -249,6 +250,7 @@ pub fn routes(
                   analysis: String,
                   body: Bytes,
                   forwarded: Option<String>,
+                  accept: Option<String>,
                   node: Node,
                   running: Arc<tokio::sync::Semaphore>| async move {
                 // Refused at once past the bound: a queue would only grow.
@@ -264,6 +266,23 @@ pub fn routes(
                 } else {
                     parse::<QueryRequest>(&body).map_err(QueryError::from)
                 };
+                #[cfg(feature = "sql")]
+                if analysis == "sql"
+                    && accept
+                        .as_deref()
+                        .is_some_and(|a| a.contains(ARROW_STREAM_MEDIA_TYPE))
+                {
+                    let answer = match request {
+                        Ok(request) => node.query_sql_arrow(&target, request).await,
+                        Err(e) => Err(e),
+                    };
+                    return match answer {
+                        Ok((bytes, meta)) => arrow_response(bytes, &meta),
+                        Err(e) => api_error_response(&e),
+                    };
+                }
+                #[cfg(not(feature = "sql"))]
+                let _ = accept;
                 let result = match request {
                     Ok(request) => {
                         node.query_or_forward(&target, &analysis, request, forwarded.is_none())
@@ -365,6 +384,40 @@ async fn acknowledged<T: serde::Serialize>(
         }
         other => other,
     })
+}
+
+/// The media type of an Arrow IPC stream: `sql` answers in it when asked.
+pub const ARROW_STREAM_MEDIA_TYPE: &str = "application/vnd.apache.arrow.stream";
+
+/// Rows as an Arrow IPC stream; the query's meta (JSON) in `x-dram-meta`.
+#[cfg(feature = "sql")]
+fn arrow_response(bytes: Vec<u8>, meta: &crate::query::QueryMeta) -> Response {
+    // A header value is ASCII: anything else in the meta is escaped.
+    let meta: String = serde_json::to_string(meta)
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c.to_string()
+            } else {
+                c.encode_utf16(&mut [0; 2])
+                    .iter()
+                    .map(|u| format!("\\u{u:04x}"))
+                    .collect()
+            }
+        })
+        .collect();
+    warp::http::Response::builder()
+        .header("content-type", ARROW_STREAM_MEDIA_TYPE)
+        .header("x-dram-meta", meta)
+        .body(bytes.into())
+        .unwrap_or_else(|_| {
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot build the response",
+            )
+        })
 }
 
 #[cfg(test)]

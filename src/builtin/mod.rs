@@ -20,7 +20,8 @@ pub use rows::{Columns, Format};
 pub use sql::{Sql, SqlOutput, SqlParams, SqlPartial};
 #[cfg(feature = "sql")]
 pub(crate) use sql::{
-    SqlMode, physical_plan, reduce_explicit, run_failed, sql_mode, sql_output, unify_schemas,
+    SqlMode, physical_plan, reduce_explicit, run_failed, sql_mode, sql_output, to_ipc,
+    unify_schemas,
 };
 
 use crate::builder::NodeBuilder;

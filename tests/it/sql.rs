@@ -559,6 +559,39 @@ async fn sql_answers_as_one_process_would() {
         r#"[{"z_big":"9007199254740993","a_dec":"12345678901234567.89","m_small":7}]"#
     );
 
+    // Arrow IPC when asked for: the same rows, typed as DataFusion typed them.
+    let sql = QUERIES[1];
+    let url = format!("{}/v1/query/shop/sql", members[0].server.url());
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&json!({"params": {"sql": sql}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
+    let meta: Value =
+        serde_json::from_str(response.headers()["x-dram-meta"].to_str().unwrap()).unwrap();
+    assert_eq!(meta["shards"], SHARDS);
+    let bytes = response.bytes().await.unwrap();
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(bytes.as_ref(), None).unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let mut writer = ArrayWriter::new(Vec::new());
+    writer
+        .write_batches(&batches.iter().collect::<Vec<_>>())
+        .unwrap();
+    writer.finish().unwrap();
+    let rows: Value = serde_json::from_slice(&writer.into_inner()).unwrap();
+    assert_eq!(
+        comparable(sql, &rows),
+        comparable(sql, &reference(&all, "csv", sql).await)
+    );
+
     // Tables as single files, and TSV and JSON lines.
     publish(
         dir.path(),

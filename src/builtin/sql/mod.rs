@@ -29,8 +29,9 @@ use serde_bytes::ByteBuf;
 
 use crate::query::{Analysis, AnalysisError, Shard};
 pub(crate) use plan::{physical_plan, run_failed};
+pub(crate) use tables::to_ipc;
 pub(crate) use tables::unify as unify_schemas;
-use tables::{conform, failed, from_ipc, to_ipc};
+use tables::{conform, failed, from_ipc};
 
 /// SQL over a database's tables: read-only, each part of a query within
 /// `memory_limit` bytes, stopped when the query is cancelled.
@@ -136,7 +137,7 @@ pub(crate) async fn reduce_explicit(
     ctx: &SessionContext,
     reduce_sql: &str,
     partials: Vec<SqlPartial>,
-) -> Result<SqlOutput, AnalysisError> {
+) -> Result<(SchemaRef, Vec<RecordBatch>), AnalysisError> {
     let parts = partials
         .iter()
         .flat_map(|p| &p.parts)
@@ -159,7 +160,7 @@ pub(crate) async fn reduce_explicit(
     let batches = collect(plan.clone(), ctx.task_ctx())
         .await
         .map_err(|e| plan::run_failed("reduce_sql", e))?;
-    sql_output(&plan.schema(), &batches)
+    Ok((plan.schema(), batches))
 }
 
 /// The answer as JSON: column names, and each row as an object with its
@@ -295,7 +296,8 @@ impl Analysis for Sql {
             SqlMode::Split(_) => Err(engine_only()),
             SqlMode::Explicit { reduce, .. } => block_on(async move {
                 let ctx = plan::context(self.memory_limit)?;
-                reduce_explicit(&ctx, reduce, vec![partial]).await
+                let (schema, batches) = reduce_explicit(&ctx, reduce, vec![partial]).await?;
+                sql_output(&schema, &batches)
             }),
         }
     }

@@ -62,7 +62,7 @@ pub(super) async fn register(
     Ok(tables.into_keys().collect())
 }
 
-pub(super) fn to_ipc(
+pub(crate) fn to_ipc(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<Vec<u8>, AnalysisError> {

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::{NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
-use crate::builtin::{SqlOutput, SqlParams};
+use crate::builtin::SqlParams;
 use crate::node::{Node, NodeError, WeakNode};
 use crate::query::AnalysisError;
 use routing::Placement;
@@ -237,6 +237,9 @@ impl SqlEngine {
     }
 }
 
+/// An answer's rows, as DataFusion typed them.
+type Rows = (SchemaRef, Vec<RecordBatch>);
+
 /// What a query asks for: shards of a pinned version, by a deadline.
 #[derive(Clone, Copy)]
 struct Asked<'a> {
@@ -295,7 +298,42 @@ impl Node {
             return None;
         }
         let engine = self.sql_engine()?.clone();
-        Some(self.run_sql_with(engine, target, request).await)
+        let answer = self.run_sql_with(engine, target, request).await;
+        Some(answer.and_then(|(rows, meta)| {
+            let output = crate::builtin::sql_output(&rows.0, &rows.1)
+                .map_err(|e| QueryError::from_analysis(SQL, None, e))?;
+            let result = serde_json::to_value(output).map_err(|e| QueryError::Failed {
+                analysis: SQL.into(),
+                shard: None,
+                message: e.to_string(),
+            })?;
+            Ok(QueryResponse { result, meta })
+        }))
+    }
+
+    /// Runs a `sql` query (`POST /v1/query/{database}/sql` with `Accept:
+    /// application/vnd.apache.arrow.stream`): the rows as an Arrow IPC
+    /// stream, exactly as DataFusion typed them, and the query's meta.
+    pub async fn query_sql_arrow(
+        &self,
+        target: &str,
+        request: QueryRequest,
+    ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
+        let started = Instant::now();
+        let answer = async {
+            let engine = self
+                .sql_engine()
+                .cloned()
+                .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
+            let ((schema, batches), meta) = self.run_sql_with(engine, target, &request).await?;
+            let bytes = crate::builtin::to_ipc(&schema, &batches)
+                .map_err(|e| QueryError::from_analysis(SQL, None, e))?;
+            Ok((bytes, meta))
+        }
+        .await;
+        let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
+        self.metrics().query_done(SQL, outcome, started.elapsed());
+        answer
     }
 
     async fn run_sql_with(
@@ -303,7 +341,7 @@ impl Node {
         engine: Arc<SqlEngine>,
         target: &str,
         request: &QueryRequest,
-    ) -> Result<QueryResponse, QueryError> {
+    ) -> Result<(Rows, QueryMeta), QueryError> {
         let started = Instant::now();
         let analysis_error = |e: AnalysisError| QueryError::from_analysis(SQL, None, e);
         let timeout_ms = self.query_timeout(request.timeout_ms)?;
@@ -440,14 +478,9 @@ impl Node {
                 Ok(result) => result?,
                 Err(_) => return Err(QueryError::Timeout { timeout_ms }),
             };
-        let result = serde_json::to_value(output).map_err(|e| QueryError::Failed {
-            analysis: SQL.into(),
-            shard: None,
-            message: e.to_string(),
-        })?;
-        Ok(QueryResponse {
-            result,
-            meta: QueryMeta {
+        Ok((
+            output,
+            QueryMeta {
                 alias: (target != database).then(|| target.to_string()),
                 database,
                 version,
@@ -458,7 +491,7 @@ impl Node {
                 missing_shards,
                 took_ms: started.elapsed().as_millis() as u64,
             },
-        })
+        ))
     }
 
     /// Chooses the member that reads each shard: this one for the shards it
@@ -585,7 +618,7 @@ async fn on_sql_runtime<T: Send + 'static>(
 
 /// Plans and runs one read-only statement; a missing table's error lists
 /// the tables there are.
-async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<SqlOutput, AnalysisError> {
+async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, AnalysisError> {
     let plan = match crate::builtin::physical_plan(ctx, sql).await {
         Ok(plan) => plan,
         Err(e) if e.message().contains("not found") && e.message().contains("table") => {
@@ -607,5 +640,5 @@ async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<SqlOutp
     let batches: Vec<RecordBatch> = datafusion::physical_plan::collect(plan, ctx.task_ctx())
         .await
         .map_err(|e| crate::builtin::run_failed("query", e))?;
-    crate::builtin::sql_output(&schema, &batches)
+    Ok((schema, batches))
 }
