@@ -19,6 +19,7 @@ pub mod nodes;
 pub mod restart;
 pub mod sql;
 pub mod support;
+pub mod tpch;
 
 use std::fmt::Write as _;
 
@@ -136,6 +137,11 @@ pub fn cases() -> Vec<Case> {
             name: "sql",
             about: "the sql analysis on 1, 2 and 4 nodes vs one-process DataFusion, same Parquet",
             run: sql::run,
+        },
+        Case {
+            name: "tpch",
+            about: "the 22 TPC-H queries (SF1) on 1, 2 and 3 members vs one-process DataFusion",
+            run: tpch::run,
         },
         Case {
             name: "fanout",

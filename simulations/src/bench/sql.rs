@@ -25,6 +25,7 @@ use dram::client::Client;
 use dram::{Config, Server};
 use serde_json::{Value, json};
 
+use super::support::median_ms;
 use super::{Settings, Table, ratio};
 use data::FILES_PER_SHARD;
 
@@ -295,22 +296,6 @@ async fn measure_cluster(
         m.dram_ms.push(ms);
     }
     Ok(load_s)
-}
-
-/// The median of `runs` timed calls of `work`, in milliseconds (the caller
-/// has already run it once to warm up).
-async fn median_ms<F, Fut>(runs: usize, mut work: F) -> Result<f64>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        work().await?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(super::support::median(&times))
 }
 
 /// DataFusion's answer (the warm-up run): column names and JSON rows, as

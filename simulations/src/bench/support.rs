@@ -458,6 +458,22 @@ pub fn mb(bytes: f64) -> String {
     format!("{:.1}", bytes / 1e6)
 }
 
+/// The median of `runs` timed calls of `work`, in milliseconds (the caller
+/// has already run it once to warm up).
+pub async fn median_ms<F, Fut>(runs: usize, mut work: F) -> Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        work().await?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&times))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
