@@ -2,7 +2,7 @@
 //! (with a self-signed certificate made here by rcgen), refuses plain HTTP,
 //! cuts off a client that never finishes its handshake, fails to start with
 //! files it cannot use (naming the field), and members reach each other over
-//! HTTPS.
+//! HTTPS (their SQL workers too).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -168,6 +168,8 @@ async fn members_reach_each_other_over_https() {
     let mut second_config = tls_config(&dir.path().join("n2"), &cert, &key);
     tune(&mut second_config);
     second_config.cluster.seeds = vec![seed];
+    // One store for both, as members of a cluster share.
+    second_config.store.url = first.node.config().store.url.clone();
     let second = Server::start(second_config).await.unwrap();
 
     // dram's own client trusts the system's roots only: ask with ours.
@@ -212,6 +214,82 @@ async fn members_reach_each_other_over_https() {
     let disks = get(format!("{}/v1/index/disks?scope=cluster", first.url())).await;
     assert_eq!(disks["nodes"].as_array().unwrap().len(), 2, "{disks}");
     assert_eq!(disks["unreachable"], json!([]), "{disks}");
+
+    // Distributed SQL between them: the workers speak TLS with the same
+    // certificate (8 shards, one copy each: both members hold some).
+    let shards: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            (
+                format!("shards/s{i}/t.csv"),
+                format!("n\n{i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = shards
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    publish(
+        &dir.path().join("n1"),
+        &first.node.config().store,
+        "spread",
+        &files,
+    )
+    .await;
+    let answer = http
+        .post(format!("{}/v1/databases", first.url()))
+        .json(&json!({"name": "spread", "source": "spread", "replicas": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = get(format!("{}/v1/cluster/shards?database=spread", first.url())).await;
+        let shards = view["shards"].as_object().cloned().unwrap_or_default();
+        let placed = shards.len() == 8
+            && shards.values().all(|h| {
+                h.as_array()
+                    .is_some_and(|h| h.len() == 1 && h[0]["state"] == "ready")
+            });
+        if placed {
+            break;
+        }
+        if Instant::now() > deadline {
+            let on_second = get(format!("{}/v1/databases/spread", second.url())).await;
+            let cluster = get(format!("{}/v1/cluster", second.url())).await;
+            panic!("not placed: {view}; on n2: {on_second}; {cluster}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = get(format!("{}/v1/cluster/shards?database=spread", first.url())).await;
+    let holders: std::collections::BTreeSet<String> = view["shards"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| h[0]["node"].as_str().unwrap().to_string())
+        .collect();
+    for sql in [
+        "SELECT count(*) AS c, sum(n) AS total FROM t",
+        "EXPLAIN ANALYZE SELECT count(*) AS c, sum(n) AS total FROM t",
+    ] {
+        let response = http
+            .post(format!("{}/v1/query/spread/sql", second.url()))
+            .json(&json!({"params": {"sql": sql}}))
+            .send()
+            .await
+            .unwrap();
+        let answer: Value = response.json().await.unwrap();
+        let rows = &answer["result"]["rows"];
+        if sql.starts_with("EXPLAIN") {
+            let plan = rows.to_string();
+            if holders.len() == 2 {
+                assert!(plan.contains("DistributedExec"), "{plan}");
+            }
+        } else {
+            assert_eq!(rows, &json!([{"c": 8, "total": 28}]), "{answer}");
+        }
+    }
     second.shutdown().await;
     first.shutdown().await;
 }

@@ -324,9 +324,12 @@ impl Membership {
             if let Some(http) = member.node.as_ref().map(NodeInfo::url) {
                 out.http.insert(member.id.clone(), http);
             }
-            if let Some(worker) = member.node.as_ref().and_then(|n| n.sql.as_ref()) {
+            if let Some(node) = &member.node
+                && let Some(worker) = &node.sql
+            {
+                let scheme = if node.tls { "https" } else { "http" };
                 out.workers
-                    .insert(member.id.clone(), format!("http://{worker}"));
+                    .insert(member.id.clone(), format!("{scheme}://{worker}"));
             }
             if let Some(load) = member.load {
                 out.load.insert(member.id.clone(), load.inflight);

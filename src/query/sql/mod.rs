@@ -82,6 +82,9 @@ pub(crate) struct SqlEngine {
     worker: Worker,
     channels: worker::Channels,
     secret: Option<String>,
+    /// The node's certificate and key (PEM), when it serves TLS: the worker
+    /// serves it too.
+    tls: Option<(Vec<u8>, Vec<u8>)>,
     tables: Mutex<Vec<Arc<Tables>>>,
     /// Where this member's worker listens, once it does.
     bound: OnceLock<SocketAddr>,
@@ -105,7 +108,37 @@ impl SqlEngine {
             .map_err(|e| NodeError::InvalidInput(format!("sql runtime: {e}")))?;
         store::register(&runtime, node);
         let secret = config.auth.peer_secret().map(str::to_string);
-        let channels = worker::Channels::new(secret.as_deref()).map_err(NodeError::InvalidInput)?;
+        let read = |field: &str, path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| {
+                        NodeError::InvalidInput(format!(
+                            "config field `{field}` ({}): {e}",
+                            p.display()
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let http = &config.http;
+        let tls = if http.tls() {
+            match (
+                read("http.tls_cert", &http.tls_cert)?,
+                read("http.tls_key", &http.tls_key)?,
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let ca = match (&tls, read("http.tls_ca", &http.tls_ca)?) {
+            (Some(_), Some(ca)) => Some(ca),
+            (Some((cert, _)), None) => Some(cert.clone()),
+            (None, _) => None,
+        };
+        let channels =
+            worker::Channels::new(secret.as_deref(), ca).map_err(NodeError::InvalidInput)?;
         let worker_channels = channels.clone();
         let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
             let channels = worker_channels.clone();
@@ -122,6 +155,7 @@ impl SqlEngine {
             worker,
             channels,
             secret,
+            tls,
             tables: Mutex::default(),
             bound: OnceLock::new(),
             url: OnceLock::new(),
@@ -149,9 +183,13 @@ impl SqlEngine {
             self.secret.clone(),
             self.closing.clone(),
         );
+        let tls = self
+            .tls
+            .clone()
+            .map(|(cert, key)| worker::WorkerTls { cert, key });
         runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => worker::serve(worker, listener, secret, closing).await,
+                Ok(listener) => worker::serve(worker, listener, secret, tls, closing).await,
                 Err(e) => tracing::warn!(error = %e, "the SQL worker cannot listen"),
             }
         });
@@ -166,7 +204,8 @@ impl SqlEngine {
 
     /// Records the address other members reach this member's worker at.
     pub(crate) fn advertise(&self, address: SocketAddr) -> String {
-        let url = format!("http://{address}");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{address}");
         if let Ok(parsed) = Url::parse(&url) {
             let _ = self.url.set(parsed);
         }

@@ -18,15 +18,23 @@ use tonic::transport::{Endpoint, Server};
 use url::Url;
 
 /// Connections to other members' workers, one per worker, each call
-/// carrying the cluster secret.
+/// carrying the cluster secret; over TLS to `https://` workers, trusting
+/// `ca` (PEM).
 #[derive(Clone)]
 pub(crate) struct Channels {
     secret: Option<http::HeaderValue>,
+    ca: Option<Arc<Vec<u8>>>,
     open: Arc<Mutex<HashMap<Url, BoxCloneSyncChannel>>>,
 }
 
+/// The worker's TLS: the node's certificate and key (PEM).
+pub(crate) struct WorkerTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
 impl Channels {
-    pub(crate) fn new(secret: Option<&str>) -> Result<Channels, String> {
+    pub(crate) fn new(secret: Option<&str>, ca: Option<Vec<u8>>) -> Result<Channels, String> {
         let secret = secret
             .map(|s| http::HeaderValue::from_str(&format!("Bearer {s}")))
             .transpose()
@@ -37,6 +45,7 @@ impl Channels {
             });
         Ok(Channels {
             secret,
+            ca: ca.map(Arc::new),
             open: Arc::default(),
         })
     }
@@ -52,6 +61,15 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = match (url.scheme(), &self.ca) {
+            ("https", Some(ca)) => endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca.as_slice())),
+                )
+                .map_err(|e| DataFusionError::Configuration(format!("worker TLS: {e}")))?,
+            _ => endpoint,
+        };
         // Connects on first use and again after the member comes back.
         let channel = endpoint.connect_lazy();
         let secret = self.secret.clone();
@@ -87,6 +105,7 @@ pub(crate) async fn serve(
     worker: datafusion_distributed::Worker,
     listener: TcpListener,
     secret: Option<String>,
+    tls: Option<WorkerTls>,
     closing: CancellationToken,
 ) {
     let check = move |request: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
@@ -109,8 +128,19 @@ pub(crate) async fn serve(
     };
     let service =
         tonic::service::interceptor::InterceptedService::new(worker.into_worker_server(), check);
-    let served = Server::builder()
-        .tcp_nodelay(true)
+    let mut server = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(tls.cert, tls.key);
+        server =
+            match server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
+                Ok(server) => server,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the SQL worker cannot use the node's certificate");
+                    return;
+                }
+            };
+    }
+    let served = server
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), closing.cancelled_owned())
         .await;
