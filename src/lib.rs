@@ -17,7 +17,10 @@
 //! - [`placement`]: which members should hold each shard (weighted rendezvous
 //!   hashing, zones, full disks) — pure; not yet wired into loading.
 //! - [`primary`]: primary election and terms — pure; not yet wired into gossip.
-//! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them.
+//! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them;
+//!   `query::sql` is the distributed SQL engine (datafusion-distributed: the
+//!   coordinator, each member's worker, shard scans routed to their holders,
+//!   the `dram://` object store over every database's files).
 //! - [`builder`]: building a node with analyses and extra routes.
 //! - [`builtin`]: the analyses the `dram` binary serves out of the box.
 //! - [`api`]: the HTTP API over warp.

@@ -180,16 +180,12 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(bytes) => warp::http::Response::builder()
-                        .header("content-type", PARTIAL_MEDIA_TYPE)
-                        .body(bytes.into())
-                        .unwrap_or_else(|_| {
-                            error_response(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "internal",
-                                "cannot build the response",
-                            )
-                        }),
+                    Ok(bytes) => super::error::bytes_response(
+                        StatusCode::OK,
+                        PARTIAL_MEDIA_TYPE,
+                        None,
+                        bytes,
+                    ),
                     Err(e) => super::error::api_error_response(&e),
                 }
             },
@@ -209,21 +205,16 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
                 match crate::query::sql::store::serve_range(&node, &location, range.as_deref())
                     .await
                 {
-                    Ok(bytes) => warp::http::Response::builder()
-                        .status(if range.is_some() {
+                    Ok(bytes) => super::error::bytes_response(
+                        if range.is_some() {
                             StatusCode::PARTIAL_CONTENT
                         } else {
                             StatusCode::OK
-                        })
-                        .header("content-type", "application/octet-stream")
-                        .body(bytes.into())
-                        .unwrap_or_else(|_| {
-                            error_response(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "internal",
-                                "cannot build the response",
-                            )
-                        }),
+                        },
+                        "application/octet-stream",
+                        None,
+                        bytes,
+                    ),
                     Err(e) => super::error::api_error_response(&e),
                 }
             },

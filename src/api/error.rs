@@ -92,6 +92,30 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
+/// A success response of raw bytes: their media type, and one more header
+/// when given.
+pub fn bytes_response(
+    status: StatusCode,
+    content_type: &str,
+    header: Option<(&str, String)>,
+    body: impl Into<bytes::Bytes>,
+) -> Response {
+    let mut builder = warp::http::Response::builder()
+        .status(status)
+        .header("content-type", content_type);
+    if let Some((name, value)) = header {
+        builder = builder.header(name, value);
+    }
+    let body: bytes::Bytes = body.into();
+    builder.body(body.into()).unwrap_or_else(|_| {
+        error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot build the response",
+        )
+    })
+}
+
 /// The response for a node operation's result.
 pub fn respond<T: Serialize, E: ApiError>(status: StatusCode, result: Result<T, E>) -> Response {
     match result {

@@ -407,17 +407,12 @@ fn arrow_response(bytes: Vec<u8>, meta: &crate::query::QueryMeta) -> Response {
             }
         })
         .collect();
-    warp::http::Response::builder()
-        .header("content-type", ARROW_STREAM_MEDIA_TYPE)
-        .header("x-dram-meta", meta)
-        .body(bytes.into())
-        .unwrap_or_else(|_| {
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "cannot build the response",
-            )
-        })
+    error::bytes_response(
+        StatusCode::OK,
+        ARROW_STREAM_MEDIA_TYPE,
+        Some(("x-dram-meta", meta)),
+        bytes,
+    )
 }
 
 #[cfg(test)]

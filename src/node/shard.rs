@@ -372,6 +372,17 @@ impl Node {
         Ok(files.parts.get(part).cloned().unwrap_or_default())
     }
 
+    /// One file of one part of a database this node knows the manifest of.
+    pub(crate) fn manifest_file(
+        &self,
+        database: &str,
+        part: &Part,
+        path: &str,
+    ) -> Result<Option<ManifestFile>, NodeError> {
+        let files = self.inner.files(database)?;
+        Ok(files.parts.get(part).and_then(|f| f.get(path)).cloned())
+    }
+
     /// The parts of a database, from its manifest.
     pub(crate) fn parts(&self, database: &str) -> Result<Vec<Part>, NodeError> {
         Ok(self.inner.files(database)?.parts.keys().cloned().collect())

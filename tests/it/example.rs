@@ -188,6 +188,40 @@ async fn sales_example_answers_match_the_sample_data() {
         .unwrap();
     assert_eq!(ids_and_values(&answer["result"]), expected_top(10, &all));
 
+    // The sample is queryable with SQL as it is: one file per shard is
+    // table `sales`, `global/products.csv` table `products`.
+    let answer = client
+        .post(
+            "/v1/query/sales/sql",
+            &json!({"params": {"sql": "SELECT count(*) AS n, sum(quantity) AS units FROM sales"}}),
+        )
+        .await
+        .unwrap();
+    let units: u64 = orders().iter().map(|o| o.units).sum();
+    assert_eq!(
+        answer["result"]["rows"],
+        json!([{"n": orders().len(), "units": units}]),
+        "{answer}"
+    );
+    let answer = client
+        .post(
+            "/v1/query/sales/sql",
+            &json!({"params": {"sql": "SELECT p.category, count(*) AS orders FROM sales s JOIN products p ON s.product_id = p.product_id GROUP BY p.category ORDER BY p.category"}}),
+        )
+        .await
+        .unwrap();
+    let mut per_category: BTreeMap<String, u64> = BTreeMap::new();
+    for order in orders() {
+        *per_category
+            .entry(categories()[&order.product].clone())
+            .or_default() += 1;
+    }
+    let expected: Vec<Value> = per_category
+        .into_iter()
+        .map(|(category, orders)| json!({"category": category, "orders": orders}))
+        .collect();
+    assert_eq!(answer["result"]["rows"], json!(expected), "{answer}");
+
     // The report route mounted by the example: both analyses on one version.
     let report = client
         .get("/sales/sales/report?from=2026-10-01&to=2026-10-31")

@@ -401,6 +401,24 @@ async fn sql_answers_as_one_process_would() {
         comparable("ORDER BY", &expected),
         "{explicit}"
     );
+    // reduce_sql reads the global tables too.
+    let explicit = ask(
+        clients[1],
+        "shop",
+        json!({
+            "map_sql": "SELECT product FROM sales",
+            "reduce_sql": "SELECT p.category, count(*) AS n FROM partials x JOIN products p ON x.product = p.product GROUP BY p.category ORDER BY p.category",
+        }),
+    )
+    .await
+    .unwrap();
+    let expected = reference(
+        &all,
+        "csv",
+        "SELECT p.category, count(*) AS n FROM sales s JOIN products p ON s.product = p.product GROUP BY p.category ORDER BY p.category",
+    )
+    .await;
+    assert_eq!(explicit["result"]["rows"], expected, "{explicit}");
     for (params, named) in [
         (
             json!({"sql": "SELECT 1", "map_sql": "SELECT 1"}),

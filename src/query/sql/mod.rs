@@ -414,6 +414,9 @@ impl Node {
                             deadline,
                         };
                         let reading = self.reading(&engine, &asked, &excluded).await?;
+                        if excluded.is_empty() {
+                            self.count_query(&database, &reading.shards);
+                        }
                         let (node, engine) = (self.clone(), engine.clone());
                         let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
                         let placement = reading.placement.clone();

@@ -93,15 +93,35 @@ fn placement(config: &datafusion::prelude::SessionConfig) -> Option<Arc<Placemen
     config.get_extension::<Placement>()
 }
 
-/// A stage scanning shard tables wants one task per member reading shards.
+/// A stage scanning shard tables wants one task per member reading shards;
+/// a scan of global tables alone wants one task (dimension tables are small:
+/// spreading them costs more than it saves), unless the stage has more for
+/// a shard scan, which then splits the global files over its tasks.
 pub(crate) fn desired_task_count(
     ev: DesiredTaskCountEvent,
 ) -> Option<Result<DesiredTaskCountEventResponse>> {
+    if global_scan(ev.plan) {
+        return Some(Ok(DesiredTaskCountEventResponse::desired(1)));
+    }
     shard_scan(ev.plan)?;
     let placement = placement(ev.session_config)?;
     Some(Ok(DesiredTaskCountEventResponse::desired(
         placement.readers.len().max(1),
     )))
+}
+
+/// Whether `plan` scans files of `dram://` global data only.
+fn global_scan(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let Some(source) = plan.downcast_ref::<DataSourceExec>() else {
+        return false;
+    };
+    let Some(scan) = source.data_source().downcast_ref::<FileScanConfig>() else {
+        return false;
+    };
+    scan.object_store_url.as_str().trim_end_matches('/') == STORE_URL
+        && scan.file_groups.iter().flat_map(|g| g.files()).all(|f| {
+            matches!(FileRef::parse(&f.object_meta.location), Some(r) if r.part == Part::Global)
+        })
 }
 
 /// Splits a shard-table scan into one variant per task: task `i` reads the

@@ -94,7 +94,14 @@ impl FileRef {
 pub(crate) struct DramStore {
     node: WeakNode,
     local: LocalFileSystem,
+    /// Files of a pinned version found on local disk: their bytes never
+    /// change, so later reads skip the catalog. A path that is gone (its
+    /// copy purged) is looked up again.
+    found: std::sync::Mutex<std::collections::HashMap<Path, (PathBuf, ManifestFile)>>,
 }
+
+/// Local files remembered at most.
+const FOUND: usize = 65_536;
 
 impl fmt::Debug for DramStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,6 +147,7 @@ impl DramStore {
         DramStore {
             node,
             local: LocalFileSystem::new(),
+            found: Default::default(),
         }
     }
 
@@ -154,9 +162,8 @@ impl DramStore {
         let file = FileRef::parse(location).ok_or_else(|| not_found(location))?;
         check_version(node, &file.database, &file.version)?;
         let entry = node
-            .part_files(&file.database, &file.part)
+            .manifest_file(&file.database, &file.part, &file.path)
             .map_err(generic)?
-            .remove(&file.path)
             .ok_or_else(|| not_found(location))?;
         Ok((file, entry))
     }
@@ -322,13 +329,31 @@ impl ObjectStore for DramStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> StoreResult<GetResult> {
+        let known = crate::node::lock(&self.found).get(location).cloned();
+        if let Some((local, entry)) = known {
+            let path = Path::from_absolute_path(&local).map_err(generic)?;
+            match self.local.get_opts(&path, options.clone()).await {
+                Ok(mut result) => {
+                    result.meta = meta(location, &entry);
+                    return Ok(result);
+                }
+                Err(_) => {
+                    crate::node::lock(&self.found).remove(location);
+                }
+            }
+        }
         let node = self.node()?;
         let (file, entry) = self.describe(&node, location)?;
         match self.locate(&node, &file).await? {
             Located::Here(local) => {
-                let local = Path::from_absolute_path(&local).map_err(generic)?;
-                let mut result = self.local.get_opts(&local, options).await?;
+                let path = Path::from_absolute_path(&local).map_err(generic)?;
+                let mut result = self.local.get_opts(&path, options).await?;
                 result.meta = meta(location, &entry);
+                let mut found = crate::node::lock(&self.found);
+                if found.len() >= FOUND {
+                    found.clear();
+                }
+                found.insert(location.clone(), (local, entry));
                 Ok(result)
             }
             Located::Holders(holders) => {
