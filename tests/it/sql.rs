@@ -667,10 +667,26 @@ async fn sql_answers_as_one_process_would() {
             "SELECT p.name, s.amount FROM sales s JOIN products p ON s.id = p.id ORDER BY p.name",
             json!([{"name": "ball", "amount": 1.0}, {"name": "kite", "amount": 2.5}]),
         ),
+        (
+            "SELECT name FROM products ORDER BY name",
+            json!([{"name": "ball"}, {"name": "kite"}]),
+        ),
     ] {
-        let answer = ask(clients[2], "flat", json!({"sql": sql})).await.unwrap();
-        assert_eq!(answer["result"]["rows"], expected, "{sql}: {answer}");
+        // Through every member: two shards on three members leave one
+        // holding nothing of `flat`, which reads every file from a holder
+        // (GET /v1/internal/file).
+        for client in &clients {
+            let answer = ask(client, "flat", json!({"sql": sql})).await.unwrap();
+            assert_eq!(answer["result"]["rows"], expected, "{sql}: {answer}");
+        }
     }
+    let held = copies(clients[0], "flat").await;
+    let holders: std::collections::BTreeSet<&str> = held
+        .values()
+        .flatten()
+        .map(|(node, _)| node.as_str())
+        .collect();
+    assert!(holders.len() < 3, "{held:?}");
 
     // The SQL worker is node-to-node: a call without the cluster secret is
     // refused; with it, answered.

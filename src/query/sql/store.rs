@@ -226,8 +226,30 @@ async fn holders(node: &Node, file: &FileRef) -> Vec<String> {
         .collect()
 }
 
-/// The bytes `range` of a file, from the first holder that answers.
+/// The bytes `range` of a file, from holders, in requests of at most
+/// [`MAX_RANGE`] bytes.
 async fn read_from_holders(
+    node: &Node,
+    holders: &[String],
+    file: &FileRef,
+    range: &Range<u64>,
+) -> StoreResult<Bytes> {
+    if range.end - range.start <= MAX_RANGE {
+        return read_range_from_holders(node, holders, file, range).await;
+    }
+    let mut bytes = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + MAX_RANGE).min(range.end);
+        bytes
+            .extend_from_slice(&read_range_from_holders(node, holders, file, &(start..end)).await?);
+        start = end;
+    }
+    Ok(bytes.freeze())
+}
+
+/// The bytes `range` of a file, from the first holder that answers.
+async fn read_range_from_holders(
     node: &Node,
     holders: &[String],
     file: &FileRef,
@@ -492,8 +514,9 @@ pub(crate) async fn serve_range(
 }
 
 /// Most bytes one range request may ask for (DataFusion asks for column
-/// chunks and footers, far smaller).
-const MAX_RANGE: u64 = 256 << 20;
+/// chunks and footers, mostly far smaller; a larger read is several
+/// requests).
+const MAX_RANGE: u64 = 64 << 20;
 
 fn parse_range(header: Option<&str>, size: u64) -> Result<Range<u64>, NodeError> {
     let range = match header {
