@@ -124,6 +124,12 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
+        if !matches!(self.sql.compression.as_str(), "none" | "lz4" | "zstd") {
+            return Err(invalid(
+                "sql.compression",
+                format!("must be none, lz4 or zstd, not {:?}", self.sql.compression),
+            ));
+        }
         if !(0.0..1.0).contains(&self.cluster.rebalance_threshold) {
             return Err(invalid("cluster.rebalance_threshold", "must be in [0, 1)"));
         }

@@ -320,6 +320,8 @@ pub struct SqlConfig {
     /// send it (node-to-node: the cluster secret is required). Empty: the
     /// HTTP listener's address, on a port the system picks (gossiped).
     pub worker_listen: String,
+    /// How rows travel between members: `none`, `lz4` or `zstd`.
+    pub compression: String,
 }
 
 impl Default for SqlConfig {
@@ -327,6 +329,7 @@ impl Default for SqlConfig {
         SqlConfig {
             memory_limit: 2 << 30,
             worker_listen: String::new(),
+            compression: "none".into(),
         }
     }
 }

@@ -85,6 +85,8 @@ pub(crate) struct SqlEngine {
     /// The node's certificate and key (PEM), when it serves TLS: the worker
     /// serves it too.
     tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How rows travel between members (`sql.compression`).
+    compression: Option<datafusion_distributed::CompressionType>,
     tables: Mutex<Vec<Arc<Tables>>>,
     /// Where this member's worker listens, once it does.
     bound: OnceLock<SocketAddr>,
@@ -156,6 +158,11 @@ impl SqlEngine {
             channels,
             secret,
             tls,
+            compression: match config.sql.compression.as_str() {
+                "lz4" => Some(datafusion_distributed::CompressionType::LZ4_FRAME),
+                "zstd" => Some(datafusion_distributed::CompressionType::ZSTD),
+                _ => None,
+            },
             tables: Mutex::default(),
             bound: OnceLock::new(),
             url: OnceLock::new(),
@@ -231,6 +238,9 @@ impl SqlEngine {
         options.execution.collect_statistics = true;
         if let Some((placement, _)) = &distributed {
             config = config.with_extension(Arc::new(placement.clone()));
+            if let Err(e) = config.set_distributed_compression(self.compression) {
+                tracing::warn!(error = %e, "sql.compression not applied");
+            }
         }
         let builder = SessionStateBuilder::new()
             .with_config(config)
