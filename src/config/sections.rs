@@ -312,9 +312,9 @@ impl Default for ScrubConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlConfig {
-    /// Bytes of memory one part of a SQL query (a shard's share, or the
-    /// root's final step) may hold on this node; past it the query fails
-    /// with 503 `memory_limit` (nothing spills to disk).
+    /// Bytes of memory the SQL work on this node (its stages of every
+    /// distributed query; one shard's `map_sql`) may hold; past it the query
+    /// fails with 503 `memory_limit` (nothing spills to disk).
     pub memory_limit: u64,
     /// Where this node's SQL worker listens for the stages other members
     /// send it (node-to-node: the cluster secret is required). Empty: the
