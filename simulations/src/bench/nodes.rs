@@ -62,7 +62,8 @@ pub async fn publish(folder: &Path, store_url: &str, name: &str) -> Result<()> {
 
 /// Waits (at most `secs`) until `url`'s node sees each of the `shards` shards
 /// of `database` ready on exactly `copies` members, spread over `nodes`
-/// members in all; returns the shards each member holds.
+/// members in all, and the database ready; returns the shards each member
+/// holds.
 pub async fn wait_placed(
     http: &reqwest::Client,
     url: &str,
@@ -97,7 +98,16 @@ pub async fn wait_placed(
                 ready.len() == copies
             });
         if placed && held.len() == nodes {
-            return Ok(held);
+            // The database too (its state follows its shards' a moment later).
+            let info: Value = http
+                .get(format!("{url}/v1/databases/{database}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if info["state"] == "ready" {
+                return Ok(held);
+            }
         }
         if Instant::now() > deadline {
             let info: Value = http

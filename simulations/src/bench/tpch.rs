@@ -97,23 +97,6 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
         .await?;
         let held =
             nodes::wait_placed(&http, &root, DATABASE, SHARDS as usize, 1, members, 1800).await?;
-        // Every shard ready, and the database too.
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let info: Value = http
-                .get(format!("{root}/v1/databases/{DATABASE}"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            if info["state"] == "ready" {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{DATABASE} not ready on {members} member(s): {info}");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
         loads.push(format!(
             "{members} member{}: {:.1} s ({})",
             if members == 1 { "" } else { "s" },
