@@ -179,6 +179,9 @@ pub(crate) type DynPartial = Box<dyn Any + Send>;
 /// An `Analysis` with its types erased, as the node's registry keeps it.
 pub(crate) trait DynAnalysis: Send + Sync {
     fn description(&self) -> String;
+    /// The type of the analysis behind this one (the engine serves the
+    /// built-in `sql` itself).
+    fn analysis_type(&self) -> std::any::TypeId;
     fn params(&self, params: Option<serde_json::Value>) -> Result<DynParams, AnalysisError>;
     fn map(&self, params: &DynParams, shard: &Shard) -> Result<DynPartial, AnalysisError>;
     fn reduce(
@@ -212,6 +215,10 @@ fn unbox<T: 'static>(partial: DynPartial) -> Result<T, AnalysisError> {
 impl<A: Analysis> DynAnalysis for A {
     fn description(&self) -> String {
         Analysis::description(self)
+    }
+
+    fn analysis_type(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<A>()
     }
 
     fn params(&self, params: Option<serde_json::Value>) -> Result<DynParams, AnalysisError> {

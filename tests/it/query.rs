@@ -708,3 +708,26 @@ async fn hang_ups_and_deadlines_at_the_root_stop_the_holders_maps() {
     n2.shutdown().await;
     n1.shutdown().await;
 }
+
+/// A node that serves its own analyses only has no `sql`: the engine answers
+/// for the built-in alone.
+#[tokio::test]
+async fn a_node_without_the_built_in_sql_serves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    publish(dir.path(), &config.store, "numbers", NUMBERS).await;
+    let (server, client) = serve(Node::builder(config).analysis("sum", SumNumbers)).await;
+    load(&client, json!({"name": "numbers", "source": "numbers"})).await;
+    let message = expect_error(
+        client
+            .post(
+                "/v1/query/numbers/sql",
+                &json!({"params": {"sql": "SELECT 1"}}),
+            )
+            .await,
+        404,
+        "not_found",
+    );
+    assert!(message.contains("analysis \"sql\""), "{message}");
+    server.shutdown().await;
+}

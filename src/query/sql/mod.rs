@@ -343,7 +343,12 @@ impl Node {
         analysis_name: &str,
         request: &QueryRequest,
     ) -> Option<Result<QueryResponse, QueryError>> {
-        if analysis_name != SQL {
+        // The built-in `sql` only: a node that serves no `sql`, or its own
+        // analysis of that name, answers as for any other analysis.
+        let registered = self.analyses().get(analysis_name)?;
+        if analysis_name != SQL
+            || registered.analysis_type() != std::any::TypeId::of::<crate::builtin::Sql>()
+        {
             return None;
         }
         let engine = self.sql_engine()?.clone();
@@ -370,8 +375,12 @@ impl Node {
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
         let started = Instant::now();
         let answer = async {
+            let served = self.analyses().get(SQL).is_some_and(|a| {
+                a.analysis_type() == std::any::TypeId::of::<crate::builtin::Sql>()
+            });
             let engine = self
                 .sql_engine()
+                .filter(|_| served)
                 .cloned()
                 .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
             let ((schema, batches), meta) = self.run_sql_with(engine, target, &request).await?;
