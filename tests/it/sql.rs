@@ -17,7 +17,7 @@ use dram::client::Client;
 use serde_json::{Value, json};
 
 use crate::cluster::{members, on_all};
-use crate::support::{copies, dram_cli, expect_error, publish, ready};
+use crate::support::{copies, dram_cli, expect_error, publish, publish_owned, ready};
 
 const SHARDS: usize = 6;
 
@@ -317,11 +317,7 @@ async fn sql_answers_as_one_process_would() {
     ] {
         let all = dir.path().join(format!("all-{database}"));
         let files = database_files(&all, format).await;
-        let files: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
-            .collect();
-        publish(dir.path(), &store_config, database, &files).await;
+        publish_owned(dir.path(), &store_config, database, &files).await;
         clients[0]
             .post(
                 "/v1/databases",

@@ -50,6 +50,20 @@ pub async fn serve(builder: NodeBuilder) -> (Server, Client) {
     (server, client)
 }
 
+/// [`publish`] for files held as owned paths and bytes.
+pub async fn publish_owned(
+    dir: &Path,
+    store: &StoreConfig,
+    source: &str,
+    files: &[(String, Vec<u8>)],
+) {
+    let files: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    publish(dir, store, source, &files).await;
+}
+
 /// Writes `files` into a fresh folder and publishes it at `source`: a URL, or a
 /// name under `store.url`, as `dram publish` takes it.
 pub async fn publish(dir: &Path, store: &StoreConfig, source: &str, files: &[(&str, &[u8])]) {

@@ -164,13 +164,15 @@ async fn members_reach_each_other_over_https() {
     let mut first_config = tls_config(&dir.path().join("n1"), &cert, &key);
     tune(&mut first_config);
     let seed = first_config.cluster.gossip_listen.clone();
-    let first = Server::start(first_config).await.unwrap();
+    // With the built-in analyses: `sql` runs between them below.
+    let serve = |config| dram::builtin::register(Node::builder(config)).serve();
+    let first = serve(first_config).await.unwrap();
     let mut second_config = tls_config(&dir.path().join("n2"), &cert, &key);
     tune(&mut second_config);
     second_config.cluster.seeds = vec![seed];
     // One store for both, as members of a cluster share.
     second_config.store.url = first.node.config().store.url.clone();
-    let second = Server::start(second_config).await.unwrap();
+    let second = serve(second_config).await.unwrap();
 
     // dram's own client trusts the system's roots only: ask with ours.
     let http = trusting(&cert);
@@ -225,15 +227,11 @@ async fn members_reach_each_other_over_https() {
             )
         })
         .collect();
-    let files: Vec<(&str, &[u8])> = shards
-        .iter()
-        .map(|(p, b)| (p.as_str(), b.as_slice()))
-        .collect();
-    publish(
+    crate::support::publish_owned(
         &dir.path().join("n1"),
         &first.node.config().store,
         "spread",
-        &files,
+        &shards,
     )
     .await;
     let answer = http

@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use crate::cluster::{members, on_all};
-use crate::support::{copies, publish, ready};
+use crate::support::{copies, publish_owned, ready};
 
 #[path = "../../simulations/src/tpch.rs"]
 mod generated;
@@ -31,11 +31,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         let clients: Vec<&dram::client::Client> = members.iter().map(|m| &m.client).collect();
         let reference = dir.path().join(format!("reference-{database}"));
         let files = generated::database(0.01, SHARDS, layout, &reference);
-        let files: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
-            .collect();
-        publish(dir.path(), &store_config, database, &files).await;
+        publish_owned(dir.path(), &store_config, database, &files).await;
         clients[0]
             .post(
                 "/v1/databases",
