@@ -225,7 +225,9 @@ impl SqlEngine {
 
     /// A coordinating context: distributed over `placement` when there is
     /// one (members to run on), else this process alone.
-    fn session(&self, placement: Option<Placement>) -> SessionContext {
+    /// `analyze`: the query is an EXPLAIN ANALYZE, whose stages report their
+    /// metrics back (other queries skip that work).
+    fn session(&self, placement: Option<Placement>, analyze: bool) -> SessionContext {
         let distributed = match (placement, self.url.get()) {
             (Some(placement), Some(url)) if placement.workers.len() > 1 => {
                 Some((placement, url.clone()))
@@ -240,6 +242,9 @@ impl SqlEngine {
             config = config.with_extension(Arc::new(placement.clone()));
             if let Err(e) = config.set_distributed_compression(self.compression) {
                 tracing::warn!(error = %e, "sql.compression not applied");
+            }
+            if let Err(e) = config.set_distributed_metrics_collection(analyze) {
+                tracing::warn!(error = %e, "metrics collection not set");
             }
         }
         let builder = SessionStateBuilder::new()
@@ -441,7 +446,7 @@ impl Node {
                         let placement = reading.placement.clone();
                         let shards = reading.shards.clone();
                         let output = on_sql_runtime(async move {
-                            let ctx = engine.session(Some(placement));
+                            let ctx = engine.session(Some(placement), explains_analyze(&sql));
                             let tables = engine.tables(&node, &ctx, &db, &ver).await?;
                             tables.register(&ctx, &shards, true)?;
                             run(&ctx, &sql, &tables).await
@@ -516,7 +521,7 @@ impl Node {
                     let (node, engine) = (self.clone(), engine.clone());
                     let (db, ver, reduce) = (database.clone(), version.clone(), reduce.to_string());
                     let output = on_sql_runtime(async move {
-                        let ctx = engine.session(None);
+                        let ctx = engine.session(None, false);
                         let tables = engine.tables(&node, &ctx, &db, &ver).await?;
                         tables.register(&ctx, &[], false)?;
                         crate::builtin::reduce_explicit(&ctx, &reduce, partials).await
@@ -675,6 +680,16 @@ async fn on_sql_runtime<T: Send + 'static>(
         Err(e) if e.is_cancelled() => Err(AnalysisError::cancelled()),
         Err(_) => Err(AnalysisError::failed("the sql query panicked")),
     }
+}
+
+/// Whether `sql` is an EXPLAIN ANALYZE.
+fn explains_analyze(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(3)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    words.first().is_some_and(|w| w == "EXPLAIN") && words.iter().any(|w| w == "ANALYZE")
 }
 
 /// Plans and runs one read-only statement; a missing table's error lists
