@@ -42,6 +42,7 @@ pub struct Metrics {
     downloads: Option<IntCounterVec>,
     download_errors: Option<IntCounterVec>,
     read_bytes: Option<IntCounterVec>,
+    sql_remote_read_bytes: Option<IntCounterVec>,
     gossip_rejected: Option<IntCounterVec>,
 }
 
@@ -176,6 +177,14 @@ impl Metrics {
                 "Bytes analyses read from local files, by disk.",
                 &["disk"],
             ),
+            sql_remote_read_bytes: counter(
+                &registry,
+                "dram_sql_remote_read_bytes_total",
+                "Bytes SQL read from holders because this node holds no copy of their part, \
+                 by part kind (shard or global); shard scans run on holders, so shard bytes \
+                 here mean a task ran away from its data.",
+                &["part"],
+            ),
             gossip_rejected: counter(
                 &registry,
                 "dram_gossip_rejected_total",
@@ -221,6 +230,11 @@ impl Metrics {
     /// Analyses read `bytes` from files on `disk`.
     pub fn read_bytes(&self, disk: &str, bytes: u64) {
         add(&self.read_bytes, &[disk], bytes);
+    }
+
+    /// SQL read `bytes` of a `part` kind (`shard`, `global`) from a holder.
+    pub fn sql_remote_read(&self, part: &str, bytes: u64) {
+        add(&self.sql_remote_read_bytes, &[part], bytes);
     }
 
     /// The text exposition (format 0.0.4) of the registry and of `gauges`.

@@ -683,6 +683,17 @@ async fn sql_answers_as_one_process_would() {
         .map(|(node, _)| node.as_str())
         .collect();
     assert!(holders.len() < 3, "{held:?}");
+    // The member holding none of it read from holders (counted).
+    let stranger = members
+        .iter()
+        .find(|m| !holders.contains(m.server.node.id()))
+        .unwrap();
+    let metrics = crate::support::metrics_text(&stranger.server.url()).await;
+    assert!(
+        metrics.contains(r#"dram_sql_remote_read_bytes_total{part="shard"}"#)
+            && metrics.contains(r#"dram_sql_remote_read_bytes_total{part="global"}"#),
+        "{metrics}"
+    );
 
     // The SQL worker is node-to-node: a call without the cluster secret is
     // refused; with it, answered.

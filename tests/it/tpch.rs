@@ -23,11 +23,14 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
     let mut members = members(dir.path(), 3).await;
     let store_config = members[0].server.node.config().store.clone();
 
-    for (database, layout, replicas) in [
+    for (done, (database, layout, replicas)) in [
         ("tpch_colocated", Layout::Colocated, 1),
         ("tpch_scattered", Layout::Scattered, 1),
         ("tpch_replicated", Layout::Scattered, 2),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let clients: Vec<&dram::client::Client> = members.iter().map(|m| &m.client).collect();
         let reference = dir.path().join(format!("reference-{database}"));
         let files = generated::database(0.01, SHARDS, layout, &reference);
@@ -85,6 +88,23 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
             generated::same_answer(sql, &answer["result"]["rows"], &expected)
                 .unwrap_or_else(|e| panic!("{database} Q{}: {e}\n{answer}", i + 1));
             assert_eq!(answer["meta"]["shards"], SHARDS, "Q{}", i + 1);
+        }
+
+        // Every shard scan ran on a holder of its shard: what a member read
+        // of other members' shards is the Parquet metadata the coordinator
+        // plans with (DataFusion reads a file's last 512 KiB for it), once
+        // per file, not the rows of 22 queries.
+        let files_so_far = (done + 1) as f64 * 2.0 * SHARDS as f64;
+        for member in &members {
+            let metrics = crate::support::metrics_text(&member.server.url()).await;
+            let remote: f64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(r#"dram_sql_remote_read_bytes_total{part="shard"} "#))
+                .map_or(0.0, |v| v.parse().unwrap());
+            assert!(
+                remote <= files_so_far * 512.0 * 1024.0,
+                "{database}: {remote} bytes of shards read from other members"
+            );
         }
 
         // The plan is distributed: its stages run on the three members

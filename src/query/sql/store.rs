@@ -385,6 +385,12 @@ impl ObjectStore for DramStore {
                 } else {
                     read_from_holders(&node, &holders, &file, &range).await?
                 };
+                let kind = if file.part == Part::Global {
+                    "global"
+                } else {
+                    "shard"
+                };
+                node.metrics().sql_remote_read(kind, bytes.len() as u64);
                 Ok(GetResult {
                     payload: GetResultPayload::Stream(
                         futures::stream::once(async move { Ok(bytes) }).boxed(),
