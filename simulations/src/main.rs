@@ -58,6 +58,10 @@ enum Command {
         /// Seed of the generated data.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// `tpch`: also print the distributed plan with its metrics
+        /// (EXPLAIN ANALYZE) of these queries (comma-separated numbers).
+        #[arg(long, value_delimiter = ',')]
+        explain: Vec<usize>,
     },
     /// Everything, at the default sizes.
     All {
@@ -97,14 +101,26 @@ fn main() -> Result<()> {
     let (nodes, common) = match cli.command {
         Command::Scenarios { only, seed } => return run_scenarios(only.as_deref(), seed),
         Command::Scale { nodes, common } => (nodes, common),
-        Command::Bench { only, quick, seed } => {
+        Command::Bench {
+            only,
+            quick,
+            seed,
+            explain,
+        } => {
             let only: Vec<String> = only
                 .iter()
                 .flat_map(|o| o.split(','))
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty())
                 .collect();
-            return bench::run(&only, &bench::Settings { quick, seed });
+            return bench::run(
+                &only,
+                &bench::Settings {
+                    quick,
+                    seed,
+                    explain,
+                },
+            );
         }
         Command::All { common } => {
             let passed = run_scenarios(None, common.seed);

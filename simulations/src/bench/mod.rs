@@ -32,6 +32,8 @@ pub struct Settings {
     pub quick: bool,
     /// Seed of generated data.
     pub seed: u64,
+    /// `tpch`: queries whose distributed plan (EXPLAIN ANALYZE) is printed.
+    pub explain: Vec<usize>,
 }
 
 /// One printed table: a title, columns, rows of cells, and notes below.

@@ -118,6 +118,19 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
                     i + 1
                 );
             }
+            if settings.explain.contains(&(i + 1)) {
+                let sql = format!("EXPLAIN ANALYZE {sql}");
+                let body = json!({"params": {"sql": sql}, "timeout_ms": 300_000});
+                let plan: Value = nodes::post_json(&http, &url, &body).await?;
+                for row in plan["result"]["rows"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "Q{} on {members} member(s), {}:\n{}",
+                        i + 1,
+                        row["plan_type"].as_str().unwrap_or_default(),
+                        row["plan"].as_str().unwrap_or_default()
+                    );
+                }
+            }
             let ms = median_ms(runs, || async {
                 nodes::post_json(&http, &url, &body)
                     .await

@@ -32,7 +32,9 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext};
+use datafusion_distributed::{
+    DistributedConfig, DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext,
+};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -234,19 +236,11 @@ impl SqlEngine {
             }
             _ => None,
         };
-        let mut config = SessionConfig::new().with_information_schema(true);
-        let options = config.options_mut();
-        options.execution.listing_table_ignore_subdirectory = false;
-        options.execution.collect_statistics = true;
-        if let Some((placement, _)) = &distributed {
-            config = config.with_extension(Arc::new(placement.clone()));
-            if let Err(e) = config.set_distributed_compression(self.compression) {
-                tracing::warn!(error = %e, "sql.compression not applied");
-            }
-            if let Err(e) = config.set_distributed_metrics_collection(analyze) {
-                tracing::warn!(error = %e, "metrics collection not set");
-            }
-        }
+        let config = session_config(
+            distributed.as_ref().map(|(placement, _)| placement),
+            self.compression,
+            analyze,
+        );
         let builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())
@@ -682,6 +676,35 @@ async fn on_sql_runtime<T: Send + 'static>(
     }
 }
 
+/// A query's DataFusion options; distributed over `placement`, with
+/// datafusion-distributed's options, which travel to every worker with its
+/// stages: how rows go between members (`sql.compression`) and whether
+/// stages report their metrics back (only for EXPLAIN ANALYZE).
+fn session_config(
+    placement: Option<&Placement>,
+    compression: Option<datafusion_distributed::CompressionType>,
+    analyze: bool,
+) -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    let options = config.options_mut();
+    options.execution.listing_table_ignore_subdirectory = false;
+    options.execution.collect_statistics = true;
+    let Some(placement) = placement else {
+        return config;
+    };
+    let mut config = config.with_extension(Arc::new(placement.clone()));
+    let mut options = DistributedConfig::default();
+    options.compression = match compression {
+        Some(datafusion_distributed::CompressionType::LZ4_FRAME) => "lz4",
+        Some(datafusion_distributed::CompressionType::ZSTD) => "zstd",
+        _ => "none",
+    }
+    .to_string();
+    options.collect_metrics = analyze;
+    config.set_distributed_option_extension(options);
+    config
+}
+
 /// Whether `sql` is an EXPLAIN ANALYZE.
 fn explains_analyze(sql: &str) -> bool {
     let words: Vec<String> = sql
@@ -695,6 +718,7 @@ fn explains_analyze(sql: &str) -> bool {
 /// Plans and runs one read-only statement; a missing table's error lists
 /// the tables there are.
 async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, AnalysisError> {
+    let started = Instant::now();
     let plan = match crate::builtin::physical_plan(ctx, sql).await {
         Ok(plan) => plan,
         Err(e) if e.message().contains("not found") && e.message().contains("table") => {
@@ -712,9 +736,45 @@ async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, A
         }
         Err(e) => return Err(e),
     };
+    let planned = started.elapsed();
     let schema: SchemaRef = plan.schema();
     let batches: Vec<RecordBatch> = datafusion::physical_plan::collect(plan, ctx.task_ctx())
         .await
         .map_err(|e| crate::builtin::run_failed("query", e))?;
+    tracing::debug!(
+        plan_ms = planned.as_secs_f64() * 1e3,
+        run_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,
+        "sql query"
+    );
     Ok((schema, batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion_distributed::CompressionType;
+
+    /// The options are set where the planner and the workers read them
+    /// (once they were set on a config without datafusion-distributed's
+    /// options, failed, and every query ran with lz4 and stage metrics).
+    #[test]
+    fn distributed_queries_carry_their_options() {
+        let placement = Placement::new(HashMap::new(), Vec::new());
+        for (compression, analyze, expected) in [
+            (None, false, "none"),
+            (Some(CompressionType::LZ4_FRAME), true, "lz4"),
+            (Some(CompressionType::ZSTD), false, "zstd"),
+        ] {
+            let config = session_config(Some(&placement), compression, analyze);
+            let state = SessionStateBuilder::new()
+                .with_config(config)
+                .with_distributed_planner()
+                .build();
+            let options = DistributedConfig::from_session_config(state.config()).unwrap();
+            assert_eq!(options.compression, expected);
+            assert_eq!(options.collect_metrics, analyze);
+        }
+        let local = session_config(None, None, false);
+        assert!(DistributedConfig::from_session_config(&local).is_err());
+    }
 }

@@ -276,6 +276,7 @@ async fn read_range_from_holders(
         if let Some(secret) = node.config().auth.peer_secret() {
             request = request.bearer_auth(secret);
         }
+        let asked = std::time::Instant::now();
         let answer = match request.send().await {
             Ok(response) if response.status().is_success() => response.bytes().await,
             Ok(response) => {
@@ -285,7 +286,15 @@ async fn read_range_from_holders(
             Err(e) => Err(e),
         };
         match answer {
-            Ok(bytes) if bytes.len() as u64 == range.end - range.start => return Ok(bytes),
+            Ok(bytes) if bytes.len() as u64 == range.end - range.start => {
+                tracing::debug!(
+                    file = %file.location(),
+                    bytes = bytes.len(),
+                    ms = asked.elapsed().as_secs_f64() * 1e3,
+                    "sql read a range from a holder"
+                );
+                return Ok(bytes);
+            }
             Ok(bytes) => failures.push(format!(
                 "{base}: {} bytes instead of {}",
                 bytes.len(),

@@ -128,7 +128,10 @@ pub(crate) async fn serve(
     };
     let service =
         tonic::service::interceptor::InterceptedService::new(worker.into_worker_server(), check);
-    let mut server = Server::builder().tcp_nodelay(true);
+    // A listener passed in keeps its own socket options: without NODELAY a
+    // stage's small frames wait for the peer's delayed ACK (40 ms each).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = Server::builder();
     if let Some(tls) = tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert, tls.key);
         server =
@@ -142,7 +145,7 @@ pub(crate) async fn serve(
     }
     let served = server
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), closing.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, closing.cancelled_owned())
         .await;
     if let Err(e) = served {
         tracing::warn!(error = %e, "the SQL worker stopped");
