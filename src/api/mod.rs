@@ -281,6 +281,21 @@ pub fn routes(
                         Err(e) => api_error_response(&e),
                     };
                 }
+                // The JSON answer written straight from Arrow, when this
+                // member runs it (else below: it may forward the query).
+                #[cfg(feature = "sql")]
+                if analysis == "sql" && node.answers_sql(&target) {
+                    let answer = match request {
+                        Ok(request) => node.query_sql_json(&target, request).await,
+                        Err(e) => Err(e),
+                    };
+                    return match answer {
+                        Ok((body, _)) => {
+                            error::bytes_response(StatusCode::OK, "application/json", None, body)
+                        }
+                        Err(e) => api_error_response(&e),
+                    };
+                }
                 #[cfg(not(feature = "sql"))]
                 let _ = accept;
                 let result = match request {

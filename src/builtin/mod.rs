@@ -20,7 +20,7 @@ pub use rows::{Columns, Format};
 pub use sql::{Sql, SqlOutput, SqlParams, SqlPartial};
 #[cfg(feature = "sql")]
 pub(crate) use sql::{
-    SqlMode, physical_plan, reduce_explicit, run_failed, sql_mode, sql_output, to_ipc,
+    SqlMode, json_rows, physical_plan, reduce_explicit, run_failed, sql_mode, sql_output, to_ipc,
     unify_schemas,
 };
 

@@ -164,15 +164,30 @@ pub(crate) async fn reduce_explicit(
 }
 
 /// The answer as JSON: column names, and each row as an object with its
-/// columns in SELECT order. Decimals are text with every digit, and so are
-/// 64-bit integers past 2^53 (a JSON number there loses digits in most
-/// clients); NULLs are left out of their row.
+/// columns in SELECT order (see [`json_rows`]).
 pub(crate) fn sql_output(
     schema: &SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<SqlOutput, AnalysisError> {
-    use datafusion::arrow::datatypes::DataType;
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let bytes = json_rows(batches)?;
+    let rows = if bytes.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| failed("json", e))?
+    };
+    Ok(SqlOutput { columns, rows })
+}
+
+/// The rows as a JSON array, written straight from Arrow: each row an
+/// object with its columns in SELECT order. Decimals are text with every
+/// digit, and so are 64-bit integers past 2^53 (a JSON number there loses
+/// digits in most clients); NULLs are left out of their row. Empty when
+/// there are no batches.
+pub(crate) fn json_rows(batches: &[RecordBatch]) -> Result<Vec<u8>, AnalysisError> {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::arrow::json::WriterBuilder;
+    use datafusion::arrow::json::writer::JsonArray;
     let decimals_as_text = |batch: &RecordBatch| -> Result<RecordBatch, AnalysisError> {
         if !batch
             .schema()
@@ -202,32 +217,66 @@ pub(crate) fn sql_output(
         .iter()
         .map(decimals_as_text)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+    let mut writer = WriterBuilder::new()
+        .with_encoder_factory(Arc::new(ExactIntegers))
+        .build::<_, JsonArray>(Vec::new());
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer.write_batches(&refs).map_err(|e| failed("json", e))?;
     writer.finish().map_err(|e| failed("json", e))?;
-    let bytes = writer.into_inner();
-    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = if bytes.is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| failed("json", e))?
-    };
-    const EXACT: u64 = 1 << 53;
-    for row in &mut rows {
-        for value in row.values_mut() {
-            let big = match value {
-                serde_json::Value::Number(n) => {
-                    n.as_i64().is_some_and(|v| v.unsigned_abs() > EXACT)
-                        || n.as_u64().is_some_and(|v| v > EXACT)
-                }
-                _ => false,
-            };
-            if big {
-                *value = serde_json::Value::String(value.to_string());
-            }
-        }
+    Ok(writer.into_inner())
+}
+
+/// Writes 64-bit integers past 2^53 as JSON strings, every other as a number.
+#[derive(Debug)]
+struct ExactIntegers;
+
+/// The largest integer every JSON client reads exactly (a double's mantissa).
+const EXACT: u64 = 1 << 53;
+
+struct ExactInteger<'a, T: datafusion::arrow::datatypes::ArrowPrimitiveType>(
+    &'a datafusion::arrow::array::PrimitiveArray<T>,
+);
+
+impl<T> datafusion::arrow::json::Encoder for ExactInteger<'_, T>
+where
+    T: datafusion::arrow::datatypes::ArrowPrimitiveType,
+    T::Native: std::fmt::Display + TryInto<i128> + Copy,
+{
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let value = self.0.value(idx);
+        let exact = value
+            .try_into()
+            .is_ok_and(|v: i128| v.unsigned_abs() <= u128::from(EXACT));
+        // Writing to a Vec cannot fail.
+        let _ = if exact {
+            write!(out, "{value}")
+        } else {
+            write!(out, "\"{value}\"")
+        };
     }
-    Ok(SqlOutput { columns, rows })
+}
+
+impl datafusion::arrow::json::EncoderFactory for ExactIntegers {
+    fn make_default_encoder<'a>(
+        &self,
+        _field: &'a datafusion::arrow::datatypes::FieldRef,
+        array: &'a dyn datafusion::arrow::array::Array,
+        _options: &'a datafusion::arrow::json::EncoderOptions,
+    ) -> Result<
+        Option<datafusion::arrow::json::writer::NullableEncoder<'a>>,
+        datafusion::arrow::error::ArrowError,
+    > {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{DataType, Int64Type, UInt64Type};
+        use datafusion::arrow::json::writer::{Encoder, NullableEncoder};
+        let encoder: Box<dyn Encoder + 'a> = match array.data_type() {
+            DataType::Int64 => Box::new(ExactInteger(array.as_primitive::<Int64Type>())),
+            DataType::UInt64 => Box::new(ExactInteger(array.as_primitive::<UInt64Type>())),
+            _ => return Ok(None),
+        };
+        Ok(Some(NullableEncoder::new(encoder, array.nulls().cloned())))
+    }
 }
 
 /// Runs `work` (from the blocking pool, where `map` runs) on the SQL

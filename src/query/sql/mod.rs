@@ -364,6 +364,17 @@ impl Node {
         }))
     }
 
+    /// Whether this member answers `sql` over `target` itself, with the
+    /// built-in engine: it serves the built-in `sql` and knows the target.
+    pub fn answers_sql(&self, target: &str) -> bool {
+        self.sql_engine().is_some()
+            && self
+                .analyses()
+                .get(SQL)
+                .is_some_and(|a| a.analysis_type() == std::any::TypeId::of::<crate::builtin::Sql>())
+            && self.resolve(target).is_ok()
+    }
+
     /// Runs a `sql` query (`POST /v1/query/{database}/sql` with `Accept:
     /// application/vnd.apache.arrow.stream`): the rows as an Arrow IPC
     /// stream, exactly as DataFusion typed them, and the query's meta.
@@ -371,6 +382,52 @@ impl Node {
         &self,
         target: &str,
         request: QueryRequest,
+    ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
+        self.query_sql_encoded(target, request, |(schema, batches)| {
+            crate::builtin::to_ipc(schema, batches)
+        })
+        .await
+    }
+
+    /// Runs a `sql` query: the whole JSON answer (`{"result": {"columns",
+    /// "rows"}, "meta"}`, as [`Node::query`] gives it), its rows written
+    /// straight from Arrow, and the query's meta.
+    pub async fn query_sql_json(
+        &self,
+        target: &str,
+        request: QueryRequest,
+    ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
+        let (body, meta) = self
+            .query_sql_encoded(target, request, |(schema, batches)| {
+                let rows = crate::builtin::json_rows(batches)?;
+                let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+                let mut body = Vec::with_capacity(rows.len() + 64);
+                body.extend_from_slice(b"{\"result\":{\"columns\":");
+                serde_json::to_writer(&mut body, &columns)
+                    .map_err(|e| AnalysisError::failed(format!("json: {e}")))?;
+                body.extend_from_slice(b",\"rows\":");
+                body.extend_from_slice(if rows.is_empty() { b"[]" } else { &rows });
+                body.extend_from_slice(b"},\"meta\":");
+                Ok(body)
+            })
+            .await?;
+        let mut body = body;
+        serde_json::to_writer(&mut body, &meta).map_err(|e| QueryError::Failed {
+            analysis: SQL.into(),
+            shard: None,
+            message: e.to_string(),
+        })?;
+        body.push(b'}');
+        Ok((body, meta))
+    }
+
+    /// Runs a `sql` query here and encodes its rows; counted in the query
+    /// metrics.
+    async fn query_sql_encoded(
+        &self,
+        target: &str,
+        request: QueryRequest,
+        encode: impl FnOnce(&Rows) -> Result<Vec<u8>, AnalysisError>,
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
         let started = Instant::now();
         let answer = async {
@@ -382,9 +439,8 @@ impl Node {
                 .filter(|_| served)
                 .cloned()
                 .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
-            let ((schema, batches), meta) = self.run_sql_with(engine, target, &request).await?;
-            let bytes = crate::builtin::to_ipc(&schema, &batches)
-                .map_err(|e| QueryError::from_analysis(SQL, None, e))?;
+            let (rows, meta) = self.run_sql_with(engine, target, &request).await?;
+            let bytes = encode(&rows).map_err(|e| QueryError::from_analysis(SQL, None, e))?;
             Ok((bytes, meta))
         }
         .await;
