@@ -322,6 +322,11 @@ pub struct SqlConfig {
     pub worker_listen: String,
     /// How rows travel between members: `none`, `lz4` or `zstd`.
     pub compression: String,
+    /// In a query spread over members, a join whose smaller side is
+    /// estimated under this many bytes sends that side to every task
+    /// (broadcast) instead of repartitioning both sides across the members
+    /// by key. 0: DataFusion's one-process default (1 MiB).
+    pub broadcast_join_bytes: u64,
 }
 
 impl Default for SqlConfig {
@@ -330,6 +335,7 @@ impl Default for SqlConfig {
             memory_limit: 2 << 30,
             worker_listen: String::new(),
             compression: "none".into(),
+            broadcast_join_bytes: 64 << 20,
         }
     }
 }

@@ -69,13 +69,22 @@ pub(crate) async fn two_members(dir: &Path) -> (Member, Member) {
 /// `count` members n1, n2, … (seeded by n1), sharing the `store` folder under
 /// `dir`, once each sees all of them live.
 pub(crate) async fn members(dir: &Path, count: usize) -> Vec<Member> {
+    members_with(dir, count, |_| {}).await
+}
+
+/// `members`, with `tweak` applied to each one's configuration.
+pub(crate) async fn members_with(
+    dir: &Path,
+    count: usize,
+    tweak: impl Fn(&mut dram::Config),
+) -> Vec<Member> {
     let store = dir.join("store");
-    let n1 = member_with(dir, "n1", &store, &[], |_| {}, None).await;
+    let n1 = member_with(dir, "n1", &store, &[], &tweak, None).await;
     let seeds = [n1.gossip.clone()];
     let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
     let mut members = vec![n1];
     for i in 2..=count {
-        members.push(member_with(dir, &format!("n{i}"), &store, &seeds, |_| {}, None).await);
+        members.push(member_with(dir, &format!("n{i}"), &store, &seeds, &tweak, None).await);
     }
     let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
     on_all(&clients, 20, "every member live", |c| {

@@ -2,12 +2,16 @@
 //! as written, in two layouts (lineitem and orders co-located by orderkey,
 //! and scattered with no key lined up with a shard), each answer equal to
 //! one-process DataFusion's over the same rows. The plans are distributed:
-//! stages run on the members holding the shards. With two copies of every
-//! shard, a member that dies unannounced costs no answer.
+//! stages run on the members holding the shards. Every join repartitions
+//! both of its sides across the members (`sql.broadcast_join_bytes` = 1),
+//! the path where a wrong answer would hide; the default sends small sides
+//! to every task (`sql.rs` and `simulations bench --only tpch` check those
+//! answers). With two copies of every shard, a member that dies
+//! unannounced costs no answer.
 
 use serde_json::{Value, json};
 
-use crate::cluster::{members, on_all};
+use crate::cluster::{members_with, on_all};
 use crate::support::{copies, publish_owned, ready};
 
 #[path = "../../simulations/src/tpch.rs"]
@@ -20,7 +24,10 @@ const SHARDS: u64 = 6;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_22_tpch_queries_answer_as_one_process_would() {
     let dir = tempfile::tempdir().unwrap();
-    let mut members = members(dir.path(), 3).await;
+    let mut members = members_with(dir.path(), 3, |config| {
+        config.sql.broadcast_join_bytes = 1;
+    })
+    .await;
     let store_config = members[0].server.node.config().store.clone();
 
     for (done, (database, layout, replicas)) in [
@@ -127,6 +134,17 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         // shards that member holds.
         assert!(plan.contains("DistributedExec"), "{plan}");
         assert!(plan.contains("tasks=3"), "{plan}");
+        // Joins repartition both sides across the members here.
+        let explained = clients[2]
+            .post(
+                &format!("/v1/query/{database}/sql"),
+                &json!({"params": {"sql": format!("EXPLAIN {}", QUERIES[2])}}),
+            )
+            .await
+            .unwrap();
+        let plan = explained["result"]["rows"].to_string();
+        assert!(plan.contains("mode=Partitioned"), "{plan}");
+        assert!(!plan.contains("mode=CollectLeft"), "{plan}");
         // count(*) is answered from the Parquet files' metadata: exact,
         // without reading a row.
         let counted = clients[1]

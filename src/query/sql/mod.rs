@@ -89,6 +89,8 @@ pub(crate) struct SqlEngine {
     tls: Option<(Vec<u8>, Vec<u8>)>,
     /// How rows travel between members (`sql.compression`).
     compression: Option<datafusion_distributed::CompressionType>,
+    /// `sql.broadcast_join_bytes`.
+    broadcast_join_bytes: u64,
     tables: Mutex<Vec<Arc<Tables>>>,
     /// Where this member's worker listens, once it does.
     bound: OnceLock<SocketAddr>,
@@ -165,6 +167,7 @@ impl SqlEngine {
                 "zstd" => Some(datafusion_distributed::CompressionType::ZSTD),
                 _ => None,
             },
+            broadcast_join_bytes: config.sql.broadcast_join_bytes,
             tables: Mutex::default(),
             bound: OnceLock::new(),
             url: OnceLock::new(),
@@ -239,6 +242,7 @@ impl SqlEngine {
         let config = session_config(
             distributed.as_ref().map(|(placement, _)| placement),
             self.compression,
+            self.broadcast_join_bytes,
             analyze,
         );
         let builder = SessionStateBuilder::new()
@@ -739,6 +743,7 @@ async fn on_sql_runtime<T: Send + 'static>(
 fn session_config(
     placement: Option<&Placement>,
     compression: Option<datafusion_distributed::CompressionType>,
+    broadcast_join_bytes: u64,
     analyze: bool,
 ) -> SessionConfig {
     let mut config = SessionConfig::new().with_information_schema(true);
@@ -748,6 +753,17 @@ fn session_config(
     let Some(placement) = placement else {
         return config;
     };
+    // Across members, sending a join's small side to every task costs less
+    // than moving both sides over the network (DataFusion's one-process
+    // threshold is for threads sharing memory). The row count decides only
+    // where the byte size is unknown: about 32 bytes a row.
+    if broadcast_join_bytes > 0 {
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.hash_join_single_partition_threshold =
+            usize::try_from(broadcast_join_bytes).unwrap_or(usize::MAX);
+        optimizer.hash_join_single_partition_threshold_rows =
+            usize::try_from(broadcast_join_bytes / 32).unwrap_or(usize::MAX);
+    }
     let mut config = config.with_extension(Arc::new(placement.clone()));
     let mut options = DistributedConfig::default();
     options.compression = match compression {
@@ -821,7 +837,7 @@ mod tests {
             (Some(CompressionType::LZ4_FRAME), true, "lz4"),
             (Some(CompressionType::ZSTD), false, "zstd"),
         ] {
-            let config = session_config(Some(&placement), compression, analyze);
+            let config = session_config(Some(&placement), compression, 64 << 20, analyze);
             let state = SessionStateBuilder::new()
                 .with_config(config)
                 .with_distributed_planner()
@@ -829,8 +845,23 @@ mod tests {
             let options = DistributedConfig::from_session_config(state.config()).unwrap();
             assert_eq!(options.compression, expected);
             assert_eq!(options.collect_metrics, analyze);
+            let optimizer = &state.config().options().optimizer;
+            assert_eq!(optimizer.hash_join_single_partition_threshold, 64 << 20);
+            assert_eq!(optimizer.hash_join_single_partition_threshold_rows, 2 << 20);
         }
-        let local = session_config(None, None, false);
+        // In one process, DataFusion's own options.
+        let local = session_config(None, None, 64 << 20, false);
         assert!(DistributedConfig::from_session_config(&local).is_err());
+        let defaults = SessionConfig::new();
+        assert_eq!(
+            local
+                .options()
+                .optimizer
+                .hash_join_single_partition_threshold,
+            defaults
+                .options()
+                .optimizer
+                .hash_join_single_partition_threshold
+        );
     }
 }
