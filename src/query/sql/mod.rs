@@ -700,7 +700,7 @@ impl Node {
             .cloned()
             .collect();
         Ok(Reading {
-            placement: Placement::new(chosen, workers),
+            placement: Placement::new(chosen, workers, own),
             nodes,
             shards: read,
             missing,
@@ -831,7 +831,7 @@ mod tests {
     /// options, failed, and every query ran with lz4 and stage metrics).
     #[test]
     fn distributed_queries_carry_their_options() {
-        let placement = Placement::new(HashMap::new(), Vec::new());
+        let placement = Placement::new(HashMap::new(), Vec::new(), None);
         for (compression, analyze, expected) in [
             (None, false, "none"),
             (Some(CompressionType::LZ4_FRAME), true, "lz4"),

@@ -41,11 +41,17 @@ pub(crate) struct Placement {
     pub shard_reader: HashMap<String, usize>,
     /// Every live member's worker (this member's included).
     pub workers: Vec<Url>,
+    /// This (the coordinating) member's worker.
+    pub local: Option<Url>,
 }
 
 impl Placement {
     /// `chosen`: shard id → the worker chosen to read it.
-    pub(crate) fn new(chosen: HashMap<String, Url>, mut workers: Vec<Url>) -> Placement {
+    pub(crate) fn new(
+        chosen: HashMap<String, Url>,
+        mut workers: Vec<Url>,
+        local: Option<Url>,
+    ) -> Placement {
         let mut readers: Vec<Url> = chosen.values().cloned().collect();
         readers.sort();
         readers.dedup();
@@ -66,6 +72,7 @@ impl Placement {
             readers,
             shard_reader,
             workers,
+            local,
         }
     }
 }
@@ -106,8 +113,22 @@ pub(crate) fn desired_task_count(
     shard_scan(ev.plan)?;
     let placement = placement(ev.session_config)?;
     Some(Ok(DesiredTaskCountEventResponse::desired(
-        placement.readers.len().max(1),
+        placement.scan_tasks(),
     )))
+}
+
+impl Placement {
+    /// Tasks of a stage scanning shard tables: one per reader. When the one
+    /// reader is another member, two (the second reads nothing): the
+    /// planner runs a stage of one task under a head of one task here, on
+    /// the coordinator, which would then read every row over the network.
+    fn scan_tasks(&self) -> usize {
+        match self.readers.as_slice() {
+            [] => 1,
+            [only] if Some(only) != self.local.as_ref() => 2,
+            readers => readers.len(),
+        }
+    }
 }
 
 /// Whether `plan` scans files of `dram://` global data only.
