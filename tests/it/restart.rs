@@ -457,8 +457,13 @@ async fn a_distributed_query_scans_where_the_shards_are() {
 }
 
 /// A distributed query past its deadline stops on every member.
+///
+/// Open defect (issue 20): the other member's work goes on after the 504.
+/// The calls of its stages there end (their streams are dropped: a layer
+/// failing them at the deadline never fired), so what runs on is held
+/// elsewhere, likely the worker's cached task plan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect (issue 20): the other member's stages keep running after the deadline"]
+#[ignore = "open defect (issue 20): the other member's work goes on after the deadline"]
 async fn a_cancelled_distributed_query_stops_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let (asked, scanner) = two_members(dir.path(), 16).await;
@@ -475,7 +480,7 @@ async fn a_cancelled_distributed_query_stops_on_every_member() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 504, "{:?}", answer.text().await);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let after = cpu_over(pid, Duration::from_millis(1500)).await;
     assert!(
         after < idle + 0.3,
