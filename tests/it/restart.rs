@@ -381,7 +381,7 @@ fn many_rows(batches: usize) -> Vec<u8> {
 /// Two `dram serve` members and database `big` (shards a and b of table
 /// `t`, `batches` Mi rows each, one copy): the member asked and the member
 /// that scans (the one holding more shards).
-async fn two_members(dir: &Path, batches: usize) -> (NodeProcess, NodeProcess) {
+async fn two_processes(dir: &Path, batches: usize) -> (NodeProcess, NodeProcess) {
     let rows = many_rows(batches);
     let mut first = config(&dir.join("n1"));
     first.node.id = "n1".into();
@@ -432,7 +432,7 @@ async fn two_members(dir: &Path, batches: usize) -> (NodeProcess, NodeProcess) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distributed_query_scans_where_the_shards_are() {
     let dir = tempfile::tempdir().unwrap();
-    let (asked, scanner) = two_members(dir.path(), 4).await;
+    let (asked, scanner) = two_processes(dir.path(), 4).await;
     let pid = scanner.child.id();
     let idle = cpu_over(pid, Duration::from_millis(1500)).await;
     // `random() < 0` is never true, but no row group is pruned by it.
@@ -466,7 +466,7 @@ async fn a_distributed_query_scans_where_the_shards_are() {
 #[ignore = "open defect (issue 20): the other member's work goes on after the deadline"]
 async fn a_cancelled_distributed_query_stops_on_every_member() {
     let dir = tempfile::tempdir().unwrap();
-    let (asked, scanner) = two_members(dir.path(), 16).await;
+    let (asked, scanner) = two_processes(dir.path(), 16).await;
     let pid = scanner.child.id();
     let idle = cpu_over(pid, Duration::from_millis(1500)).await;
     // random(): no row group is pruned by its statistics; minutes of work.

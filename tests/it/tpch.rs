@@ -135,14 +135,14 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         assert!(plan.contains("DistributedExec"), "{plan}");
         assert!(plan.contains("tasks=3"), "{plan}");
         // Joins repartition both sides across the members here.
-        let explained = clients[2]
+        let joins = clients[2]
             .post(
                 &format!("/v1/query/{database}/sql"),
                 &json!({"params": {"sql": format!("EXPLAIN {}", QUERIES[2])}}),
             )
             .await
             .unwrap();
-        let plan = explained["result"]["rows"].to_string();
+        let plan = joins["result"]["rows"].to_string();
         assert!(plan.contains("mode=Partitioned"), "{plan}");
         assert!(!plan.contains("mode=CollectLeft"), "{plan}");
         // count(*) is answered from the Parquet files' metadata: exact,

@@ -24,6 +24,13 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
 }
 
 async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
+    if let Some(n) = settings
+        .explain
+        .iter()
+        .find(|n| !(1..=QUERIES.len()).contains(n))
+    {
+        bail!("--explain {n}: TPC-H has queries 1 to {}", QUERIES.len());
+    }
     let scale = if settings.quick { 0.01 } else { 1.0 };
     let runs = if settings.quick { 1 } else { 5 };
     let dir = tempfile::tempdir().context("cannot create a temporary folder")?;

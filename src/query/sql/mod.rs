@@ -87,8 +87,9 @@ pub(crate) struct SqlEngine {
     /// The node's certificate and key (PEM), when it serves TLS: the worker
     /// serves it too.
     tls: Option<(Vec<u8>, Vec<u8>)>,
-    /// How rows travel between members (`sql.compression`).
-    compression: Option<datafusion_distributed::CompressionType>,
+    /// How rows travel between members (`sql.compression`: none, lz4 or
+    /// zstd, checked with the config; datafusion-distributed's own words).
+    compression: String,
     /// `sql.broadcast_join_bytes`.
     broadcast_join_bytes: u64,
     tables: Mutex<Vec<Arc<Tables>>>,
@@ -162,11 +163,7 @@ impl SqlEngine {
             channels,
             secret,
             tls,
-            compression: match config.sql.compression.as_str() {
-                "lz4" => Some(datafusion_distributed::CompressionType::LZ4_FRAME),
-                "zstd" => Some(datafusion_distributed::CompressionType::ZSTD),
-                _ => None,
-            },
+            compression: config.sql.compression.clone(),
             broadcast_join_bytes: config.sql.broadcast_join_bytes,
             tables: Mutex::default(),
             bound: OnceLock::new(),
@@ -241,7 +238,7 @@ impl SqlEngine {
         };
         let config = session_config(
             distributed.as_ref().map(|(placement, _)| placement),
-            self.compression,
+            &self.compression,
             self.broadcast_join_bytes,
             analyze,
         );
@@ -348,13 +345,10 @@ impl Node {
     ) -> Option<Result<QueryResponse, QueryError>> {
         // The built-in `sql` only: a node that serves no `sql`, or its own
         // analysis of that name, answers as for any other analysis.
-        let registered = self.analyses().get(analysis_name)?;
-        if analysis_name != SQL
-            || registered.analysis_type() != std::any::TypeId::of::<crate::builtin::Sql>()
-        {
+        if analysis_name != SQL {
             return None;
         }
-        let engine = self.sql_engine()?.clone();
+        let engine = self.builtin_sql_engine()?;
         let answer = self.run_sql_with(engine, target, request).await;
         Some(answer.and_then(|(rows, meta)| {
             let output = crate::builtin::sql_output(&rows.0, &rows.1)
@@ -371,12 +365,15 @@ impl Node {
     /// Whether this member answers `sql` over `target` itself, with the
     /// built-in engine: it serves the built-in `sql` and knows the target.
     pub fn answers_sql(&self, target: &str) -> bool {
-        self.sql_engine().is_some()
-            && self
-                .analyses()
-                .get(SQL)
-                .is_some_and(|a| a.analysis_type() == std::any::TypeId::of::<crate::builtin::Sql>())
-            && self.resolve(target).is_ok()
+        self.builtin_sql_engine().is_some() && self.resolve(target).is_ok()
+    }
+
+    /// The engine, when this node serves the built-in `sql` (not its own
+    /// analysis of that name).
+    fn builtin_sql_engine(&self) -> Option<Arc<SqlEngine>> {
+        let served = self.analyses().get(SQL)?.analysis_type()
+            == std::any::TypeId::of::<crate::builtin::Sql>();
+        self.sql_engine().filter(|_| served).cloned()
     }
 
     /// Runs a `sql` query (`POST /v1/query/{database}/sql` with `Accept:
@@ -401,7 +398,7 @@ impl Node {
         target: &str,
         request: QueryRequest,
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
-        let (body, meta) = self
+        let (mut body, meta) = self
             .query_sql_encoded(target, request, |(schema, batches)| {
                 let rows = crate::builtin::json_rows(batches)?;
                 let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
@@ -415,7 +412,6 @@ impl Node {
                 Ok(body)
             })
             .await?;
-        let mut body = body;
         serde_json::to_writer(&mut body, &meta).map_err(|e| QueryError::Failed {
             analysis: SQL.into(),
             shard: None,
@@ -435,13 +431,8 @@ impl Node {
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
         let started = Instant::now();
         let answer = async {
-            let served = self.analyses().get(SQL).is_some_and(|a| {
-                a.analysis_type() == std::any::TypeId::of::<crate::builtin::Sql>()
-            });
             let engine = self
-                .sql_engine()
-                .filter(|_| served)
-                .cloned()
+                .builtin_sql_engine()
                 .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
             let (rows, meta) = self.run_sql_with(engine, target, &request).await?;
             let bytes = encode(&rows).map_err(|e| QueryError::from_analysis(SQL, None, e))?;
@@ -742,7 +733,7 @@ async fn on_sql_runtime<T: Send + 'static>(
 /// stages report their metrics back (only for EXPLAIN ANALYZE).
 fn session_config(
     placement: Option<&Placement>,
-    compression: Option<datafusion_distributed::CompressionType>,
+    compression: &str,
     broadcast_join_bytes: u64,
     analyze: bool,
 ) -> SessionConfig {
@@ -766,12 +757,7 @@ fn session_config(
     }
     let mut config = config.with_extension(Arc::new(placement.clone()));
     let mut options = DistributedConfig::default();
-    options.compression = match compression {
-        Some(datafusion_distributed::CompressionType::LZ4_FRAME) => "lz4",
-        Some(datafusion_distributed::CompressionType::ZSTD) => "zstd",
-        _ => "none",
-    }
-    .to_string();
+    options.compression = compression.to_string();
     options.collect_metrics = analyze;
     config.set_distributed_option_extension(options);
     config
@@ -824,7 +810,6 @@ async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion_distributed::CompressionType;
 
     /// The options are set where the planner and the workers read them
     /// (once they were set on a config without datafusion-distributed's
@@ -832,25 +817,21 @@ mod tests {
     #[test]
     fn distributed_queries_carry_their_options() {
         let placement = Placement::new(HashMap::new(), Vec::new(), None);
-        for (compression, analyze, expected) in [
-            (None, false, "none"),
-            (Some(CompressionType::LZ4_FRAME), true, "lz4"),
-            (Some(CompressionType::ZSTD), false, "zstd"),
-        ] {
+        for (compression, analyze) in [("none", false), ("lz4", true), ("zstd", false)] {
             let config = session_config(Some(&placement), compression, 64 << 20, analyze);
             let state = SessionStateBuilder::new()
                 .with_config(config)
                 .with_distributed_planner()
                 .build();
             let options = DistributedConfig::from_session_config(state.config()).unwrap();
-            assert_eq!(options.compression, expected);
+            assert_eq!(options.compression, compression);
             assert_eq!(options.collect_metrics, analyze);
             let optimizer = &state.config().options().optimizer;
             assert_eq!(optimizer.hash_join_single_partition_threshold, 64 << 20);
             assert_eq!(optimizer.hash_join_single_partition_threshold_rows, 2 << 20);
         }
         // In one process, DataFusion's own options.
-        let local = session_config(None, None, 64 << 20, false);
+        let local = session_config(None, "none", 64 << 20, false);
         assert!(DistributedConfig::from_session_config(&local).is_err());
         let defaults = SessionConfig::new();
         assert_eq!(

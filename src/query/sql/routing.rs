@@ -75,6 +75,18 @@ impl Placement {
             local,
         }
     }
+
+    /// Tasks of a stage scanning shard tables: one per reader. When the one
+    /// reader is another member, two (the second reads nothing): the
+    /// planner runs a stage of one task under a head of one task here, on
+    /// the coordinator, which would then read every row over the network.
+    fn scan_tasks(&self) -> usize {
+        match self.readers.as_slice() {
+            [] => 1,
+            [only] if Some(only) != self.local.as_ref() => 2,
+            readers => readers.len(),
+        }
+    }
 }
 
 impl WorkerResolver for Placement {
@@ -83,17 +95,30 @@ impl WorkerResolver for Placement {
     }
 }
 
-/// The shard-table scan under `plan`, if it is one: its scan config.
-fn shard_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
+/// The scan of `dram://` files `plan` is, if it is one: its scan config and
+/// the parts its files belong to.
+fn dram_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<(&FileScanConfig, Vec<Part>)> {
     let source = plan.downcast_ref::<DataSourceExec>()?;
     let scan = source.data_source().downcast_ref::<FileScanConfig>()?;
-    let ours = scan.object_store_url.as_str().trim_end_matches('/') == STORE_URL;
-    let shards = scan
+    if scan.object_store_url.as_str().trim_end_matches('/') != STORE_URL {
+        return None;
+    }
+    let parts = scan
         .file_groups
         .iter()
         .flat_map(|g| g.files())
-        .any(|f| matches!(FileRef::parse(&f.object_meta.location), Some(r) if matches!(r.part, Part::Shard(_))));
-    (ours && shards).then_some(scan)
+        .filter_map(|f| FileRef::parse(&f.object_meta.location).map(|r| r.part))
+        .collect();
+    Some((scan, parts))
+}
+
+/// The shard-table scan under `plan`, if it is one: its scan config.
+fn shard_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
+    let (scan, parts) = dram_scan(plan)?;
+    parts
+        .iter()
+        .any(|p| matches!(p, Part::Shard(_)))
+        .then_some(scan)
 }
 
 fn placement(config: &datafusion::prelude::SessionConfig) -> Option<Arc<Placement>> {
@@ -117,32 +142,9 @@ pub(crate) fn desired_task_count(
     )))
 }
 
-impl Placement {
-    /// Tasks of a stage scanning shard tables: one per reader. When the one
-    /// reader is another member, two (the second reads nothing): the
-    /// planner runs a stage of one task under a head of one task here, on
-    /// the coordinator, which would then read every row over the network.
-    fn scan_tasks(&self) -> usize {
-        match self.readers.as_slice() {
-            [] => 1,
-            [only] if Some(only) != self.local.as_ref() => 2,
-            readers => readers.len(),
-        }
-    }
-}
-
 /// Whether `plan` scans files of `dram://` global data only.
 fn global_scan(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let Some(source) = plan.downcast_ref::<DataSourceExec>() else {
-        return false;
-    };
-    let Some(scan) = source.data_source().downcast_ref::<FileScanConfig>() else {
-        return false;
-    };
-    scan.object_store_url.as_str().trim_end_matches('/') == STORE_URL
-        && scan.file_groups.iter().flat_map(|g| g.files()).all(|f| {
-            matches!(FileRef::parse(&f.object_meta.location), Some(r) if r.part == Part::Global)
-        })
+    dram_scan(plan).is_some_and(|(_, parts)| parts.iter().all(|p| *p == Part::Global))
 }
 
 /// Splits a shard-table scan into one variant per task: task `i` reads the
