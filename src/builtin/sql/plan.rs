@@ -199,6 +199,7 @@ pub(crate) async fn physical_plan(ctx: &SessionContext, sql: &str) -> Result<Pla
         .map_err(planning_failed)?
         .create_physical_plan()
         .await
+        .and_then(crate::query::sql::preempt::preemptible)
         .map_err(planning_failed)
 }
 

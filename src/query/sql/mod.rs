@@ -11,11 +11,14 @@
 //! - Locality (`routing.rs`): a shard table's scan for shard S runs on the
 //!   holder chosen for S (local first, then least busy; version pinned).
 //! - Read-only, within `sql.memory_limit` per member, cancelled with the
-//!   query on every member (deadline, caller gone, shutdown).
+//!   query on every member (deadline, caller gone, shutdown): every leaf
+//!   yields to the runtime between slices of work (`preempt.rs`), so an
+//!   aborted stage stops within one slice.
 //! - The explicit `map_sql` / `reduce_sql` pair runs `map_sql` on every shard
 //!   through the fan-out and `reduce_sql` here over table `partials` and the
 //!   global tables.
 
+pub(crate) mod preempt;
 pub(crate) mod routing;
 pub(crate) mod store;
 pub(crate) mod tables;
@@ -153,6 +156,7 @@ impl SqlEngine {
                 Ok(ctx
                     .builder
                     .with_distributed_channel_resolver(channels)
+                    .with_distributed_worker_plan_rewrite_handler(preempt::rewrite_worker_plan)
                     .build())
             }
         })
