@@ -127,7 +127,17 @@ async fn run(command: Command) -> Result<()> {
             url,
             config,
             concurrency,
-        } => publish(&dir, &url, &load_config(config.as_ref())?, concurrency).await,
+            shard_keys,
+        } => {
+            publish(
+                &dir,
+                &url,
+                &load_config(config.as_ref())?,
+                concurrency,
+                shard_keys,
+            )
+            .await
+        }
         Command::Db(command) => db(command).await,
         Command::Alias(command) => alias(command).await,
         Command::Query {

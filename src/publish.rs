@@ -3,6 +3,7 @@
 //! there, so a half-published database has no manifest and a published one never
 //! changes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
@@ -22,6 +23,48 @@ const CHUNK: usize = 8 * 1024 * 1024;
 pub struct PublishPlan {
     pub files: Vec<(PathBuf, String, u64)>,
     pub total_bytes: u64,
+    /// Shard tables co-located by a column (table → column), written to
+    /// the manifest (`Manifest::shard_keys`).
+    pub shard_keys: BTreeMap<String, String>,
+}
+
+impl PublishPlan {
+    /// Declares that the rows of each shard table named were put in shards
+    /// by its column, all tables by the same mapping (see
+    /// `Manifest::shard_keys`). Every table must be a table of the shards.
+    pub fn with_shard_keys(
+        mut self,
+        keys: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<PublishPlan, StorageError> {
+        let parts = layout(&self.files)
+            .parts()
+            .map_err(StorageError::Manifest)?;
+        // A shard table is a folder `<table>/` or a file `<table>.<ext>`.
+        let shard_tables: std::collections::BTreeSet<&str> = parts
+            .iter()
+            .filter(|(part, _)| part.shard_id().is_some())
+            .flat_map(|(_, files)| files.iter())
+            .map(|f| match f.local.split_once('/') {
+                Some((folder, _)) => folder,
+                None => f
+                    .local
+                    .rsplit_once('.')
+                    .map_or(f.local.as_str(), |(stem, _)| stem),
+            })
+            .collect();
+        for (table, column) in keys {
+            crate::storage::manifest::check_shard_key(&table, &column)
+                .map_err(StorageError::Manifest)?;
+            if !shard_tables.contains(table.as_str()) {
+                return Err(StorageError::Manifest(format!(
+                    "shard key {table}={column}: no shard has a table {table} (shard tables: {})",
+                    shard_tables.iter().copied().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            self.shard_keys.insert(table, column);
+        }
+        Ok(self)
+    }
 }
 
 /// Lists `dir` and checks that its layout makes a valid database.
@@ -71,7 +114,19 @@ pub fn plan(dir: &Path) -> Result<PublishPlan, StorageError> {
             dir.display()
         )));
     }
-    let layout = Manifest {
+    let layout = layout(&files);
+    layout.check().map_err(StorageError::Manifest)?;
+    let total_bytes = files.iter().map(|(_, _, s)| s).sum();
+    Ok(PublishPlan {
+        files,
+        total_bytes,
+        shard_keys: BTreeMap::new(),
+    })
+}
+
+/// The manifest `files` would have, without hashes: their layout.
+fn layout(files: &[(PathBuf, String, u64)]) -> Manifest {
+    Manifest {
         format: 1,
         files: files
             .iter()
@@ -81,10 +136,8 @@ pub fn plan(dir: &Path) -> Result<PublishPlan, StorageError> {
                 sha256: None,
             })
             .collect(),
-    };
-    layout.check().map_err(StorageError::Manifest)?;
-    let total_bytes = files.iter().map(|(_, _, s)| s).sum();
-    Ok(PublishPlan { files, total_bytes })
+        ..Manifest::default()
+    }
 }
 
 /// Uploads the planned files to `source` (`concurrency` at a time), then writes
@@ -112,7 +165,11 @@ pub async fn publish(
         .try_collect()
         .await?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let manifest = Manifest { format: 1, files };
+    let manifest = Manifest {
+        format: 1,
+        files,
+        shard_keys: plan.shard_keys.clone(),
+    };
     let bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| StorageError::Manifest(e.to_string()))?;
     source
@@ -191,4 +248,39 @@ async fn upload_file(
         size,
         sha256: Some(hex::encode(hasher.finalize())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard key names a table of the shards; anything else is refused
+    /// before a byte is uploaded.
+    #[test]
+    fn shard_keys_name_shard_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in [
+            "shards/0/orders/a.parquet",
+            "shards/1/items.csv",
+            "global/nation.csv",
+        ] {
+            let file = dir.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, b"x").unwrap();
+        }
+        let keyed = |table: &str| {
+            plan(dir.path())
+                .unwrap()
+                .with_shard_keys([(table.to_string(), "k".to_string())])
+        };
+        assert_eq!(keyed("orders").unwrap().shard_keys["orders"], "k");
+        assert!(keyed("items").is_ok());
+        for wrong in ["nation", "missing"] {
+            let e = keyed(wrong).unwrap_err().to_string();
+            assert!(
+                e.contains("no shard has a table") && e.contains("orders"),
+                "{e}"
+            );
+        }
+    }
 }

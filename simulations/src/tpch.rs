@@ -30,6 +30,9 @@ pub enum Layout {
 /// The tables read from every shard.
 pub const SHARDED: [&str; 2] = ["lineitem", "orders"];
 
+/// The shard keys of the co-located layout, as its manifest declares them.
+pub const SHARD_KEYS: [(&str, &str); 2] = [("lineitem", "l_orderkey"), ("orders", "o_orderkey")];
+
 /// The tables in the global data.
 pub const GLOBAL: [&str; 6] = [
     "customer", "nation", "part", "partsupp", "region", "supplier",

@@ -40,6 +40,11 @@ pub(crate) enum Command {
         /// Files uploaded at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// TABLE=COLUMN: the shard table's rows were put in shards by this
+        /// column, every such table by the same mapping (co-located), so SQL
+        /// joins and groups on it run shard by shard. Repeat for each table.
+        #[arg(long = "shard-key", value_name = "TABLE=COLUMN", value_parser = shard_key)]
+        shard_keys: Vec<(String, String)>,
     },
     /// Databases on a node.
     #[command(subcommand)]
@@ -314,4 +319,14 @@ pub(crate) enum AliasCommand {
         #[command(flatten)]
         node: NodeArg,
     },
+}
+
+/// `TABLE=COLUMN` of `--shard-key`.
+fn shard_key(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((table, column)) if !table.is_empty() && !column.is_empty() => {
+            Ok((table.to_string(), column.to_string()))
+        }
+        _ => Err(format!("{text:?} is not TABLE=COLUMN")),
+    }
 }

@@ -55,8 +55,9 @@ pub(crate) async fn publish(
     url: &str,
     config: &Config,
     concurrency: usize,
+    shard_keys: Vec<(String, String)>,
 ) -> Result<()> {
-    let plan = dram::publish::plan(dir)?;
+    let plan = dram::publish::plan(dir)?.with_shard_keys(shard_keys)?;
     let target = SourceUrl::resolve(&config.store.url, url)?;
     let source = Source::open(&target, &config.store, true)?;
     let bar = indicatif::ProgressBar::with_draw_target(

@@ -22,6 +22,8 @@ use crate::storage::{Disk, Manifest, ManifestFile, Part, Source, SourceUrl, Stor
 #[derive(Debug)]
 pub(crate) struct DatabaseFiles {
     pub(crate) parts: BTreeMap<Part, HashMap<String, ManifestFile>>,
+    /// The manifest's co-located shard tables: table → column.
+    pub(crate) shard_keys: BTreeMap<String, String>,
 }
 
 /// A handle on one part of a served database.
@@ -139,6 +141,7 @@ impl Inner {
                     (part, by_path)
                 })
                 .collect(),
+            shard_keys: manifest.shard_keys,
         });
         lock(&self.manifests).insert(name.to_string(), files.clone());
         Ok(files)
@@ -386,5 +389,11 @@ impl Node {
     /// The parts of a database, from its manifest.
     pub(crate) fn parts(&self, database: &str) -> Result<Vec<Part>, NodeError> {
         Ok(self.inner.files(database)?.parts.keys().cloned().collect())
+    }
+
+    /// The co-located shard tables of a database (table → column), from
+    /// its manifest.
+    pub(crate) fn shard_keys(&self, database: &str) -> Result<BTreeMap<String, String>, NodeError> {
+        Ok(self.inner.files(database)?.shard_keys.clone())
     }
 }

@@ -269,7 +269,11 @@ async fn list_manifest(source: &Source) -> Result<Manifest, StorageError> {
         });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let manifest = Manifest { format: 1, files };
+    let manifest = Manifest {
+        format: 1,
+        files,
+        ..Manifest::default()
+    };
     manifest.check().map_err(StorageError::Manifest)?;
     Ok(manifest)
 }

@@ -23,11 +23,20 @@ pub struct ManifestFile {
     pub sha256: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     pub files: Vec<ManifestFile>,
+    /// Shard tables whose rows were put in shards by a column (table →
+    /// column), all by the same mapping from the column's value to a shard:
+    /// their rows with equal keys are in the same shard (co-located, as
+    /// Citus says), so SQL joins and groups on these columns shard by shard
+    /// instead of moving rows between members. Declared by whoever wrote the
+    /// shards (`dram publish --shard-key TABLE=COLUMN`); a wrong declaration
+    /// gives wrong answers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shard_keys: BTreeMap<String, String>,
 }
 
 /// A part of a database: its global data or one shard. Its key (`global`,
@@ -109,6 +118,9 @@ impl Manifest {
                 return Err(format!("manifest lists {} twice", file.path));
             }
         }
+        for (table, column) in &self.shard_keys {
+            check_shard_key(table, column).map_err(|e| format!("manifest: {e}"))?;
+        }
         self.parts().map(|_| ())
     }
 
@@ -159,6 +171,28 @@ impl Manifest {
     }
 }
 
+/// Checks one declared shard key: a table name (a folder or file stem in a
+/// shard) and a column name.
+pub fn check_shard_key(table: &str, column: &str) -> Result<(), String> {
+    let printable = |text: &str| !text.chars().any(char::is_control);
+    if table.is_empty()
+        || table.len() > 255
+        || table.starts_with('.')
+        || table.contains('/')
+        || !printable(table)
+    {
+        return Err(format!(
+            "shard key: {table:?} is not a table name (a folder or file name in a shard)"
+        ));
+    }
+    if column.is_empty() || column.len() > 255 || !printable(column) {
+        return Err(format!(
+            "shard key of {table}: {column:?} is not a column name"
+        ));
+    }
+    Ok(())
+}
+
 pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64
         && text
@@ -178,6 +212,27 @@ mod tests {
         }
     }
 
+    /// A manifest without shard keys is written as before they existed, so
+    /// its version (the hash of its bytes) is unchanged.
+    #[test]
+    fn shard_keys_are_written_only_when_declared() {
+        let plain = Manifest {
+            format: 1,
+            files: vec![file("shards/0/t/a.parquet")],
+            ..Manifest::default()
+        };
+        let text = String::from_utf8(serde_json::to_vec(&plain).unwrap()).unwrap();
+        assert!(!text.contains("shard_keys"), "{text}");
+        let keyed = Manifest {
+            shard_keys: [("t".to_string(), "k".to_string())].into(),
+            ..plain.clone()
+        };
+        let parsed: Manifest =
+            serde_json::from_slice(&serde_json::to_vec(&keyed).unwrap()).unwrap();
+        assert_eq!(parsed, keyed);
+        assert_ne!(plain.version(), keyed.version());
+    }
+
     #[test]
     fn sharded_layout() {
         let m = Manifest {
@@ -187,6 +242,7 @@ mod tests {
                 file("shards/a/x"),
                 file("shards/b/y/z"),
             ],
+            ..Manifest::default()
         };
         let parts = m.parts().unwrap();
         assert_eq!(parts.len(), 3);
@@ -199,6 +255,7 @@ mod tests {
         let m = Manifest {
             format: 1,
             files: vec![file("a.csv"), file("sub/b.csv"), file("global/g")],
+            ..Manifest::default()
         };
         let parts = m.parts().unwrap();
         assert_eq!(parts[&Part::Shard("0".into())].len(), 2);
@@ -221,18 +278,39 @@ mod tests {
         let dup = Manifest {
             format: 1,
             files: vec![file("a"), file("a")],
+            ..Manifest::default()
         };
         assert!(dup.check().unwrap_err().contains("twice"));
         let stray = Manifest {
             format: 1,
             files: vec![file("shards/0/a"), file("b")],
+            ..Manifest::default()
         };
         assert!(stray.check().unwrap_err().contains("outside"));
         let bad_id = Manifest {
             format: 1,
             files: vec![file("shards/a.b/x")],
+            ..Manifest::default()
         };
         assert!(bad_id.check().is_err());
+        let keyed = |table: &str, column: &str| Manifest {
+            format: 1,
+            files: vec![file("shards/0/t/a.parquet")],
+            shard_keys: [(table.to_string(), column.to_string())].into(),
+        };
+        assert!(keyed("t", "k").check().is_ok());
+        for (table, column) in [
+            ("", "k"),
+            ("a/b", "k"),
+            (".t", "k"),
+            ("t", ""),
+            ("t", "k\n"),
+        ] {
+            assert!(
+                keyed(table, column).check().is_err(),
+                "{table:?}={column:?}"
+            );
+        }
     }
 
     #[test]
@@ -328,7 +406,11 @@ mod fuzz {
             sha256,
         });
         let format = prop_oneof![9 => Just(FORMAT), 1 => any::<u32>()];
-        (format, vec(file, 0..8)).prop_map(|(format, files)| Manifest { format, files })
+        (format, vec(file, 0..8)).prop_map(|(format, files)| Manifest {
+            format,
+            files,
+            ..Manifest::default()
+        })
     }
 
     /// Non-empty, relative, no empty, `.` or `..` segment, no NUL or backslash.

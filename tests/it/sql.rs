@@ -317,7 +317,7 @@ async fn sql_answers_as_one_process_would() {
     ] {
         let all = dir.path().join(format!("all-{database}"));
         let files = database_files(&all, format).await;
-        publish_owned(dir.path(), &store_config, database, &files).await;
+        publish_owned(dir.path(), &store_config, database, &files, &[]).await;
         clients[0]
             .post(
                 "/v1/databases",

@@ -56,17 +56,30 @@ pub async fn publish_owned(
     store: &StoreConfig,
     source: &str,
     files: &[(String, Vec<u8>)],
+    shard_keys: &[(&str, &str)],
 ) {
     let files: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(p, b)| (p.as_str(), b.as_slice()))
         .collect();
-    publish(dir, store, source, &files).await;
+    publish_co_located(dir, store, source, &files, shard_keys).await;
 }
 
 /// Writes `files` into a fresh folder and publishes it at `source`: a URL, or a
 /// name under `store.url`, as `dram publish` takes it.
 pub async fn publish(dir: &Path, store: &StoreConfig, source: &str, files: &[(&str, &[u8])]) {
+    publish_co_located(dir, store, source, files, &[]).await;
+}
+
+/// [`publish`], declaring co-located shard tables (`dram publish
+/// --shard-key TABLE=COLUMN`).
+pub async fn publish_co_located(
+    dir: &Path,
+    store: &StoreConfig,
+    source: &str,
+    files: &[(&str, &[u8])],
+    shard_keys: &[(&str, &str)],
+) {
     let url = SourceUrl::resolve(&store.url, source).unwrap();
     let folder = dir.join(format!("src-{}", url.to_url().replace(['/', ':'], "_")));
     for (path, bytes) in files {
@@ -74,7 +87,14 @@ pub async fn publish(dir: &Path, store: &StoreConfig, source: &str, files: &[(&s
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(target, bytes).unwrap();
     }
-    let plan = dram::publish::plan(&folder).expect("valid layout");
+    let plan = dram::publish::plan(&folder)
+        .expect("valid layout")
+        .with_shard_keys(
+            shard_keys
+                .iter()
+                .map(|(table, column)| (table.to_string(), column.to_string())),
+        )
+        .expect("shard tables");
     let source = Source::open(&url, store, true).unwrap();
     dram::publish::publish(&plan, &source, 8, &|_| {})
         .await

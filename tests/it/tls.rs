@@ -232,6 +232,7 @@ async fn members_reach_each_other_over_https() {
         &first.node.config().store,
         "spread",
         &shards,
+        &[],
     )
     .await;
     let answer = http

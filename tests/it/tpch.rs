@@ -41,7 +41,13 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         let clients: Vec<&dram::client::Client> = members.iter().map(|m| &m.client).collect();
         let reference = dir.path().join(format!("reference-{database}"));
         let files = generated::database(0.01, SHARDS, layout, &reference);
-        publish_owned(dir.path(), &store_config, database, &files).await;
+        // The co-located layout says so in its manifest: joins and groups on
+        // orderkey then run shard by shard.
+        let shard_keys: &[(&str, &str)] = match layout {
+            Layout::Colocated => &generated::SHARD_KEYS,
+            Layout::Scattered => &[],
+        };
+        publish_owned(dir.path(), &store_config, database, &files, shard_keys).await;
         clients[0]
             .post(
                 "/v1/databases",
@@ -145,6 +151,56 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         let plan = joins["result"]["rows"].to_string();
         assert!(plan.contains("mode=Partitioned"), "{plan}");
         assert!(!plan.contains("mode=CollectLeft"), "{plan}");
+        // Q12 joins orders and lineitem on orderkey: shard by shard where
+        // they are co-located (no row moves for it), else both sides are
+        // repartitioned on it.
+        let q12 = clients[1]
+            .post(
+                &format!("/v1/query/{database}/sql"),
+                &json!({"params": {"sql": format!("EXPLAIN {}", QUERIES[11])}}),
+            )
+            .await
+            .unwrap();
+        let plan = q12["result"]["rows"].to_string();
+        let shuffled = ["l_orderkey", "o_orderkey"]
+            .iter()
+            .any(|key| plan.contains(&format!("RepartitionExec: partitioning=Hash([{key}")));
+        assert_eq!(shuffled, layout == Layout::Scattered, "{database}: {plan}");
+        assert!(plan.contains("mode=Partitioned"), "{plan}");
+        // A join of a co-located table on its key with a table that is not:
+        // DataFusion hashes the other side, so the co-located side is
+        // hashed too (its shards are not DataFusion's hash partitions).
+        let mixed = "SELECT count(*) AS n, sum(c_acctbal) AS s \
+                     FROM lineitem JOIN customer ON l_orderkey = c_custkey";
+        let batches = ctx.sql(mixed).await.unwrap().collect().await.unwrap();
+        let answer = clients[0]
+            .post(
+                &format!("/v1/query/{database}/sql"),
+                &json!({"params": {"sql": mixed}}),
+            )
+            .await
+            .unwrap();
+        generated::same_answer(
+            mixed,
+            &answer["result"]["rows"],
+            &generated::rows_json(&batches),
+        )
+        .unwrap_or_else(|e| panic!("{database}, a mixed join: {e}\n{answer}"));
+        let mixed_plan = clients[0]
+            .post(
+                &format!("/v1/query/{database}/sql"),
+                &json!({"params": {"sql": format!("EXPLAIN {mixed}")}}),
+            )
+            .await
+            .unwrap();
+        let plan = mixed_plan["result"]["rows"].to_string();
+        assert!(
+            plan.contains("RepartitionExec: partitioning=Hash([l_orderkey"),
+            "{database}: {plan}"
+        );
+        // And, relied on by nothing, lineitem's scan splits its files over
+        // all partitions again rather than reading whole shards.
+        assert!(!plan.contains("output_partitioning="), "{database}: {plan}");
         // count(*) is answered from the Parquet files' metadata: exact,
         // without reading a row.
         let counted = clients[1]

@@ -32,7 +32,7 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
     let dir = tempfile::tempdir()?;
     let store_url = format!("file://{}", dir.path().join("store").display());
     write_events(&dir.path().join("events"), rows)?;
-    publish(&dir.path().join("events"), &store_url, "events").await?;
+    publish(&dir.path().join("events"), &store_url, "events", &[]).await?;
 
     let lone = start(config(dir.path(), "lone", &store_url, "lone", &[])?).await?;
     let n1 = start(config(dir.path(), "n1", &store_url, "bench", &[])?).await?;

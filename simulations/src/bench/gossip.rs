@@ -77,7 +77,7 @@ async fn measure(n: usize, changes: usize) -> Result<Vec<u128>> {
     let folder = dir.path().join("tiny");
     std::fs::create_dir_all(folder.join("shards/a"))?;
     std::fs::write(folder.join("shards/a/x.csv"), "n\n1\n")?;
-    publish(&folder, &store_url, "tiny").await?;
+    publish(&folder, &store_url, "tiny", &[]).await?;
 
     let mut servers: Vec<Server> = Vec::with_capacity(n);
     let mut seeds = Vec::new();

@@ -28,7 +28,7 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     let folder = dir.path().join("tiny");
     std::fs::create_dir_all(&folder)?;
     std::fs::write(folder.join("rows.csv"), "n\n1\n2\n")?;
-    publish(&folder, &store_url, "tiny").await?;
+    publish(&folder, &store_url, "tiny", &[]).await?;
     let node = start(config(dir.path(), "n1", &store_url, "bench", &[])?).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)

@@ -47,15 +47,25 @@ pub async fn start(config: Config) -> Result<Server> {
         .await?)
 }
 
-/// Uploads `folder` as database `name` (with its manifest) to `store_url`.
-pub async fn publish(folder: &Path, store_url: &str, name: &str) -> Result<()> {
+/// Uploads `folder` as database `name` (with its manifest, declaring the
+/// co-located `shard_keys`) to `store_url`.
+pub async fn publish(
+    folder: &Path,
+    store_url: &str,
+    name: &str,
+    shard_keys: &[(&str, &str)],
+) -> Result<()> {
     let store = dram::config::StoreConfig {
         url: store_url.to_string(),
         ..Default::default()
     };
     let url = SourceUrl::resolve(store_url, name)?;
     let source = Source::open(&url, &store, true)?;
-    let plan = dram::publish::plan(folder)?;
+    let plan = dram::publish::plan(folder)?.with_shard_keys(
+        shard_keys
+            .iter()
+            .map(|(table, column)| (table.to_string(), column.to_string())),
+    )?;
     dram::publish::publish(&plan, &source, 8, &|_| {}).await?;
     Ok(())
 }

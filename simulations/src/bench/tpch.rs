@@ -47,7 +47,7 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
     drop(files);
     let generated_s = started.elapsed().as_secs_f64();
     let store_url = format!("file://{}", dir.path().join("store").display());
-    nodes::publish(&folder, &store_url, DATABASE).await?;
+    nodes::publish(&folder, &store_url, DATABASE, &tpch::SHARD_KEYS).await?;
 
     // The reference: one-process DataFusion, tables registered once; it
     // runs beside dram below, so that both see the same machine.

@@ -18,6 +18,7 @@
 //!   through the fan-out and `reduce_sql` here over table `partials` and the
 //!   global tables.
 
+pub(crate) mod colocate;
 pub(crate) mod preempt;
 pub(crate) mod routing;
 pub(crate) mod store;
@@ -34,6 +35,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_distributed::{
     DistributedConfig, DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext,
@@ -246,10 +248,13 @@ impl SqlEngine {
             self.broadcast_join_bytes,
             analyze,
         );
+        let mut rules = PhysicalOptimizer::new().rules;
+        rules.push(Arc::new(colocate::CoLocatedJoins));
         let builder = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())
-            .with_default_features();
+            .with_default_features()
+            .with_physical_optimizer_rules(rules);
         let state = match distributed {
             Some((placement, url)) => builder
                 .with_distributed_worker_resolver(placement)

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::physical_plan::{FileGroup, FileGroupPartitioner, FileScanConfig};
 use datafusion::datasource::source::DataSourceExec;
+
+use super::colocate;
 use datafusion::error::Result;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::{
@@ -156,6 +158,10 @@ pub(crate) fn scale_up_leaf(
     let scan = shard_scan(ev.plan)?;
     let placement = placement(ev.session_config)?;
     let tasks = ev.task_count.max(1);
+    let groups = ev.session_config.target_partitions().max(1);
+    if colocate::is_declared(scan) {
+        return Some(colocated_variants(ev.plan, scan, &placement, tasks, groups));
+    }
     let mut per_task: Vec<Vec<_>> = vec![Vec::new(); tasks];
     for file in scan.file_groups.iter().flat_map(|g| g.files()) {
         let reader = FileRef::parse(&file.object_meta.location)
@@ -164,7 +170,6 @@ pub(crate) fn scale_up_leaf(
             .unwrap_or(0);
         per_task[reader % tasks].push(file.clone());
     }
-    let groups = ev.session_config.target_partitions().max(1);
     let variants: Vec<Arc<dyn ExecutionPlan>> = per_task
         .into_iter()
         .map(|files| {
@@ -191,6 +196,48 @@ pub(crate) fn scale_up_leaf(
         DistributedLeafExec::try_new(ev.plan.clone(), variants)
             .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))),
     )
+}
+
+/// The variants of a co-located table's scan: task `t` reads the shards of
+/// its readers whole, its `i`-th shard (sorted) in partition `i % groups`,
+/// the same for every co-located table, so that a join in the stage meets
+/// each shard's rows of both tables in one partition.
+fn colocated_variants(
+    plan: &Arc<dyn ExecutionPlan>,
+    scan: &FileScanConfig,
+    placement: &Placement,
+    tasks: usize,
+    groups: usize,
+) -> Result<ScaleUpLeafNodeEventResponse> {
+    let mut per_task: Vec<Vec<&str>> = vec![Vec::new(); tasks];
+    for (shard, reader) in &placement.shard_reader {
+        per_task[reader % tasks].push(shard.as_str());
+    }
+    let files: std::collections::HashSet<_> = scan
+        .file_groups
+        .iter()
+        .flat_map(|g| g.files())
+        .map(|f| &f.object_meta.location)
+        .collect();
+    let mut placed = 0;
+    let mut variants = Vec::with_capacity(tasks);
+    for mut shards in per_task {
+        shards.sort_unstable();
+        let (file_groups, _) =
+            colocate::shard_groups(scan, |id| shards.iter().position(|s| *s == id), groups);
+        placed += file_groups.iter().map(|g| g.len()).sum::<usize>();
+        let mut variant = scan.clone();
+        variant.file_groups = file_groups;
+        variants.push(DataSourceExec::from_data_source(variant) as Arc<dyn ExecutionPlan>);
+    }
+    // Every file read by one task: none left out, none twice.
+    if placed != files.len() {
+        return datafusion::common::internal_err!(
+            "a co-located scan has files of shards without a reader"
+        );
+    }
+    DistributedLeafExec::try_new(plan.clone(), variants)
+        .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf)))
 }
 
 /// Sends task `i` of a stage scanning shard tables to reader `i`.

@@ -26,6 +26,7 @@ use datafusion::object_store::ObjectMeta;
 use datafusion::object_store::path::Path;
 use datafusion::prelude::SessionContext;
 
+use super::colocate::CoLocated;
 use super::store::{self, STORE_URL};
 use crate::node::Node;
 use crate::query::AnalysisError;
@@ -119,6 +120,9 @@ pub(crate) struct Table {
     pub schema: SchemaRef,
     /// Part → its files of the table (paths in the part), sorted.
     pub files: FilesByPart,
+    /// The shard key, when the manifest declares the table co-located
+    /// (`colocate.rs`).
+    pub key: Option<String>,
 }
 
 /// The tables of one database version.
@@ -174,6 +178,7 @@ impl Tables {
                 parts.insert(part.clone(), paths);
             }
         }
+        let mut keys = node.shard_keys(database).map_err(AnalysisError::from)?;
         let mut tables = Tables {
             database: database.to_string(),
             version: version.to_string(),
@@ -207,16 +212,32 @@ impl Tables {
             let schema = infer_schema(ctx, STORE_URL, format, &objects)
                 .await
                 .map_err(|e| failed(&format!("table {name}"), e))?;
+            let key = if global { None } else { keys.remove(&name) };
+            if let Some(key) = &key
+                && schema.index_of(key).is_err()
+            {
+                return Err(AnalysisError::invalid_params(format!(
+                    "the manifest of {database} declares shard key {key} for table {name}, \
+                     which has no such column"
+                )));
+            }
             let table = Table {
                 format,
                 schema,
                 files,
+                key,
             };
             if global {
                 tables.global.insert(name, table);
             } else {
                 tables.shard.insert(name, table);
             }
+        }
+        if let Some((name, _)) = keys.into_iter().next() {
+            return Err(AnalysisError::invalid_params(format!(
+                "the manifest of {database} declares a shard key for {name}, which is not a \
+                 shard table"
+            )));
         }
         Ok(tables)
     }
@@ -242,6 +263,9 @@ impl Tables {
         shard_tables: bool,
     ) -> Result<(), AnalysisError> {
         let cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+        let mut sorted = shards.to_vec();
+        sorted.sort();
+        let shards_sorted = Arc::new(sorted);
         let tables = self
             .shard
             .iter()
@@ -273,13 +297,21 @@ impl Tables {
                         .map_err(|e| failed(&format!("table {name}"), e))?,
                 )
             } else {
-                listing_table(
+                let listing = listing_table(
                     name,
                     urls,
                     table.format,
                     table.schema.clone(),
                     cache.clone(),
-                )?
+                )?;
+                match &table.key {
+                    Some(key) if !global => Arc::new(CoLocated {
+                        inner: listing,
+                        key: key.clone(),
+                        shards: shards_sorted.clone(),
+                    }),
+                    _ => listing,
+                }
             };
             ctx.register_table(name.as_str(), provider)
                 .map_err(|e| failed(&format!("table {name}"), e))?;
