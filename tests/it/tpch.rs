@@ -1,5 +1,6 @@
 //! TPC-H (scale 0.01, generated here) on three real members: all 22 queries
-//! as written, in two layouts (lineitem and orders co-located by orderkey,
+//! as written, in two layouts (lineitem and orders co-located by orderkey and
+//! declared so in the manifest, so joins on it run shard by shard,
 //! and scattered with no key lined up with a shard), each answer equal to
 //! one-process DataFusion's over the same rows. The plans are distributed:
 //! stages run on the members holding the shards. Every join repartitions
