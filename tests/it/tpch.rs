@@ -22,6 +22,20 @@ use generated::{Layout, QUERIES};
 
 const SHARDS: u64 = 6;
 
+/// Asks `client` for `sql` over `database`.
+async fn ask(
+    client: &dram::client::Client,
+    database: &str,
+    sql: impl std::fmt::Display,
+) -> Result<Value, dram::client::ClientError> {
+    client
+        .post(
+            &format!("/v1/query/{database}/sql"),
+            &json!({"params": {"sql": sql.to_string()}}),
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_22_tpch_queries_answer_as_one_process_would() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,12 +86,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
             n3.server.shutdown_unannounced().await;
             for (i, sql) in QUERIES.iter().enumerate().take(5) {
                 let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-                let answer = members[i % 2]
-                    .client
-                    .post(
-                        &format!("/v1/query/{database}/sql"),
-                        &json!({"params": {"sql": sql}}),
-                    )
+                let answer = ask(&members[i % 2].client, database, sql)
                     .await
                     .unwrap_or_else(|e| panic!("{database} Q{} without n3: {e}", i + 1));
                 generated::same_answer(
@@ -92,11 +101,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         for (i, sql) in QUERIES.iter().enumerate() {
             let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
             let expected = generated::rows_json(&batches);
-            let answer = clients[i % clients.len()]
-                .post(
-                    &format!("/v1/query/{database}/sql"),
-                    &json!({"params": {"sql": sql}}),
-                )
+            let answer = ask(clients[i % clients.len()], database, sql)
                 .await
                 .unwrap_or_else(|e| panic!("{database} Q{}: {e}", i + 1));
             generated::same_answer(sql, &answer["result"]["rows"], &expected)
@@ -123,13 +128,13 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
 
         // The plan is distributed: its stages run on the three members
         // (EXPLAIN ANALYZE shows the plan that ran).
-        let explained = clients[0]
-            .post(
-                &format!("/v1/query/{database}/sql"),
-                &json!({"params": {"sql": format!("EXPLAIN ANALYZE {}", QUERIES[0])}}),
-            )
-            .await
-            .unwrap();
+        let explained = ask(
+            clients[0],
+            database,
+            format!("EXPLAIN ANALYZE {}", QUERIES[0]),
+        )
+        .await
+        .unwrap();
         let plan: String = explained["result"]["rows"]
             .as_array()
             .unwrap()
@@ -142,11 +147,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         assert!(plan.contains("DistributedExec"), "{plan}");
         assert!(plan.contains("tasks=3"), "{plan}");
         // Joins repartition both sides across the members here.
-        let joins = clients[2]
-            .post(
-                &format!("/v1/query/{database}/sql"),
-                &json!({"params": {"sql": format!("EXPLAIN {}", QUERIES[2])}}),
-            )
+        let joins = ask(clients[2], database, format!("EXPLAIN {}", QUERIES[2]))
             .await
             .unwrap();
         let plan = joins["result"]["rows"].to_string();
@@ -155,11 +156,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         // Q12 joins orders and lineitem on orderkey: shard by shard where
         // they are co-located (no row moves for it), else both sides are
         // repartitioned on it.
-        let q12 = clients[1]
-            .post(
-                &format!("/v1/query/{database}/sql"),
-                &json!({"params": {"sql": format!("EXPLAIN {}", QUERIES[11])}}),
-            )
+        let q12 = ask(clients[1], database, format!("EXPLAIN {}", QUERIES[11]))
             .await
             .unwrap();
         let plan = q12["result"]["rows"].to_string();
@@ -174,24 +171,14 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         let mixed = "SELECT count(*) AS n, sum(c_acctbal) AS s \
                      FROM lineitem JOIN customer ON l_orderkey = c_custkey";
         let batches = ctx.sql(mixed).await.unwrap().collect().await.unwrap();
-        let answer = clients[0]
-            .post(
-                &format!("/v1/query/{database}/sql"),
-                &json!({"params": {"sql": mixed}}),
-            )
-            .await
-            .unwrap();
+        let answer = ask(clients[0], database, mixed).await.unwrap();
         generated::same_answer(
             mixed,
             &answer["result"]["rows"],
             &generated::rows_json(&batches),
         )
         .unwrap_or_else(|e| panic!("{database}, a mixed join: {e}\n{answer}"));
-        let mixed_plan = clients[0]
-            .post(
-                &format!("/v1/query/{database}/sql"),
-                &json!({"params": {"sql": format!("EXPLAIN {mixed}")}}),
-            )
+        let mixed_plan = ask(clients[0], database, format!("EXPLAIN {mixed}"))
             .await
             .unwrap();
         let plan = mixed_plan["result"]["rows"].to_string();
@@ -204,13 +191,13 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         assert!(!plan.contains("output_partitioning="), "{database}: {plan}");
         // count(*) is answered from the Parquet files' metadata: exact,
         // without reading a row.
-        let counted = clients[1]
-            .post(
-                &format!("/v1/query/{database}/sql"),
-                &json!({"params": {"sql": "EXPLAIN ANALYZE SELECT count(*) AS n FROM lineitem"}}),
-            )
-            .await
-            .unwrap();
+        let counted = ask(
+            clients[1],
+            database,
+            "EXPLAIN ANALYZE SELECT count(*) AS n FROM lineitem",
+        )
+        .await
+        .unwrap();
         let plan = counted["result"]["rows"].to_string();
         assert!(!plan.contains("DataSourceExec"), "{plan}");
         let nodes: Vec<&Value> = explained["meta"]["nodes"]
