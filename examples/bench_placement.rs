@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use dram::catalog::Replicas;
-use dram::node::HeldState;
 use dram::placement::Candidate;
+use dram::placement::HeldState;
 use dram::placement::plan::{ClusterState, Layout, plan};
 use dram::placement::rebalance::{Usage, rebalance};
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::node::lock;
+use crate::sync::lock;
 
 /// The open connections.
 pub(crate) struct Connections {

@@ -34,6 +34,7 @@ pub mod builder;
 pub mod builtin;
 pub mod catalog;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 mod connections;
@@ -46,6 +47,7 @@ pub mod publish;
 pub mod query;
 pub mod server;
 pub mod storage;
+mod sync;
 
 pub use builder::NodeBuilder;
 pub use config::Config;

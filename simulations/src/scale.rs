@@ -24,8 +24,8 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use dram::catalog::Replicas;
-use dram::node::HeldState;
 use dram::placement::Candidate;
+use dram::placement::HeldState;
 use dram::placement::plan::{ClusterState, Layout, plan};
 use dram::placement::rebalance::{Usage, rebalance};
 use dram::primary::{View, candidate, elect};

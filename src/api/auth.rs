@@ -23,7 +23,8 @@ use warp::reply::Response;
 
 use super::error::{error_response, respond};
 use crate::auth::{Keys, SigningKey, constant_time_eq};
-use crate::node::{Node, NodeError, now_ms};
+use crate::clock::now_ms;
+use crate::node::{Node, NodeError};
 
 /// The header carrying the cluster id on node-to-node calls.
 pub const CLUSTER_HEADER: &str = "x-dram-cluster";

@@ -5,10 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError, lock, now_ms};
+use super::{Inner, Node, NodeError};
 use crate::catalog::{ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, Writer};
+use crate::clock::now_ms;
 use crate::cluster::DefinitionRecord;
 use crate::names::check_name;
+use crate::sync::lock;
 
 /// One action of an atomic alias batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

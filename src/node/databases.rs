@@ -2,14 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{HeldState, Inner, Node, NodeError, load, lock, now_ms, registry};
+use super::{HeldState, Inner, Node, NodeError, load, registry};
 use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, Mode, PARTS, PartRecord,
     PartState, ReadStats, Replicas, key,
 };
+use crate::clock::now_ms;
 use crate::cluster::{Definition, DefinitionRecord};
 use crate::names::check_name;
 use crate::storage::{Part, SourceUrl};
+use crate::sync::lock;
 
 /// A request to load a database on this node.
 #[derive(Debug, Clone, Deserialize)]

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::{Inner, NodeError, blocking, now_ms};
+use super::{Inner, NodeError, blocking};
 use crate::catalog::{Catalog, MANIFESTS, META, PARTS, PartRecord, PartState};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::storage::disk::BlobFile;
 use crate::storage::{Disk, Manifest, Part, StorageError};

@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError, lock, now_ms};
+use super::{Inner, Node, NodeError};
 use crate::catalog::EVENTS;
+use crate::clock::now_ms;
 use crate::storage::StorageError;
+use crate::sync::lock;
 
 /// Flushes between two prunings of the events table.
 const PRUNE_EVERY: u64 = 20;

@@ -6,14 +6,16 @@ use std::collections::{HashMap, HashSet};
 
 use tracing::{debug, info};
 
-use super::{Inner, NodeError, lock, now_ms};
+use super::{Inner, NodeError};
 use crate::catalog::{
     ALIASES, AliasRecord, CACHE, CacheEntry, DATABASES, DEFINITIONS, DatabaseRecord, DbState,
     MANIFESTS, PARTS, PartRecord, PartState, READS, key,
 };
+use crate::clock::now_ms;
 use crate::cluster::DefinitionRecord;
 use crate::hlc::Hlc;
 use crate::storage::{Manifest, Part};
+use crate::sync::lock;
 
 /// What a garbage collection freed.
 #[derive(Debug, Default, Clone, Copy)]

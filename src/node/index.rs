@@ -10,12 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::events::DiskTrend;
-use super::{Inner, Node, NodeError, lock, now_ms};
+use super::{Inner, Node, NodeError};
 use crate::catalog::{
     BLOB_USES, CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord,
     READS, ReadStats, Writer, key,
 };
+use crate::clock::now_ms;
 use crate::storage::{Manifest, Part, StorageError};
+use crate::sync::lock;
 
 /// What one file of a database takes from a blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

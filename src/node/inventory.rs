@@ -10,16 +10,7 @@ use sha2::{Digest as _, Sha256};
 use super::{Node, NodeError};
 use crate::catalog::{DbState, PartState};
 
-/// The state of one part (shard or global data) on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HeldState {
-    Downloading,
-    Ready,
-    Lazy,
-    Failed,
-    Trashed,
-}
+pub use crate::placement::HeldState;
 
 impl HeldState {
     /// A copy's state: its catalog state, unless it (or its whole database)
@@ -32,11 +23,6 @@ impl HeldState {
             PartState::Lazy => HeldState::Lazy,
             PartState::Failed => HeldState::Failed,
         }
-    }
-
-    /// Whether a query may use this copy.
-    pub fn is_serving(self) -> bool {
-        matches!(self, HeldState::Ready | HeldState::Lazy)
     }
 }
 

@@ -13,13 +13,15 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
 use super::space::Reservation;
-use super::{Inner, NodeError, blocking, lock, now_ms};
+use super::{Inner, NodeError, blocking};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord, PartState, key,
 };
+use crate::clock::now_ms;
 use crate::storage::fetch::{fetch_blob, read_manifest};
 use crate::storage::manifest::PlacedFile;
 use crate::storage::{Disk, Manifest, Part, Source, SourceUrl, StorageError};
+use crate::sync::lock;
 
 type Progress = Arc<Mutex<BTreeMap<Part, Arc<AtomicU64>>>>;
 

@@ -25,18 +25,20 @@ mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::catalog::{Catalog, DATABASES, DatabaseRecord, DbState, META};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::hlc::HlcClock;
 use crate::query::Analyses;
 use crate::storage::{Disk, StorageError};
+use crate::sync::lock;
 
 pub use aliases::AliasAction;
 pub use databases::{AddDatabase, DatabaseInfo, PartInfo};
@@ -48,14 +50,6 @@ pub use shard::ShardContext;
 pub(crate) use shard::{WeakNode, json_name};
 pub use stats::{DatabaseStats, NodeStats, Stats};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Runs file system work on the blocking pool. The work does not panic; its
 /// task fails only when the runtime shuts down.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -64,14 +58,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|_| NodeError::ShuttingDown)?
-}
-
-/// Locks a std mutex, recovering from poisoning (a panicked holder cannot leave
-/// these maps in a state worse than stale).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A handle to a running node; cheap to clone.

@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{Inner, Node, NodeError, load, now_ms};
+use super::{Inner, Node, NodeError, load};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState, Replicas, key,
 };
+use crate::clock::now_ms;
 use crate::placement::plan::{ClusterState, Layout};
 use crate::storage::Part;
 

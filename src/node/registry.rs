@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{Inner, Node, NodeError, load, lock, now_ms};
+use super::{Inner, Node, NodeError, load};
 use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PINS, PartRecord,
     PartState, Writer, key,
 };
+use crate::clock::now_ms;
 use crate::cluster::{Changes, Definition, DefinitionRecord, PinRecord, Registry};
+use crate::sync::lock;
 
 /// What a registry change asks of this node once it is committed.
 #[derive(Debug, Default)]

@@ -16,9 +16,11 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::durable::check_blob;
-use super::{Inner, NodeError, blocking, load, lock, now_ms};
+use super::{Inner, NodeError, blocking, load};
 use crate::catalog::META;
+use crate::clock::now_ms;
 use crate::storage::Disk;
+use crate::sync::lock;
 
 /// Where the last pass began, kept in the catalog across restarts.
 const LAST_PASS_KEY: &str = "scrub";

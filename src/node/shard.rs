@@ -10,13 +10,15 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 
-use super::{Inner, Node, NodeError, lock, now_ms};
+use super::{Inner, Node, NodeError};
 use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord, PartState,
     key,
 };
+use crate::clock::now_ms;
 use crate::storage::fetch::fetch_blob;
 use crate::storage::{Disk, Manifest, ManifestFile, Part, Source, SourceUrl, StorageError};
+use crate::sync::lock;
 
 /// The files of one database by part and local path, kept in memory while served.
 #[derive(Debug)]

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Inner, NodeError, lock};
+use super::{Inner, NodeError};
 use crate::storage::StorageError;
+use crate::sync::lock;
 
 #[derive(Default)]
 pub(super) struct Reservations {

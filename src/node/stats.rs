@@ -7,12 +7,14 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError, lock, now_ms};
+use super::{Inner, Node, NodeError};
 use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord,
     PartState, READS, ReadStats, key,
 };
+use crate::clock::now_ms;
 use crate::storage::{DiskStats, Manifest, Part};
+use crate::sync::lock;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stats {

@@ -25,7 +25,28 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
+use serde::{Deserialize, Serialize};
+
 use crate::catalog::Replicas;
+
+/// The state of one part (shard or global data) on one member, as its
+/// inventory says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeldState {
+    Downloading,
+    Ready,
+    Lazy,
+    Failed,
+    Trashed,
+}
+
+impl HeldState {
+    /// Whether a query may use this copy.
+    pub fn is_serving(self) -> bool {
+        matches!(self, HeldState::Ready | HeldState::Lazy)
+    }
+}
 
 /// A member that may hold shards.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use super::HeldState;
 use super::{Candidate, choose_hashed, shard_key, stable_hash};
 use crate::catalog::Replicas;
-use crate::node::HeldState;
 
 /// A database as placement sees it.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::HeldState;
 use super::plan::{ClusterState, Layout};
 use super::shard_key;
-use crate::node::HeldState;
 
 /// One member's disk use.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use super::manifest::{Part, is_sha256_hex};
-use crate::node::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug)]
 pub struct Disk {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub use disk::{Disk, DiskStats};
 pub use manifest::{Manifest, ManifestFile, Part};
-pub use source::{Source, SourceUrl, StoreLayer};
+pub use source::{Source, SourceUrl, StoreConfig, StoreLayer};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -12,10 +12,44 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
 
 use super::StorageError;
-use crate::config::StoreConfig;
 use crate::names::check_relative_path;
+
+/// `[store]`: where databases are published and read from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Base URL that relative database sources resolve against.
+    pub url: String,
+    /// S3 endpoint (for S3-compatible servers); AWS_ENDPOINT otherwise.
+    pub endpoint: Option<String>,
+    /// S3 region; AWS_REGION / AWS_DEFAULT_REGION otherwise.
+    pub region: Option<String>,
+    /// Allow plain-HTTP endpoints; AWS_ALLOW_HTTP otherwise.
+    pub allow_http: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Sources other than `url` and what is below it that databases may be
+    /// defined from: globs of URL prefixes (`"s3://other-bucket/**"`,
+    /// `"file:///mnt/exports"`). Empty: the store only.
+    pub allowed_sources: Vec<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "file://./dram-store".to_string(),
+            endpoint: None,
+            region: None,
+            allow_http: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allowed_sources: Vec::new(),
+        }
+    }
+}
 
 /// A parsed, absolute source URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

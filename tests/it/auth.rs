@@ -158,7 +158,7 @@ async fn tokens_guard_changes_reads_and_queries() {
 
     // Key rotation: the previous key's tokens work during the grace period;
     // tokens of a key this node never had do not.
-    let far = dram::node::now_ms() + 60_000;
+    let far = dram::clock::now_ms() + 60_000;
     let old = dram::auth::SigningKey::new("key-0").sign("sales", far);
     Client::new(&url)
         .with_token(Some(old))

@@ -141,7 +141,7 @@ fn corrupt_a_file(dir: &std::path::Path) -> Result<()> {
 /// `POST /v1/admin/scrub`, then waits (at most 30 s) until a pass that
 /// began after it has ended.
 async fn scrub(client: &dram::client::Client) -> Result<()> {
-    let asked = dram::node::now_ms();
+    let asked = dram::clock::now_ms();
     client.post("/v1/admin/scrub", &json!({})).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

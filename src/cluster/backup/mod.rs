@@ -35,7 +35,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::node::{Node, NodeError, lock, now_ms};
+use crate::clock::now_ms;
+use crate::node::{Node, NodeError};
+use crate::sync::lock;
 use schedule::{Job, Schedule};
 use store::BackupStore;
 

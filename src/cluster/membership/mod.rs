@@ -40,9 +40,11 @@ use tracing::{debug, info, warn};
 
 use super::health::health;
 use super::{Registry, RegistryDigest};
-use crate::node::{Inventory, InventoryDigest, Node, NodeError, lock, now_ms};
+use crate::clock::now_ms;
+use crate::node::{Inventory, InventoryDigest, Node, NodeError};
 use crate::primary::{Primary, PrimaryState, View, candidate, elect};
 use crate::storage::DiskStats;
+use crate::sync::lock;
 
 /// Gossip keys (each node writes only its own).
 pub const KEY_NODE: &str = "node";

@@ -11,13 +11,15 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Membership, NodeInfo, Peer};
+use crate::clock::now_ms;
 use crate::cluster::view::cluster_state;
-use crate::node::{Inventory, Node, NodeError, lock, now_ms};
+use crate::node::{Inventory, Node, NodeError};
 use crate::placement::plan::{ClusterState, NodeUse, Plan, plan, what_if};
 use crate::placement::rebalance::{Move, Usage, rebalance};
 use crate::primary::Primary;
 use crate::primary::actions::{TrashRequest, check_trash, trash_extra_copies};
 use crate::primary::gc::eligible;
+use crate::sync::lock;
 
 /// How long a holder whose map request failed is tried last.
 const FAILED_HOLDER_MS: u64 = 5_000;

@@ -278,7 +278,7 @@ impl SqlEngine {
         database: &str,
         version: &str,
     ) -> Result<Arc<Tables>, AnalysisError> {
-        let known = crate::node::lock(&self.tables)
+        let known = crate::sync::lock(&self.tables)
             .iter()
             .find(|t| t.database == database && t.version == version)
             .cloned();
@@ -286,7 +286,7 @@ impl SqlEngine {
             return Ok(tables);
         }
         let tables = Arc::new(Tables::load(node, ctx, database, version).await?);
-        let mut kept = crate::node::lock(&self.tables);
+        let mut kept = crate::sync::lock(&self.tables);
         if kept.len() >= KEPT_VERSIONS {
             kept.remove(0);
         }

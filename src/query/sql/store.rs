@@ -360,7 +360,7 @@ impl ObjectStore for DramStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> StoreResult<GetResult> {
-        let known = crate::node::lock(&self.found).get(location).cloned();
+        let known = crate::sync::lock(&self.found).get(location).cloned();
         if let Some((local, entry)) = known {
             let path = Path::from_absolute_path(&local).map_err(generic)?;
             match self.local.get_opts(&path, options.clone()).await {
@@ -369,7 +369,7 @@ impl ObjectStore for DramStore {
                     return Ok(result);
                 }
                 Err(_) => {
-                    crate::node::lock(&self.found).remove(location);
+                    crate::sync::lock(&self.found).remove(location);
                 }
             }
         }
@@ -380,7 +380,7 @@ impl ObjectStore for DramStore {
                 let path = Path::from_absolute_path(&local).map_err(generic)?;
                 let mut result = self.local.get_opts(&path, options).await?;
                 result.meta = meta(location, &entry);
-                let mut found = crate::node::lock(&self.found);
+                let mut found = crate::sync::lock(&self.found);
                 if found.len() >= FOUND {
                     found.clear();
                 }

@@ -51,7 +51,7 @@ impl Channels {
     }
 
     fn channel(&self, url: &Url) -> Result<BoxCloneSyncChannel, DataFusionError> {
-        let mut open = crate::node::lock(&self.open);
+        let mut open = crate::sync::lock(&self.open);
         if let Some(channel) = open.get(url) {
             return Ok(channel.clone());
         }
