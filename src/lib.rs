@@ -8,23 +8,38 @@
 //!
 //! # Layout
 //!
+//! Modules import downwards only: the leaves first, then the core, then the
+//! layers over it. The core (`node`, `cluster`, `primary`, `query`) still
+//! import one another; taking that circle apart is issue 21's next step.
+//!
+//! Leaves (import no module of the core):
+//! - [`clock`]: the wall clock, milliseconds since the epoch.
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`catalog`]: the node's durable state in redb.
-//! - [`storage`]: sources in object storage, manifests, fetching, local disks.
+//! - [`storage`]: sources in object storage (`[store]`), manifests, fetching,
+//!   local disks.
+//! - [`placement`]: which members should hold each shard (weighted rendezvous
+//!   hashing, zones, full disks) and the rebalancer's moves — pure.
+//! - [`net`]: node to node: the peer client, the cluster header, TLS files.
+//! - `hlc`, `names`, `auth`: hybrid logical clocks, names, tokens.
+//!
+//! Core:
 //! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
 //! - [`cluster`]: the registry (cluster-wide definitions and aliases, merged
 //!   last-writer-wins), health, and gossip membership with its sync loop.
-//! - [`placement`]: which members should hold each shard (weighted rendezvous
-//!   hashing, zones, full disks) — pure; not yet wired into loading.
-//! - [`primary`]: primary election and terms — pure; not yet wired into gossip.
+//! - [`primary`]: primary election, and the primary's actions (trashing extra
+//!   copies, garbage collection).
 //! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them;
 //!   `query::sql` is the distributed SQL engine (datafusion-distributed: the
 //!   coordinator, each member's worker, shard scans routed to their holders,
-//!   the `dram://` object store over every database's files).
-//! - [`builder`]: building a node with analyses and extra routes.
+//!   co-located tables, the `dram://` object store over every database's
+//!   files) with the `sql` analysis (`query::sql::analysis`).
+//!
+//! Over the core:
 //! - [`builtin`]: the analyses the `dram` binary serves out of the box.
 //! - [`api`]: the HTTP API over warp.
 //! - [`server`]: a node with its HTTP API, as `dram serve` runs it.
+//! - [`builder`]: building a node with analyses and extra routes.
 //! - [`publish`]: uploading a local folder as a database.
 //! - [`client`]: the HTTP client the command line uses.
 
@@ -40,6 +55,7 @@ pub mod config;
 mod connections;
 pub mod hlc;
 pub mod names;
+pub mod net;
 pub mod node;
 pub mod placement;
 pub mod primary;

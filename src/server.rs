@@ -11,7 +11,6 @@
 //! lets requests in flight finish and closes idle connections.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::filters::BoxedFilter;
@@ -32,6 +29,7 @@ use warp::reply::Response;
 
 use crate::config::{Config, HttpConfig};
 use crate::connections::{Admitted, Connections, RequestTracker};
+use crate::net::{field_error, read_certificates, read_key};
 use crate::node::{Node, NodeError};
 
 /// A node serving HTTP; `shutdown()` stops both.
@@ -343,93 +341,25 @@ fn tls_acceptor(http: &HttpConfig) -> Result<Option<TlsAcceptor>, NodeError> {
     let (Some(cert_path), Some(key_path)) = (&http.tls_cert, &http.tls_key) else {
         return Ok(None);
     };
-    let certs = read_certificates("http.tls_cert", cert_path)?;
-    let key = read_key("http.tls_key", key_path)?;
+    let certs = read_certificates("http.tls_cert", cert_path).map_err(NodeError::InvalidInput)?;
+    let key = read_key("http.tls_key", key_path).map_err(NodeError::InvalidInput)?;
     if let Some(ca) = &http.tls_ca {
-        read_certificates("http.tls_ca", ca)?;
+        read_certificates("http.tls_ca", ca).map_err(NodeError::InvalidInput)?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| field_error("http.tls_cert", cert_path, &e))?
+        .map_err(|e| NodeError::InvalidInput(field_error("http.tls_cert", cert_path, &e)))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
-            field_error(
+            NodeError::InvalidInput(field_error(
                 "http.tls_key",
                 key_path,
                 &format!("does not fit http.tls_cert: {e}"),
-            )
+            ))
         })?;
     // HTTP/1.1 only: what the connections are served with.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
-}
-
-fn field_error(field: &str, path: &Path, e: &dyn std::fmt::Display) -> NodeError {
-    NodeError::InvalidInput(format!("config field `{field}` ({}): {e}", path.display()))
-}
-
-/// Every PEM certificate in `path` (at least one).
-fn read_certificates(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, NodeError> {
-    let bytes = std::fs::read(path).map_err(|e| field_error(field, path, &e))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| field_error(field, path, &format!("not a PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(field_error(field, path, &"holds no PEM certificate"));
-    }
-    Ok(certs)
-}
-
-fn read_key(field: &str, path: &Path) -> Result<PrivateKeyDer<'static>, NodeError> {
-    let bytes = std::fs::read(path).map_err(|e| field_error(field, path, &e))?;
-    PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| field_error(field, path, &format!("not a PEM private key: {e}")))
-}
-
-/// A client for node-to-node calls: with TLS on, it trusts the certificates
-/// of `http.tls_ca` (default: `http.tls_cert`'s) beside the system's roots,
-/// so that members reach each other over HTTPS.
-pub(crate) fn peer_client(config: &Config) -> reqwest::ClientBuilder {
-    let http = &config.http;
-    // Idle connections are dropped here before a member's header timeout
-    // closes them there: a request never races that close.
-    let idle = Duration::from_millis(http.header_timeout_ms / 2).min(Duration::from_secs(90));
-    let builder = reqwest::Client::builder().pool_idle_timeout(idle);
-    if !http.tls() {
-        return builder;
-    }
-    let Some((field, path)) = [
-        ("http.tls_ca", &http.tls_ca),
-        ("http.tls_cert", &http.tls_cert),
-    ]
-    .into_iter()
-    .find_map(|(field, path)| Some((field, path.as_ref()?))) else {
-        return builder;
-    };
-    let roots = read_certificates(field, path).and_then(|certs| {
-        certs
-            .iter()
-            .map(|der| reqwest::Certificate::from_der(der))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| field_error(field, path, &e))
-    });
-    match roots {
-        Ok(roots) => builder.tls_certs_merge(roots),
-        Err(e) => {
-            tracing::warn!(error = %e, "node-to-node calls trust only the system's roots");
-            builder
-        }
-    }
-}
-
-/// The base URL of a member's API from the address it gossips: `host:port`
-/// (plain HTTP) or a full `http(s)://host:port`.
-pub(crate) fn base_url(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    }
 }

@@ -26,8 +26,7 @@ use crate::auth::{Keys, SigningKey, constant_time_eq};
 use crate::clock::now_ms;
 use crate::node::{Node, NodeError};
 
-/// The header carrying the cluster id on node-to-node calls.
-pub const CLUSTER_HEADER: &str = "x-dram-cluster";
+pub use crate::net::CLUSTER_HEADER;
 
 /// A refused request.
 #[derive(Debug)]

@@ -9,20 +9,13 @@ mod count;
 mod files;
 mod group;
 mod rows;
-#[cfg(feature = "sql")]
-mod sql;
 
+#[cfg(feature = "sql")]
+pub use crate::query::sql::analysis::{Sql, SqlOutput, SqlParams, SqlPartial};
 pub use count::{Count, CountParams, RowCount};
 pub use files::Files;
 pub use group::{Group, GroupOutput, GroupParams, GroupRow};
 pub use rows::{Columns, Format};
-#[cfg(feature = "sql")]
-pub use sql::{Sql, SqlOutput, SqlParams, SqlPartial};
-#[cfg(feature = "sql")]
-pub(crate) use sql::{
-    SqlMode, json_rows, physical_plan, reduce_explicit, run_failed, sql_mode, sql_output, to_ipc,
-    unify_schemas,
-};
 
 use crate::builder::NodeBuilder;
 

@@ -72,7 +72,7 @@ pub fn cluster_state(
             let shards = holdings.entry(name.clone()).or_default();
             for (shard, part) in &database.shards {
                 let state = if database.state == crate::catalog::DbState::Trashed {
-                    crate::node::HeldState::Trashed
+                    crate::placement::HeldState::Trashed
                 } else {
                     part.state
                 };

@@ -172,7 +172,7 @@ async fn fetch_inventory(
         return node.inventory().ok();
     }
     let address = http.get(member)?;
-    let url = crate::server::base_url(address);
+    let url = crate::net::base_url(address);
     let mut request = client.get(format!("{url}/v1/internal/inventory"));
     if let Some(secret) = node.config().auth.peer_secret() {
         request = request.bearer_auth(secret);
@@ -194,7 +194,7 @@ async fn post_trash(
     let address = http
         .get(member)
         .ok_or_else(|| format!("no HTTP address known for {member}"))?;
-    let url = crate::server::base_url(address);
+    let url = crate::net::base_url(address);
     let mut request = client.post(format!("{url}/v1/internal/trash")).json(body);
     if let Some(secret) = node.config().auth.peer_secret() {
         request = request.bearer_auth(secret);

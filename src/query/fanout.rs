@@ -302,7 +302,7 @@ pub(crate) async fn send_map(
         shards: shards.to_vec(),
         timeout_ms: left.as_millis() as u64,
     };
-    let url = crate::server::base_url(address);
+    let url = crate::net::base_url(address);
     let request = || {
         let mut request = client
             .post(format!("{url}/v1/internal/map"))

@@ -233,7 +233,7 @@ impl Node {
             .http_client()
             .post(format!(
                 "{}/v1/query/{target}/{analysis}",
-                crate::server::base_url(&address)
+                crate::net::base_url(&address)
             ))
             .header(FORWARDED_HEADER, "1")
             .json(request);

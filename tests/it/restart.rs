@@ -482,12 +482,21 @@ async fn a_cancelled_distributed_query_stops_on_every_member() {
             .await
             .unwrap();
         assert_eq!(answer.status(), 504, "{:?}", answer.text().await);
-        tokio::time::sleep(Duration::from_millis(2000)).await;
-        let after = cpu_over(pid, Duration::from_millis(1500)).await;
-        assert!(
-            after < idle + 0.3,
-            "asked of {who}: {after:.2} CPU s in 1.5 s after the deadline on the member \
-             scanning (idle: {idle:.2})"
-        );
+        // Idle within a few seconds, however busy the machine running the
+        // tests is; the work itself would go on for minutes.
+        let since = std::time::Instant::now();
+        let mut busy = Vec::new();
+        loop {
+            let used = cpu_over(pid, Duration::from_millis(1000)).await;
+            if used < idle + 0.2 {
+                break;
+            }
+            busy.push(used);
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "asked of {who}: the member scanning still works 15 s after the deadline \
+                 (CPU s per second: {busy:.2?}; idle: {idle:.2})"
+            );
+        }
     }
 }

@@ -214,7 +214,7 @@ impl Membership {
             backups: crate::cluster::backup::Backups::new(&node),
             last_gc_ms: Mutex::new(0),
             failed_holders: Mutex::default(),
-            http_client: crate::server::peer_client(node.config())
+            http_client: crate::net::peer_client(node.config())
                 .pool_max_idle_per_host(64)
                 .default_headers(peer_headers(&config.id))
                 .build()
@@ -621,7 +621,7 @@ impl Membership {
 }
 
 async fn sync_loop(membership: std::sync::Weak<Membership>, node: Node, interval: Duration) {
-    let client = match crate::server::peer_client(node.config())
+    let client = match crate::net::peer_client(node.config())
         .timeout(PULL_TIMEOUT)
         .default_headers(peer_headers(&node.config().cluster.id))
         .build()

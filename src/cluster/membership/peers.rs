@@ -53,7 +53,7 @@ pub(super) async fn pull<T: serde::de::DeserializeOwned>(
     http: &str,
     path: &str,
 ) -> Result<T, String> {
-    let mut request = client.get(format!("{}{path}", crate::server::base_url(http)));
+    let mut request = client.get(format!("{}{path}", crate::net::base_url(http)));
     if let Some(secret) = node.config().auth.peer_secret() {
         request = request.bearer_auth(secret);
     }
@@ -70,7 +70,7 @@ pub(super) async fn pull<T: serde::de::DeserializeOwned>(
 pub(super) fn peer_headers(cluster_id: &str) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(value) = reqwest::header::HeaderValue::from_str(cluster_id) {
-        headers.insert(crate::api::CLUSTER_HEADER, value);
+        headers.insert(crate::net::CLUSTER_HEADER, value);
     }
     headers
 }

@@ -300,7 +300,7 @@ impl Membership {
                     .flat_map(|i| i.databases.values())
                     .filter(|d| d.state != crate::catalog::DbState::Trashed)
                     .flat_map(|d| d.shards.values().chain(d.global.as_ref()))
-                    .filter(|p| p.state != crate::node::HeldState::Trashed)
+                    .filter(|p| p.state != crate::placement::HeldState::Trashed)
                     .map(|p| p.bytes)
                     .sum();
                 Usage {

@@ -133,7 +133,7 @@ pub struct ClusterStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Holder {
     pub node: String,
-    pub state: crate::node::HeldState,
+    pub state: crate::placement::HeldState,
     pub pct: u8,
 }
 

@@ -18,6 +18,7 @@
 //!   through the fan-out and `reduce_sql` here over table `partials` and the
 //!   global tables.
 
+pub(crate) mod analysis;
 pub(crate) mod colocate;
 pub(crate) mod preempt;
 pub(crate) mod routing;
@@ -44,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::{NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
-use crate::builtin::SqlParams;
 use crate::node::{Node, NodeError, WeakNode};
 use crate::query::AnalysisError;
+use crate::query::sql::analysis::SqlParams;
 use routing::Placement;
 use tables::Tables;
 
@@ -360,7 +361,7 @@ impl Node {
         let engine = self.builtin_sql_engine()?;
         let answer = self.run_sql_with(engine, target, request).await;
         Some(answer.and_then(|(rows, meta)| {
-            let output = crate::builtin::sql_output(&rows.0, &rows.1)
+            let output = crate::query::sql::analysis::sql_output(&rows.0, &rows.1)
                 .map_err(|e| QueryError::from_analysis(SQL, None, e))?;
             let result = serde_json::to_value(output).map_err(|e| QueryError::Failed {
                 analysis: SQL.into(),
@@ -381,7 +382,7 @@ impl Node {
     /// analysis of that name).
     fn builtin_sql_engine(&self) -> Option<Arc<SqlEngine>> {
         let served = self.analyses().get(SQL)?.analysis_type()
-            == std::any::TypeId::of::<crate::builtin::Sql>();
+            == std::any::TypeId::of::<crate::query::sql::analysis::Sql>();
         self.sql_engine().filter(|_| served).cloned()
     }
 
@@ -394,7 +395,7 @@ impl Node {
         request: QueryRequest,
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
         self.query_sql_encoded(target, request, |(schema, batches)| {
-            crate::builtin::to_ipc(schema, batches)
+            crate::query::sql::analysis::to_ipc(schema, batches)
         })
         .await
     }
@@ -409,7 +410,7 @@ impl Node {
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
         let (mut body, meta) = self
             .query_sql_encoded(target, request, |(schema, batches)| {
-                let rows = crate::builtin::json_rows(batches)?;
+                let rows = crate::query::sql::analysis::json_rows(batches)?;
                 let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
                 let mut body = Vec::with_capacity(rows.len() + 64);
                 body.extend_from_slice(b"{\"result\":{\"columns\":");
@@ -472,14 +473,14 @@ impl Node {
             analysis: SQL.into(),
             message: e.to_string(),
         })?;
-        let mode = crate::builtin::sql_mode(&params).map_err(analysis_error)?;
+        let mode = crate::query::sql::analysis::sql_mode(&params).map_err(analysis_error)?;
         let database = self.resolve(target)?;
         let version = self.ready_version(&database)?;
         let shard_ids = self.chosen_shards(&database, request.shards.clone())?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let work = async {
             match mode {
-                crate::builtin::SqlMode::Split(sql) => {
+                crate::query::sql::analysis::SqlMode::Split(sql) => {
                     // A member that fails (it died, its worker is gone) has
                     // the query run again once without it.
                     let mut excluded: Vec<String> = Vec::new();
@@ -544,7 +545,7 @@ impl Node {
                         ));
                     }
                 }
-                crate::builtin::SqlMode::Explicit { reduce, .. } => {
+                crate::query::sql::analysis::SqlMode::Explicit { reduce, .. } => {
                     let analysis = self
                         .analyses()
                         .get(SQL)
@@ -565,7 +566,10 @@ impl Node {
                     let partials = gathered
                         .partials
                         .into_iter()
-                        .map(|p| p.downcast::<crate::builtin::SqlPartial>().map(|p| *p))
+                        .map(|p| {
+                            p.downcast::<crate::query::sql::analysis::SqlPartial>()
+                                .map(|p| *p)
+                        })
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|_| QueryError::Failed {
                             analysis: SQL.into(),
@@ -578,7 +582,7 @@ impl Node {
                         let ctx = engine.session(None, false);
                         let tables = engine.tables(&node, &ctx, &db, &ver).await?;
                         tables.register(&ctx, &[], false)?;
-                        crate::builtin::reduce_explicit(&ctx, &reduce, partials).await
+                        crate::query::sql::analysis::reduce_explicit(&ctx, &reduce, partials).await
                     })
                     .await
                     .map_err(analysis_error)?;
@@ -786,7 +790,7 @@ fn explains_analyze(sql: &str) -> bool {
 /// the tables there are.
 async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, AnalysisError> {
     let started = Instant::now();
-    let plan = match crate::builtin::physical_plan(ctx, sql).await {
+    let plan = match crate::query::sql::analysis::physical_plan(ctx, sql).await {
         Ok(plan) => plan,
         Err(e) if e.message().contains("not found") && e.message().contains("table") => {
             let names = tables.names();
@@ -807,7 +811,7 @@ async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, A
     let schema: SchemaRef = plan.schema();
     let batches: Vec<RecordBatch> = datafusion::physical_plan::collect(plan, ctx.task_ctx())
         .await
-        .map_err(|e| crate::builtin::run_failed("query", e))?;
+        .map_err(|e| crate::query::sql::analysis::run_failed("query", e))?;
     tracing::debug!(
         plan_ms = planned.as_secs_f64() * 1e3,
         run_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,

@@ -266,7 +266,7 @@ async fn read_range_from_holders(
     for base in holders {
         let url = format!(
             "{}/v1/internal/file/{}",
-            crate::server::base_url(base),
+            crate::net::base_url(base),
             file.location()
         );
         let mut request = membership.http_client().get(&url).header(

@@ -366,7 +366,7 @@ pub(crate) async fn infer_schema(
                         .await?,
                 );
             }
-            Ok(crate::builtin::unify_schemas(&schemas))
+            Ok(crate::query::sql::analysis::unify_schemas(&schemas))
         }
         Err(e) => Err(e),
     }
