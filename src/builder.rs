@@ -24,6 +24,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::clock::{Clock, SystemClock};
 use crate::cluster::SignedUdpTransport;
 use crate::config::Config;
 use crate::node::{Node, NodeError};
@@ -40,6 +41,7 @@ pub struct NodeBuilder {
     routes: Vec<MountRoutes>,
     gossip_transport: Option<Arc<dyn Transport>>,
     store_layer: Option<StoreLayer>,
+    clock: Arc<dyn Clock>,
     error: Option<String>,
 }
 
@@ -52,6 +54,7 @@ impl Node {
             routes: Vec::new(),
             gossip_transport: None,
             store_layer: None,
+            clock: Arc::new(SystemClock),
             error: None,
         }
     }
@@ -70,6 +73,15 @@ impl NodeBuilder {
     }
 
     /// The configuration the node will start with.
+    /// The clock the node reads the time from (default: the system's). A
+    /// test moves a [`ManualClock`](crate::clock::ManualClock) to drive
+    /// the trash lifetime, garbage collection's age and the primary's
+    /// settle time.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -117,14 +129,28 @@ impl NodeBuilder {
     /// Starts the node without HTTP (extra routes are not mounted).
     pub async fn start(mut self) -> Result<Node, NodeError> {
         self.check()?;
-        Node::start_with(self.config, self.analyses, false, self.store_layer).await
+        Node::start_with(
+            self.config,
+            self.analyses,
+            false,
+            self.store_layer,
+            self.clock,
+        )
+        .await
     }
 
     /// Starts the node and serves its HTTP API on `node.http_listen`.
     pub async fn serve(mut self) -> Result<Server, NodeError> {
         self.check()?;
         let listener = Server::bind(&self.config.node.http_listen).await?;
-        let node = Node::start_with(self.config, self.analyses, true, self.store_layer).await?;
+        let node = Node::start_with(
+            self.config,
+            self.analyses,
+            true,
+            self.store_layer,
+            self.clock,
+        )
+        .await?;
         let extra = self
             .routes
             .into_iter()

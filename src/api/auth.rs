@@ -23,7 +23,6 @@ use warp::reply::Response;
 
 use super::error::{error_response, respond};
 use crate::auth::{Keys, SigningKey, constant_time_eq};
-use crate::clock::now_ms;
 use crate::node::{Node, NodeError};
 
 pub use crate::net::CLUSTER_HEADER;
@@ -161,7 +160,7 @@ fn check(
                 )
             })?;
             Some(
-                keys.verify(token, now_ms())
+                keys.verify(token, node.now_ms())
                     .map_err(|e| Refused::unauthorized(format!("invalid token: {e}")))?,
             )
         }
@@ -271,7 +270,9 @@ fn issue(node: &Node, body: &bytes::Bytes) -> Result<serde_json::Value, NodeErro
     let keys = keys(node).ok_or_else(|| {
         NodeError::Conflict("set auth.token_key or auth.cluster_secret to sign tokens".into())
     })?;
-    let expires_ms = now_ms().saturating_add(request.ttl.saturating_mul(1000));
+    let expires_ms = node
+        .now_ms()
+        .saturating_add(request.ttl.saturating_mul(1000));
     Ok(serde_json::json!({
         "token": keys.current.sign(&request.database, expires_ms),
         "database": request.database,

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inner, Node, NodeError};
 use crate::catalog::{ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, Writer};
-use crate::clock::now_ms;
 use crate::cluster::DefinitionRecord;
 use crate::names::check_name;
 use crate::sync::lock;
@@ -92,7 +91,7 @@ impl Node {
 
 impl Inner {
     fn stamp(&self, name: &str, target: Option<String>) -> AliasRecord {
-        let now = now_ms();
+        let now = self.now_ms();
         AliasRecord {
             name: name.to_string(),
             target,

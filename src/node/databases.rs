@@ -7,7 +7,6 @@ use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, Mode, PARTS, PartRecord,
     PartState, ReadStats, Replicas, key,
 };
-use crate::clock::now_ms;
 use crate::cluster::{Definition, DefinitionRecord};
 use crate::names::check_name;
 use crate::storage::{Part, SourceUrl};
@@ -91,7 +90,7 @@ impl Node {
             replicas: request.replicas,
             keep: request.keep,
         }
-        .loading(&request.name, now_ms());
+        .loading(&request.name, self.now_ms());
         inner.catalog.write(|w| {
             if let Some(existing) = w.get::<DatabaseRecord>(DATABASES, &request.name)? {
                 let hint = if existing.state == DbState::Trashed {
@@ -182,7 +181,7 @@ impl Node {
                 let mut info = inner.info(record, false)?;
                 inner.purge(name).await?;
                 info.record.state = DbState::Trashed;
-                info.record.trashed_ms = Some(now_ms());
+                info.record.trashed_ms = Some(self.now_ms());
                 info.purge_at_ms = info.record.trashed_ms;
                 return Ok(info);
             }
@@ -194,7 +193,7 @@ impl Node {
                 .get(DATABASES, name)?
                 .ok_or_else(|| NodeError::not_found("database", name))?;
             record.state = DbState::Trashed;
-            record.trashed_ms = Some(now_ms());
+            record.trashed_ms = Some(self.now_ms());
             w.put(DATABASES, name, &record)?;
             w.put(DEFINITIONS, name, &inner.stamp_definition(name, None))?;
             Ok::<_, NodeError>(record)

@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::{Inner, NodeError, blocking};
+// Durability compares with the file system's times and paces fsyncs:
+// the system's clock, never a test's.
 use crate::catalog::{Catalog, MANIFESTS, META, PARTS, PartRecord, PartState};
 use crate::clock::now_ms;
 use crate::config::Config;

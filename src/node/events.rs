@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inner, Node, NodeError};
 use crate::catalog::EVENTS;
-use crate::clock::now_ms;
 use crate::storage::StorageError;
 use crate::sync::lock;
 
@@ -113,9 +112,9 @@ pub struct Event {
 }
 
 impl Event {
-    fn new(kind: EventKind, node: &str) -> Event {
+    fn new(kind: EventKind, node: &str, ts_ms: u64) -> Event {
         Event {
-            ts_ms: now_ms(),
+            ts_ms,
             kind,
             node: node.to_string(),
             disk: None,
@@ -171,7 +170,7 @@ impl Inner {
         files: u64,
         took: std::time::Duration,
     ) {
-        let mut event = Event::new(EventKind::Write, &self.node_id);
+        let mut event = Event::new(EventKind::Write, &self.node_id, self.now_ms());
         let secs = took.as_secs_f64();
         event.disk = Some(disk.to_string());
         event.database = Some(database.to_string());
@@ -195,7 +194,7 @@ impl Inner {
         if let Some(disk) = disk {
             self.metrics.download_failed(disk, class.name());
         }
-        let mut event = Event::new(EventKind::Error, &self.node_id);
+        let mut event = Event::new(EventKind::Error, &self.node_id, self.now_ms());
         event.disk = disk.map(str::to_string);
         event.database = database.map(str::to_string);
         event.part = part.map(str::to_string);
@@ -231,7 +230,7 @@ impl Inner {
             .entry((database.to_string(), part.to_string()))
             .or_insert(ReadTally {
                 disk_index,
-                first_ms: now_ms(),
+                first_ms: self.now_ms(),
                 queries: 0,
                 files: 0,
                 bytes: 0,
@@ -246,11 +245,11 @@ impl Inner {
     pub(crate) fn flush_events(&self) -> Result<(), NodeError> {
         let mut events: Vec<Event> = std::mem::take(&mut *lock(&self.events.pending));
         let reads: Vec<((String, String), ReadTally)> = lock(&self.events.reads).drain().collect();
-        let now = now_ms();
+        let now = self.now_ms();
         if !reads.is_empty() {
             let disks = lock(&self.events.disks).clone();
             for ((database, part), tally) in reads {
-                let mut event = Event::new(EventKind::Read, &self.node_id);
+                let mut event = Event::new(EventKind::Read, &self.node_id, self.now_ms());
                 event.ts_ms = now;
                 event.disk = disks.get(tally.disk_index).cloned();
                 event.database = Some(database);
@@ -335,7 +334,7 @@ impl Node {
     /// first), and bytes written with the time it took, since `since_ms`.
     pub fn event_trends(&self, hours: usize, since_ms: u64) -> Result<Trends, NodeError> {
         self.inner.flush_events()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let start = now.saturating_sub(hours as u64 * 3_600_000);
         let events: Vec<(String, Event)> = self.inner.catalog.newest_from::<Event>(
             EVENTS,

@@ -11,7 +11,6 @@ use crate::catalog::{
     ALIASES, AliasRecord, CACHE, CacheEntry, DATABASES, DEFINITIONS, DatabaseRecord, DbState,
     MANIFESTS, PARTS, PartRecord, PartState, READS, key,
 };
-use crate::clock::now_ms;
 use crate::cluster::DefinitionRecord;
 use crate::hlc::Hlc;
 use crate::storage::{Manifest, Part};
@@ -28,7 +27,7 @@ impl Inner {
     /// Purges every trashed database whose lifetime is over.
     pub(super) async fn purge_expired(&self) -> Result<(), NodeError> {
         let lifetime_ms = self.config.trash.lifetime_secs * 1000;
-        let now = now_ms();
+        let now = self.now_ms();
         let records: Vec<(String, DatabaseRecord)> = self.catalog.scan(DATABASES, "")?;
         let mut purged = false;
         for (name, record) in records {
@@ -128,7 +127,7 @@ impl Inner {
         for disk in &self.disks {
             disk.remove_database_dir(name)?;
         }
-        let now = now_ms();
+        let now = self.now_ms();
         self.catalog.write(|w| {
             if let Some(manifest) = w.get::<Manifest>(MANIFESTS, name)? {
                 super::index::forget_manifest(w, name, &manifest)?;
@@ -249,7 +248,7 @@ impl Inner {
             return Ok(());
         }
         self.flush_counters()?;
-        let now = now_ms();
+        let now = self.now_ms();
         let grace = self.config.cache.eviction_grace_ms;
         let live = self.live_blobs_but_cache()?;
         let all: Vec<(String, CacheEntry)> = self.catalog.scan(CACHE, "")?;

@@ -15,7 +15,6 @@ use crate::catalog::{
     BLOB_USES, CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord,
     READS, ReadStats, Writer, key,
 };
-use crate::clock::now_ms;
 use crate::storage::{Manifest, Part, StorageError};
 use crate::sync::lock;
 
@@ -367,7 +366,7 @@ impl Node {
     /// Every disk of this node: space, content addressing, activity, errors.
     pub fn disks_index(&self) -> Result<DisksIndex, NodeError> {
         let inner = &self.inner;
-        let now = now_ms();
+        let now = self.now_ms();
         let hour = 3_600_000;
         let trends = self.event_trends(24, now.saturating_sub(hour))?;
         let held: Vec<(String, PartRecord)> = inner.catalog.scan(PARTS, "")?;

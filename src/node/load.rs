@@ -17,7 +17,6 @@ use super::{Inner, NodeError, blocking};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord, PartState, key,
 };
-use crate::clock::now_ms;
 use crate::storage::fetch::{fetch_blob, read_manifest};
 use crate::storage::manifest::PlacedFile;
 use crate::storage::{Disk, Manifest, Part, Source, SourceUrl, StorageError};
@@ -307,7 +306,7 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
         };
         if record.state == DbState::Loading {
             record.state = DbState::Ready;
-            record.ready_ms = Some(now_ms());
+            record.ready_ms = Some(inner.now_ms());
             record.version = Some(manifest.version());
             record.error = None;
             w.put(DATABASES, name, &record)?;
@@ -541,7 +540,7 @@ fn commit_parts(
             let part_key = key(&[name, &part.key()]);
             if let Some(mut record) = w.get::<PartRecord>(PARTS, &part_key)? {
                 record.state = PartState::Ready;
-                record.written_ms = Some(now_ms());
+                record.written_ms = Some(crate::clock::now_ms()); // compared with durability marks
                 record.error = None;
                 w.put(PARTS, &part_key, &record)?;
             }

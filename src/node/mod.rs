@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::catalog::{Catalog, DATABASES, DatabaseRecord, DbState, META};
-use crate::clock::now_ms;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::hlc::HlcClock;
 use crate::query::Analyses;
@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     /// The analyses this node serves, and the slots bounding their `map` calls.
     analyses: Analyses,
     map_slots: Arc<Semaphore>,
+    /// Where this node reads the time (the system's clock, or a test's).
+    time: Arc<dyn Clock>,
     started_ms: u64,
     /// Which shards this node should hold (see `placement`).
     placement: watch::Sender<Placement>,
@@ -160,7 +162,14 @@ pub(crate) struct Counters {
 impl Node {
     /// Starts a node that serves no analyses; see [`Node::builder`] to add some.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
-        Node::start_with(config, Analyses::default(), false, None).await
+        Node::start_with(
+            config,
+            Analyses::default(),
+            false,
+            None,
+            Arc::new(SystemClock),
+        )
+        .await
     }
 
     /// Opens the node's disks and catalog, resumes loads and starts background
@@ -172,6 +181,7 @@ impl Node {
         analyses: Analyses,
         clustered: bool,
         store_layer: Option<crate::storage::StoreLayer>,
+        time: Arc<dyn Clock>,
     ) -> Result<Node, NodeError> {
         config
             .validate()
@@ -183,9 +193,11 @@ impl Node {
         let node_id = node_id(&config, &catalog)?;
         let (shutdown_tx, _) = watch::channel(false);
         let metrics = metrics::Metrics::new(&node_id);
+        let started_ms = time.now_ms();
         let inner = Arc::new(Inner {
             download_slots: Arc::new(Semaphore::new(config.download.concurrency)),
             clock: Mutex::new(HlcClock::new(node_id.clone())),
+            time,
             node_id,
             catalog,
             disks,
@@ -199,7 +211,7 @@ impl Node {
             counters: Counters::default(),
             map_slots: Arc::new(Semaphore::new(config.query.map_slots())),
             analyses,
-            started_ms: now_ms(),
+            started_ms,
             placement: watch::Sender::new(if clustered {
                 Placement::Waiting
             } else {
@@ -251,6 +263,16 @@ impl Node {
     }
 
     /// When this node started (ms since the epoch).
+    /// Milliseconds since the epoch, from this node's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.time.now_ms()
+    }
+
+    /// The clock this node reads the time from.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.time.clone()
+    }
+
     pub fn started_ms(&self) -> u64 {
         self.inner.started_ms
     }
@@ -530,6 +552,11 @@ fn node_id(config: &Config, catalog: &Catalog) -> Result<String, NodeError> {
 }
 
 impl Inner {
+    /// Milliseconds since the epoch, from this node's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.time.now_ms()
+    }
+
     fn disk(&self, id: &str) -> Result<&Arc<Disk>, NodeError> {
         self.disks
             .iter()

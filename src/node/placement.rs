@@ -17,7 +17,6 @@ use super::{Inner, Node, NodeError, load};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState, Replicas, key,
 };
-use crate::clock::now_ms;
 use crate::placement::plan::{ClusterState, Layout};
 use crate::storage::Part;
 
@@ -107,7 +106,7 @@ impl Node {
     /// lifetime unless placement wants it back first. Returns false when there
     /// was no copy to trash.
     pub fn trash_shard(&self, database: &str, shard: &str) -> Result<bool, NodeError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let trashed = self.inner.catalog.write(|w| {
             let shard_key = key(&[database, &Part::Shard(shard.to_string()).key()]);
             let Some(mut record) = w.get::<PartRecord>(PARTS, &shard_key)? else {

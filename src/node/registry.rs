@@ -13,7 +13,6 @@ use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PINS, PartRecord,
     PartState, Writer, key,
 };
-use crate::clock::now_ms;
 use crate::cluster::{Changes, Definition, DefinitionRecord, PinRecord, Registry};
 use crate::sync::lock;
 
@@ -72,7 +71,7 @@ impl Node {
     /// Pins shards where the rebalancer moves them (`database/shard` → members),
     /// in one transaction; the registry carries them to every member.
     pub fn pin_shards(&self, pins: &[(String, Vec<String>)]) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.inner.catalog.write(|w| {
             for (key, nodes) in pins {
                 let record = PinRecord {
@@ -90,7 +89,7 @@ impl Node {
     /// Drops registry tombstones older than `cluster.tombstone_lifetime_secs`.
     pub fn collect_registry_tombstones(&self) -> Result<usize, NodeError> {
         let lifetime_ms = self.inner.config.cluster.tombstone_lifetime_secs * 1000;
-        let now = now_ms();
+        let now = self.now_ms();
         let collected = self.inner.catalog.write(|w| {
             let registry = registry_in(w)?;
             let mut kept = registry.clone();
@@ -150,7 +149,7 @@ impl Inner {
         name: &str,
         definition: Option<Definition>,
     ) -> DefinitionRecord {
-        let now = now_ms();
+        let now = self.now_ms();
         DefinitionRecord {
             name: name.to_string(),
             definition,
@@ -172,7 +171,7 @@ impl Inner {
             let local: Option<DatabaseRecord> = w.get(DATABASES, name)?;
             match (&record.definition, local) {
                 (Some(definition), None) => {
-                    let database = definition.loading(name, now_ms());
+                    let database = definition.loading(name, self.now_ms());
                     w.put(DATABASES, name, &database)?;
                     work.load.push(name.clone());
                 }
@@ -184,7 +183,7 @@ impl Inner {
                 }
                 (None, Some(mut local)) if local.state != DbState::Trashed => {
                     local.state = DbState::Trashed;
-                    local.trashed_ms = Some(now_ms());
+                    local.trashed_ms = Some(self.now_ms());
                     w.put(DATABASES, name, &local)?;
                     work.trashed.push(name.clone());
                 }

@@ -18,7 +18,6 @@ use tracing::{info, warn};
 use super::durable::check_blob;
 use super::{Inner, NodeError, blocking, load};
 use crate::catalog::META;
-use crate::clock::now_ms;
 use crate::storage::Disk;
 use crate::sync::lock;
 
@@ -76,7 +75,7 @@ pub(super) async fn run(
             let interval = Duration::from_secs(inner.config.scrub.interval_secs);
             let last: Option<LastPass> = inner.catalog.get(META, LAST_PASS_KEY).ok().flatten();
             last.map_or(Duration::ZERO, |last| {
-                let since = Duration::from_millis(now_ms().saturating_sub(last.started_ms));
+                let since = Duration::from_millis(inner.now_ms().saturating_sub(last.started_ms));
                 interval.saturating_sub(since)
             })
         };
@@ -146,7 +145,7 @@ impl Inner {
 
     /// Hashes every blob once, at most `scrub.bytes_per_sec`.
     async fn scrub_pass(self: &Arc<Self>) -> Result<(), NodeError> {
-        let started_ms = now_ms();
+        let started_ms = self.now_ms();
         self.catalog
             .write(|w| w.put(META, LAST_PASS_KEY, &LastPass { started_ms }))?;
         let mut work = Vec::new();
@@ -190,7 +189,7 @@ impl Inner {
         }
         let mut status = lock(&self.scrub.status);
         status.running = false;
-        status.last_completed_ms = Some(now_ms());
+        status.last_completed_ms = Some(self.now_ms());
         status.passes += 1;
         info!(
             blobs = status.blobs_checked,

@@ -15,7 +15,6 @@ use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord, PartState,
     key,
 };
-use crate::clock::now_ms;
 use crate::storage::fetch::fetch_blob;
 use crate::storage::{Disk, Manifest, ManifestFile, Part, Source, SourceUrl, StorageError};
 use crate::sync::lock;
@@ -151,7 +150,7 @@ impl Inner {
 
     /// Counts a file read of one part, for the database and for the part.
     fn count_read(&self, database: &str, part: &Part) {
-        let now = Some(now_ms());
+        let now = Some(self.now_ms());
         let mut reads = lock(&self.reads);
         for counter in [database.to_string(), key(&[database, &part.key()])] {
             let stats = reads.entry(counter).or_default();
@@ -162,7 +161,7 @@ impl Inner {
 
     /// Counts a query of a database and of each shard it mapped.
     pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
-        let now = Some(now_ms());
+        let now = Some(self.now_ms());
         let mut reads = lock(&self.reads);
         let db = reads.entry(database.to_string()).or_default();
         db.queries += 1;
@@ -275,7 +274,7 @@ impl ShardContext {
             .clone();
         let _turn = gate.lock().await;
         let result = if std::fs::metadata(&local).is_ok() {
-            lock(&self.inner.lazy_access).insert(cache_key.clone(), now_ms());
+            lock(&self.inner.lazy_access).insert(cache_key.clone(), self.inner.now_ms());
             Ok(())
         } else {
             self.fetch_lazy(&entry, path, &cache_key).await
@@ -334,7 +333,7 @@ impl ShardContext {
             sha256: sha.clone(),
             size: entry.size,
             disk: self.disk.id.clone(),
-            last_access_ms: now_ms(),
+            last_access_ms: inner.now_ms(),
         };
         inner.catalog.write(|w| w.put(CACHE, cache_key, &cached))?;
         self.disk.link(&sha, &self.database, &self.part, path)?;

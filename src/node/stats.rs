@@ -12,7 +12,6 @@ use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord,
     PartState, READS, ReadStats, key,
 };
-use crate::clock::now_ms;
 use crate::storage::{DiskStats, Manifest, Part};
 use crate::sync::lock;
 
@@ -172,7 +171,7 @@ impl Node {
         Ok(Stats {
             node: NodeStats {
                 id: inner.node_id.clone(),
-                uptime_secs: now_ms().saturating_sub(inner.started_ms) / 1000,
+                uptime_secs: self.now_ms().saturating_sub(inner.started_ms) / 1000,
                 bytes_downloaded: counters.bytes_downloaded.load(Ordering::Relaxed),
                 files_downloaded: counters.files_downloaded.load(Ordering::Relaxed),
                 files_deduplicated: counters.files_deduplicated.load(Ordering::Relaxed),

@@ -196,7 +196,9 @@ async fn lazy_load_fetches_shard_files_on_first_open() {
 async fn trash_stops_serving_restore_brings_back_purge_frees() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    config.trash.lifetime_secs = 2;
+    // An hour in the trash, on a clock the test moves.
+    config.trash.lifetime_secs = 3600;
+    let clock = std::sync::Arc::new(dram::clock::ManualClock::from_now());
     let store = config.store.clone();
     publish(dir.path(), &store, "keep", &[("k", b"shared!")]).await;
     publish(
@@ -207,7 +209,7 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
     )
     .await;
     let data_dir = config.node.data_dir.clone();
-    let (server, client) = start(config).await;
+    let (server, client) = serve(dram::Node::builder(config).clock(clock.clone())).await;
     for name in ["keep", "gone"] {
         assert_eq!(
             load(&client, json!({"name": name, "source": name})).await["state"],
@@ -256,6 +258,13 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
 
     client.delete("/v1/databases/gone").await.unwrap();
     assert_eq!(blob_count(&data_dir), 2);
+    // Purge rounds run every 500 ms: before the hour is up, none takes it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        client.get("/v1/databases/gone").await.unwrap()["state"],
+        "trashed"
+    );
+    clock.advance(Duration::from_secs(3600));
     eventually(15, "purge of gone", || async {
         client.get("/v1/databases/gone").await.is_err()
     })

@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::clock::now_ms;
 use crate::node::{Node, NodeError};
 use crate::sync::lock;
 use schedule::{Job, Schedule};
@@ -88,7 +87,7 @@ async fn write(
     let backup = Backup::new(
         &config.cluster.id,
         node.id(),
-        now_ms(),
+        node.now_ms(),
         registry,
         format::settings(config),
     );
@@ -113,7 +112,12 @@ pub async fn list(node: &Node) -> Result<Listing, NodeError> {
 pub async fn restore(node: &Node, name: &str) -> Result<RestoreReport, NodeError> {
     let store = BackupStore::open(node.config())?;
     let backup = store.read(name).await?;
-    let plan = restore::plan(&node.registry()?, &backup.registry, node.id(), now_ms());
+    let plan = restore::plan(
+        &node.registry()?,
+        &backup.registry,
+        node.id(),
+        node.now_ms(),
+    );
     node.merge_registry(&plan.changes)?;
     let settings_differ =
         format::settings_differ(&backup.settings, &format::settings(node.config()));
@@ -229,7 +233,7 @@ impl Backups {
             }
         };
         let job = lock(&self.schedule).next(
-            now_ms(),
+            node.now_ms(),
             &digest.hash,
             digest.entries,
             peers,
@@ -252,7 +256,7 @@ impl Backups {
                     Err(())
                 }
             };
-            lock(&schedule).done(job, outcome, now_ms());
+            lock(&schedule).done(job, outcome, node.now_ms());
         }));
     }
 

@@ -40,7 +40,6 @@ use tracing::{debug, info, warn};
 
 use super::health::health;
 use super::{Registry, RegistryDigest};
-use crate::clock::now_ms;
 use crate::node::{Inventory, InventoryDigest, Node, NodeError};
 use crate::primary::{Primary, PrimaryState, View, candidate, elect};
 use crate::storage::DiskStats;
@@ -63,6 +62,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Gossip and the sync loop of one node; `shutdown` stops both.
 pub struct Membership {
+    /// The node's clock.
+    time: Arc<dyn crate::clock::Clock>,
     chitchat: Mutex<Option<ChitchatHandle>>,
     handle: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     self_id: ChitchatId,
@@ -142,7 +143,7 @@ impl Membership {
             .gossip_addresses()
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
         let interval = config.gossip_interval();
-        let self_id = ChitchatId::new(node.id().to_string(), now_ms(), advertise);
+        let self_id = ChitchatId::new(node.id().to_string(), node.now_ms(), advertise);
         let chitchat_config = ChitchatConfig {
             chitchat_id: self_id.clone(),
             cluster_id: config.id.clone(),
@@ -182,7 +183,7 @@ impl Membership {
                 .map(|address| node.advertise_sql_worker(advertised(address))),
             http: advertised_http.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_ms: now_ms(),
+            started_ms: node.now_ms(),
             zone: node.config().node.zone.clone(),
             tls: node.config().http.tls(),
         };
@@ -193,6 +194,7 @@ impl Membership {
                 NodeError::InvalidInput(format!("cannot start gossip on {listen}: {e:#}"))
             })?;
         let membership = Arc::new(Membership {
+            time: node.clock(),
             handle: chitchat.chitchat(),
             chitchat: Mutex::new(Some(chitchat)),
             self_id,
@@ -323,7 +325,7 @@ impl Membership {
         let registry = node.registry()?;
         let inventories = self.live_inventories(node, &members)?;
         let disagreement_ms = node.config().cluster.disagreement_secs * 1000;
-        let now = now_ms();
+        let now = self.time.now_ms();
         let disagreements = lock(&self.disagreeing)
             .iter()
             .filter(|(_, (since, _))| now.saturating_sub(*since) >= disagreement_ms)
@@ -447,9 +449,12 @@ impl Membership {
         let key = {
             let mut election = lock(&self.election);
             let was = election.1.clone();
-            election
-                .0
-                .update(self.node_id(), elected.as_ref(), seen_term, now_ms());
+            election.0.update(
+                self.node_id(),
+                elected.as_ref(),
+                seen_term,
+                self.time.now_ms(),
+            );
             if was.as_ref().map(|p| &p.id) != elected.as_ref().map(|p| &p.id) {
                 match &elected {
                     Some(primary) => {
@@ -472,7 +477,9 @@ impl Membership {
     /// Whether this node is the primary and has settled, so that it may do
     /// destructive work now.
     pub fn may_act_as_primary(&self, settle_ms: u64) -> bool {
-        lock(&self.election).0.may_act(now_ms(), settle_ms)
+        lock(&self.election)
+            .0
+            .may_act(self.time.now_ms(), settle_ms)
     }
 
     async fn publish(&self, node: &Node, registry: &RegistryDigest, inventory: &InventoryDigest) {
@@ -576,7 +583,7 @@ impl Membership {
             .cluster
             .dead_node_grace_period_secs
             .saturating_mul(1000);
-        let waited_too_long = now_ms().saturating_sub(node.started_ms()) > grace_ms;
+        let waited_too_long = self.time.now_ms().saturating_sub(node.started_ms()) > grace_ms;
         let live = peers.iter().map(|p| p.id.as_str()).chain([self.node_id()]);
         let was_met = lock(&self.quorum).met();
         if !lock(&self.quorum).observe(live, waited_too_long) {
@@ -616,7 +623,7 @@ impl Membership {
                 digests.push((&peer.id, &registry.hash));
             }
         }
-        disagreement::track(&mut lock(&self.disagreeing), &digests, now_ms());
+        disagreement::track(&mut lock(&self.disagreeing), &digests, self.time.now_ms());
     }
 }
 

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Membership, NodeInfo, Peer};
-use crate::clock::now_ms;
 use crate::cluster::view::cluster_state;
 use crate::node::{Inventory, Node, NodeError};
 use crate::placement::plan::{ClusterState, NodeUse, Plan, plan, what_if};
@@ -179,7 +178,7 @@ impl Membership {
     /// On the primary: while a member's disk is past its high watermark, deletes
     /// the coldest eligible database, one per `cluster.gc_interval_secs`.
     async fn collect_garbage(&self, node: &Node, round: &Round) -> Result<(), NodeError> {
-        let now = now_ms();
+        let now = self.time.now_ms();
         let interval_ms = node.config().cluster.gc_interval_secs * 1000;
         if now.saturating_sub(*lock(&self.last_gc_ms)) < interval_ms {
             return Ok(());
@@ -241,7 +240,7 @@ impl Membership {
             eligible: eligible(
                 &node.registry()?,
                 inventories,
-                now_ms(),
+                self.time.now_ms(),
                 node.config().cluster.gc_min_age_secs * 1000,
             ),
             trash: Vec::new(),
@@ -266,7 +265,7 @@ impl Membership {
             &inventories,
             pins,
             &mut lock(&self.dead_since),
-            now_ms(),
+            self.time.now_ms(),
             delay_ms,
         ));
         *lock(&self.state) = Some(state.clone());
@@ -421,7 +420,7 @@ impl Membership {
     /// Counts members whose map request failed in the last `FAILED_HOLDER_MS`
     /// as busiest of all, so that queries try them last.
     fn mark_failed(&self, loads: &mut HashMap<String, u64>) {
-        let now = now_ms();
+        let now = self.time.now_ms();
         let mut failed = lock(&self.failed_holders);
         failed.retain(|_, at| now.saturating_sub(*at) < FAILED_HOLDER_MS);
         for node in failed.keys() {
@@ -431,7 +430,7 @@ impl Membership {
 
     /// Notes holders whose map request just failed.
     pub(crate) fn note_failed_holders<'n>(&self, nodes: impl IntoIterator<Item = &'n str>) {
-        let now = now_ms();
+        let now = self.time.now_ms();
         let mut failed = lock(&self.failed_holders);
         for node in nodes {
             failed.insert(node.to_string(), now);
