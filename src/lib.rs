@@ -19,14 +19,17 @@
 //! - [`storage`]: sources in object storage (`[store]`), manifests, fetching,
 //!   local disks.
 //! - [`placement`]: which members should hold each shard (weighted rendezvous
-//!   hashing, zones, full disks) and the rebalancer's moves — pure.
+//!   hashing, zones, full disks) and the rebalancer's moves, from the members'
+//!   inventories (`placement::inventory`) — pure.
+//! - [`registry`]: the cluster-wide definitions, aliases and pins, merged
+//!   last-writer-wins by hybrid logical clock — pure.
 //! - [`net`]: node to node: the peer client, the cluster header, TLS files.
 //! - `hlc`, `names`, `auth`: hybrid logical clocks, names, tokens.
 //!
 //! Core:
 //! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
-//! - [`cluster`]: the registry (cluster-wide definitions and aliases, merged
-//!   last-writer-wins), health, and gossip membership with its sync loop.
+//! - [`cluster`]: gossip membership with its sync loop, health, the registry's
+//!   backups.
 //! - [`primary`]: primary election, and the primary's actions (trashing extra
 //!   copies, garbage collection).
 //! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them;
@@ -61,6 +64,7 @@ pub mod placement;
 pub mod primary;
 pub mod publish;
 pub mod query;
+pub mod registry;
 pub mod server;
 pub mod storage;
 mod sync;

@@ -147,7 +147,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::post())
         .and(body.clone())
         .map(|node: Node, body: bytes::Bytes| {
-            let result = super::parse::<crate::cluster::Registry>(&body)
+            let result = super::parse::<crate::registry::Registry>(&body)
                 .and_then(|remote| node.merge_registry(&remote))
                 .map(|changes| serde_json::json!({"merged": !changes.is_empty()}));
             respond(StatusCode::OK, result)

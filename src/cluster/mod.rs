@@ -12,11 +12,12 @@
 pub mod backup;
 pub mod health;
 pub mod membership;
-pub mod registry;
 pub mod signed_gossip;
 pub mod view;
 
+pub use crate::registry::{
+    Changes, Definition, DefinitionRecord, PinRecord, Registry, RegistryDigest,
+};
 pub use health::{Health, HealthReport};
 pub use membership::{ClusterStatus, Member, Membership, ShardHolders};
-pub use registry::{Changes, Definition, DefinitionRecord, PinRecord, Registry, RegistryDigest};
 pub use signed_gossip::SignedUdpTransport;

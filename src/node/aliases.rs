@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inner, Node, NodeError};
 use crate::catalog::{ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, Writer};
-use crate::cluster::DefinitionRecord;
 use crate::names::check_name;
+use crate::registry::DefinitionRecord;
 use crate::sync::lock;
 
 /// One action of an atomic alias batch.

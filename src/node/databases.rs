@@ -7,8 +7,8 @@ use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, Mode, PARTS, PartRecord,
     PartState, ReadStats, Replicas, key,
 };
-use crate::cluster::{Definition, DefinitionRecord};
 use crate::names::check_name;
+use crate::registry::{Definition, DefinitionRecord};
 use crate::storage::{Part, SourceUrl};
 use crate::sync::lock;
 

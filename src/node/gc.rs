@@ -11,8 +11,8 @@ use crate::catalog::{
     ALIASES, AliasRecord, CACHE, CacheEntry, DATABASES, DEFINITIONS, DatabaseRecord, DbState,
     MANIFESTS, PARTS, PartRecord, PartState, READS, key,
 };
-use crate::cluster::DefinitionRecord;
 use crate::hlc::Hlc;
+use crate::registry::DefinitionRecord;
 use crate::storage::{Manifest, Part};
 use crate::sync::lock;
 

@@ -13,7 +13,7 @@ use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PINS, PartRecord,
     PartState, Writer, key,
 };
-use crate::cluster::{Changes, Definition, DefinitionRecord, PinRecord, Registry};
+use crate::registry::{Changes, Definition, DefinitionRecord, PinRecord, Registry};
 use crate::sync::lock;
 
 /// What a registry change asks of this node once it is committed.

@@ -17,6 +17,7 @@
 //! `plan`: the downloads, trashes and waiting extra copies that follow from it;
 //! `rebalance`: moves that even out disk use.
 
+pub mod inventory;
 pub mod plan;
 pub mod rebalance;
 

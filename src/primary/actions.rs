@@ -15,7 +15,9 @@ use tracing::{info, warn};
 
 use super::Primary;
 use crate::catalog::Replicas;
-use crate::node::{HeldState, Inventory, Node, NodeError};
+use crate::node::{Node, NodeError};
+use crate::placement::HeldState;
+use crate::placement::inventory::Inventory;
 use crate::placement::plan::{Action, ClusterState};
 
 /// The body of `POST /v1/internal/trash`.

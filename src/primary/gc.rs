@@ -12,8 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::DbState;
-use crate::cluster::Registry;
-use crate::node::{HeldState, Inventory};
+use crate::placement::HeldState;
+use crate::placement::inventory::Inventory;
+use crate::registry::Registry;
 
 /// One database garbage collection may delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,9 +94,9 @@ pub fn eligible(
 mod tests {
     use super::*;
     use crate::catalog::{AliasRecord, Mode, Replicas};
-    use crate::cluster::{Definition, DefinitionRecord};
     use crate::hlc::Hlc;
-    use crate::node::{HeldDatabase, HeldPart};
+    use crate::placement::inventory::{HeldDatabase, HeldPart};
+    use crate::registry::{Definition, DefinitionRecord};
     use std::collections::BTreeMap;
 
     fn define(registry: &mut Registry, name: &str, keep: bool) {

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalog::AliasRecord;
-use crate::cluster::registry::Register;
 use crate::cluster::{DefinitionRecord, PinRecord, Registry};
 use crate::hlc::{Hlc, HlcClock};
+use crate::registry::Register;
 
 /// Live entries of each kind in the restored backup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
