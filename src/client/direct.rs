@@ -5,14 +5,14 @@
 //! reduces and finishes here with the same analysis code the nodes run.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
 use super::{Client, ClientError};
 use crate::query::fanout::{FanOut, send_map};
 use crate::query::root::RootQuery;
-use crate::query::{Analyses, NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
+use crate::query::{Analyses, QueryError, QueryRequest, QueryResponse};
 
 /// Deadline of a direct query that names none.
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -141,45 +141,19 @@ impl Client {
             allow_partial: request.allow_partial,
         };
         let secret = self.cluster_secret.as_deref();
-        // Fires when the query ends however it ends: reduce and finish stop.
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let _cancel_on_drop = cancel.clone().drop_guard();
-        let work = async {
-            let gathered = fan_out
-                .run(|node, shards| {
-                    let (http, query) = (&http, &query);
-                    async move {
-                        let address = http.get(&node).cloned().unwrap_or_default();
-                        send_map(&self.http, &node, &address, secret, query, &shards).await
-                    }
-                })
-                .await?;
-            let (analysis, params) = (analysis.clone(), params.clone());
-            let partials = gathered.partials;
-            let result = crate::query::leaf::blocking(analysis_name, &cancel, move || {
-                let reduced = analysis.reduce(&params, partials)?;
-                analysis.finish(&params, reduced)
-            })
-            .await?;
-            Ok::<_, QueryError>((result, gathered.meta))
-        };
-        let (result, meta) = tokio::time::timeout(Duration::from_millis(timeout_ms), work)
+        let gather = fan_out.run(|node, shards| {
+            let (http, query) = (&http, &query);
+            async move {
+                let address = http.get(&node).cloned().unwrap_or_default();
+                send_map(&self.http, &node, &address, secret, query, &shards).await
+            }
+        });
+        let (result, meta) = crate::query::root::conclude(&query, None, timeout_ms, gather)
             .await
-            .map_err(|_| api_error(QueryError::Timeout { timeout_ms }))?
             .map_err(api_error)?;
         Ok(QueryResponse {
             result,
-            meta: QueryMeta {
-                alias: (target != database).then(|| target.to_string()),
-                database,
-                version,
-                shards: meta.shards,
-                nodes: meta.nodes.into_iter().collect::<Vec<NodeMeta>>(),
-                retries: meta.retries,
-                hedges: meta.hedges,
-                missing_shards: meta.missing_shards,
-                took_ms: started.elapsed().as_millis() as u64,
-            },
+            meta: meta.answered(target, database, version, started),
         })
     }
 }

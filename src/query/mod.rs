@@ -20,7 +20,7 @@ mod shard;
 #[cfg(feature = "sql")]
 pub(crate) mod sql;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -183,54 +183,16 @@ impl Node {
             &request,
             timeout_ms,
         );
-        // Fires when this query ends however it ends (answer, deadline,
-        // caller gone): the root's reduce and finish stop with it.
-        let cancel = CancellationToken::new();
-        let _cancel_on_drop = cancel.clone().drop_guard();
-        let work = async {
-            let gathered = self.gather(&query, shard_ids).await?;
-            let partial = leaf::reduce(
-                analysis_name,
-                &analysis,
-                &params,
-                &self.map_slots(),
-                &cancel,
-                gathered.partials,
-            )
-            .await?;
-            let (analysis, params) = (analysis.clone(), params.clone());
-            let result = leaf::blocking(analysis_name, &cancel, move || {
-                analysis.finish(&params, partial)
-            })
-            .await?;
-            Ok::<_, QueryError>((result, gathered.meta))
-        };
-        let (result, gathered) =
-            match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    tracing::info!(
-                        database,
-                        analysis = analysis_name,
-                        timeout_ms,
-                        "query timed out"
-                    );
-                    return Err(QueryError::Timeout { timeout_ms });
-                }
-            };
+        let (result, gathered) = root::conclude(
+            &query,
+            Some(&self.map_slots()),
+            timeout_ms,
+            self.gather(&query, shard_ids),
+        )
+        .await?;
         Ok(QueryResponse {
             result,
-            meta: QueryMeta {
-                alias: (target != database).then(|| target.to_string()),
-                database,
-                version,
-                shards: gathered.shards,
-                nodes: gathered.nodes,
-                retries: gathered.retries,
-                hedges: gathered.hedges,
-                missing_shards: gathered.missing_shards,
-                took_ms: started.elapsed().as_millis() as u64,
-            },
+            meta: gathered.answered(target, database, version, started),
         })
     }
 

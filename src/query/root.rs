@@ -94,6 +94,52 @@ pub(crate) struct Gathered {
     pub meta: GatheredMeta,
 }
 
+/// Gathers `query`'s partials (`gather`), reduces them (waiting for one of
+/// `slots`, when given) and finishes the answer, all within `timeout_ms`.
+/// Reduce and finish stop when the query ends, however it ends. The node's
+/// root and the smart client's answer alike.
+pub(crate) async fn conclude(
+    query: &RootQuery,
+    slots: Option<&Arc<tokio::sync::Semaphore>>,
+    timeout_ms: u64,
+    gather: impl std::future::Future<Output = Result<Gathered, QueryError>>,
+) -> Result<(serde_json::Value, GatheredMeta), QueryError> {
+    let name = query.analysis_name.as_str();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let _cancel_on_drop = cancel.clone().drop_guard();
+    let work = async {
+        let gathered = gather.await?;
+        let (analysis, params) = (query.analysis.clone(), query.params.clone());
+        let partial = match slots {
+            Some(slots) => {
+                super::leaf::reduce(name, &analysis, &params, slots, &cancel, gathered.partials)
+                    .await?
+            }
+            None => {
+                let (analysis, params) = (analysis.clone(), params.clone());
+                let partials = gathered.partials;
+                super::leaf::blocking(name, &cancel, move || analysis.reduce(&params, partials))
+                    .await?
+            }
+        };
+        let result =
+            super::leaf::blocking(name, &cancel, move || analysis.finish(&params, partial)).await?;
+        Ok::<_, QueryError>((result, gathered.meta))
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::info!(
+                database = query.database,
+                analysis = name,
+                timeout_ms,
+                "query timed out"
+            );
+            Err(QueryError::Timeout { timeout_ms })
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct GatheredMeta {
     pub shards: usize,
@@ -102,6 +148,30 @@ pub(crate) struct GatheredMeta {
     /// Slow holders whose shards were also asked of their next holders.
     pub hedges: usize,
     pub missing_shards: Vec<String>,
+}
+
+impl GatheredMeta {
+    /// The answer's meta: `target` asked (a database, or an alias of
+    /// `database`), answered from `version`, since `started`.
+    pub(crate) fn answered(
+        self,
+        target: &str,
+        database: String,
+        version: String,
+        started: Instant,
+    ) -> super::QueryMeta {
+        super::QueryMeta {
+            alias: (target != database).then(|| target.to_string()),
+            database,
+            version,
+            shards: self.shards,
+            nodes: self.nodes,
+            retries: self.retries,
+            hedges: self.hedges,
+            missing_shards: self.missing_shards,
+            took_ms: started.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 impl Node {

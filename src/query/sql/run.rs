@@ -16,6 +16,7 @@ use super::routing::Placement;
 use super::tables::Tables;
 use super::{SQL, SqlEngine, runtime};
 use crate::node::Node;
+use crate::query::root::GatheredMeta;
 use crate::query::sql::analysis::SqlParams;
 use crate::query::{AnalysisError, NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
 
@@ -258,14 +259,14 @@ impl Node {
                                 error: None,
                             })
                             .collect();
-                        let retries = if excluded.is_empty() { 0 } else { 1 };
-                        break Ok::<_, QueryError>((
-                            output,
+                        let meta = GatheredMeta {
+                            shards: reading.shards.len(),
                             nodes,
-                            reading.shards.len(),
-                            retries,
-                            reading.missing,
-                        ));
+                            retries: if excluded.is_empty() { 0 } else { 1 },
+                            hedges: 0,
+                            missing_shards: reading.missing,
+                        };
+                        break Ok::<_, QueryError>((output, meta));
                     }
                 }
                 crate::query::sql::analysis::SqlMode::Explicit { reduce, .. } => {
@@ -309,36 +310,15 @@ impl Node {
                     })
                     .await
                     .map_err(analysis_error)?;
-                    let meta = gathered.meta;
-                    Ok((
-                        output,
-                        meta.nodes,
-                        meta.shards,
-                        meta.retries,
-                        meta.missing_shards,
-                    ))
+                    Ok((output, gathered.meta))
                 }
             }
         };
-        let (output, nodes, shards, retries, missing_shards) =
-            match tokio::time::timeout_at(deadline, work).await {
-                Ok(result) => result?,
-                Err(_) => return Err(QueryError::Timeout { timeout_ms }),
-            };
-        Ok((
-            output,
-            QueryMeta {
-                alias: (target != database).then(|| target.to_string()),
-                database,
-                version,
-                shards,
-                nodes,
-                retries,
-                hedges: 0,
-                missing_shards,
-                took_ms: started.elapsed().as_millis() as u64,
-            },
-        ))
+        let (output, meta) = match tokio::time::timeout_at(deadline, work).await {
+            Ok(result) => result?,
+            Err(_) => return Err(QueryError::Timeout { timeout_ms }),
+        };
+        Ok((output, meta.answered(target, database, version, started)))
     }
 
     /// Chooses the member that reads each shard: this one for the shards it
