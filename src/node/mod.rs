@@ -7,6 +7,7 @@
 //! functions over plain data; downloads, catalog writes and deletions happen here.
 
 mod aliases;
+mod background;
 mod databases;
 mod durable;
 mod error;
@@ -32,7 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::catalog::{Catalog, DATABASES, DatabaseRecord, DbState, META};
+use crate::catalog::{Catalog, DATABASES, DatabaseRecord, META};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::hlc::HlcClock;
@@ -420,103 +421,6 @@ impl Node {
     /// Resolves a database name or an alias to the database name.
     pub fn resolve(&self, name: &str) -> Result<String, NodeError> {
         self.inner.resolve(name)
-    }
-
-    fn resume_loads(&self) -> Result<(), NodeError> {
-        let records: Vec<(String, DatabaseRecord)> = self.inner.catalog.scan(DATABASES, "")?;
-        let parts: Vec<(String, crate::catalog::PartRecord)> =
-            self.inner.catalog.scan(crate::catalog::PARTS, "")?;
-        for (_, record) in records {
-            let downloading = || {
-                parts.iter().any(|(k, p)| {
-                    k.split('\0').next() == Some(record.name.as_str())
-                        && matches!(
-                            p.state,
-                            crate::catalog::PartState::Downloading
-                                | crate::catalog::PartState::Failed
-                        )
-                        && p.trashed_ms.is_none()
-                })
-            };
-            if record.state == DbState::Failed {
-                // A restart is a retry: the first try comes at once.
-                lock(&self.inner.load_retries).insert(
-                    record.name.clone(),
-                    load::Retry {
-                        failures: 0,
-                        at: std::time::Instant::now(),
-                    },
-                );
-            } else if record.state == DbState::Loading
-                || (record.state == DbState::Ready && downloading())
-            {
-                info!(database = %record.name, "resuming load");
-                load::spawn(&self.inner, &record.name);
-            }
-        }
-        Ok(())
-    }
-
-    fn spawn_background(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let mut shutdown_rx = self.inner.shutdown_tx.subscribe();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            let mut rounds = 0u64;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown_rx.changed() => return,
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = inner.flush_events() {
-                    warn!(error = %e, "writing events failed");
-                }
-                if let Err(e) = load::retry_due(&inner) {
-                    warn!(error = %e, "retrying failed loads failed");
-                }
-                if let Err(e) = inner.purge_expired().await {
-                    warn!(error = %e, "trash purge failed");
-                }
-                if let Err(e) = inner.evict_if_needed().await {
-                    warn!(error = %e, "lazy cache eviction failed");
-                }
-                if let Err(e) = inner.purge_trash_under_pressure().await {
-                    warn!(error = %e, "purging the trash under disk pressure failed");
-                }
-                rounds += 1;
-                if rounds.is_multiple_of(10)
-                    && let Err(e) = inner.flush_counters()
-                {
-                    warn!(error = %e, "flushing counters failed");
-                }
-            }
-        });
-        lock(&self.inner.tasks).push(task);
-
-        // The flusher: its syncs may take seconds and must not hold up the rest.
-        let weak = Arc::downgrade(&self.inner);
-        let mut shutdown_rx = self.inner.shutdown_tx.subscribe();
-        let flusher = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            let mut dirty_since = HashMap::new();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown_rx.changed() => return,
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                inner.sync_idle_disks(&mut dirty_since).await;
-            }
-        });
-        lock(&self.inner.tasks).push(flusher);
-
-        let scrub = tokio::spawn(scrub::run(
-            Arc::downgrade(&self.inner),
-            self.inner.scrub.clone(),
-            self.inner.shutdown_tx.subscribe(),
-        ));
-        lock(&self.inner.tasks).push(scrub);
     }
 
     /// What keeps this node from working fully (`GET /v1/health` says
