@@ -189,6 +189,26 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         // And, relied on by nothing, lineitem's scan splits its files over
         // all partitions again rather than reading whole shards.
         assert!(!plan.contains("output_partitioning="), "{database}: {plan}");
+        // A union of a co-located table with another, each grouped by the
+        // key, grouped again: DataFusion interleaves inputs it finds
+        // partitioned alike, so the co-located side is hashed too (without
+        // that, groups were split: a wrong answer).
+        let union = "SELECT k, count(*) AS n FROM (SELECT l_orderkey AS k FROM lineitem \
+                     GROUP BY l_orderkey UNION ALL SELECT c_custkey AS k FROM customer \
+                     GROUP BY c_custkey) u GROUP BY k ORDER BY n DESC, k LIMIT 20";
+        let batches = ctx.sql(union).await.unwrap().collect().await.unwrap();
+        let answer = ask(clients[1], database, union).await.unwrap();
+        generated::same_answer(
+            union,
+            &answer["result"]["rows"],
+            &generated::rows_json(&batches),
+        )
+        .unwrap_or_else(|e| panic!("{database}, a union: {e}\n{answer}"));
+        let shown = ask(clients[1], database, format!("EXPLAIN {union}"))
+            .await
+            .unwrap()["result"]["rows"]
+            .to_string();
+        assert!(shown.contains("InterleaveExec"), "{database}: {shown}");
         // count(*) is answered from the Parquet files' metadata: exact,
         // without reading a row.
         let counted = ask(

@@ -20,7 +20,7 @@
 //! DataFusion takes a declared `Hash` for its own hash function (its code
 //! says so), which the shards' mapping is not. So the last optimizer rule
 //! ([`CoLocatedJoins`]) checks every node that pairs its inputs partition by
-//! partition (a partitioned join, an interleave): where it would pair a
+//! partition (a partitioned join, an interleave of a union): where it would pair a
 //! declared input with one DataFusion hashed, the declared input is
 //! repartitioned by DataFusion's hash too (as without the declaration); and
 //! a partitioned join over declared inputs loses its per-partition dynamic
@@ -50,6 +50,7 @@ use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceC
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::union::InterleaveExec;
 use datafusion::physical_plan::{Distribution, ExecutionPlan, ExecutionPlanProperties};
 use datafusion_distributed::{DistributedLeafExec, NetworkShuffleExec};
 
@@ -229,8 +230,21 @@ fn origin(plan: &Arc<dyn ExecutionPlan>) -> Origin {
 }
 
 /// The inputs a node needs partitioned by key (index, keys), which it pairs
-/// partition by partition when there are two or more.
+/// partition by partition when there are two or more. An interleave (a
+/// union of inputs DataFusion found partitioned alike) says no requirement
+/// but pairs its inputs all the same, by their partitioning.
 fn keyed_inputs(plan: &Arc<dyn ExecutionPlan>) -> Vec<(usize, Vec<Arc<dyn PhysicalExpr>>)> {
+    if plan.is::<InterleaveExec>() {
+        return plan
+            .children()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, child)| match child.output_partitioning() {
+                Partitioning::Hash(keys, _) => Some((i, keys.clone())),
+                _ => None,
+            })
+            .collect();
+    }
     plan.input_distribution_requirements()
         .per_child_distributions()
         .enumerate()
