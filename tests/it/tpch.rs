@@ -22,6 +22,29 @@ use generated::{Layout, QUERIES};
 
 const SHARDS: u64 = 6;
 
+/// Asks `client` for `sql` over `database` and checks the answer is
+/// one-process DataFusion's over the same rows (`ctx`); `what` names the
+/// query in a failure.
+async fn answers_as_datafusion(
+    ctx: &datafusion::prelude::SessionContext,
+    client: &dram::client::Client,
+    database: &str,
+    sql: &str,
+    what: &str,
+) -> Value {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let answer = ask(client, database, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{database}, {what}: {e}"));
+    generated::same_answer(
+        sql,
+        &answer["result"]["rows"],
+        &generated::rows_json(&batches),
+    )
+    .unwrap_or_else(|e| panic!("{database}, {what}: {e}\n{answer}"));
+    answer
+}
+
 /// Asks `client` for `sql` over `database`.
 async fn ask(
     client: &dram::client::Client,
@@ -85,27 +108,15 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
             let n3 = members.pop().unwrap();
             n3.server.shutdown_unannounced().await;
             for (i, sql) in QUERIES.iter().enumerate().take(5) {
-                let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-                let answer = ask(&members[i % 2].client, database, sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{database} Q{} without n3: {e}", i + 1));
-                generated::same_answer(
-                    sql,
-                    &answer["result"]["rows"],
-                    &generated::rows_json(&batches),
-                )
-                .unwrap_or_else(|e| panic!("{database} Q{} without n3: {e}\n{answer}", i + 1));
+                let what = format!("Q{} without n3", i + 1);
+                answers_as_datafusion(&ctx, &members[i % 2].client, database, sql, &what).await;
             }
             break;
         }
         for (i, sql) in QUERIES.iter().enumerate() {
-            let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-            let expected = generated::rows_json(&batches);
-            let answer = ask(clients[i % clients.len()], database, sql)
-                .await
-                .unwrap_or_else(|e| panic!("{database} Q{}: {e}", i + 1));
-            generated::same_answer(sql, &answer["result"]["rows"], &expected)
-                .unwrap_or_else(|e| panic!("{database} Q{}: {e}\n{answer}", i + 1));
+            let client = clients[i % clients.len()];
+            let answer =
+                answers_as_datafusion(&ctx, client, database, sql, &format!("Q{}", i + 1)).await;
             assert_eq!(answer["meta"]["shards"], SHARDS, "Q{}", i + 1);
         }
 
@@ -170,14 +181,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         // hashed too (its shards are not DataFusion's hash partitions).
         let mixed = "SELECT count(*) AS n, sum(c_acctbal) AS s \
                      FROM lineitem JOIN customer ON l_orderkey = c_custkey";
-        let batches = ctx.sql(mixed).await.unwrap().collect().await.unwrap();
-        let answer = ask(clients[0], database, mixed).await.unwrap();
-        generated::same_answer(
-            mixed,
-            &answer["result"]["rows"],
-            &generated::rows_json(&batches),
-        )
-        .unwrap_or_else(|e| panic!("{database}, a mixed join: {e}\n{answer}"));
+        answers_as_datafusion(&ctx, clients[0], database, mixed, "a mixed join").await;
         let mixed_plan = ask(clients[0], database, format!("EXPLAIN {mixed}"))
             .await
             .unwrap();
@@ -196,14 +200,7 @@ async fn all_22_tpch_queries_answer_as_one_process_would() {
         let union = "SELECT k, count(*) AS n FROM (SELECT l_orderkey AS k FROM lineitem \
                      GROUP BY l_orderkey UNION ALL SELECT c_custkey AS k FROM customer \
                      GROUP BY c_custkey) u GROUP BY k ORDER BY n DESC, k LIMIT 20";
-        let batches = ctx.sql(union).await.unwrap().collect().await.unwrap();
-        let answer = ask(clients[1], database, union).await.unwrap();
-        generated::same_answer(
-            union,
-            &answer["result"]["rows"],
-            &generated::rows_json(&batches),
-        )
-        .unwrap_or_else(|e| panic!("{database}, a union: {e}\n{answer}"));
+        answers_as_datafusion(&ctx, clients[1], database, union, "a union").await;
         let shown = ask(clients[1], database, format!("EXPLAIN {union}"))
             .await
             .unwrap()["result"]["rows"]
