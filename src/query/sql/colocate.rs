@@ -52,7 +52,6 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::InterleaveExec;
 use datafusion::physical_plan::{Distribution, ExecutionPlan, ExecutionPlanProperties};
-use datafusion_distributed::{DistributedLeafExec, NetworkShuffleExec};
 
 use super::store::FileRef;
 
@@ -178,7 +177,7 @@ pub(crate) fn shard_groups(
     (grouped.into_iter().map(FileGroup::new).collect(), left_out)
 }
 
-/// Whether `plan` is a scan that declares its shards' partitioning.
+/// Whether a scan declares its shards' partitioning.
 pub(crate) fn is_declared(scan: &FileScanConfig) -> bool {
     matches!(scan.output_partitioning, Some(Partitioning::Hash(..)))
 }
@@ -188,7 +187,8 @@ pub(crate) fn is_declared(scan: &FileScanConfig) -> bool {
 enum Origin {
     /// A co-located scan's declaration.
     Shards,
-    /// DataFusion's hash (a repartition, or its shuffle across members).
+    /// DataFusion's hash (a repartition; the rule runs before the plan is
+    /// distributed, so there are no shuffles across members yet).
     Hashed,
     /// Not hash partitioned.
     Neither,
@@ -203,12 +203,6 @@ fn origin(plan: &Arc<dyn ExecutionPlan>) -> Origin {
             Partitioning::Hash(..) => Origin::Hashed,
             _ => Origin::Neither,
         };
-    }
-    if plan.is::<NetworkShuffleExec>() {
-        return Origin::Hashed;
-    }
-    if let Some(leaf) = plan.downcast_ref::<DistributedLeafExec>() {
-        return origin(leaf.original());
     }
     if let Some(scan) = plan.downcast_ref::<DataSourceExec>() {
         return match scan.data_source().downcast_ref::<FileScanConfig>() {
