@@ -58,19 +58,20 @@ async fn main() -> Result<()> {
         .serve()
         .await?;
     let node = server.node.clone();
-    node.add_database(serde_json::from_value(
-        json!({"name": DATABASE, "source": DATABASE}),
-    )?)
-    .await?;
+    node.local()
+        .add_database(serde_json::from_value(
+            json!({"name": DATABASE, "source": DATABASE}),
+        )?)
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while node.database(DATABASE)?.record.state != dram::catalog::DbState::Ready {
+    while node.local().database(DATABASE)?.record.state != dram::catalog::DbState::Ready {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the sample database did not load"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let shards = node.shard_ids(DATABASE)?.len();
+    let shards = node.local().shard_ids(DATABASE)?.len();
     println!(
         "sales example: {shards} shards; {secs} s per row; cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())

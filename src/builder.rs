@@ -18,16 +18,16 @@
 
 use std::sync::Arc;
 
-use chitchat::transport::{Transport, UdpTransport};
+use chitchat::transport::Transport;
 use object_store::ObjectStore;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::SignedUdpTransport;
 use crate::config::Config;
-use crate::node::{Node, NodeError};
+use crate::local::NodeError;
+use crate::node::Node;
 use crate::query::{Analyses, Analysis};
 use crate::server::Server;
 use crate::storage::StoreLayer;
@@ -126,45 +126,32 @@ impl NodeBuilder {
         }
     }
 
+    fn setup(&self) -> crate::node::Setup {
+        crate::node::Setup {
+            analyses: self.analyses.clone(),
+            store_layer: self.store_layer.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// Starts the node without HTTP (extra routes are not mounted).
     pub async fn start(mut self) -> Result<Node, NodeError> {
         self.check()?;
-        Node::start_with(
-            self.config,
-            self.analyses,
-            false,
-            self.store_layer,
-            self.clock,
-        )
-        .await
+        Node::alone(self.config.clone(), self.setup()).await
     }
 
     /// Starts the node and serves its HTTP API on `node.http_listen`.
     pub async fn serve(mut self) -> Result<Server, NodeError> {
         self.check()?;
-        let listener = Server::bind(&self.config.node.http_listen).await?;
-        let node = Node::start_with(
-            self.config,
-            self.analyses,
-            true,
-            self.store_layer,
-            self.clock,
-        )
-        .await?;
+        let tls = crate::server::tls_acceptor(&self.config.http)?;
+        let (listener, http_addr) = Server::bind(&self.config.node.http_listen).await?;
+        let transport = self.gossip_transport.take();
+        let node = Node::join(self.config.clone(), self.setup(), http_addr, transport).await?;
         let extra = self
             .routes
             .into_iter()
             .map(|mount| mount(node.clone()))
             .reduce(|a, b| a.or(b).unify().boxed());
-        let secret = node.config().auth.cluster_secret.as_deref();
-        let transport: Arc<dyn Transport> = match (self.gossip_transport, secret) {
-            (Some(transport), _) => transport,
-            (None, Some(secret)) => Arc::new(SignedUdpTransport::new(
-                secret,
-                node.metrics().gossip_rejected(),
-            )),
-            (None, None) => Arc::new(UdpTransport),
-        };
-        Server::serve(listener, node, extra, transport).await
+        Ok(Server::serve(listener, http_addr, node, extra, tls))
     }
 }

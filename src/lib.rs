@@ -8,12 +8,15 @@
 //!
 //! # Layout
 //!
-//! Modules import downwards only: the leaves first, then the core, then the
-//! layers over it. The core (`node`, `cluster`, `primary`, `query`) still
-//! import one another; taking that circle apart is issue 21's next step.
+//! Modules import downwards only (no module imports one that imports it
+//! back): the leaves first, then this member's own state, the cluster, the
+//! primary and the queries over them, and the node composing them.
 //!
-//! Leaves (import no module of the core):
-//! - [`clock`]: the wall clock, milliseconds since the epoch.
+//! Leaves:
+//! - [`clock`]: where time comes from ([`clock::Clock`]; a test's
+//!   [`clock::ManualClock`]).
+//! - [`records`]: the plain records the catalog keeps (databases, parts,
+//!   aliases).
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`catalog`]: the node's durable state in redb.
 //! - [`storage`]: sources in object storage (`[store]`), manifests, fetching,
@@ -24,25 +27,32 @@
 //! - [`registry`]: the cluster-wide definitions, aliases and pins, merged
 //!   last-writer-wins by hybrid logical clock — pure.
 //! - [`net`]: node to node: the peer client, the cluster header, TLS files.
-//! - `hlc`, `names`, `auth`: hybrid logical clocks, names, tokens.
+//! - `hlc`, `names`, `auth`, `sync`: hybrid logical clocks, names, tokens, locks.
 //!
-//! Core:
-//! - [`node`]: the node itself: loads, trash, aliases, stats, shard access.
-//! - [`cluster`]: gossip membership with its sync loop, health, the registry's
-//!   backups.
-//! - [`primary`]: primary election, and the primary's actions (trashing extra
-//!   copies, garbage collection).
-//! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them;
-//!   `query::sql` is the distributed SQL engine (datafusion-distributed: the
-//!   coordinator, each member's worker, shard scans routed to their holders,
-//!   co-located tables, the `dram://` object store over every database's
-//!   files) with the `sql` analysis (`query::sql::analysis`).
+//! Components, each made with what it needs (no pointer back to the node):
+//! - [`local`]: this member's own data and state ([`Local`]): loads, trash,
+//!   aliases and definitions, stats, metrics, events, the index, shard access.
+//! - [`cluster`]: gossip ([`cluster::Membership`]): keys, pulls, the membership
+//!   view, health, disagreement, the registry's backups, and this member's
+//!   placement each round.
+//! - [`primary`]: the election (pure), this member's part in it
+//!   ([`primary::Role`]), and the settled primary's round (verified trashes of
+//!   extra copies, rebalancing moves, garbage collection) and reports.
+//! - [`query`]: analyses (`map` per shard, `reduce`, `finish`) and running them
+//!   ([`query::Queries`]: root, fan-out, leaf); `query::sql` is the distributed
+//!   SQL engine (datafusion-distributed: the coordinator, each member's worker,
+//!   shard scans routed to their holders, co-located tables, the `dram://`
+//!   object store over every database's files) with the `sql` analysis.
 //!
-//! Over the core:
-//! - [`builtin`]: the analyses the `dram` binary serves out of the box.
+//! Composition:
+//! - [`node`]: a [`Node`] composes the components and runs the cluster's
+//!   round (sync, election, placement, the primary's round).
+//!
+//! Over the node:
 //! - [`api`]: the HTTP API over warp.
 //! - [`server`]: a node with its HTTP API, as `dram serve` runs it.
 //! - [`builder`]: building a node with analyses and extra routes.
+//! - [`builtin`]: the analyses the `dram` binary serves out of the box.
 //! - [`publish`]: uploading a local folder as a database.
 //! - [`client`]: the HTTP client the command line uses.
 
@@ -57,6 +67,7 @@ pub mod cluster;
 pub mod config;
 mod connections;
 pub mod hlc;
+pub mod local;
 pub mod names;
 pub mod net;
 pub mod node;
@@ -64,6 +75,7 @@ pub mod placement;
 pub mod primary;
 pub mod publish;
 pub mod query;
+pub mod records;
 pub mod registry;
 pub mod server;
 pub mod storage;
@@ -71,6 +83,7 @@ mod sync;
 
 pub use builder::NodeBuilder;
 pub use config::Config;
-pub use node::{Node, NodeError, ShardContext};
+pub use local::{Local, NodeError, ShardContext};
+pub use node::Node;
 pub use query::{Analysis, AnalysisError, Shard};
 pub use server::Server;

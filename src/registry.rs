@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::catalog::{AliasRecord, Mode, Replicas};
 use crate::hlc::Hlc;
+use crate::records::{AliasRecord, Mode, Replicas};
 
 /// The desired state of one database, the same on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,14 +29,14 @@ pub struct Definition {
 
 impl Definition {
     /// A database about to be loaded from this definition.
-    pub fn loading(&self, name: &str, now_ms: u64) -> crate::catalog::DatabaseRecord {
-        crate::catalog::DatabaseRecord {
+    pub fn loading(&self, name: &str, now_ms: u64) -> crate::records::DatabaseRecord {
+        crate::records::DatabaseRecord {
             name: name.to_string(),
             source: self.source.clone(),
             mode: self.mode,
             replicas: self.replicas,
             keep: self.keep,
-            state: crate::catalog::DbState::Loading,
+            state: crate::records::DbState::Loading,
             error: None,
             version: None,
             created_ms: now_ms,
@@ -46,7 +46,7 @@ impl Definition {
     }
 
     /// The definition a database on this node was loaded from.
-    pub fn of(record: &crate::catalog::DatabaseRecord) -> Definition {
+    pub fn of(record: &crate::records::DatabaseRecord) -> Definition {
         Definition {
             source: record.source.clone(),
             mode: record.mode,
@@ -445,7 +445,7 @@ mod fuzz {
         let mode = prop_oneof![Just(Mode::Full), Just(Mode::Lazy)];
         let replicas = prop_oneof![
             (1u32..3).prop_map(Replicas::Count),
-            Just(Replicas::All(crate::catalog::AllReplicas::All)),
+            Just(Replicas::All(crate::records::AllReplicas::All)),
         ];
         let definition = option::of((0u8..2, mode, replicas, any::<bool>()).prop_map(
             |(source, mode, replicas, keep)| Definition {

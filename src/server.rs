@@ -29,8 +29,9 @@ use warp::reply::Response;
 
 use crate::config::{Config, HttpConfig};
 use crate::connections::{Admitted, Connections, RequestTracker};
+use crate::local::NodeError;
 use crate::net::{field_error, read_certificates, read_key};
-use crate::node::{Node, NodeError};
+use crate::node::Node;
 
 /// A node serving HTTP; `shutdown()` stops both.
 pub struct Server {
@@ -57,38 +58,14 @@ impl Server {
         Ok((listener, addr))
     }
 
-    /// Serves HTTP on `listener` and joins the cluster's gossip.
-    pub(crate) async fn serve(
-        (listener, http_addr): (TcpListener, SocketAddr),
+    /// Serves the node's HTTP API (and `extra` routes) on `listener`.
+    pub(crate) fn serve(
+        listener: TcpListener,
+        http_addr: SocketAddr,
         node: Node,
         extra: Option<BoxedFilter<(Response,)>>,
-        transport: std::sync::Arc<dyn chitchat::transport::Transport>,
-    ) -> Result<Server, NodeError> {
-        let tls = match tls_acceptor(&node.config().http) {
-            Ok(tls) => tls,
-            Err(e) => {
-                node.shutdown().await;
-                return Err(e);
-            }
-        };
-        #[cfg(feature = "sql")]
-        if let Some(engine) = node.sql_engine()
-            && let Err(e) = engine
-                .listen(&node.config().sql.worker_listen, http_addr)
-                .await
-        {
-            node.shutdown().await;
-            return Err(e);
-        }
-        let started = crate::cluster::Membership::start(node.clone(), http_addr, &*transport).await;
-        let membership = match started {
-            Ok(membership) => membership,
-            Err(e) => {
-                node.shutdown().await;
-                return Err(e);
-            }
-        };
-        node.set_membership(membership);
+        tls: Option<TlsAcceptor>,
+    ) -> Server {
         let closing = CancellationToken::new();
         let limits = Limits::of(&node.config().http);
         let service = hyper_util::service::TowerToHyperService::new(warp::service(
@@ -97,13 +74,13 @@ impl Server {
         let https = tls.is_some();
         let http = tokio::spawn(accept_loop(listener, service, tls, limits, closing.clone()));
         tracing::info!(node = %node.id(), http = %http_addr, tls = https, "serving");
-        Ok(Server {
+        Server {
             node,
             http_addr,
             tls: https,
             closing,
             http,
-        })
+        }
     }
 
     /// The base URL of the API (`https://…` with TLS on).
@@ -113,15 +90,12 @@ impl Server {
     }
 
     /// Stops serving and shuts the node down. Returns once the node's catalog is
-    /// closed, unless the caller still holds handles on it (`Node` clones,
+    /// closed, unless the caller still holds handles on it (`Local` clones,
     /// `ShardContext`s): then it gives up waiting after a few seconds.
     pub async fn shutdown(self) {
         // Leave first: peers stop sending map requests here, then the
         // requests in flight finish (within the grace period).
-        if let Some(membership) = self.node.membership() {
-            let interval = self.node.config().cluster.gossip_interval();
-            membership.announce_leaving(interval).await;
-        }
+        self.node.announce_leaving().await;
         self.stop().await;
     }
 
@@ -135,11 +109,8 @@ impl Server {
     async fn stop(mut self) {
         self.closing.cancel();
         let _ = (&mut self.http).await;
-        if let Some(membership) = self.node.membership() {
-            membership.shutdown().await;
-        }
         self.node.shutdown().await;
-        if !self.node.wait_released(Duration::from_secs(3)).await {
+        if !self.node.release(Duration::from_secs(3)).await {
             tracing::warn!(
                 "node handles are still held after shutdown; the catalog stays open until they are dropped"
             );
@@ -337,7 +308,7 @@ async fn serve_connection<I, S>(
 
 /// The TLS acceptor for `http.tls_cert` and `http.tls_key`, or `None` when TLS
 /// is off. Files that cannot be read or used are errors naming the field.
-fn tls_acceptor(http: &HttpConfig) -> Result<Option<TlsAcceptor>, NodeError> {
+pub(crate) fn tls_acceptor(http: &HttpConfig) -> Result<Option<TlsAcceptor>, NodeError> {
     let (Some(cert_path), Some(key_path)) = (&http.tls_cert, &http.tls_key) else {
         return Ok(None);
     };

@@ -12,7 +12,8 @@ use warp::reply::Response;
 
 use super::error::respond;
 use crate::cluster::backup;
-use crate::node::{Node, NodeError};
+use crate::local::NodeError;
+use crate::node::Node;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +27,19 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
     let write = warp::path!("v1" / "admin" / "backup")
         .and(warp::post())
         .and(with_node.clone())
-        .then(|node: Node| async move { respond(StatusCode::OK, backup::backup_now(&node).await) });
+        .then(|node: Node| async move {
+            respond(
+                StatusCode::OK,
+                backup::backup_now(node.local(), node.membership().map(|m| &**m)).await,
+            )
+        });
 
     let list = warp::path!("v1" / "admin" / "backups")
         .and(warp::get())
         .and(with_node.clone())
-        .then(|node: Node| async move { respond(StatusCode::OK, backup::list(&node).await) });
+        .then(
+            |node: Node| async move { respond(StatusCode::OK, backup::list(node.local()).await) },
+        );
 
     let restore = warp::path!("v1" / "admin" / "restore")
         .and(warp::post())
@@ -39,7 +47,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(with_node.clone())
         .then(|body: bytes::Bytes, node: Node| async move {
             let result = match super::parse::<RestoreBody>(&body) {
-                Ok(request) => backup::restore(&node, &request.backup).await,
+                Ok(request) => backup::restore(node.local(), &request.backup).await,
                 Err(e) => Err::<backup::RestoreReport, NodeError>(e),
             };
             respond(StatusCode::OK, super::acknowledged(&node, result).await)
@@ -49,7 +57,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::post())
         .and(with_node.clone())
         .map(|node: Node| {
-            let status = node.scrub_now();
+            let status = node.local().scrub_now();
             respond(
                 StatusCode::ACCEPTED,
                 Ok::<_, NodeError>(serde_json::json!({

@@ -23,7 +23,8 @@ use warp::reply::Response;
 
 use super::error::{error_response, respond};
 use crate::auth::{Keys, SigningKey, constant_time_eq};
-use crate::node::{Node, NodeError};
+use crate::local::NodeError;
+use crate::node::Node;
 
 pub use crate::net::CLUSTER_HEADER;
 
@@ -116,6 +117,7 @@ fn keys(node: &Node) -> Option<Keys> {
         (None, None) => return None,
     };
     let until = node
+        .local()
         .started_ms()
         .saturating_add(auth.previous_token_key_grace_secs.saturating_mul(1000));
     let previous = auth
@@ -160,7 +162,7 @@ fn check(
                 )
             })?;
             Some(
-                keys.verify(token, node.now_ms())
+                keys.verify(token, node.local().now_ms())
                     .map_err(|e| Refused::unauthorized(format!("invalid token: {e}")))?,
             )
         }
@@ -208,6 +210,7 @@ fn check(
             };
             let opens = grant.name == target
                 || node
+                    .local()
                     .resolve(&target)
                     .is_ok_and(|database| database == grant.name);
             if opens {
@@ -266,11 +269,12 @@ fn issue(node: &Node, body: &bytes::Bytes) -> Result<serde_json::Value, NodeErro
         )));
     }
     crate::names::check_name("database", &request.database).map_err(NodeError::InvalidInput)?;
-    node.resolve(&request.database)?;
+    node.local().resolve(&request.database)?;
     let keys = keys(node).ok_or_else(|| {
         NodeError::Conflict("set auth.token_key or auth.cluster_secret to sign tokens".into())
     })?;
     let expires_ms = node
+        .local()
         .now_ms()
         .saturating_add(request.ttl.saturating_mul(1000));
     Ok(serde_json::json!({

@@ -13,7 +13,10 @@ use warp::reply::Response;
 
 use super::error::{error_response, respond};
 use crate::catalog::{AllReplicas, Replicas};
-use crate::node::{Node, NodeError};
+use crate::cluster::Membership;
+use crate::local::NodeError;
+use crate::node::Node;
+use crate::primary::Role;
 use crate::primary::actions::TrashRequest;
 use crate::query::{MapRequest, PARTIAL_MEDIA_TYPE, QueryError};
 
@@ -43,16 +46,19 @@ fn parse_replicas(text: &str) -> Result<Replicas, NodeError> {
 }
 
 async fn plan(node: &Node, query: PlanQuery) -> Result<serde_json::Value, NodeError> {
-    let membership = node.membership().ok_or_else(not_clustered)?;
+    let (membership, role) = clustered(node)?;
     let to_json = |value: Result<serde_json::Value, serde_json::Error>| {
         value.map_err(|e| NodeError::InvalidInput(format!("cannot show the plan: {e}")))
     };
     match (query.database, query.replicas) {
-        (None, None) => to_json(serde_json::to_value(membership.plan(node).await?)),
+        (None, None) => to_json(serde_json::to_value(
+            role.plan(node.local(), membership).await?,
+        )),
         (Some(database), Some(replicas)) => {
             let replicas = parse_replicas(&replicas)?;
             to_json(serde_json::to_value(
-                membership.what_if(node, &database, replicas).await?,
+                crate::primary::what_if_replicas(node.local(), membership, &database, replicas)
+                    .await?,
             ))
         }
         _ => Err(NodeError::InvalidInput(
@@ -63,6 +69,14 @@ async fn plan(node: &Node, query: PlanQuery) -> Result<serde_json::Value, NodeEr
 
 fn not_clustered() -> NodeError {
     NodeError::NotReady("this node has not joined gossip (it serves no HTTP)".into())
+}
+
+/// The node's membership and role in the election, if it is in a cluster.
+fn clustered(node: &Node) -> Result<(&Membership, &Role), NodeError> {
+    match (node.membership(), node.role()) {
+        (Some(membership), Some(role)) => Ok((membership, role)),
+        _ => Err(not_clustered()),
+    }
 }
 
 /// Whether `authorization` carries the cluster secret (always, when none is set).
@@ -86,9 +100,10 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::get())
         .and(with_node.clone())
         .then(|node: Node| async move {
-            let result = match node.membership() {
-                Some(membership) => membership.status(&node).await,
-                None => Err(not_clustered()),
+            let result = match node.cluster_status().await {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err(not_clustered()),
+                Err(e) => Err(e),
             };
             respond(StatusCode::OK, result)
         });
@@ -99,7 +114,11 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(with_node.clone())
         .then(|query: ShardsQuery, node: Node| async move {
             let result = match node.membership() {
-                Some(membership) => membership.shard_holders(&node, &query.database).await,
+                Some(membership) => {
+                    membership
+                        .shard_holders(node.local(), &query.database)
+                        .await
+                }
                 None => Err(not_clustered()),
             };
             respond(StatusCode::OK, result)
@@ -117,9 +136,9 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::get())
         .and(with_node.clone())
         .then(|node: Node| async move {
-            let result = match node.membership() {
-                Some(membership) => membership.gc_report(&node).await,
-                None => Err(not_clustered()),
+            let result = match clustered(&node) {
+                Ok((membership, role)) => role.gc_report(node.local(), membership).await,
+                Err(e) => Err(e),
             };
             respond(StatusCode::OK, result)
         });
@@ -139,7 +158,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .clone()
         .and(warp::path!("registry"))
         .and(warp::get())
-        .map(|node: Node| respond(StatusCode::OK, node.registry()));
+        .map(|node: Node| respond(StatusCode::OK, node.local().registry()));
     // A member's registry pushed with a change it took: merged as if pulled.
     let registry_push = internal
         .clone()
@@ -148,7 +167,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(body.clone())
         .map(|node: Node, body: bytes::Bytes| {
             let result = super::parse::<crate::registry::Registry>(&body)
-                .and_then(|remote| node.merge_registry(&remote))
+                .and_then(|remote| node.local().merge_registry(&remote))
                 .map(|changes| serde_json::json!({"merged": !changes.is_empty()}));
             respond(StatusCode::OK, result)
         });
@@ -156,7 +175,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .clone()
         .and(warp::path!("inventory"))
         .and(warp::get())
-        .map(|node: Node| respond(StatusCode::OK, node.inventory()));
+        .map(|node: Node| respond(StatusCode::OK, node.local().inventory()));
     let map = internal
         .clone()
         .and(warp::path!("map"))
@@ -176,7 +195,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
                 let request: Result<MapRequest, QueryError> =
                     super::parse(&body).map_err(QueryError::from);
                 let result = match request {
-                    Ok(request) => node.map_request(request).await,
+                    Ok(request) => node.queries().map_request(request).await,
                     Err(e) => Err(e),
                 };
                 match result {
@@ -202,8 +221,12 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .then(
             |node: Node, tail: warp::path::Tail, range: Option<String>| async move {
                 let location = percent_decode(tail.as_str());
-                match crate::query::sql::store::serve_range(&node, &location, range.as_deref())
-                    .await
+                match crate::query::sql::store::serve_range(
+                    node.local(),
+                    &location,
+                    range.as_deref(),
+                )
+                .await
                 {
                     Ok(bytes) => super::error::bytes_response(
                         if range.is_some() {
@@ -226,8 +249,8 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .then(|node: Node, body: bytes::Bytes| async move {
             let result = async {
                 let request: TrashRequest = super::parse(&body)?;
-                let membership = node.membership().ok_or_else(not_clustered)?;
-                membership.trash(&node, &request).await?;
+                let (membership, role) = clustered(&node)?;
+                role.trash(node.local(), membership, &request).await?;
                 Ok::<_, NodeError>(serde_json::json!({"trashed": true}))
             }
             .await;

@@ -8,7 +8,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
-use crate::node::NodeError;
+use crate::local::NodeError;
 use crate::query::QueryError;
 
 #[derive(Debug, Serialize)]

@@ -13,9 +13,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::respond;
-use crate::node::events::{Event, EventFilter, EventKind};
-use crate::node::index::{BlobIndex, DatabaseIndex, DisksIndex, max_over_mean};
-use crate::node::{Node, NodeError};
+use crate::local::NodeError;
+use crate::local::events::{Event, EventFilter, EventKind};
+use crate::local::index::{BlobIndex, DatabaseIndex, DisksIndex, max_over_mean};
+use crate::node::Node;
 
 /// Events listed unless `limit` says otherwise.
 const DEFAULT_EVENTS: usize = 100;
@@ -61,7 +62,7 @@ async fn gather<T: serde::de::DeserializeOwned>(
         Err(e) => return Err(e),
     }
     if let Some(membership) = node.membership() {
-        for (member, answer) in membership.ask_members::<T>(node, path).await {
+        for (member, answer) in membership.ask_members::<T>(node.local(), path).await {
             match answer {
                 Ok(answer) => answers.push(answer),
                 // Not there: the member holds nothing of it.
@@ -74,7 +75,7 @@ async fn gather<T: serde::de::DeserializeOwned>(
 }
 
 async fn blob(node: &Node, sha256: &str, scope: ScopeQuery) -> Result<Value, NodeError> {
-    let own = node.blob_index(sha256);
+    let own = node.local().blob_index(sha256);
     if !cluster_scope(scope.scope.as_deref())? {
         return to_value(own?);
     }
@@ -98,7 +99,7 @@ async fn blob(node: &Node, sha256: &str, scope: ScopeQuery) -> Result<Value, Nod
 }
 
 async fn database(node: &Node, name: &str, scope: ScopeQuery) -> Result<Value, NodeError> {
-    let own = node.database_index(name);
+    let own = node.local().database_index(name);
     if !cluster_scope(scope.scope.as_deref())? {
         return to_value(own?);
     }
@@ -143,13 +144,13 @@ async fn database(node: &Node, name: &str, scope: ScopeQuery) -> Result<Value, N
 }
 
 async fn disks(node: &Node, scope: ScopeQuery) -> Result<Value, NodeError> {
-    let own = node.disks_index();
+    let own = node.local().disks_index();
     if !cluster_scope(scope.scope.as_deref())? {
         return to_value(own?);
     }
     let (nodes, unreachable): (Vec<DisksIndex>, _) =
         gather(node, own, "/v1/index/disks?scope=node").await?;
-    let sum = |f: fn(&crate::node::index::DiskIndex) -> u64| -> u64 {
+    let sum = |f: fn(&crate::local::index::DiskIndex) -> u64| -> u64 {
         nodes.iter().flat_map(|n| &n.disks).map(f).sum()
     };
     let uses: Vec<(String, f64)> = nodes
@@ -188,10 +189,10 @@ async fn events(node: &Node, query: EventsQuery) -> Result<Value, NodeError> {
         })?),
     };
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
-    if limit == 0 || limit > crate::node::events::MAX_LIMIT {
+    if limit == 0 || limit > crate::local::events::MAX_LIMIT {
         return Err(NodeError::InvalidInput(format!(
             "limit must be in 1..={}",
-            crate::node::events::MAX_LIMIT
+            crate::local::events::MAX_LIMIT
         )));
     }
     let filter = EventFilter {
@@ -199,7 +200,10 @@ async fn events(node: &Node, query: EventsQuery) -> Result<Value, NodeError> {
         since_ms: query.since.unwrap_or(0),
         limit,
     };
-    let own = node.events(&filter).map(|events| json!({"events": events}));
+    let own = node
+        .local()
+        .events(&filter)
+        .map(|events| json!({"events": events}));
     if !cluster_scope(query.scope.as_deref())? {
         return own.map(|v| json!({"node": node.id(), "events": v["events"]}));
     }

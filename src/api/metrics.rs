@@ -1,6 +1,6 @@
 //! `GET /metrics`: this node's metrics in the Prometheus text format (0.0.4),
 //! the registry's counters and histograms and the gauges computed at scrape time
-//! (see `node::metrics`).
+//! (see `local::metrics`).
 
 use warp::Filter;
 use warp::filters::BoxedFilter;

@@ -24,7 +24,8 @@ pub use auth::CLUSTER_HEADER;
 pub use error::{ApiError, api_error_response, error_response, json_response};
 use error::{recover, respond};
 
-use crate::node::{AddDatabase, AliasAction, Node, NodeError};
+use crate::local::{AddDatabase, AliasAction, NodeError};
+use crate::node::Node;
 use crate::query::{QueryError, QueryRequest};
 
 /// A request's body: at most `max` bytes (its content-length must say so:
@@ -87,14 +88,14 @@ struct AliasBatch {
 /// A database as this node holds it, with `holders`: which members hold each of
 /// its shards, and in which state.
 async fn database_with_holders(node: &Node, name: &str) -> Result<serde_json::Value, NodeError> {
-    let info = node.database(name)?;
+    let info = node.local().database(name)?;
     let mut value = serde_json::to_value(&info)
         .map_err(|e| NodeError::InvalidInput(format!("cannot show {name}: {e}")))?;
-    if let Ok(ids) = node.shard_ids(name) {
+    if let Ok(ids) = node.local().shard_ids(name) {
         value["shard_ids"] = serde_json::json!(ids);
     }
     if let Some(membership) = node.membership() {
-        let holders = membership.shard_holders(node, name).await?;
+        let holders = membership.shard_holders(node.local(), name).await?;
         value["holders"] = serde_json::json!({"global": holders.global, "shards": holders.shards});
     }
     Ok(value)
@@ -119,7 +120,7 @@ pub fn routes(
         .and(with_node.clone())
         .map(|node: Node| {
             // Alive either way (200); `degraded` says what does not work.
-            let reasons = node.health_problems();
+            let reasons = node.local().health_problems();
             json_response(
                 StatusCode::OK,
                 &serde_json::json!({
@@ -137,7 +138,8 @@ pub fn routes(
         .map(|node: Node| {
             respond(
                 StatusCode::OK,
-                node.databases()
+                node.local()
+                    .databases()
                     .map(|databases| serde_json::json!({ "databases": databases })),
             )
         });
@@ -148,7 +150,7 @@ pub fn routes(
         .and(with_node.clone())
         .then(|body: Bytes, node: Node| async move {
             let result = match parse::<AddDatabase>(&body) {
-                Ok(request) => node.add_database(request).await,
+                Ok(request) => node.local().add_database(request).await,
                 Err(e) => Err(e),
             };
             respond(StatusCode::ACCEPTED, acknowledged(&node, result).await)
@@ -165,7 +167,7 @@ pub fn routes(
         .and(warp::delete())
         .and(with_node.clone())
         .then(|name: String, node: Node| async move {
-            let result = node.remove_database(&name).await;
+            let result = node.local().remove_database(&name).await;
             respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
@@ -173,7 +175,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_node.clone())
         .then(|name: String, node: Node| async move {
-            let result = node.restore_database(&name).await;
+            let result = node.local().restore_database(&name).await;
             respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
@@ -183,7 +185,8 @@ pub fn routes(
         .map(|node: Node| {
             respond(
                 StatusCode::OK,
-                node.aliases()
+                node.local()
+                    .aliases()
                     .map(|aliases| serde_json::json!({ "aliases": aliases })),
             )
         });
@@ -194,7 +197,7 @@ pub fn routes(
         .and(with_node.clone())
         .then(|body: Bytes, node: Node| async move {
             let result = parse::<AliasBatch>(&body)
-                .and_then(|batch| node.apply_aliases(&batch.actions))
+                .and_then(|batch| node.local().apply_aliases(&batch.actions))
                 .map(|aliases| serde_json::json!({ "applied": aliases }));
             respond(StatusCode::OK, acknowledged(&node, result).await)
         });
@@ -202,14 +205,15 @@ pub fn routes(
     let get_alias = warp::path!("v1" / "aliases" / String)
         .and(warp::get())
         .and(with_node.clone())
-        .map(|name: String, node: Node| respond(StatusCode::OK, node.alias(&name)));
+        .map(|name: String, node: Node| respond(StatusCode::OK, node.local().alias(&name)));
 
     let put_alias = warp::path!("v1" / "aliases" / String)
         .and(warp::put())
         .and(body)
         .and(with_node.clone())
         .then(|name: String, body: Bytes, node: Node| async move {
-            let result = parse::<AliasBody>(&body).and_then(|b| node.set_alias(&name, &b.target));
+            let result =
+                parse::<AliasBody>(&body).and_then(|b| node.local().set_alias(&name, &b.target));
             respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
@@ -217,14 +221,14 @@ pub fn routes(
         .and(warp::delete())
         .and(with_node.clone())
         .then(|name: String, node: Node| async move {
-            let result = node.remove_alias(&name);
+            let result = node.local().remove_alias(&name);
             respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
     let stats = warp::path!("v1" / "stats")
         .and(warp::get())
         .and(with_node.clone())
-        .map(|node: Node| respond(StatusCode::OK, node.stats()));
+        .map(|node: Node| respond(StatusCode::OK, node.local().stats()));
 
     let list_analyses = warp::path!("v1" / "analyses")
         .and(warp::get())
@@ -232,7 +236,7 @@ pub fn routes(
         .map(|node: Node| {
             json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "analyses": node.analyses().list() }),
+                &serde_json::json!({ "analyses": node.queries().analyses().list() }),
             )
         });
 
@@ -273,7 +277,7 @@ pub fn routes(
                         .is_some_and(|a| a.contains(ARROW_STREAM_MEDIA_TYPE))
                 {
                     let answer = match request {
-                        Ok(request) => node.query_sql_arrow(&target, request).await,
+                        Ok(request) => node.queries().query_sql_arrow(&target, request).await,
                         Err(e) => Err(e),
                     };
                     return match answer {
@@ -284,9 +288,9 @@ pub fn routes(
                 // The JSON answer written straight from Arrow, when this
                 // member runs it (else below: it may forward the query).
                 #[cfg(feature = "sql")]
-                if analysis == "sql" && node.answers_sql(&target) {
+                if analysis == "sql" && node.queries().answers_sql(&target) {
                     let answer = match request {
-                        Ok(request) => node.query_sql_json(&target, request).await,
+                        Ok(request) => node.queries().query_sql_json(&target, request).await,
                         Err(e) => Err(e),
                     };
                     return match answer {
@@ -300,7 +304,8 @@ pub fn routes(
                 let _ = accept;
                 let result = match request {
                     Ok(request) => {
-                        node.query_or_forward(&target, &analysis, request, forwarded.is_none())
+                        node.queries()
+                            .query_or_forward(&target, &analysis, request, forwarded.is_none())
                             .await
                     }
                     Err(e) => Err(e),
@@ -387,8 +392,10 @@ async fn acknowledged<T: serde::Serialize>(
     let acknowledged = match node.membership() {
         Some(membership) => {
             let timeout = std::time::Duration::from_millis(node.config().cluster.ack_timeout_ms);
-            membership.push_registry(node).await;
-            membership.await_registry_agreement(node, timeout).await
+            membership.push_registry(node.local()).await;
+            membership
+                .await_registry_agreement(node.local(), timeout)
+                .await
         }
         None => true,
     };

@@ -6,8 +6,6 @@
 //! Every change that must be seen whole (a part becoming ready, an alias batch) is
 //! one write transaction: after a crash the catalog shows it entirely or not at all.
 
-pub mod records;
-
 use std::path::Path;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
@@ -18,7 +16,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use records::*;
+pub use crate::records::*;
 
 pub type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 

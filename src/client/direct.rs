@@ -64,7 +64,7 @@ impl Client {
         let info = self.get(&format!("/v1/databases/{database}")).await?;
         if info["state"] != "ready" {
             return Err(api_error(QueryError::Node(
-                crate::node::NodeError::NotReady(format!(
+                crate::local::NodeError::NotReady(format!(
                     "database {database:?} is not ready: {}",
                     info["state"]
                 )),
@@ -77,7 +77,10 @@ impl Client {
             Some(asked) => {
                 if let Some(unknown) = asked.iter().find(|s| !all.contains(s)) {
                     return Err(api_error(QueryError::Node(
-                        crate::node::NodeError::not_found("shard", format!("{database}/{unknown}")),
+                        crate::local::NodeError::not_found(
+                            "shard",
+                            format!("{database}/{unknown}"),
+                        ),
                     )));
                 }
                 asked

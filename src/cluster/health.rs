@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Registry;
 use crate::catalog::Replicas;
-use crate::node::Inventory;
+use crate::local::Inventory;
 use crate::placement::plan::Layout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ mod tests {
     use crate::catalog::{AllReplicas, DbState, Mode};
     use crate::cluster::{Definition, DefinitionRecord};
     use crate::hlc::Hlc;
-    use crate::node::{HeldDatabase, HeldPart, HeldState};
+    use crate::local::{HeldDatabase, HeldPart, HeldState};
 
     fn registry(replicas: Replicas) -> Registry {
         let mut registry = Registry::default();

@@ -19,5 +19,6 @@ pub use crate::registry::{
     Changes, Definition, DefinitionRecord, PinRecord, Registry, RegistryDigest,
 };
 pub use health::{Health, HealthReport};
-pub use membership::{ClusterStatus, Member, Membership, ShardHolders};
+pub use membership::{ClusterStatus, Member, Membership, PrimaryKey, PrimaryStatus, ShardHolders};
+pub(crate) use membership::{Peer, Round, advertised};
 pub use signed_gossip::SignedUdpTransport;

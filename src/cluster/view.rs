@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::membership::Member;
-use crate::node::Inventory;
+use crate::local::Inventory;
 use crate::placement::Candidate;
 use crate::placement::plan::{ClusterState, Holdings};
 

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Replicas;
+use crate::records::Replicas;
 
 /// The state of one part (shard or global data) on one member, as its
 /// inventory says.
@@ -329,7 +329,7 @@ mod tests {
         let all = choose(
             "db/0",
             &full,
-            Replicas::All(crate::catalog::AllReplicas::All),
+            Replicas::All(crate::records::AllReplicas::All),
             &BTreeSet::new(),
         );
         assert_eq!(all.len(), 2, "all = every member that can take it");

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::HeldState;
 use super::{Candidate, choose_hashed, shard_key, stable_hash};
-use crate::catalog::Replicas;
+use crate::records::Replicas;
 
 /// A database as placement sees it.
 #[derive(Debug, Clone, PartialEq)]

@@ -250,8 +250,8 @@ pub fn rebalance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Replicas;
     use crate::placement::Candidate;
+    use crate::records::Replicas;
 
     fn cluster(ids: &[&str]) -> ClusterState {
         ClusterState::new(

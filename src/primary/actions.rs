@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::Primary;
+use super::{Primary, Role};
 use crate::catalog::Replicas;
-use crate::node::{Node, NodeError};
+use crate::cluster::Membership;
+use crate::local::Local;
 use crate::placement::HeldState;
 use crate::placement::inventory::Inventory;
 use crate::placement::plan::{Action, ClusterState};
@@ -105,14 +106,16 @@ pub fn check_trash(
 /// Trashes extra copies, at most `limit`, each after checking over HTTP that the
 /// copies making it extra are ready. `http` maps member ids to HTTP addresses.
 /// Returns how many copies were trashed.
-pub async fn trash_extra_copies(
-    node: &Node,
-    client: &reqwest::Client,
-    http: &HashMap<String, String>,
+pub(crate) async fn trash_extra_copies(
+    role: &Role,
+    node: &Local,
+    membership: &Membership,
     primary: &Primary,
     trashes: &[Action],
     limit: usize,
 ) -> usize {
+    let client = membership.pull_client();
+    let http = &membership.http_addresses().await;
     let mut inventories: HashMap<String, Option<Inventory>> = HashMap::new();
     let mut trashed = 0;
     for action in trashes.iter().take(limit) {
@@ -141,11 +144,9 @@ pub async fn trash_extra_copies(
             term: primary.term,
         };
         let result = if action.node == node.id() {
-            match node.membership() {
-                Some(membership) => membership.trash(node, &request).await,
-                None => Err(NodeError::Conflict("this node is not in a cluster".into())),
-            }
-            .map_err(|e| e.to_string())
+            role.trash(node, membership, &request)
+                .await
+                .map_err(|e| e.to_string())
         } else {
             post_trash(node, client, http, &action.node, &request).await
         };
@@ -165,7 +166,7 @@ pub async fn trash_extra_copies(
 }
 
 async fn fetch_inventory(
-    node: &Node,
+    node: &Local,
     client: &reqwest::Client,
     http: &HashMap<String, String>,
     member: &str,
@@ -187,7 +188,7 @@ async fn fetch_inventory(
 }
 
 async fn post_trash(
-    node: &Node,
+    node: &Local,
     client: &reqwest::Client,
     http: &HashMap<String, String>,
     member: &str,

@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::DbState;
 use crate::placement::HeldState;
 use crate::placement::inventory::Inventory;
+use crate::records::DbState;
 use crate::registry::Registry;
 
 /// One database garbage collection may delete.
@@ -93,9 +93,9 @@ pub fn eligible(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{AliasRecord, Mode, Replicas};
     use crate::hlc::Hlc;
     use crate::placement::inventory::{HeldDatabase, HeldPart};
+    use crate::records::{AliasRecord, Mode, Replicas};
     use crate::registry::{Definition, DefinitionRecord};
     use std::collections::BTreeMap;
 
@@ -185,5 +185,69 @@ mod tests {
         // Defined at 1 ms: not eligible until it is a minute old.
         assert!(eligible(&registry, &[a.clone(), b.clone()], 30_000, 60_000).is_empty());
         assert_eq!(eligible(&registry, &[a, b], 60_001, 60_000).len(), 3);
+    }
+
+    #[test]
+    fn the_primary_collects_a_database_only_once_its_clock_says_it_is_old_enough() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::clock::ManualClock;
+        use crate::cluster::Member;
+        use crate::cluster::membership::DiskSummary;
+        use crate::primary::Role;
+        use crate::primary::report::gc_report_of;
+
+        let clock = Arc::new(ManualClock::new(1));
+        let role = Role::new("a", clock.clone());
+        let mut registry = Registry::default();
+        define(&mut registry, "cold", false);
+        let inventory = Inventory {
+            node: "a".into(),
+            databases: BTreeMap::from([("cold".to_string(), held(10, None))]),
+        };
+        let full = DiskSummary {
+            total: 100,
+            free: 0,
+            used: 100,
+            capacity: 100,
+            full: true,
+        };
+        let member = Member {
+            id: "a".into(),
+            live: true,
+            is_self: true,
+            gossip: "127.0.0.1:1".into(),
+            node: None,
+            disks: BTreeMap::from([("d0".to_string(), full)]),
+            inventory: None,
+            registry: None,
+            primary: None,
+            load: None,
+            leaving: false,
+        };
+        let min_age_ms = 60_000;
+        let report = |role: &Role| {
+            gc_report_of(
+                role,
+                &registry,
+                min_age_ms,
+                "a",
+                std::slice::from_ref(&member),
+                std::slice::from_ref(&inventory),
+            )
+        };
+        let young = report(&role);
+        assert!(young.triggered, "a disk is full");
+        assert!(young.eligible.is_empty(), "defined this instant");
+        clock.advance(Duration::from_millis(min_age_ms - 1));
+        assert!(
+            report(&role).eligible.is_empty(),
+            "1 ms short of the minimum age"
+        );
+        clock.advance(Duration::from_millis(1));
+        let old = report(&role);
+        assert_eq!(old.eligible.len(), 1);
+        assert_eq!(old.eligible[0].database, "cold");
     }
 }

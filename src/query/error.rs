@@ -1,7 +1,7 @@
 //! Errors of a query, with the stable code and HTTP status each maps to.
 
 use super::{AnalysisError, AnalysisErrorKind};
-use crate::node::NodeError;
+use crate::local::NodeError;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -7,6 +7,10 @@
 //! pool, at most `query.max_concurrent_maps` at once over all queries; a query past
 //! its deadline is cancelled (its maps see it through [`Shard::is_cancelled`]).
 //!
+//! [`Queries`] is the component: it runs queries on this member's data
+//! (`Local`), reaches the other holders through gossip (`Membership`), and
+//! holds the analyses it serves and the SQL engine.
+//!
 //! Files: `analysis.rs` (the trait, errors, the registry), `shard.rs` (what `map`
 //! sees), `leaf.rs` (running maps and the pre-reduce), `root.rs` (a query's
 //! root), `fanout.rs` (holders, map requests, retries), `error.rs`.
@@ -31,8 +35,65 @@ pub use leaf::cancellation;
 pub use root::{FORWARDED_HEADER, MapRequest, PARTIAL_MEDIA_TYPE};
 pub use shard::{DataDir, Shard, ShardFile};
 
-use crate::catalog::{DATABASES, DatabaseRecord, DbState};
-use crate::node::{Node, NodeError};
+use std::sync::Arc;
+
+use crate::cluster::Membership;
+use crate::local::{Local, NodeError};
+
+/// Runs queries: this member is the root of the ones asked of it, and the
+/// leaf of the map requests other roots send it. Cheap to clone.
+#[derive(Clone)]
+pub struct Queries {
+    local: Local,
+    inner: Arc<QueriesInner>,
+}
+
+struct QueriesInner {
+    /// The other members, for a query's holders (`None`: a node alone,
+    /// started without HTTP).
+    membership: Option<Arc<Membership>>,
+    /// The analyses this node serves.
+    analyses: Analyses,
+    /// The distributed SQL engine (its worker listens once the node serves).
+    #[cfg(feature = "sql")]
+    sql: Option<Arc<sql::SqlEngine>>,
+}
+
+impl Queries {
+    pub(crate) fn new(
+        local: Local,
+        membership: Option<Arc<Membership>>,
+        analyses: Analyses,
+        #[cfg(feature = "sql")] sql: Option<Arc<sql::SqlEngine>>,
+    ) -> Queries {
+        Queries {
+            local,
+            inner: Arc::new(QueriesInner {
+                membership,
+                analyses,
+                #[cfg(feature = "sql")]
+                sql,
+            }),
+        }
+    }
+
+    /// The analyses this node serves.
+    pub fn analyses(&self) -> &Analyses {
+        &self.inner.analyses
+    }
+
+    fn membership(&self) -> Option<&Arc<Membership>> {
+        self.inner.membership.as_ref()
+    }
+
+    /// Stops the SQL engine's worker.
+    pub(crate) fn shutdown(&self) {
+        #[cfg(feature = "sql")]
+        if let Some(engine) = &self.inner.sql {
+            engine.shutdown();
+        }
+    }
+}
 
 /// The body of `POST /v1/query/{database_or_alias}/{analysis}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -98,7 +159,7 @@ pub struct NodeMeta {
     pub error: Option<String>,
 }
 
-impl Node {
+impl Queries {
     /// Runs an analysis over a database (or alias): this node is the root. It
     /// maps the shards it holds itself, sends one map request to a holder of the
     /// others (see `root`), reduces every partial and finishes.
@@ -126,7 +187,7 @@ impl Node {
         // waits (a little) for a member that knows the target, rather than
         // answering 404 for a database the cluster has.
         let until = Instant::now() + root::VIEW_WAIT;
-        while may_forward && matches!(self.resolve(target), Err(NodeError::NotFound { .. })) {
+        while may_forward && matches!(self.local.resolve(target), Err(NodeError::NotFound { .. })) {
             if let Some(answer) = self.forward(target, analysis_name, &request).await {
                 return answer;
             }
@@ -144,10 +205,11 @@ impl Node {
         let result = self.run_query(target, analysis_name, request).await;
         let analysis = match self.analyses().get(analysis_name) {
             Some(_) => analysis_name,
-            None => crate::node::metrics::UNKNOWN_ANALYSIS,
+            None => crate::local::metrics::UNKNOWN_ANALYSIS,
         };
         let outcome = result.as_ref().map_or_else(QueryError::code, |_| "ok");
-        self.metrics()
+        self.local
+            .metrics()
             .query_done(analysis, outcome, started.elapsed());
         result
     }
@@ -168,8 +230,8 @@ impl Node {
             .get(analysis_name)
             .ok_or_else(|| QueryError::UnknownAnalysis(analysis_name.to_string()))?;
         let timeout_ms = self.query_timeout(request.timeout_ms)?;
-        let database = self.resolve(target)?;
-        let version = self.ready_version(&database)?;
+        let database = self.local.resolve(target)?;
+        let version = self.local.ready_version(&database)?;
         let shard_ids = self.chosen_shards(&database, request.shards.clone())?;
         let params = analysis
             .params(request.params.clone())
@@ -185,7 +247,7 @@ impl Node {
         );
         let (result, gathered) = root::conclude(
             &query,
-            Some(&self.map_slots()),
+            Some(&self.local.map_slots()),
             timeout_ms,
             self.gather(&query, shard_ids),
         )
@@ -196,23 +258,6 @@ impl Node {
         })
     }
 
-    /// The version of a database that is ready here (its manifest is known).
-    pub(crate) fn ready_version(&self, database: &str) -> Result<String, QueryError> {
-        let record: DatabaseRecord = self
-            .catalog()
-            .get(DATABASES, database)
-            .map_err(NodeError::from)?
-            .ok_or_else(|| NodeError::not_found("database", database))?;
-        if record.state != DbState::Ready {
-            return Err(NodeError::NotReady(format!(
-                "database {database:?} is {}, not ready",
-                crate::node::json_name(&record.state)
-            ))
-            .into());
-        }
-        Ok(record.version.unwrap_or_default())
-    }
-
     /// Maps `shard_ids` of a database on this node and pre-reduces them into one
     /// partial. Every handle is opened before any map runs: the query reads this
     /// version whatever happens to the alias meanwhile.
@@ -221,12 +266,12 @@ impl Node {
         query: &root::RootQuery,
         shard_ids: &[String],
     ) -> Result<analysis::DynPartial, QueryError> {
-        let _load = self.track_load();
+        let _load = self.local.track_load();
         let cancel = CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
         let runtime = tokio::runtime::Handle::current();
         let database = &query.database;
-        let global = match self.global(database) {
+        let global = match self.local.global(database) {
             Ok(context) => Some(DataDir::new(context, runtime.clone(), cancel.clone())),
             Err(NodeError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
@@ -235,7 +280,11 @@ impl Node {
         let shards = shard_ids
             .iter()
             .map(|id| {
-                let data = DataDir::new(self.shard(database, id)?, runtime.clone(), cancel.clone());
+                let data = DataDir::new(
+                    self.local.shard(database, id)?,
+                    runtime.clone(),
+                    cancel.clone(),
+                );
                 handles.push((id, data.clone()));
                 Ok(Shard::new(
                     query.version.clone(),
@@ -245,26 +294,27 @@ impl Node {
                 ))
             })
             .collect::<Result<Vec<_>, NodeError>>()?;
-        self.count_query(database, shard_ids);
+        self.local.count_query(database, shard_ids);
         let leaf = leaf::LeafTask {
             name: query.analysis_name.clone(),
             analysis: query.analysis.clone(),
             params: query.params.clone(),
             shards,
-            slots: self.map_slots(),
+            slots: self.local.map_slots(),
             cancel: cancel.clone(),
         };
         let partial = leaf.run().await;
         for (id, data) in handles {
             let (files, bytes) = data.reads();
             let part = crate::storage::Part::Shard(id.clone()).key();
-            self.record_read(database, &part, data.disk_id(), files, bytes);
+            self.local
+                .record_read(database, &part, data.disk_id(), files, bytes);
         }
         partial
     }
 
     fn query_timeout(&self, requested: Option<u64>) -> Result<u64, QueryError> {
-        let config = &self.config().query;
+        let config = &self.local.config().query;
         match requested {
             None => Ok(config.timeout_ms),
             Some(0) => Err(QueryError::InvalidRequest(
@@ -284,7 +334,7 @@ impl Node {
         database: &str,
         requested: Option<Vec<String>>,
     ) -> Result<Vec<String>, QueryError> {
-        let all = self.shard_ids(database)?;
+        let all = self.local.shard_ids(database)?;
         let Some(requested) = requested else {
             return Ok(all);
         };

@@ -6,7 +6,7 @@
 //! its shards retried once on another holder; a shard with no holder fails the
 //! query (503) unless `allow_partial` is set. Partials come back as MessagePack.
 //!
-//! The leaf side of `/v1/internal/map` is `Node::map_request`: the same code the
+//! The leaf side of `/v1/internal/map` is `Queries::map_request`: the same code the
 //! root runs on its own shards.
 
 use std::collections::HashMap;
@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant as Deadline;
 
+use super::Queries;
 use super::analysis::{DynAnalysis, DynParams, DynPartial};
 use super::fanout::{FanOut, send_map};
 use super::{NodeMeta, QueryError};
-use crate::node::{Node, NodeError};
+use crate::local::NodeError;
 use std::sync::Arc;
 
 /// Map requests in flight that make a holder count as busier than another.
@@ -174,7 +175,7 @@ impl GatheredMeta {
     }
 }
 
-impl Node {
+impl Queries {
     /// Maps `shard_ids`: here those this node holds, elsewhere the others.
     pub(crate) async fn gather(
         &self,
@@ -200,7 +201,7 @@ impl Node {
             gathered.meta.nodes.insert(
                 0,
                 NodeMeta {
-                    node: self.id().to_string(),
+                    node: self.local.id().to_string(),
                     shards: local.len(),
                     took_ms,
                     error: None,
@@ -239,7 +240,7 @@ impl Node {
             .membership()
             .map(|m| m.http_client().clone())
             .unwrap_or_default();
-        let secret = self.config().auth.peer_secret().map(str::to_string);
+        let secret = self.local.config().auth.peer_secret().map(str::to_string);
         let plan = FanOut {
             database: &query.database,
             shards,
@@ -268,7 +269,7 @@ impl Node {
     /// shards are also asked of their next holders: `query.holder_timeout_ms`,
     /// or (0) four times its recent p99, at least 200 ms.
     fn holder_timeouts(&self, p99_ms: &HashMap<String, u64>) -> HashMap<String, Duration> {
-        let fixed = self.config().query.holder_timeout_ms;
+        let fixed = self.local.config().query.holder_timeout_ms;
         p99_ms
             .iter()
             .map(|(node, p99)| {
@@ -291,7 +292,7 @@ impl Node {
         request: &super::QueryRequest,
     ) -> Option<Result<super::QueryResponse, QueryError>> {
         let membership = self.membership()?;
-        let address = membership.member_ahead(self).await.ok()??;
+        let address = membership.member_ahead(&self.local).await.ok()??;
         let remote = |status: u16, code: &str, message: String| QueryError::Remote {
             node: address.clone(),
             status,
@@ -308,7 +309,7 @@ impl Node {
             .header(FORWARDED_HEADER, "1")
             .json(request);
         // The member trusts a member: the query was checked here.
-        if let Some(secret) = self.config().auth.peer_secret() {
+        if let Some(secret) = self.local.config().auth.peer_secret() {
             forwarded = forwarded.bearer_auth(secret);
         }
         let response = forwarded.send().await;
@@ -341,6 +342,7 @@ impl Node {
         database: &str,
     ) -> Result<std::collections::HashSet<String>, QueryError> {
         let parts: Vec<(String, crate::catalog::PartRecord)> = self
+            .local
             .catalog()
             .scan(crate::catalog::PARTS, &crate::catalog::key(&[database, ""]))
             .map_err(NodeError::from)?;
@@ -358,13 +360,13 @@ impl Node {
     /// returns the pre-reduced partial as MessagePack.
     pub async fn map_request(&self, request: MapRequest) -> Result<Vec<u8>, QueryError> {
         let analysis = self.analyses().get(&request.analysis);
-        self.metrics().map_request(match analysis {
+        self.local.metrics().map_request(match analysis {
             Some(_) => &request.analysis,
-            None => crate::node::metrics::UNKNOWN_ANALYSIS,
+            None => crate::local::metrics::UNKNOWN_ANALYSIS,
         });
         let analysis =
             analysis.ok_or_else(|| QueryError::UnknownAnalysis(request.analysis.clone()))?;
-        let version = self.ready_version(&request.database)?;
+        let version = self.local.ready_version(&request.database)?;
         if version != request.version {
             return Err(NodeError::Conflict(format!(
                 "database {:?} is at version {version} here, not {}",
@@ -376,7 +378,9 @@ impl Node {
         let params = analysis
             .params(request.params.clone())
             .map_err(|e| QueryError::from_analysis(&request.analysis, None, e))?;
-        let timeout_ms = request.timeout_ms.min(self.config().query.max_timeout_ms);
+        let timeout_ms = request
+            .timeout_ms
+            .min(self.local.config().query.max_timeout_ms);
         let query = RootQuery {
             database: request.database,
             version,

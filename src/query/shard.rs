@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::AnalysisError;
-use crate::node::ShardContext;
+use crate::local::ShardContext;
 
 /// The files of one part of a database (a shard, or the global data), readable
 /// from blocking code.

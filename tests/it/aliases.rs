@@ -27,7 +27,14 @@ async fn aliases_move_atomically() {
     assert_eq!(first["target"], "day1");
     let read = |name: &'static str| {
         let node = server.node.clone();
-        async move { node.shard(name, "0").unwrap().read("f").await.unwrap() }
+        async move {
+            node.local()
+                .shard(name, "0")
+                .unwrap()
+                .read("f")
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(read("sales").await.as_ref(), b"first");
 

@@ -486,13 +486,13 @@ async fn a_purge_never_undoes_an_alias_move_made_after_the_deletion() {
         .await
         .unwrap();
     client.delete("/v1/databases/old").await.unwrap();
-    let deleted = server.node.registry().unwrap().definitions["old"]
+    let deleted = server.node.local().registry().unwrap().definitions["old"]
         .version
         .clone();
 
     // Elsewhere, just after the deletion, `current` moved to `new`; this node
     // hears of it only after its purge.
-    let mut moved = server.node.registry().unwrap();
+    let mut moved = server.node.local().registry().unwrap();
     moved.definitions.clear();
     moved.aliases.retain(|name, _| name == "current");
     let record = moved.aliases.get_mut("current").unwrap();
@@ -513,7 +513,7 @@ async fn a_purge_never_undoes_an_alias_move_made_after_the_deletion() {
         "purged with its database"
     );
     assert_eq!(alias_target(&client, "current").await, None);
-    server.node.merge_registry(&moved).unwrap();
+    server.node.local().merge_registry(&moved).unwrap();
     assert_eq!(
         alias_target(&client, "current").await.as_deref(),
         Some("new"),

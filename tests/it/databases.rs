@@ -59,17 +59,18 @@ async fn full_load_serves_and_stores_shared_files_once() {
     assert_eq!(b["shards"][0]["id"], "0", "a flat database is shard 0");
 
     // Served bytes are the published ones.
-    let shard = server.node.shard("a", "0").unwrap();
+    let shard = server.node.local().shard("a", "0").unwrap();
     assert_eq!(shard.files(), vec!["shared.bin"]);
     assert_eq!(
         shard.read("shared.bin").await.unwrap().as_ref(),
         &shared[..]
     );
-    let flat = server.node.shard("b", "0").unwrap();
+    let flat = server.node.local().shard("b", "0").unwrap();
     assert_eq!(flat.read("part.bin").await.unwrap().as_ref(), &only_b[..]);
     assert_eq!(
         server
             .node
+            .local()
             .global("a")
             .unwrap()
             .read("dict")
@@ -78,7 +79,7 @@ async fn full_load_serves_and_stores_shared_files_once() {
             .as_ref(),
         b"g"
     );
-    assert!(server.node.shard("a", "9").is_err());
+    assert!(server.node.local().shard("a", "9").is_err());
     assert!(matches!(
         shard.read("../../b/shards/0/part.bin").await,
         Err(dram::NodeError::NotFound { .. })
@@ -150,7 +151,7 @@ async fn lazy_load_fetches_shard_files_on_first_open() {
         "only global data is fetched at once"
     );
 
-    let shard = server.node.shard("lz", "x").unwrap();
+    let shard = server.node.local().shard("lz", "x").unwrap();
     assert_eq!(shard.size("f1").unwrap(), 100_000);
     let (first, second) = tokio::join!(shard.read("f1"), shard.read("f1"));
     assert_eq!(first.unwrap().as_ref(), &big[..]);
@@ -162,6 +163,7 @@ async fn lazy_load_fetches_shard_files_on_first_open() {
     );
     let mut file = server
         .node
+        .local()
         .shard("lz", "y")
         .unwrap()
         .open("f2")
@@ -185,9 +187,9 @@ async fn lazy_load_fetches_shard_files_on_first_open() {
 
     // After a restart the cached files are still there and served.
     let (server, _client) = start(crate::support::config(dir.path())).await;
-    let shard = server.node.shard("lz", "x").unwrap();
+    let shard = server.node.local().shard("lz", "x").unwrap();
     assert_eq!(shard.read("f1").await.unwrap().len(), 100_000);
-    let stats = server.node.stats().unwrap();
+    let stats = server.node.local().stats().unwrap();
     assert_eq!(stats.node.bytes_downloaded, 0);
     server.shutdown().await;
 }
@@ -232,7 +234,7 @@ async fn trash_stops_serving_restore_brings_back_purge_frees() {
         "{shown}"
     );
     assert!(matches!(
-        server.node.shard("gone", "0"),
+        server.node.local().shard("gone", "0"),
         Err(dram::NodeError::NotReady(message)) if message == "database \"gone\" is trashed, not ready"
     ));
     expect_error(client.delete("/v1/databases/gone").await, 409, "conflict");
@@ -337,7 +339,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         let error = info["error"].as_str().unwrap();
         assert!(error.contains(needle), "{name}: {error}");
         assert!(matches!(
-            server.node.shard(name, "0"),
+            server.node.local().shard(name, "0"),
             Err(dram::NodeError::NotReady(_))
         ));
     }
@@ -503,7 +505,7 @@ async fn lazy_files_are_evicted_least_recently_used_first() {
         .await
         .unwrap();
     assert_eq!(wait_loaded(&client, "lz").await["state"], "ready");
-    let shard = server.node.shard("lz", "0").unwrap();
+    let shard = server.node.local().shard("lz", "0").unwrap();
     let local = |name: &str| data_dir.join("dbs/lz/shards/0").join(name).exists();
 
     for i in 0..2 {
@@ -521,9 +523,9 @@ async fn lazy_files_are_evicted_least_recently_used_first() {
     eventually(10, "eviction of f1", || async { !local("f1") }).await;
     assert!(local("f0") && local("f2"));
     assert_eq!(blob_count(&data_dir), 2);
-    let before = server.node.stats().unwrap().node.bytes_downloaded;
+    let before = server.node.local().stats().unwrap().node.bytes_downloaded;
     assert_eq!(shard.read("f1").await.unwrap().as_ref(), &bodies[1][..]);
-    let after = server.node.stats().unwrap().node.bytes_downloaded;
+    let after = server.node.local().stats().unwrap().node.bytes_downloaded;
     assert_eq!(after - before, 100_000, "an evicted file is fetched again");
     drop(shard);
     server.shutdown().await;

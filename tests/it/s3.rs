@@ -60,7 +60,7 @@ async fn publish_and_load_through_s3() {
     assert_eq!(daily["state"], "ready", "{daily}");
     assert_eq!(daily["source"], "s3://dbs/daily/v1");
     assert_eq!(daily["bytes"], 3_000_000 + 6 + 5);
-    let shard = server.node.shard("daily", "a").unwrap();
+    let shard = server.node.local().shard("daily", "a").unwrap();
     assert_eq!(shard.read("big").await.unwrap().as_ref(), &big[..]);
 
     let raw_info = wait_loaded(&client, "raw").await;

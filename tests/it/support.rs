@@ -284,7 +284,11 @@ pub async fn load(client: &Client, body: Value) -> Value {
 
 /// Reads a file of a served shard through the library API.
 pub async fn read(server: &Server, database: &str, shard: &str, path: &str) -> Vec<u8> {
-    let context = server.node.shard(database, shard).expect("shard is served");
+    let context = server
+        .node
+        .local()
+        .shard(database, shard)
+        .expect("shard is served");
     context.read(path).await.expect("file reads").to_vec()
 }
 

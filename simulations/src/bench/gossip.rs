@@ -102,8 +102,11 @@ async fn changes_reach_all(servers: &[Server], n: usize, changes: usize) -> Resu
     let deadline = Instant::now() + Duration::from_secs(120);
     for server in servers {
         loop {
-            let membership = server.node.membership().context("node without gossip")?;
-            let status = membership.status(&server.node).await?;
+            let status = server
+                .node
+                .cluster_status()
+                .await?
+                .context("node without gossip")?;
             if status.members.iter().filter(|m| m.live).count() == n {
                 break;
             }
@@ -115,12 +118,14 @@ async fn changes_reach_all(servers: &[Server], n: usize, changes: usize) -> Resu
     }
     servers[0]
         .node
+        .local()
         .add_database(serde_json::from_value(
             serde_json::json!({"name": "tiny", "source": "tiny", "replicas": "all"}),
         )?)
         .await?;
     wait_all(servers, Duration::from_secs(120), |node| {
-        node.database("tiny")
+        node.local()
+            .database("tiny")
             .is_ok_and(|d| d.record.state == dram::catalog::DbState::Ready)
     })
     .await
@@ -130,9 +135,9 @@ async fn changes_reach_all(servers: &[Server], n: usize, changes: usize) -> Resu
         let writer = &servers[(change * 7) % n].node;
         let name = format!("alias-{change}");
         let started = Instant::now();
-        writer.set_alias(&name, "tiny")?;
+        writer.local().set_alias(&name, "tiny")?;
         wait_all(servers, Duration::from_secs(60), |node| {
-            node.alias(&name).is_ok()
+            node.local().alias(&name).is_ok()
         })
         .await
         .context("an alias never reached every node")?;

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::node::{Node, NodeError};
+use crate::local::{Local, NodeError};
 use crate::sync::lock;
 use schedule::{Job, Schedule};
 use store::BackupStore;
@@ -66,20 +66,24 @@ pub struct RestoreReport {
     pub settings_differ: Vec<String>,
 }
 
-/// Writes a backup of this node's registry now (on any member).
-pub async fn backup_now(node: &Node) -> Result<Written, NodeError> {
+/// Writes a backup of this node's registry now (on any member; the
+/// primary's schedule, through `membership`, counts it).
+pub async fn backup_now(
+    node: &Local,
+    membership: Option<&super::Membership>,
+) -> Result<Written, NodeError> {
     let store = BackupStore::open(node.config())?;
     let registry = node.registry()?;
     let hash = registry.digest().hash;
     let written = write(node, &store, registry).await?;
-    if let Some(membership) = node.membership() {
+    if let Some(membership) = membership {
         lock(&membership.backups.schedule).written(&hash);
     }
     Ok(written)
 }
 
 async fn write(
-    node: &Node,
+    node: &Local,
     store: &BackupStore,
     registry: crate::cluster::Registry,
 ) -> Result<Written, NodeError> {
@@ -99,7 +103,7 @@ async fn write(
 }
 
 /// Every object named like a backup in the store, newest first.
-pub async fn list(node: &Node) -> Result<Listing, NodeError> {
+pub async fn list(node: &Local) -> Result<Listing, NodeError> {
     let store = BackupStore::open(node.config())?;
     Ok(Listing {
         url: store.url().to_string(),
@@ -109,7 +113,7 @@ pub async fn list(node: &Node) -> Result<Listing, NodeError> {
 
 /// Makes the registry equal backup `name`'s, as new changes that spread to
 /// every member (see `restore`).
-pub async fn restore(node: &Node, name: &str) -> Result<RestoreReport, NodeError> {
+pub async fn restore(node: &Local, name: &str) -> Result<RestoreReport, NodeError> {
     let store = BackupStore::open(node.config())?;
     let backup = store.read(name).await?;
     let plan = restore::plan(
@@ -140,7 +144,7 @@ pub async fn restore(node: &Node, name: &str) -> Result<RestoreReport, NodeError
 
 /// Restores the newest valid backup into the empty cluster, with the backup's
 /// own versions: should any member hold a newer entry after all, it wins.
-async fn restore_into_empty(node: &Node) -> Result<Option<String>, NodeError> {
+async fn restore_into_empty(node: &Local) -> Result<Option<String>, NodeError> {
     let store = BackupStore::open(node.config())?;
     let Some((name, backup)) = store.newest_valid().await? else {
         info!(url = %store.url(), "no backup to restore: the cluster starts empty");
@@ -163,7 +167,7 @@ async fn restore_into_empty(node: &Node) -> Result<Option<String>, NodeError> {
 }
 
 /// Writes a backup unless the newest valid one holds the registry already.
-async fn check(node: &Node) -> Result<Option<String>, NodeError> {
+async fn check(node: &Local) -> Result<Option<String>, NodeError> {
     let store = BackupStore::open(node.config())?;
     let registry = node.registry()?;
     let digest = registry.digest();
@@ -179,7 +183,7 @@ async fn check(node: &Node) -> Result<Option<String>, NodeError> {
     Ok(Some(digest.hash))
 }
 
-async fn run(node: &Node, job: Job) -> Result<Option<String>, NodeError> {
+async fn run(node: &Local, job: Job) -> Result<Option<String>, NodeError> {
     match job {
         Job::AutoRestore => restore_into_empty(node).await,
         Job::Check => check(node).await,
@@ -200,7 +204,7 @@ pub struct Backups {
 }
 
 impl Backups {
-    pub(crate) fn new(node: &Node) -> Backups {
+    pub(crate) fn new(node: &Local) -> Backups {
         let started_empty = match node.registry() {
             Ok(registry) => registry.digest().entries == 0,
             Err(e) => {
@@ -217,7 +221,7 @@ impl Backups {
     /// Called in every round of the settled primary, with the live peers'
     /// registry entries (`None`: not gossiped yet): starts the job due, if any
     /// and none is under way. Returns at once.
-    pub(crate) fn on_primary_round(&self, node: &Node, peers: &[Option<usize>]) {
+    pub(crate) fn on_primary_round(&self, node: &Local, peers: &[Option<usize>]) {
         if node.config().backup.url.is_none() {
             return;
         }

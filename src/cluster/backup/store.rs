@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::format::{Backup, BackupName, sha256_hex, to_prune};
 use crate::config::Config;
-use crate::node::NodeError;
+use crate::local::NodeError;
 use crate::storage::{Source, SourceUrl};
 
 /// Objects larger than this are not read as backups.

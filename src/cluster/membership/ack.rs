@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Membership;
-use crate::node::Node;
+use crate::local::Local;
 
 /// How long a push of the registry to one member may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,7 +20,7 @@ impl Membership {
     /// Sends this node's registry to every live member
     /// (`POST /v1/internal/registry`, merged there as a pulled one would
     /// be), all at once; returns how many took it.
-    pub async fn push_registry(&self, node: &Node) -> usize {
+    pub async fn push_registry(&self, node: &Local) -> usize {
         let Ok(registry) = node.registry() else {
             return 0;
         };
@@ -61,7 +61,7 @@ impl Membership {
 
     /// Waits, at most `timeout`, until every live member has this node's
     /// registry. Returns whether they all have it.
-    pub async fn await_registry_agreement(&self, node: &Node, timeout: Duration) -> bool {
+    pub async fn await_registry_agreement(&self, node: &Local, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let poll = (node.config().cluster.gossip_interval() / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));

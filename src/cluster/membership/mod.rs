@@ -9,12 +9,14 @@
 //! `GET /v1/internal/inventory` and caches it. Bulk data moves over HTTP; gossip
 //! values stay well under 1 KB.
 //!
-//! `placing.rs`: each round also builds the cluster state placement reads, hands
-//! it to the node (which loads the shards it now should hold), and, on the
-//! primary, trashes extra copies, rebalances and collects garbage; it also
-//! answers `/v1/plan`, `/v1/gc`, trash requests and the queries' holder lookups.
-//! `types.rs`: the gossip values and `GET /v1/cluster`; `disagreement.rs`: which
-//! members' registries lag (pure).
+//! The round itself is driven by the node (`node.rs`): `sync` (publish, pull,
+//! merge, meet), then the primary's election (`primary`), then `place`.
+//!
+//! `placing.rs`: each round also builds the cluster state placement reads and
+//! hands it to the node (which loads the shards it now should hold); it also
+//! answers the queries' holder lookups. `election.rs`: the gossip the primary's
+//! election reads and writes. `types.rs`: the gossip values and
+//! `GET /v1/cluster`; `disagreement.rs`: which members' registries lag (pure).
 
 mod ack;
 mod disagreement;
@@ -23,7 +25,7 @@ mod peers;
 use peers::{peer_headers, pull};
 mod placing;
 mod quorum;
-pub(crate) use placing::QueryHolders;
+pub(crate) use placing::{QueryHolders, Round};
 mod types;
 
 pub use types::*;
@@ -36,13 +38,11 @@ use std::time::Duration;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use rand::seq::SliceRandom;
 use serde::Serialize;
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::health::health;
 use super::{Registry, RegistryDigest};
-use crate::node::{Inventory, InventoryDigest, Node, NodeError};
-use crate::primary::{Primary, PrimaryState};
+use crate::local::{Inventory, InventoryDigest, Local, NodeError};
 use crate::storage::DiskStats;
 use crate::sync::lock;
 
@@ -73,22 +73,19 @@ pub struct Membership {
     inventories: Mutex<HashMap<String, (String, Inventory)>>,
     /// Since when each member's registry digest differs from the majority's.
     disagreeing: Mutex<HashMap<String, (u64, String)>>,
-    sync: Mutex<Option<JoinHandle<()>>>,
-    /// This node's standing and the primary it last saw elected.
-    election: Mutex<(PrimaryState, Option<Primary>)>,
     /// When each dead member was first seen dead.
     dead_since: Mutex<HashMap<String, u64>>,
     /// The cluster state of the last round.
     state: Mutex<Option<Arc<crate::placement::plan::ClusterState>>>,
     /// Sync rounds done; placement starts once the view has settled.
     rounds: std::sync::atomic::AtomicU64,
-    /// When the primary last deleted a database as garbage.
-    last_gc_ms: Mutex<u64>,
     /// Holders whose map request failed lately (member → when, ms): queries
     /// try them last until gossip has caught up.
     failed_holders: Mutex<HashMap<String, u64>>,
     /// Connections to the other members, reused across queries.
     http_client: reqwest::Client,
+    /// The client of the sync round's pulls (each bounded by `PULL_TIMEOUT`).
+    pull_client: reqwest::Client,
     /// Whether this node was given seeds (it waits to meet a peer before placing).
     seeded: bool,
     /// The members this node last knew, and whether it has met a majority
@@ -101,13 +98,13 @@ pub struct Membership {
 /// The catalog key of the members this node last knew.
 const MEMBERS_KEY: &str = "members";
 
-/// What the sync loop reads of a live peer.
-struct Peer {
-    id: String,
-    http: Option<String>,
-    registry: Option<RegistryDigest>,
+/// What the sync round reads of a live peer.
+pub(crate) struct Peer {
+    pub id: String,
+    pub http: Option<String>,
+    pub registry: Option<RegistryDigest>,
     inventory: Option<InventoryDigest>,
-    primary: Option<PrimaryKey>,
+    pub primary: Option<PrimaryKey>,
 }
 
 /// The live and dead members gossip knows, one entry per node id. A restarted
@@ -133,9 +130,10 @@ fn distinct_members(chitchat: &chitchat::Chitchat) -> (Vec<ChitchatId>, Vec<Chit
 }
 
 impl Membership {
-    /// Joins the cluster: binds the gossip socket and starts the sync loop.
+    /// Joins the cluster: binds the gossip socket. The node runs the rounds
+    /// (`sync`, then `place`).
     pub async fn start(
-        node: Node,
+        node: &Local,
         http_addr: SocketAddr,
         transport: &dyn chitchat::transport::Transport,
     ) -> Result<Arc<Membership>, NodeError> {
@@ -166,23 +164,9 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let advertised_http = if http_addr.ip().is_unspecified() {
-            SocketAddr::new(advertise.ip(), http_addr.port())
-        } else {
-            http_addr
-        };
-        let advertised = |address: SocketAddr| {
-            if address.ip().is_unspecified() {
-                SocketAddr::new(advertise.ip(), address.port())
-            } else {
-                address
-            }
-        };
         let info = NodeInfo {
-            sql: node
-                .sql_worker()
-                .map(|address| node.advertise_sql_worker(advertised(address))),
-            http: advertised_http.to_string(),
+            sql: None,
+            http: advertised(advertise, http_addr).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_ms: node.now_ms(),
             zone: node.config().node.zone.clone(),
@@ -202,8 +186,6 @@ impl Membership {
             cluster_id: config.id.clone(),
             inventories: Mutex::default(),
             disagreeing: Mutex::default(),
-            sync: Mutex::new(None),
-            election: Mutex::default(),
             dead_since: Mutex::default(),
             state: Mutex::default(),
             rounds: Default::default(),
@@ -214,8 +196,7 @@ impl Membership {
                     .get::<BTreeSet<String>>(crate::catalog::META, MEMBERS_KEY)?
                     .unwrap_or_default(),
             )),
-            backups: crate::cluster::backup::Backups::new(&node),
-            last_gc_ms: Mutex::new(0),
+            backups: crate::cluster::backup::Backups::new(node),
             failed_holders: Mutex::default(),
             http_client: crate::net::peer_client(node.config())
                 .pool_max_idle_per_host(64)
@@ -224,11 +205,26 @@ impl Membership {
                 .map_err(|e| {
                     NodeError::InvalidInput(format!("cannot build an HTTP client: {e}"))
                 })?,
+            pull_client: crate::net::peer_client(node.config())
+                .timeout(PULL_TIMEOUT)
+                .default_headers(peer_headers(&config.id))
+                .build()
+                .map_err(|e| {
+                    NodeError::InvalidInput(format!("cannot build an HTTP client: {e}"))
+                })?,
         });
-        let task = tokio::spawn(sync_loop(Arc::downgrade(&membership), node, interval));
-        *lock(&membership.sync) = Some(task);
         info!(gossip = %listen, advertise = %advertise, seeds = ?config.seeds, "joined gossip");
         Ok(membership)
+    }
+
+    /// Gossips where the other members reach this node's SQL worker.
+    pub(crate) async fn advertise_sql_worker(&self, address: String) {
+        let mut chitchat = self.handle.lock().await;
+        let state = chitchat.self_node_state();
+        if let Some(mut info) = parse::<NodeInfo>(state.get(KEY_NODE)) {
+            info.sql = Some(address);
+            set_if_changed(state, KEY_NODE, to_json(&info));
+        }
     }
 
     /// Tells the cluster this member is leaving, and waits (a couple of
@@ -245,13 +241,8 @@ impl Membership {
         }
     }
 
-    /// Stops the sync loop and leaves gossip.
+    /// Stops the backups under way and leaves gossip.
     pub async fn shutdown(&self) {
-        let task = lock(&self.sync).take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
-        }
         self.backups.shutdown().await;
         let chitchat = lock(&self.chitchat).take();
         if let Some(chitchat) = chitchat
@@ -266,7 +257,7 @@ impl Membership {
     }
 
     /// Every member gossip knows, live and dead, with its keys.
-    async fn members(&self) -> Vec<Member> {
+    pub(crate) async fn members(&self) -> Vec<Member> {
         let chitchat = self.handle.lock().await;
         let (live, dead) = distinct_members(&chitchat);
         let mut members = Vec::with_capacity(live.len() + dead.len());
@@ -305,9 +296,9 @@ impl Membership {
 
     /// The inventories of the live members: this node's own, and the last pulled
     /// of every other live member.
-    fn live_inventories(
+    pub(crate) fn live_inventories(
         &self,
-        node: &Node,
+        node: &Local,
         members: &[Member],
     ) -> Result<Vec<Inventory>, NodeError> {
         let cached = lock(&self.inventories);
@@ -320,8 +311,12 @@ impl Membership {
         Ok(inventories)
     }
 
-    /// `GET /v1/cluster`.
-    pub async fn status(&self, node: &Node) -> Result<ClusterStatus, NodeError> {
+    /// `GET /v1/cluster`, with the primary this node last saw elected.
+    pub async fn status(
+        &self,
+        node: &Local,
+        primary: Option<PrimaryStatus>,
+    ) -> Result<ClusterStatus, NodeError> {
         let members = self.members().await;
         let registry = node.registry()?;
         let inventories = self.live_inventories(node, &members)?;
@@ -343,10 +338,7 @@ impl Membership {
             members,
             registry: registry.digest(),
             disagreements,
-            primary: lock(&self.election).1.as_ref().map(|p| PrimaryStatus {
-                id: p.id.clone(),
-                term: p.term,
-            }),
+            primary,
         })
     }
 
@@ -354,7 +346,7 @@ impl Membership {
     /// live members.
     pub async fn shard_holders(
         &self,
-        node: &Node,
+        node: &Local,
         database: &str,
     ) -> Result<ShardHolders, NodeError> {
         let members = self.members().await;
@@ -419,7 +411,7 @@ impl Membership {
         live.len() + dead.len()
     }
 
-    async fn publish(&self, node: &Node, registry: &RegistryDigest, inventory: &InventoryDigest) {
+    async fn publish(&self, node: &Local, registry: &RegistryDigest, inventory: &InventoryDigest) {
         let disks: Vec<DiskStats> = node.disk_stats();
         let mut chitchat = self.handle.lock().await;
         let state = chitchat.self_node_state();
@@ -442,8 +434,11 @@ impl Membership {
         }
     }
 
-    /// One round: publish our digests, pull what differs, track disagreement.
-    async fn sync_once(&self, node: &Node, client: &reqwest::Client) -> Result<(), NodeError> {
+    /// The first part of a round: publish our digests, pull what differs,
+    /// track disagreement, note whom this node hears from. Returns the live
+    /// peers, for the election and `place`.
+    pub(crate) async fn sync(&self, node: &Local) -> Result<Vec<Peer>, NodeError> {
+        let client = &self.pull_client;
         let registry = node.registry()?.digest();
         let inventory = node.inventory()?.digest();
         self.publish(node, &registry, &inventory).await;
@@ -508,13 +503,12 @@ impl Membership {
         }
         self.track_disagreement(&registry, &peers);
         self.meet(node, &peers).await?;
-        self.elect(node, &peers).await;
-        self.place(node, client, &peers).await
+        Ok(peers)
     }
 
     /// Notes whom this node hears from (see `quorum`) and, once it has met
     /// its cluster, remembers the members it knows in the catalog.
-    async fn meet(&self, node: &Node, peers: &[Peer]) -> Result<(), NodeError> {
+    async fn meet(&self, node: &Local, peers: &[Peer]) -> Result<(), NodeError> {
         let grace_ms = node
             .config()
             .cluster
@@ -564,36 +558,13 @@ impl Membership {
     }
 }
 
-async fn sync_loop(membership: std::sync::Weak<Membership>, node: Node, interval: Duration) {
-    let client = match crate::net::peer_client(node.config())
-        .timeout(PULL_TIMEOUT)
-        .default_headers(peer_headers(&node.config().cluster.id))
-        .build()
-    {
-        Ok(client) => client,
-        Err(e) => {
-            warn!(error = %e, "cannot build the HTTP client: the registry will not sync");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let tombstone_every = (60_000 / interval.as_millis().max(1) as u64).max(1);
-    let mut rounds = 0u64;
-    loop {
-        tick.tick().await;
-        let Some(membership) = membership.upgrade() else {
-            return;
-        };
-        if let Err(e) = membership.sync_once(&node, &client).await {
-            warn!(error = %e, "cluster sync round failed");
-        }
-        rounds += 1;
-        if rounds.is_multiple_of(tombstone_every)
-            && let Err(e) = node.collect_registry_tombstones()
-        {
-            warn!(error = %e, "collecting registry tombstones failed");
-        }
+/// `address` as the other members reach it: an unspecified IP (`0.0.0.0`)
+/// becomes the IP gossip advertises.
+pub(crate) fn advertised(advertise: SocketAddr, address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::new(advertise.ip(), address.port())
+    } else {
+        address
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::Membership;
-use crate::node::Node;
+use crate::local::Local;
 
 /// How long one member may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,7 +17,7 @@ impl Membership {
     /// answer or why there is none.
     pub async fn ask_members<T: DeserializeOwned>(
         &self,
-        node: &Node,
+        node: &Local,
         path: &str,
     ) -> Vec<(String, Result<T, String>)> {
         let members = self.members().await;
@@ -49,7 +49,7 @@ impl Membership {
 /// base URL, or `host:port` for plain HTTP).
 pub(super) async fn pull<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
-    node: &Node,
+    node: &Local,
     http: &str,
     path: &str,
 ) -> Result<T, String> {

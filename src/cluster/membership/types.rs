@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::RegistryDigest;
 use crate::cluster::health::HealthReport;
-use crate::node::InventoryDigest;
+use crate::local::InventoryDigest;
+use crate::local::metrics::Gauge;
 
 /// The `node` key: what a member is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +101,7 @@ pub struct Member {
     pub primary: Option<PrimaryKey>,
     /// Map work under way and its recent p99 (`load` key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load: Option<crate::node::Load>,
+    pub load: Option<crate::local::Load>,
     /// The member is shutting down (`leaving` key): no new map requests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
@@ -143,6 +144,44 @@ pub struct ShardHolders {
     pub database: String,
     pub global: Vec<Holder>,
     pub shards: BTreeMap<String, Vec<Holder>>,
+}
+
+impl ClusterStatus {
+    /// The gauges of a scrape that this node's view of the cluster gives:
+    /// members by state, the primary's term, whether this node is primary,
+    /// registry disagreements.
+    pub fn gauges(&self) -> Vec<Gauge> {
+        let mut out = Vec::new();
+        let live = self.members.iter().filter(|m| m.live).count();
+        let dead = self.members.len() - live;
+        for (state, count) in [("live", live), ("dead", dead)] {
+            out.push(
+                Gauge::new(
+                    "dram_members",
+                    "Cluster members this node sees, by state.",
+                    count as f64,
+                )
+                .label("state", state),
+            );
+        }
+        let primary = self.primary.as_ref();
+        out.push(Gauge::new(
+            "dram_primary_term",
+            "Term of the primary this node sees confirmed (0: none).",
+            primary.map_or(0, |p| p.term) as f64,
+        ));
+        out.push(Gauge::new(
+            "dram_is_primary",
+            "1 when this node is the confirmed primary.",
+            f64::from(u8::from(primary.is_some_and(|p| p.id == self.node))),
+        ));
+        out.push(Gauge::new(
+            "dram_registry_disagreements",
+            "Members whose registry has differed from the majority's for too long.",
+            self.disagreements.len() as f64,
+        ));
+        out
+    }
 }
 
 #[cfg(test)]

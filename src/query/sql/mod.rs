@@ -44,7 +44,7 @@ use datafusion_distributed::{
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::node::{Node, NodeError, WeakNode};
+use crate::local::{Local, NodeError, WeakLocal};
 use crate::query::AnalysisError;
 use routing::Placement;
 use tables::Tables;
@@ -97,17 +97,18 @@ pub(crate) struct SqlEngine {
     /// `sql.broadcast_join_bytes`.
     broadcast_join_bytes: u64,
     tables: Mutex<Vec<Arc<Tables>>>,
-    /// Where this member's worker listens, once it does.
-    bound: OnceLock<SocketAddr>,
     /// This member's worker, as the others reach it (once it listens).
     url: OnceLock<Url>,
     closing: CancellationToken,
 }
 
 impl SqlEngine {
+    /// An engine over this member's files (`node`) and, through
+    /// `membership`, the other members' (`None`: alone).
     pub(crate) fn new(
         config: &crate::config::Config,
-        node: WeakNode,
+        node: WeakLocal,
+        membership: Option<std::sync::Weak<crate::cluster::Membership>>,
     ) -> Result<SqlEngine, NodeError> {
         let limit = usize::try_from(config.sql.memory_limit).unwrap_or(usize::MAX);
         let runtime = RuntimeEnvBuilder::new()
@@ -117,7 +118,7 @@ impl SqlEngine {
             )
             .build_arc()
             .map_err(|e| NodeError::InvalidInput(format!("sql runtime: {e}")))?;
-        store::register(&runtime, node);
+        store::register(&runtime, node, membership);
         let secret = config.auth.peer_secret().map(str::to_string);
         let read = |field: &str, path: &Option<std::path::PathBuf>| {
             path.as_ref()
@@ -171,7 +172,6 @@ impl SqlEngine {
             compression: config.sql.compression.clone(),
             broadcast_join_bytes: config.sql.broadcast_join_bytes,
             tables: Mutex::default(),
-            bound: OnceLock::new(),
             url: OnceLock::new(),
             closing: CancellationToken::new(),
         })
@@ -207,13 +207,7 @@ impl SqlEngine {
                 Err(e) => tracing::warn!(error = %e, "the SQL worker cannot listen"),
             }
         });
-        let _ = self.bound.set(local);
         Ok(local)
-    }
-
-    /// Where this member's worker listens, once it does.
-    pub(crate) fn bound(&self) -> Option<SocketAddr> {
-        self.bound.get().copied()
     }
 
     /// Records the address other members reach this member's worker at.
@@ -272,7 +266,7 @@ impl SqlEngine {
     /// The tables of a version, worked out once.
     async fn tables(
         &self,
-        node: &Node,
+        node: &Local,
         ctx: &SessionContext,
         database: &str,
         version: &str,

@@ -15,7 +15,7 @@ use url::Url;
 use super::routing::Placement;
 use super::tables::Tables;
 use super::{SQL, SqlEngine, runtime};
-use crate::node::Node;
+use crate::query::Queries;
 use crate::query::root::GatheredMeta;
 use crate::query::sql::analysis::SqlParams;
 use crate::query::{AnalysisError, NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
@@ -68,7 +68,7 @@ impl Reading {
     }
 }
 
-impl Node {
+impl Queries {
     /// Runs the built-in `sql` analysis: `None` when the request is not one
     /// the engine runs (another analysis, or no engine here).
     pub(crate) async fn run_sql(
@@ -99,7 +99,7 @@ impl Node {
     /// Whether this member answers `sql` over `target` itself, with the
     /// built-in engine: it serves the built-in `sql` and knows the target.
     pub fn answers_sql(&self, target: &str) -> bool {
-        self.builtin_sql_engine().is_some() && self.resolve(target).is_ok()
+        self.builtin_sql_engine().is_some() && self.local.resolve(target).is_ok()
     }
 
     /// The engine, when this node serves the built-in `sql` (not its own
@@ -125,7 +125,7 @@ impl Node {
     }
 
     /// Runs a `sql` query: the whole JSON answer (`{"result": {"columns",
-    /// "rows"}, "meta"}`, as [`Node::query`] gives it), its rows written
+    /// "rows"}, "meta"}`, as [`Queries::query`] gives it), its rows written
     /// straight from Arrow, and the query's meta.
     pub async fn query_sql_json(
         &self,
@@ -174,7 +174,9 @@ impl Node {
         }
         .await;
         let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
-        self.metrics().query_done(SQL, outcome, started.elapsed());
+        self.local
+            .metrics()
+            .query_done(SQL, outcome, started.elapsed());
         answer
     }
 
@@ -198,8 +200,8 @@ impl Node {
             message: e.to_string(),
         })?;
         let mode = crate::query::sql::analysis::sql_mode(&params).map_err(analysis_error)?;
-        let database = self.resolve(target)?;
-        let version = self.ready_version(&database)?;
+        let database = self.local.resolve(target)?;
+        let version = self.local.ready_version(&database)?;
         let shard_ids = self.chosen_shards(&database, request.shards.clone())?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let work = async {
@@ -218,9 +220,9 @@ impl Node {
                         };
                         let reading = self.reading(&engine, &asked, &excluded).await?;
                         if excluded.is_empty() {
-                            self.count_query(&database, &reading.shards);
+                            self.local.count_query(&database, &reading.shards);
                         }
-                        let (node, engine) = (self.clone(), engine.clone());
+                        let (node, engine) = (self.local.clone(), engine.clone());
                         let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
                         let placement = reading.placement.clone();
                         let shards = reading.shards.clone();
@@ -300,7 +302,7 @@ impl Node {
                             shard: None,
                             message: "the analysis named sql is not the built-in one".into(),
                         })?;
-                    let (node, engine) = (self.clone(), engine.clone());
+                    let (node, engine) = (self.local.clone(), engine.clone());
                     let (db, ver, reduce) = (database.clone(), version.clone(), reduce.to_string());
                     let output = on_sql_runtime(async move {
                         let ctx = engine.session(None, false);
@@ -371,7 +373,7 @@ impl Node {
         let mut assigned: HashMap<String, u64> = HashMap::new();
         for shard in shards {
             if here.contains(shard) {
-                *nodes.entry(self.id().to_string()).or_default() += 1;
+                *nodes.entry(self.local.id().to_string()).or_default() += 1;
                 if let Some(own) = &own {
                     chosen.insert(shard.clone(), own.clone());
                 }
@@ -419,7 +421,7 @@ impl Node {
 
     /// This member's SQL engine, when the `sql` feature is on.
     pub(crate) fn sql_engine(&self) -> Option<&Arc<SqlEngine>> {
-        self.sql_slot().get()
+        self.inner.sql.as_ref()
     }
 }
 

@@ -29,7 +29,8 @@ use datafusion::object_store::{
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::node::{Node, NodeError, WeakNode};
+use crate::cluster::Membership;
+use crate::local::{Local, NodeError, WeakLocal};
 use crate::storage::{ManifestFile, Part};
 
 /// The object store URL tables are registered under.
@@ -92,7 +93,9 @@ impl FileRef {
 
 /// Every database of one node, read-only.
 pub(crate) struct DramStore {
-    node: WeakNode,
+    node: WeakLocal,
+    /// The other members, for the holders of files not here.
+    membership: Option<std::sync::Weak<Membership>>,
     local: LocalFileSystem,
     /// Files of a pinned version found on local disk: their bytes never
     /// change, so later reads skip the catalog. A path that is gone (its
@@ -143,22 +146,30 @@ enum Located {
 }
 
 impl DramStore {
-    pub(crate) fn new(node: WeakNode) -> DramStore {
+    pub(crate) fn new(
+        node: WeakLocal,
+        membership: Option<std::sync::Weak<Membership>>,
+    ) -> DramStore {
         DramStore {
             node,
+            membership,
             local: LocalFileSystem::new(),
             found: Default::default(),
         }
     }
 
-    fn node(&self) -> StoreResult<Node> {
+    fn membership(&self) -> Option<Arc<Membership>> {
+        self.membership.as_ref()?.upgrade()
+    }
+
+    fn node(&self) -> StoreResult<Local> {
         self.node
             .upgrade()
             .ok_or_else(|| generic("the node is shutting down"))
     }
 
     /// The file as the manifest of its pinned version describes it.
-    fn describe(&self, node: &Node, location: &Path) -> StoreResult<(FileRef, ManifestFile)> {
+    fn describe(&self, node: &Local, location: &Path) -> StoreResult<(FileRef, ManifestFile)> {
         let file = FileRef::parse(location).ok_or_else(|| not_found(location))?;
         check_version(node, &file.database, &file.version)?;
         let entry = node
@@ -168,7 +179,7 @@ impl DramStore {
         Ok((file, entry))
     }
 
-    async fn locate(&self, node: &Node, file: &FileRef) -> StoreResult<Located> {
+    async fn locate(&self, node: &Local, file: &FileRef) -> StoreResult<Located> {
         let context = match &file.part {
             Part::Global => node.global(&file.database),
             Part::Shard(id) => node.shard(&file.database, id),
@@ -178,16 +189,16 @@ impl DramStore {
                 let local = context.path(&file.path).await.map_err(generic)?;
                 Ok(Located::Here(local))
             }
-            Err(NodeError::NotFound { .. } | NodeError::NotReady(_)) => {
-                Ok(Located::Holders(holders(node, file).await))
-            }
+            Err(NodeError::NotFound { .. } | NodeError::NotReady(_)) => Ok(Located::Holders(
+                holders(self.membership().as_deref(), file).await,
+            )),
             Err(e) => Err(generic(e)),
         }
     }
 }
 
 /// Refuses a version other than the one ready here: the query pinned it.
-fn check_version(node: &Node, database: &str, version: &str) -> StoreResult<()> {
+fn check_version(node: &Local, database: &str, version: &str) -> StoreResult<()> {
     let here = node.ready_version(database).map_err(generic)?;
     if here == version {
         Ok(())
@@ -202,8 +213,8 @@ fn check_version(node: &Node, database: &str, version: &str) -> StoreResult<()> 
 
 /// Base URLs of the live members serving a copy of the file's part at its
 /// version, least busy first.
-async fn holders(node: &Node, file: &FileRef) -> Vec<String> {
-    let Some(membership) = node.membership() else {
+async fn holders(membership: Option<&Membership>, file: &FileRef) -> Vec<String> {
+    let Some(membership) = membership else {
         return Vec::new();
     };
     let found = membership
@@ -229,20 +240,22 @@ async fn holders(node: &Node, file: &FileRef) -> Vec<String> {
 /// The bytes `range` of a file, from holders, in requests of at most
 /// [`MAX_RANGE`] bytes.
 async fn read_from_holders(
-    node: &Node,
+    node: &Local,
+    membership: Option<&Membership>,
     holders: &[String],
     file: &FileRef,
     range: &Range<u64>,
 ) -> StoreResult<Bytes> {
     if range.end - range.start <= MAX_RANGE {
-        return read_range_from_holders(node, holders, file, range).await;
+        return read_range_from_holders(node, membership, holders, file, range).await;
     }
     let mut bytes = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
     let mut start = range.start;
     while start < range.end {
         let end = (start + MAX_RANGE).min(range.end);
-        bytes
-            .extend_from_slice(&read_range_from_holders(node, holders, file, &(start..end)).await?);
+        bytes.extend_from_slice(
+            &read_range_from_holders(node, membership, holders, file, &(start..end)).await?,
+        );
         start = end;
     }
     Ok(bytes.freeze())
@@ -250,12 +263,13 @@ async fn read_from_holders(
 
 /// The bytes `range` of a file, from the first holder that answers.
 async fn read_range_from_holders(
-    node: &Node,
+    node: &Local,
+    membership: Option<&Membership>,
     holders: &[String],
     file: &FileRef,
     range: &Range<u64>,
 ) -> StoreResult<Bytes> {
-    let Some(membership) = node.membership() else {
+    let Some(membership) = membership else {
         return Err(generic(format!(
             "this node holds no copy of {} of {:?} and is in no cluster",
             file.part.key(),
@@ -392,7 +406,8 @@ impl ObjectStore for DramStore {
                 let bytes = if options.head || range.is_empty() {
                     Bytes::new()
                 } else {
-                    read_from_holders(&node, &holders, &file, &range).await?
+                    read_from_holders(&node, self.membership().as_deref(), &holders, &file, &range)
+                        .await?
                 };
                 let kind = if file.part == Part::Global {
                     "global"
@@ -455,7 +470,7 @@ impl ObjectStore for DramStore {
 }
 
 /// The files under `prefix`, which must name a part or a folder in one.
-fn list(node: &Node, prefix: Option<&Path>) -> StoreResult<Vec<ObjectMeta>> {
+fn list(node: &Local, prefix: Option<&Path>) -> StoreResult<Vec<ObjectMeta>> {
     let Some(prefix) = prefix else {
         return Err(generic("list a part of a database version, not the store"));
     };
@@ -492,7 +507,7 @@ fn list(node: &Node, prefix: Option<&Path>) -> StoreResult<Vec<ObjectMeta>> {
 /// Serves `GET /v1/internal/file/<database>/<version>/<part>/<path>` with a
 /// `Range: bytes=a-b` header: the bytes of a file of a part this node holds.
 pub(crate) async fn serve_range(
-    node: &Node,
+    node: &Local,
     location: &str,
     range: Option<&str>,
 ) -> Result<Bytes, NodeError> {
@@ -516,7 +531,7 @@ pub(crate) async fn serve_range(
     let size = context.size(&file.path)?;
     let range = parse_range(range, size)?;
     let local = context.path(&file.path).await?;
-    crate::node::blocking(move || {
+    crate::local::blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         let io = |e| crate::storage::StorageError::io(&local)(e);
         let mut handle = std::fs::File::open(&local).map_err(io)?;
@@ -559,9 +574,13 @@ fn parse_range(header: Option<&str>, size: u64) -> Result<Range<u64>, NodeError>
 }
 
 /// Registers the store on a runtime environment.
-pub(crate) fn register(runtime: &datafusion::execution::runtime_env::RuntimeEnv, node: WeakNode) {
+pub(crate) fn register(
+    runtime: &datafusion::execution::runtime_env::RuntimeEnv,
+    node: WeakLocal,
+    membership: Option<std::sync::Weak<Membership>>,
+) {
     let url = url::Url::parse(STORE_URL).expect("the store URL is valid");
-    runtime.register_object_store(&url, Arc::new(DramStore::new(node)));
+    runtime.register_object_store(&url, Arc::new(DramStore::new(node, membership)));
 }
 
 #[cfg(test)]

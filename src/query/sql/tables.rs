@@ -28,7 +28,7 @@ use datafusion::prelude::SessionContext;
 
 use super::colocate::CoLocated;
 use super::store::{self, STORE_URL};
-use crate::node::Node;
+use crate::local::Local;
 use crate::query::AnalysisError;
 use crate::storage::Part;
 
@@ -143,7 +143,7 @@ impl Tables {
     /// Works out the tables of `version` of `database` from its manifest,
     /// reading the files' schemas through `ctx`'s `dram://` store.
     pub(crate) async fn load(
-        node: &Node,
+        node: &Local,
         ctx: &SessionContext,
         database: &str,
         version: &str,

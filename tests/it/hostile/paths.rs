@@ -176,7 +176,10 @@ async fn shard_ids_and_file_globs_cannot_leave_the_database() {
             "not_found",
         );
         assert!(message.contains("shard"), "{shard:?}: {message}");
-        assert!(server.node.shard("good", shard).is_err(), "{shard:?}");
+        assert!(
+            server.node.local().shard("good", shard).is_err(),
+            "{shard:?}"
+        );
     }
     // The same through the node-to-node map endpoint.
     let version = client.get("/v1/databases/good").await.unwrap()["version"].clone();

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::events::DiskTrend;
-use super::{Inner, Node, NodeError};
+use super::{Inner, Local, NodeError};
 use crate::catalog::{
     BLOB_USES, CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord,
     READS, ReadStats, Writer, key,
@@ -248,7 +248,7 @@ fn state_name(record: &PartRecord) -> String {
     }
 }
 
-impl Node {
+impl Local {
     /// Where the blob `sha256` is used and stored on this node.
     pub fn blob_index(&self, sha256: &str) -> Result<BlobIndex, NodeError> {
         let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 
-use super::{Inner, Node, NodeError};
+use super::{Inner, Local, NodeError};
 use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord, PartState,
     key,
@@ -48,7 +48,7 @@ impl std::fmt::Debug for ShardContext {
     }
 }
 
-impl Node {
+impl Local {
     /// Opens shard `shard_id` of a database (or alias) that is served here.
     pub fn shard(&self, database: &str, shard_id: &str) -> Result<ShardContext, NodeError> {
         self.inner
@@ -352,17 +352,17 @@ pub(crate) fn json_name<T: serde::Serialize>(value: &T) -> String {
 /// A handle on a node that does not keep it alive: the SQL engine's object
 /// store and worker hold one (the node owns them).
 #[derive(Clone)]
-pub(crate) struct WeakNode(std::sync::Weak<Inner>);
+pub(crate) struct WeakLocal(std::sync::Weak<Inner>);
 
-impl WeakNode {
-    pub(crate) fn upgrade(&self) -> Option<Node> {
-        self.0.upgrade().map(|inner| Node { inner })
+impl WeakLocal {
+    pub(crate) fn upgrade(&self) -> Option<Local> {
+        self.0.upgrade().map(|inner| Local { inner })
     }
 }
 
-impl Node {
-    pub(crate) fn downgrade(&self) -> WeakNode {
-        WeakNode(Arc::downgrade(&self.inner))
+impl Local {
+    pub(crate) fn downgrade(&self) -> WeakLocal {
+        WeakLocal(Arc::downgrade(&self.inner))
     }
 
     /// The files of one part of a database this node knows the manifest of

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError};
+use super::{Inner, Local, NodeError};
 use crate::catalog::{ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, Writer};
 use crate::names::check_name;
 use crate::registry::DefinitionRecord;
@@ -32,7 +32,7 @@ pub struct RemoveAlias {
     pub name: String,
 }
 
-impl Node {
+impl Local {
     /// Every live alias, sorted by name.
     pub fn aliases(&self) -> Result<Vec<AliasRecord>, NodeError> {
         let all: Vec<(String, AliasRecord)> = self.inner.catalog.scan(ALIASES, "")?;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{HeldState, Inner, Node, NodeError, load, registry};
+use super::{HeldState, Inner, Local, NodeError, load, registry};
 use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, Mode, PARTS, PartRecord,
     PartState, ReadStats, Replicas, key,
@@ -72,7 +72,7 @@ pub struct PartInfo {
     pub last_read_ms: Option<u64>,
 }
 
-impl Node {
+impl Local {
     /// Registers a database and starts loading it in the background.
     pub async fn add_database(&self, request: AddDatabase) -> Result<DatabaseInfo, NodeError> {
         check_name("database", &request.name).map_err(NodeError::InvalidInput)?;
@@ -302,5 +302,22 @@ impl Inner {
             }
         }
         Ok(info)
+    }
+}
+
+impl Local {
+    /// The version of a database that is ready here (its manifest is known).
+    pub(crate) fn ready_version(&self, database: &str) -> Result<String, NodeError> {
+        let record: DatabaseRecord = self
+            .catalog()
+            .get(DATABASES, database)?
+            .ok_or_else(|| NodeError::not_found("database", database))?;
+        if record.state != DbState::Ready {
+            return Err(NodeError::NotReady(format!(
+                "database {database:?} is {}, not ready",
+                super::json_name(&record.state)
+            )));
+        }
+        Ok(record.version.unwrap_or_default())
     }
 }

@@ -1,7 +1,7 @@
 //! One dram node: its disks, its catalog, the databases it loads and serves, the
-//! trash and the aliases. `Node::start` opens everything, resumes unfinished loads
+//! trash and the aliases. `Local::start` opens everything, resumes unfinished loads
 //! and starts the background tasks (trash purge, lazy-cache eviction, counters
-//! flush); `Node::shutdown` stops them all.
+//! flush); `Local::shutdown` stops them all.
 //!
 //! The node is the async shell: decisions (which disk, what is garbage) are small
 //! functions over plain data; downloads, catalog writes and deletions happen here.
@@ -37,7 +37,6 @@ use crate::catalog::{Catalog, DATABASES, DatabaseRecord, META};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::hlc::HlcClock;
-use crate::query::Analyses;
 use crate::storage::{Disk, StorageError};
 use crate::sync::lock;
 
@@ -48,7 +47,7 @@ pub use inventory::{HeldDatabase, HeldPart, HeldState, Inventory, InventoryDiges
 pub use placement::Placement;
 pub use scrub::ScrubStatus;
 pub use shard::ShardContext;
-pub(crate) use shard::{WeakNode, json_name};
+pub(crate) use shard::{WeakLocal, json_name};
 pub use stats::{DatabaseStats, NodeStats, Stats};
 
 /// Runs file system work on the blocking pool. The work does not panic; its
@@ -63,7 +62,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// A handle to a running node; cheap to clone.
 #[derive(Clone)]
-pub struct Node {
+pub struct Local {
     inner: Arc<Inner>,
 }
 
@@ -87,8 +86,7 @@ pub(crate) struct Inner {
     lazy_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     manifests: Mutex<HashMap<String, Arc<shard::DatabaseFiles>>>,
     counters: Counters,
-    /// The analyses this node serves, and the slots bounding their `map` calls.
-    analyses: Analyses,
+    /// The slots bounding the analyses' `map` calls.
     map_slots: Arc<Semaphore>,
     /// Where this node reads the time (the system's clock, or a test's).
     time: Arc<dyn Clock>,
@@ -97,8 +95,6 @@ pub(crate) struct Inner {
     placement: watch::Sender<Placement>,
     /// Map work under way and recent durations, for the `load` gossip key.
     load: LoadTracker,
-    /// Gossip membership, once the node serves HTTP (see `Server`).
-    membership: std::sync::OnceLock<Arc<crate::cluster::Membership>>,
     /// Wraps the store of every source this node opens (fault injection).
     store_layer: Option<crate::storage::StoreLayer>,
     /// Databases whose last load failed: failures in a row and when to retry.
@@ -111,9 +107,6 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The background re-hash of every blob (see `scrub`).
     scrub: Arc<scrub::Scrubber>,
-    /// The distributed SQL engine (its worker listens once the node serves).
-    #[cfg(feature = "sql")]
-    sql: std::sync::OnceLock<Arc<crate::query::sql::SqlEngine>>,
 }
 
 /// Map work under way on this node and how long recent map work took.
@@ -160,17 +153,11 @@ pub(crate) struct Counters {
     files_deduplicated: AtomicU64,
 }
 
-impl Node {
-    /// Starts a node that serves no analyses; see [`Node::builder`] to add some.
-    pub async fn start(config: Config) -> Result<Node, NodeError> {
-        Node::start_with(
-            config,
-            Analyses::default(),
-            false,
-            None,
-            Arc::new(SystemClock),
-        )
-        .await
+impl Local {
+    /// Starts this member's own part, alone: it holds every shard of its
+    /// databases.
+    pub async fn start(config: Config) -> Result<Local, NodeError> {
+        Local::start_with(config, false, None, Arc::new(SystemClock)).await
     }
 
     /// Opens the node's disks and catalog, resumes loads and starts background
@@ -179,11 +166,10 @@ impl Node {
     /// holds every shard of its databases.
     pub(crate) async fn start_with(
         config: Config,
-        analyses: Analyses,
         clustered: bool,
         store_layer: Option<crate::storage::StoreLayer>,
         time: Arc<dyn Clock>,
-    ) -> Result<Node, NodeError> {
+    ) -> Result<Local, NodeError> {
         config
             .validate()
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
@@ -211,7 +197,6 @@ impl Node {
             manifests: Mutex::default(),
             counters: Counters::default(),
             map_slots: Arc::new(Semaphore::new(config.query.map_slots())),
-            analyses,
             started_ms,
             placement: watch::Sender::new(if clustered {
                 Placement::Waiting
@@ -219,7 +204,6 @@ impl Node {
                 Placement::Everything
             }),
             load: LoadTracker::default(),
-            membership: std::sync::OnceLock::new(),
             store_layer,
             load_retries: Mutex::default(),
             events: events::EventLog::default(),
@@ -227,16 +211,9 @@ impl Node {
             shutdown_tx,
             tasks: Mutex::default(),
             scrub: Arc::default(),
-            #[cfg(feature = "sql")]
-            sql: std::sync::OnceLock::new(),
             config,
         });
-        let node = Node { inner };
-        #[cfg(feature = "sql")]
-        {
-            let engine = crate::query::sql::SqlEngine::new(&node.inner.config, node.downgrade())?;
-            let _ = node.inner.sql.set(Arc::new(engine));
-        }
+        let node = Local { inner };
         node.inner.observe_registry_clock()?;
         node.inner.define_existing_databases()?;
         node.inner.remove_stray_database_dirs()?;
@@ -282,49 +259,9 @@ impl Node {
         &self.inner.config
     }
 
-    /// The analyses this node serves.
-    pub fn analyses(&self) -> &Analyses {
-        &self.inner.analyses
-    }
-
-    /// Gossip membership: `None` for a node started without HTTP.
-    pub fn membership(&self) -> Option<&Arc<crate::cluster::Membership>> {
-        self.inner.membership.get()
-    }
-
     /// This node's Prometheus metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
-    }
-
-    #[cfg(feature = "sql")]
-    pub(crate) fn sql_slot(&self) -> &std::sync::OnceLock<Arc<crate::query::sql::SqlEngine>> {
-        &self.inner.sql
-    }
-
-    /// Where this node's SQL worker listens, once it does.
-    pub(crate) fn sql_worker(&self) -> Option<std::net::SocketAddr> {
-        #[cfg(feature = "sql")]
-        {
-            self.inner.sql.get().and_then(|engine| engine.bound())
-        }
-        #[cfg(not(feature = "sql"))]
-        {
-            None
-        }
-    }
-
-    /// Records the address other members reach this node's SQL worker at.
-    pub(crate) fn advertise_sql_worker(&self, address: std::net::SocketAddr) -> String {
-        #[cfg(feature = "sql")]
-        if let Some(engine) = self.inner.sql.get() {
-            return engine.advertise(address);
-        }
-        address.to_string()
-    }
-
-    pub(crate) fn set_membership(&self, membership: Arc<crate::cluster::Membership>) {
-        let _ = self.inner.membership.set(membership);
     }
 
     /// Capacity and use of each disk.
@@ -382,10 +319,6 @@ impl Node {
     /// Stops background tasks and loads; flushes counters. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);
-        #[cfg(feature = "sql")]
-        if let Some(engine) = self.inner.sql.get() {
-            engine.shutdown();
-        }
         let loads: Vec<_> = lock(&self.inner.loads).drain().collect();
         for (_, handle) in loads {
             handle.task.abort();

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError};
+use super::{Inner, Local, NodeError};
 use crate::catalog::{
     CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, Mode, PARTS, PartRecord,
     PartState, READS, ReadStats, key,
@@ -64,7 +64,7 @@ pub struct DiskUsage {
     pub dedup_saved_bytes: u64,
 }
 
-impl Node {
+impl Local {
     pub fn stats(&self) -> Result<Stats, NodeError> {
         let inner = &self.inner;
         let records: Vec<(String, DatabaseRecord)> = inner.catalog.scan(DATABASES, "")?;

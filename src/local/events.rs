@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Node, NodeError};
+use super::{Inner, Local, NodeError};
 use crate::catalog::EVENTS;
 use crate::storage::StorageError;
 use crate::sync::lock;
@@ -286,7 +286,7 @@ fn event_key(ts_ms: u64, sequence: u64) -> String {
     format!("{ts_ms:016x}\0{:08x}", sequence & 0xffff_ffff)
 }
 
-impl Node {
+impl Local {
     /// This node's events matching `filter`, newest first (those recorded in
     /// the last half second included).
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, NodeError> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{Inner, Node, NodeError, load};
+use super::{Inner, Local, NodeError, load};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState, Replicas, key,
 };
@@ -31,7 +31,7 @@ pub enum Placement {
     Cluster(Arc<ClusterState>),
 }
 
-impl Node {
+impl Local {
     /// Takes a new cluster state: loads the shards placement now gives this node
     /// and restores its trashed copies that placement wants back. Returns the
     /// databases whose loads started.

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Node, NodeError, load, scrub};
+use super::{Local, NodeError, load, scrub};
 use crate::catalog::{DATABASES, DatabaseRecord, DbState};
 use crate::sync::lock;
 
-impl Node {
+impl Local {
     pub(super) fn resume_loads(&self) -> Result<(), NodeError> {
         let records: Vec<(String, DatabaseRecord)> = self.inner.catalog.scan(DATABASES, "")?;
         let parts: Vec<(String, crate::catalog::PartRecord)> =

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Node, NodeError};
+use super::{Local, NodeError};
 use crate::catalog::PartState;
 
 pub use crate::placement::HeldState;
@@ -24,7 +24,7 @@ impl HeldState {
     }
 }
 
-impl Node {
+impl Local {
     /// This node's inventory.
     pub fn inventory(&self) -> Result<Inventory, NodeError> {
         let mut inventory = Inventory {

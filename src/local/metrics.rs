@@ -16,9 +16,8 @@ use prometheus::{
 };
 use tracing::warn;
 
-use super::{HeldState, Inventory, Load, Node, NodeError};
+use super::{HeldState, Inventory, Load, Local, NodeError};
 use crate::catalog::DbState;
-use crate::cluster::ClusterStatus;
 use crate::storage::DiskStats;
 
 /// The `analysis` label of a query or map request naming no analysis this node
@@ -57,7 +56,7 @@ pub struct Gauge {
 }
 
 impl Gauge {
-    fn new(name: &'static str, help: &'static str, value: f64) -> Gauge {
+    pub(crate) fn new(name: &'static str, help: &'static str, value: f64) -> Gauge {
         Gauge {
             name,
             help,
@@ -66,7 +65,7 @@ impl Gauge {
         }
     }
 
-    fn label(mut self, name: &'static str, value: impl Into<String>) -> Gauge {
+    pub(crate) fn label(mut self, name: &'static str, value: impl Into<String>) -> Gauge {
         self.labels.push((name, value.into()));
         self
     }
@@ -284,16 +283,9 @@ const DATABASE_STATES: [(DbState, &str); 4] = [
     (DbState::Trashed, "trashed"),
 ];
 
-/// The gauges of a scrape, from this node's state: its inventory, its disks, its
-/// map work under way, and the cluster as it sees it (`None` outside a cluster:
-/// the member and primary gauges are left out).
-pub fn gauges(
-    node_id: &str,
-    inventory: &Inventory,
-    disks: &[DiskStats],
-    load: Load,
-    cluster: Option<&ClusterStatus>,
-) -> Vec<Gauge> {
+/// The gauges of a scrape, from this node's own state: its inventory, its
+/// disks and its map work under way (the cluster's are `cluster::gauges`).
+pub fn gauges(inventory: &Inventory, disks: &[DiskStats], load: Load) -> Vec<Gauge> {
     let mut out = Vec::new();
     for (state, label) in SHARD_STATES {
         let count = inventory
@@ -325,36 +317,6 @@ pub fn gauges(
             )
             .label("state", label),
         );
-    }
-    if let Some(cluster) = cluster {
-        let live = cluster.members.iter().filter(|m| m.live).count();
-        let dead = cluster.members.len() - live;
-        for (state, count) in [("live", live), ("dead", dead)] {
-            out.push(
-                Gauge::new(
-                    "dram_members",
-                    "Cluster members this node sees, by state.",
-                    count as f64,
-                )
-                .label("state", state),
-            );
-        }
-        let primary = cluster.primary.as_ref();
-        out.push(Gauge::new(
-            "dram_primary_term",
-            "Term of the primary this node sees confirmed (0: none).",
-            primary.map_or(0, |p| p.term) as f64,
-        ));
-        out.push(Gauge::new(
-            "dram_is_primary",
-            "1 when this node is the confirmed primary.",
-            f64::from(u8::from(primary.is_some_and(|p| p.id == node_id))),
-        ));
-        out.push(Gauge::new(
-            "dram_registry_disagreements",
-            "Members whose registry has differed from the majority's for too long.",
-            cluster.disagreements.len() as f64,
-        ));
     }
     for disk in disks {
         let samples = [
@@ -396,21 +358,11 @@ pub fn gauges(
     out
 }
 
-impl Node {
+impl Local {
     /// The gauges of a scrape of this node (see [`gauges`]).
     pub async fn metric_gauges(&self) -> Result<Vec<Gauge>, NodeError> {
         let inventory = self.inventory()?;
-        let cluster = match self.membership() {
-            Some(membership) => Some(membership.status(self).await?),
-            None => None,
-        };
-        let mut out = gauges(
-            self.id(),
-            &inventory,
-            &self.disk_stats(),
-            self.load(),
-            cluster.as_ref(),
-        );
+        let mut out = gauges(&inventory, &self.disk_stats(), self.load());
         let scrub = self.inner.scrub.status();
         out.extend([
             Gauge::new(
@@ -448,7 +400,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::node::{HeldDatabase, HeldPart};
+    use crate::local::{HeldDatabase, HeldPart};
 
     fn sample(text: &str, line_start: &str) -> Option<f64> {
         text.lines()
@@ -595,7 +547,7 @@ mod tests {
             inflight: 2,
             p99_ms: 0,
         };
-        let gauges = gauges("n1", &inventory, &[disk], load, None);
+        let gauges = gauges(&inventory, &[disk], load);
         let text = Metrics::new("n1").render(&gauges).unwrap();
         let at = |line: &str| sample(&text, line);
         assert_eq!(at(r#"dram_shards{state="ready"}"#), Some(2.0));

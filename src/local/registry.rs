@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{Inner, Node, NodeError, load};
+use super::{Inner, Local, NodeError, load};
 use crate::catalog::{
     ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, DbState, PARTS, PINS, PartRecord,
     PartState, Writer, key,
@@ -26,7 +26,7 @@ pub(super) struct LocalWork {
     pub trashed: Vec<String>,
 }
 
-impl Node {
+impl Local {
     /// This node's registry, tombstones included, from one catalog snapshot.
     pub fn registry(&self) -> Result<Registry, NodeError> {
         self.inner.registry()
@@ -67,7 +67,7 @@ impl Node {
     }
 }
 
-impl Node {
+impl Local {
     /// Pins shards where the rebalancer moves them (`database/shard` → members),
     /// in one transaction; the registry carries them to every member.
     pub fn pin_shards(&self, pins: &[(String, Vec<String>)]) -> Result<(), NodeError> {
