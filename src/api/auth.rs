@@ -88,7 +88,7 @@ fn need(method: &Method, path: &str) -> Need {
 }
 
 /// `%xx` escapes decoded (names are ASCII; anything else is left as is).
-fn percent_decode(text: &str) -> Option<String> {
+pub(super) fn percent_decode(text: &str) -> Option<String> {
     if !text.contains('%') {
         return Some(text.to_string());
     }

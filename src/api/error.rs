@@ -132,9 +132,6 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     if let Some(refused) = rejection.find::<super::auth::Refused>() {
         return Ok(refused.response());
     }
-    if rejection.find::<super::cluster::Unauthorized>().is_some() {
-        return Ok(super::cluster::unauthorized_response());
-    }
     match rejection.find::<BodyError>() {
         Some(BodyError::Timeout(ms)) => {
             return Ok(closing(error_response(

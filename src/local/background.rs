@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::{Local, NodeError, load, scrub};
+use super::{Local, NodeError, load, retry, scrub};
 use crate::catalog::{DATABASES, DatabaseRecord, DbState};
 use crate::sync::lock;
 
@@ -33,7 +33,7 @@ impl Local {
                 // A restart is a retry: the first try comes at once.
                 lock(&self.inner.load_retries).insert(
                     record.name.clone(),
-                    load::Retry {
+                    retry::Retry {
                         failures: 0,
                         at: std::time::Instant::now(),
                     },
@@ -63,7 +63,7 @@ impl Local {
                 if let Err(e) = inner.flush_events() {
                     warn!(error = %e, "writing events failed");
                 }
-                if let Err(e) = load::retry_due(&inner) {
+                if let Err(e) = retry::retry_due(&inner) {
                     warn!(error = %e, "retrying failed loads failed");
                 }
                 if let Err(e) = inner.purge_expired().await {

@@ -320,4 +320,21 @@ impl Local {
         }
         Ok(record.version.unwrap_or_default())
     }
+
+    /// The shards of `database` this node serves its own copy of (one scan of
+    /// its part records).
+    pub(crate) fn serving_shards(
+        &self,
+        database: &str,
+    ) -> Result<std::collections::HashSet<String>, NodeError> {
+        let parts: Vec<(String, PartRecord)> = self.catalog().scan(PARTS, &key(&[database, ""]))?;
+        Ok(parts
+            .into_iter()
+            .filter(|(_, record)| record.is_serving())
+            .filter_map(|(k, _)| {
+                let part = Part::from_key(k.split('\0').nth(1)?)?;
+                part.shard_id().map(str::to_string)
+            })
+            .collect())
+    }
 }

@@ -20,9 +20,14 @@ pub enum NodeError {
     Catalog(#[from] CatalogError),
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// The backup store (`backup.url`) failed or could not be reached.
-    #[error("{0}")]
-    BackupStore(String),
+    /// The backup store (`backup.url`) failed or could not be reached:
+    /// what dram was doing there, and why it failed.
+    #[error("backup store {url}: {doing}: {reason}")]
+    BackupStore {
+        url: String,
+        doing: String,
+        reason: String,
+    },
 }
 
 impl NodeError {
@@ -44,7 +49,7 @@ impl NodeError {
             NodeError::Storage(_) => "storage_error",
             NodeError::Catalog(_) => "catalog_error",
             NodeError::ShuttingDown => "shutting_down",
-            NodeError::BackupStore(_) => "backup_store_error",
+            NodeError::BackupStore { .. } => "backup_store_error",
         }
     }
 
@@ -57,7 +62,7 @@ impl NodeError {
             NodeError::Conflict(_) => 409,
             NodeError::NotReady(_) => 409,
             NodeError::ShuttingDown => 503,
-            NodeError::BackupStore(_) => 502,
+            NodeError::BackupStore { .. } => 502,
             NodeError::Storage(_) | NodeError::Catalog(_) => 500,
         }
     }

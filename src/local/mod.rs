@@ -19,6 +19,7 @@ mod load;
 pub mod metrics;
 mod placement;
 mod registry;
+mod retry;
 mod scrub;
 mod shard;
 mod space;
@@ -98,7 +99,7 @@ pub(crate) struct Inner {
     /// Wraps the store of every source this node opens (fault injection).
     store_layer: Option<crate::storage::StoreLayer>,
     /// Databases whose last load failed: failures in a row and when to retry.
-    load_retries: Mutex<HashMap<String, load::Retry>>,
+    load_retries: Mutex<HashMap<String, retry::Retry>>,
     /// Prometheus counters and histograms (see `metrics`).
     pub(crate) metrics: metrics::Metrics,
     /// Events waiting to be written to the catalog.

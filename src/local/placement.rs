@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{Inner, Local, NodeError, load};
+use super::{Inner, Local, NodeError, load, retry};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState, Replicas, key,
 };
@@ -60,7 +60,7 @@ impl Local {
                 .filter_map(|p| p.shard_id().map(str::to_string))
                 .collect();
             let wanted = inner.shards_for(&state, &name, record.replicas, &shard_ids);
-            if inner.hold(&record, &wanted)? && !running && load::due(inner, &name) {
+            if inner.hold(&record, &wanted)? && !running && retry::due(inner, &name) {
                 load::spawn(inner, &name);
                 started.push(name);
             }

@@ -182,7 +182,7 @@ impl Queries {
         query: &RootQuery,
         shard_ids: Vec<String>,
     ) -> Result<Gathered, QueryError> {
-        let here = self.serving_shards(&query.database)?;
+        let here = self.local.serving_shards(&query.database)?;
         let (local, remote): (Vec<String>, Vec<String>) =
             shard_ids.into_iter().partition(|id| here.contains(id));
         let local_work = async {
@@ -333,27 +333,6 @@ impl Queries {
             .map_or_else(|| format!("HTTP {status}"), str::to_string);
         // The member's own verdict (e.g. a real 404) is passed on as it is.
         Some(Err(remote(status.as_u16(), code, message)))
-    }
-
-    /// The shards of `database` this node serves its own copy of (one scan of
-    /// its part records).
-    pub(crate) fn serving_shards(
-        &self,
-        database: &str,
-    ) -> Result<std::collections::HashSet<String>, QueryError> {
-        let parts: Vec<(String, crate::catalog::PartRecord)> = self
-            .local
-            .catalog()
-            .scan(crate::catalog::PARTS, &crate::catalog::key(&[database, ""]))
-            .map_err(NodeError::from)?;
-        Ok(parts
-            .into_iter()
-            .filter(|(_, record)| record.is_serving())
-            .filter_map(|(k, _)| {
-                let part = crate::storage::Part::from_key(k.split('\0').nth(1)?)?;
-                part.shard_id().map(str::to_string)
-            })
-            .collect())
     }
 
     /// `POST /v1/internal/map`: maps shards of the pinned version here and

@@ -63,8 +63,12 @@ impl BackupStore {
         })?;
         let parsed = SourceUrl::parse(url)
             .map_err(|e| NodeError::InvalidInput(format!("backup.url: {e}")))?;
-        let source = Source::open(&parsed, &config.store, true)
-            .map_err(|e| NodeError::BackupStore(format!("backup store {url}: {e}")))?;
+        let source =
+            Source::open(&parsed, &config.store, true).map_err(|e| NodeError::BackupStore {
+                url: url.to_string(),
+                doing: "opening it".into(),
+                reason: e.to_string(),
+            })?;
         Ok(BackupStore {
             source,
             cluster_id: config.cluster.id.clone(),
@@ -79,8 +83,12 @@ impl BackupStore {
         self.source.object_path(name)
     }
 
-    fn failed(&self, what: &str, e: object_store::Error) -> NodeError {
-        NodeError::BackupStore(format!("backup store {}: {what}: {e}", self.source.url))
+    fn failed(&self, doing: &str, why: impl std::fmt::Display) -> NodeError {
+        NodeError::BackupStore {
+            url: self.source.url.clone(),
+            doing: doing.to_string(),
+            reason: why.to_string(),
+        }
     }
 
     /// Writes `backup` under a new name (`nonce` drawn by the caller) and
@@ -111,9 +119,7 @@ impl BackupStore {
             if let Err(e) = self.source.store.delete(&path).await {
                 warn!(backup = %text, error = %e, "cannot delete a backup that failed verification");
             }
-            return Err(NodeError::BackupStore(format!(
-                "backup {text} failed verification after writing: {why}"
-            )));
+            return Err(self.failed(&format!("verifying {text} after writing it"), why));
         }
         if let Err(e) = self.prune(keep).await {
             warn!(error = %e, "pruning old backups failed");
@@ -186,7 +192,7 @@ impl BackupStore {
             let text = name.to_string();
             let error = match self.read(&text).await {
                 Ok(_) => None,
-                Err(NodeError::BackupStore(e)) => return Err(NodeError::BackupStore(e)),
+                Err(e @ NodeError::BackupStore { .. }) => return Err(e),
                 Err(NodeError::NotFound { .. }) => return Ok(None), // deleted meanwhile
                 Err(e) => Some(e.to_string()),
             };
@@ -213,7 +219,7 @@ impl BackupStore {
             let text = name.to_string();
             match self.read(&text).await {
                 Ok(backup) => return Ok(Some((text, backup))),
-                Err(e @ NodeError::BackupStore(_)) => return Err(e),
+                Err(e @ NodeError::BackupStore { .. }) => return Err(e),
                 Err(NodeError::NotFound { .. }) => {}
                 Err(e) => warn!(backup = %text, error = %e, "skipping a backup that is not valid"),
             }

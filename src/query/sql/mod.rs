@@ -24,6 +24,7 @@
 pub(crate) mod analysis;
 pub(crate) mod colocate;
 pub(crate) mod preempt;
+pub(crate) mod remote;
 pub(crate) mod routing;
 mod run;
 pub(crate) mod store;

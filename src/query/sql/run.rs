@@ -338,7 +338,7 @@ impl Queries {
             allow_partial,
             deadline,
         } = *asked;
-        let here = self.serving_shards(database)?;
+        let here = self.local.serving_shards(database)?;
         let own = engine.url.get().cloned();
         let mut chosen: HashMap<String, Url> = HashMap::new();
         let mut nodes: BTreeMap<String, usize> = BTreeMap::new();
