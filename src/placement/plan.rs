@@ -249,11 +249,12 @@ pub fn what_if(layout: &Layout, cluster: &ClusterState, replicas: Replicas) -> V
         .collect()
 }
 
+/// Clusters for tests: members of one zone and equal weight.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Candidate, ClusterState};
 
-    fn candidate(id: &str) -> Candidate {
+    pub(crate) fn candidate(id: &str) -> Candidate {
         Candidate {
             id: id.to_string(),
             zone: String::new(),
@@ -261,6 +262,16 @@ mod tests {
             full: false,
         }
     }
+
+    pub(crate) fn cluster(ids: &[&str]) -> ClusterState {
+        ClusterState::new(ids.iter().map(|id| candidate(id)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{candidate, cluster};
+    use super::*;
 
     fn layout(shards: usize, replicas: u32) -> Layout {
         Layout {
@@ -271,9 +282,6 @@ mod tests {
         }
     }
 
-    fn cluster(ids: &[&str]) -> ClusterState {
-        ClusterState::new(ids.iter().map(|id| candidate(id)).collect())
-    }
 
     fn hold(cluster: &mut ClusterState, node: &str, shard: &str, state: HeldState) {
         cluster.set_state(node, "db", shard, state);

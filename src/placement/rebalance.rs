@@ -250,21 +250,9 @@ pub fn rebalance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Candidate;
+    use crate::placement::plan::fixtures::cluster;
     use crate::records::Replicas;
 
-    fn cluster(ids: &[&str]) -> ClusterState {
-        ClusterState::new(
-            ids.iter()
-                .map(|id| Candidate {
-                    id: id.to_string(),
-                    zone: String::new(),
-                    weight: 1,
-                    full: false,
-                })
-                .collect(),
-        )
-    }
 
     /// Places every shard where `chosen` says, ready, and returns the use.
     fn settle(layouts: &[Layout], state: &mut ClusterState) -> Vec<Usage> {

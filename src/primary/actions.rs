@@ -214,20 +214,9 @@ async fn post_trash(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Candidate;
 
     fn state(ready_on: &[&str]) -> ClusterState {
-        let ids = ["a", "b", "c"];
-        let mut cluster = ClusterState::new(
-            ids.iter()
-                .map(|id| Candidate {
-                    id: id.to_string(),
-                    zone: String::new(),
-                    weight: 1,
-                    full: false,
-                })
-                .collect(),
-        );
+        let mut cluster = crate::placement::plan::fixtures::cluster(&["a", "b", "c"]);
         for id in ready_on {
             cluster.set_state(id, "db", "0", HeldState::Ready);
         }
