@@ -71,6 +71,7 @@ pub mod local;
 pub mod names;
 pub mod net;
 pub mod node;
+pub mod observe;
 pub mod placement;
 pub mod primary;
 pub mod publish;

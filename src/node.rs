@@ -21,8 +21,8 @@ use tracing::warn;
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{ClusterStatus, Membership, SignedUdpTransport};
 use crate::config::Config;
-use crate::local::metrics::{Gauge, Metrics};
 use crate::local::{Local, NodeError};
+use crate::observe::{Gauge, Metrics};
 use crate::primary::Role;
 use crate::query::{Analyses, Queries, QueryError, QueryRequest, QueryResponse};
 use crate::sync::lock;
@@ -218,7 +218,7 @@ impl Node {
 
     /// The gauges of a scrape: this member's own, and its view of the cluster.
     pub async fn metric_gauges(&self) -> Result<Vec<Gauge>, NodeError> {
-        let mut gauges = self.inner.local.metric_gauges().await?;
+        let mut gauges = self.inner.local.metric_gauges()?;
         if let Some(status) = self.cluster_status().await? {
             gauges.extend(status.gauges());
         }

@@ -14,9 +14,9 @@ use warp::reply::Response;
 
 use super::error::respond;
 use crate::local::NodeError;
-use crate::local::events::{Event, EventFilter, EventKind};
 use crate::local::index::{BlobIndex, DatabaseIndex, DisksIndex, max_over_mean};
 use crate::node::Node;
+use crate::observe::events::{Event, EventFilter, EventKind};
 
 /// Events listed unless `limit` says otherwise.
 const DEFAULT_EVENTS: usize = 100;
@@ -189,10 +189,10 @@ async fn events(node: &Node, query: EventsQuery) -> Result<Value, NodeError> {
         })?),
     };
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
-    if limit == 0 || limit > crate::local::events::MAX_LIMIT {
+    if limit == 0 || limit > crate::observe::events::MAX_LIMIT {
         return Err(NodeError::InvalidInput(format!(
             "limit must be in 1..={}",
-            crate::local::events::MAX_LIMIT
+            crate::observe::events::MAX_LIMIT
         )));
     }
     let filter = EventFilter {
@@ -202,8 +202,10 @@ async fn events(node: &Node, query: EventsQuery) -> Result<Value, NodeError> {
     };
     let own = node
         .local()
-        .events(&filter)
-        .map(|events| json!({"events": events}));
+        .events()
+        .list(&filter)
+        .map(|events| json!({"events": events}))
+        .map_err(NodeError::from);
     if !cluster_scope(query.scope.as_deref())? {
         return own.map(|v| json!({"node": node.id(), "events": v["events"]}));
     }

@@ -60,7 +60,7 @@ impl Local {
                     _ = shutdown_rx.changed() => return,
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = inner.flush_events() {
+                if let Err(e) = inner.events.flush() {
                     warn!(error = %e, "writing events failed");
                 }
                 if let Err(e) = retry::retry_due(&inner) {

@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::DiskTrend;
 use super::{Inner, Local, NodeError};
 use crate::catalog::{
     BLOB_USES, CACHE, CacheEntry, DATABASES, DatabaseRecord, DbState, MANIFESTS, PARTS, PartRecord,
     READS, ReadStats, Writer, key,
 };
+use crate::observe::events::DiskTrend;
 use crate::storage::{Manifest, Part, StorageError};
 use crate::sync::lock;
 
@@ -368,7 +368,7 @@ impl Local {
         let inner = &self.inner;
         let now = self.now_ms();
         let hour = 3_600_000;
-        let trends = self.event_trends(24, now.saturating_sub(hour))?;
+        let trends = self.inner.events.trends(24, now.saturating_sub(hour))?;
         let held: Vec<(String, PartRecord)> = inner.catalog.scan(PARTS, "")?;
         let reads = inner.part_reads()?;
         let mut disks = Vec::new();

@@ -411,7 +411,9 @@ async fn fetch_all(
         commit_parts(inner, name, &parts, hashes_learned.then_some(&*manifest))?;
         for (part, disk) in completed {
             if let Some((began, bytes, files)) = writes.remove(&part) {
-                inner.record_write(name, &part.key(), &disk, bytes, files, began.elapsed());
+                inner
+                    .events
+                    .record_write(name, &part.key(), &disk, bytes, files, began.elapsed());
             }
         }
     }

@@ -11,12 +11,10 @@ mod background;
 mod databases;
 mod durable;
 mod error;
-pub mod events;
 mod gc;
 pub mod index;
 mod inventory;
 mod load;
-pub mod metrics;
 mod placement;
 mod registry;
 mod retry;
@@ -38,6 +36,8 @@ use crate::catalog::{Catalog, DATABASES, DatabaseRecord, META};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::hlc::HlcClock;
+pub use crate::observe::Load;
+use crate::observe::{Events, LoadGuard, LoadTracker, Metrics};
 use crate::storage::{Disk, StorageError};
 use crate::sync::lock;
 
@@ -70,7 +70,7 @@ pub struct Local {
 pub(crate) struct Inner {
     config: Config,
     node_id: String,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     disks: Vec<Arc<Disk>>,
     download_slots: Arc<Semaphore>,
     loads: Mutex<HashMap<String, load::LoadHandle>>,
@@ -100,51 +100,31 @@ pub(crate) struct Inner {
     store_layer: Option<crate::storage::StoreLayer>,
     /// Databases whose last load failed: failures in a row and when to retry.
     load_retries: Mutex<HashMap<String, retry::Retry>>,
-    /// Prometheus counters and histograms (see `metrics`).
-    pub(crate) metrics: metrics::Metrics,
+    /// Prometheus counters and histograms.
+    pub(crate) metrics: Metrics,
     /// Events waiting to be written to the catalog.
-    events: events::EventLog,
+    events: Events,
     shutdown_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The background re-hash of every blob (see `scrub`).
     scrub: Arc<scrub::Scrubber>,
 }
 
-/// Map work under way on this node and how long recent map work took.
-#[derive(Default)]
-pub(crate) struct LoadTracker {
-    inflight: AtomicU64,
-    /// The last `RECENT` durations, in microseconds.
-    recent: Mutex<std::collections::VecDeque<u64>>,
-}
-
-/// Durations kept for the p99 of the `load` key.
-const RECENT: usize = 256;
-
-/// Ends one unit of map work when dropped.
-pub(crate) struct LoadGuard<'a> {
-    tracker: &'a LoadTracker,
-    started: std::time::Instant,
-}
-
-impl Drop for LoadGuard<'_> {
-    fn drop(&mut self) {
-        self.tracker.inflight.fetch_sub(1, Ordering::Relaxed);
-        let mut recent = lock(&self.tracker.recent);
-        if recent.len() == RECENT {
-            recent.pop_front();
+impl Inner {
+    /// Records an exception (an event, and the failures counter of its disk).
+    pub(crate) fn record_error(
+        &self,
+        disk: Option<&str>,
+        database: Option<&str>,
+        part: Option<&str>,
+        error: &StorageError,
+    ) {
+        if let Some(disk) = disk {
+            let class = crate::observe::events::ErrorClass::of(error);
+            self.metrics.download_failed(disk, class.name());
         }
-        recent.push_back(self.started.elapsed().as_micros() as u64);
+        self.events.record_error(disk, database, part, error);
     }
-}
-
-/// What the `load` gossip key says of a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Load {
-    /// Map requests (local or for other roots) under way.
-    pub inflight: u64,
-    /// p99 of the recent ones, in milliseconds.
-    pub p99_ms: u64,
 }
 
 #[derive(Default)]
@@ -176,11 +156,12 @@ impl Local {
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
         let data_dir = config.node.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io(&data_dir))?;
-        let catalog = Catalog::open(&data_dir.join("catalog.redb"))?;
+        let catalog = Arc::new(Catalog::open(&data_dir.join("catalog.redb"))?);
         let (disks, unsynced) = durable::open_disks(&config, &catalog)?;
         let node_id = node_id(&config, &catalog)?;
         let (shutdown_tx, _) = watch::channel(false);
-        let metrics = metrics::Metrics::new(&node_id);
+        let metrics = Metrics::new(&node_id);
+        let events = Events::new(&node_id, catalog.clone(), time.clone(), &config.index);
         let started_ms = time.now_ms();
         let inner = Arc::new(Inner {
             download_slots: Arc::new(Semaphore::new(config.download.concurrency)),
@@ -207,7 +188,7 @@ impl Local {
             load: LoadTracker::default(),
             store_layer,
             load_retries: Mutex::default(),
-            events: events::EventLog::default(),
+            events,
             metrics,
             shutdown_tx,
             tasks: Mutex::default(),
@@ -261,7 +242,7 @@ impl Local {
     }
 
     /// This node's Prometheus metrics.
-    pub fn metrics(&self) -> &metrics::Metrics {
+    pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
@@ -287,7 +268,15 @@ impl Local {
         files: u64,
         bytes: u64,
     ) {
-        self.inner.record_read(database, part, disk, files, bytes);
+        self.inner.metrics.read_bytes(disk, bytes);
+        self.inner
+            .events
+            .record_read(database, part, disk, files, bytes);
+    }
+
+    /// This node's event log.
+    pub fn events(&self) -> &Events {
+        &self.inner.events
     }
 
     pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
@@ -296,25 +285,12 @@ impl Local {
 
     /// Counts map work under way until the guard drops.
     pub(crate) fn track_load(&self) -> LoadGuard<'_> {
-        self.inner.load.inflight.fetch_add(1, Ordering::Relaxed);
-        LoadGuard {
-            tracker: &self.inner.load,
-            started: std::time::Instant::now(),
-        }
+        self.inner.load.track()
     }
 
     /// Map work under way now and the p99 of recent map work.
     pub fn load(&self) -> Load {
-        let mut recent: Vec<u64> = lock(&self.inner.load.recent).iter().copied().collect();
-        recent.sort_unstable();
-        let p99 = recent
-            .get((recent.len() * 99 / 100).min(recent.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0);
-        Load {
-            inflight: self.inner.load.inflight.load(Ordering::Relaxed),
-            p99_ms: p99 / 1000,
-        }
+        self.inner.load.load()
     }
 
     /// Stops background tasks and loads; flushes counters. Idempotent.
@@ -333,7 +309,7 @@ impl Local {
         if let Err(e) = self.inner.flush_counters() {
             warn!(error = %e, "flushing counters at shutdown failed");
         }
-        if let Err(e) = self.inner.flush_events() {
+        if let Err(e) = self.inner.events.flush() {
             warn!(error = %e, "writing events at shutdown failed");
         }
     }

@@ -197,3 +197,40 @@ impl Inner {
         Ok(stats)
     }
 }
+
+impl Local {
+    /// The gauges of a scrape of this node (see [`crate::observe::metrics::gauges`]).
+    pub fn metric_gauges(&self) -> Result<Vec<crate::observe::Gauge>, NodeError> {
+        let inventory = self.inventory()?;
+        let mut out = crate::observe::metrics::gauges(&inventory, &self.disk_stats(), self.load());
+        let scrub = self.inner.scrub.status();
+        out.extend([
+            crate::observe::Gauge::new(
+                "dram_scrub_running",
+                "1 while a scrub pass re-hashes this node's blobs.",
+                f64::from(u8::from(scrub.running)),
+            ),
+            crate::observe::Gauge::new(
+                "dram_scrub_pass_checked_bytes",
+                "Bytes the current (or last) scrub pass has hashed.",
+                scrub.bytes_checked as f64,
+            ),
+            crate::observe::Gauge::new(
+                "dram_scrub_pass_bytes",
+                "Bytes the current (or last) scrub pass hashes in all.",
+                scrub.bytes_total as f64,
+            ),
+            crate::observe::Gauge::new(
+                "dram_scrub_passes",
+                "Scrub passes completed since this node started.",
+                scrub.passes as f64,
+            ),
+            crate::observe::Gauge::new(
+                "dram_scrub_damaged_blobs",
+                "Damaged blobs found (and quarantined) since this node started.",
+                scrub.damaged as f64,
+            ),
+        ]);
+        Ok(out)
+    }
+}

@@ -282,7 +282,6 @@ mod tests {
         }
     }
 
-
     fn hold(cluster: &mut ClusterState, node: &str, shard: &str, state: HeldState) {
         cluster.set_state(node, "db", shard, state);
     }

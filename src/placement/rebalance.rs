@@ -253,7 +253,6 @@ mod tests {
     use crate::placement::plan::fixtures::cluster;
     use crate::records::Replicas;
 
-
     /// Places every shard where `chosen` says, ready, and returns the use.
     fn settle(layouts: &[Layout], state: &mut ClusterState) -> Vec<Usage> {
         state.holdings.clear();

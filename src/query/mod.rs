@@ -205,7 +205,7 @@ impl Queries {
         let result = self.run_query(target, analysis_name, request).await;
         let analysis = match self.analyses().get(analysis_name) {
             Some(_) => analysis_name,
-            None => crate::local::metrics::UNKNOWN_ANALYSIS,
+            None => crate::observe::metrics::UNKNOWN_ANALYSIS,
         };
         let outcome = result.as_ref().map_or_else(QueryError::code, |_| "ok");
         self.local

@@ -341,7 +341,7 @@ impl Queries {
         let analysis = self.analyses().get(&request.analysis);
         self.local.metrics().map_request(match analysis {
             Some(_) => &request.analysis,
-            None => crate::local::metrics::UNKNOWN_ANALYSIS,
+            None => crate::observe::metrics::UNKNOWN_ANALYSIS,
         });
         let analysis =
             analysis.ok_or_else(|| QueryError::UnknownAnalysis(request.analysis.clone()))?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::RegistryDigest;
 use crate::cluster::health::HealthReport;
 use crate::local::InventoryDigest;
-use crate::local::metrics::Gauge;
+use crate::observe::Gauge;
 
 /// The `node` key: what a member is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +101,7 @@ pub struct Member {
     pub primary: Option<PrimaryKey>,
     /// Map work under way and its recent p99 (`load` key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load: Option<crate::local::Load>,
+    pub load: Option<crate::observe::Load>,
     /// The member is shutting down (`leaving` key): no new map requests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,

@@ -7,17 +7,20 @@
 //! - `error`: a checksum mismatch, a local I/O error or an object-store error,
 //!   with its disk.
 //!
-//! Recording only touches memory; the background task flushes every 500 ms
-//! (one catalog commit when something happened) and prunes now and then.
+//! Recording only touches memory; the node's background task flushes every
+//! 500 ms (one catalog commit when something happened) and prunes now and
+//! then. [`Events`] owns all of it: the events waiting, its catalog handle,
+//! the node's clock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Inner, Local, NodeError};
-use crate::catalog::EVENTS;
+use crate::catalog::{Catalog, CatalogError, EVENTS};
+use crate::clock::Clock;
+use crate::config::IndexConfig;
 use crate::storage::StorageError;
 use crate::sync::lock;
 
@@ -148,9 +151,15 @@ struct ReadTally {
     bytes: u64,
 }
 
-/// Events waiting for the next flush.
-#[derive(Default)]
-pub(crate) struct EventLog {
+/// This node's event log: the events waiting for the next flush, and the
+/// ones kept in the catalog.
+pub struct Events {
+    node_id: String,
+    catalog: Arc<Catalog>,
+    time: Arc<dyn Clock>,
+    /// How long and how many events are kept.
+    retention_ms: u64,
+    max_events: u64,
     pending: Mutex<Vec<Event>>,
     /// (database, part) → reads; disks by index into `disks`.
     reads: Mutex<HashMap<(String, String), ReadTally>>,
@@ -159,9 +168,33 @@ pub(crate) struct EventLog {
     flushes: AtomicU64,
 }
 
-impl Inner {
+impl Events {
+    pub fn new(
+        node_id: &str,
+        catalog: Arc<Catalog>,
+        time: Arc<dyn Clock>,
+        config: &IndexConfig,
+    ) -> Events {
+        Events {
+            node_id: node_id.to_string(),
+            catalog,
+            time,
+            retention_ms: config.event_retention_secs.saturating_mul(1000),
+            max_events: config.max_events,
+            pending: Mutex::default(),
+            reads: Mutex::default(),
+            disks: Mutex::default(),
+            sequence: AtomicU64::default(),
+            flushes: AtomicU64::default(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.time.now_ms()
+    }
+
     /// Records a finished download of one part.
-    pub(crate) fn record_write(
+    pub fn record_write(
         &self,
         database: &str,
         part: &str,
@@ -179,11 +212,11 @@ impl Inner {
         event.files = Some(files);
         event.span_ms = Some(took.as_millis() as u64);
         event.mb_s = (secs > 0.0).then(|| (bytes as f64 / 1e6 / secs * 100.0).round() / 100.0);
-        lock(&self.events.pending).push(event);
+        lock(&self.pending).push(event);
     }
 
     /// Records an exception: a failed fetch (each try), a local I/O error.
-    pub(crate) fn record_error(
+    pub fn record_error(
         &self,
         disk: Option<&str>,
         database: Option<&str>,
@@ -191,9 +224,6 @@ impl Inner {
         error: &StorageError,
     ) {
         let class = ErrorClass::of(error);
-        if let Some(disk) = disk {
-            self.metrics.download_failed(disk, class.name());
-        }
         let mut event = Event::new(EventKind::Error, &self.node_id, self.now_ms());
         event.disk = disk.map(str::to_string);
         event.database = database.map(str::to_string);
@@ -202,21 +232,13 @@ impl Inner {
             class,
             message: error.to_string(),
         });
-        lock(&self.events.pending).push(event);
+        lock(&self.pending).push(event);
     }
 
     /// Records that a query mapped a shard, reading `bytes` in `files` files.
-    pub(crate) fn record_read(
-        &self,
-        database: &str,
-        part: &str,
-        disk: &str,
-        files: u64,
-        bytes: u64,
-    ) {
-        self.metrics.read_bytes(disk, bytes);
+    pub fn record_read(&self, database: &str, part: &str, disk: &str, files: u64, bytes: u64) {
         let disk_index = {
-            let mut disks = lock(&self.events.disks);
+            let mut disks = lock(&self.disks);
             match disks.iter().position(|d| d == disk) {
                 Some(index) => index,
                 None => {
@@ -225,7 +247,7 @@ impl Inner {
                 }
             }
         };
-        let mut reads = lock(&self.events.reads);
+        let mut reads = lock(&self.reads);
         let tally = reads
             .entry((database.to_string(), part.to_string()))
             .or_insert(ReadTally {
@@ -242,12 +264,12 @@ impl Inner {
 
     /// Writes the pending events to the catalog (coalesced reads become one
     /// event per shard), pruning old ones every `PRUNE_EVERY` flushes.
-    pub(crate) fn flush_events(&self) -> Result<(), NodeError> {
-        let mut events: Vec<Event> = std::mem::take(&mut *lock(&self.events.pending));
-        let reads: Vec<((String, String), ReadTally)> = lock(&self.events.reads).drain().collect();
+    pub fn flush(&self) -> Result<(), CatalogError> {
+        let mut events: Vec<Event> = std::mem::take(&mut *lock(&self.pending));
+        let reads: Vec<((String, String), ReadTally)> = lock(&self.reads).drain().collect();
         let now = self.now_ms();
         if !reads.is_empty() {
-            let disks = lock(&self.events.disks).clone();
+            let disks = lock(&self.disks).clone();
             for ((database, part), tally) in reads {
                 let mut event = Event::new(EventKind::Read, &self.node_id, self.now_ms());
                 event.ts_ms = now;
@@ -261,41 +283,32 @@ impl Inner {
                 events.push(event);
             }
         }
-        let flushes = self.events.flushes.fetch_add(1, Ordering::Relaxed) + 1;
+        let flushes = self.flushes.fetch_add(1, Ordering::Relaxed) + 1;
         let prune = flushes.is_multiple_of(PRUNE_EVERY);
         if events.is_empty() && !prune {
             return Ok(());
         }
-        let config = &self.config.index;
         self.catalog.write(|w| {
             for event in &events {
-                let sequence = self.events.sequence.fetch_add(1, Ordering::Relaxed);
+                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
                 w.put(EVENTS, &event_key(event.ts_ms, sequence), event)?;
             }
             if prune {
-                let oldest = now.saturating_sub(config.event_retention_secs.saturating_mul(1000));
-                w.prune(EVENTS, &event_key(oldest, 0), config.max_events)?;
+                let oldest = now.saturating_sub(self.retention_ms);
+                w.prune(EVENTS, &event_key(oldest, 0), self.max_events)?;
             }
-            Ok::<_, NodeError>(())
+            Ok::<_, CatalogError>(())
         })
     }
-}
 
-/// Events sort by time, then by the order they were written.
-fn event_key(ts_ms: u64, sequence: u64) -> String {
-    format!("{ts_ms:016x}\0{:08x}", sequence & 0xffff_ffff)
-}
-
-impl Local {
     /// This node's events matching `filter`, newest first (those recorded in
     /// the last half second included).
-    pub fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, NodeError> {
-        self.inner.flush_events()?;
+    pub fn list(&self, filter: &EventFilter) -> Result<Vec<Event>, CatalogError> {
+        self.flush()?;
         let limit = filter.limit.clamp(1, MAX_LIMIT);
         let from = event_key(filter.since_ms, 0);
         if filter.kind.is_none() {
             return Ok(self
-                .inner
                 .catalog
                 .newest_from::<Event>(EVENTS, &from, limit)?
                 .into_iter()
@@ -306,12 +319,9 @@ impl Local {
         let mut out = Vec::new();
         let mut upper: Option<String> = None;
         loop {
-            let page: Vec<(String, Event)> = self.inner.catalog.newest_from_below::<Event>(
-                EVENTS,
-                &from,
-                upper.as_deref(),
-                1000,
-            )?;
+            let page: Vec<(String, Event)> =
+                self.catalog
+                    .newest_from_below::<Event>(EVENTS, &from, upper.as_deref(), 1000)?;
             let Some((last_key, _)) = page.last() else {
                 break;
             };
@@ -332,11 +342,11 @@ impl Local {
 
     /// Per disk: error events per hour over the last `hours` hours (oldest
     /// first), and bytes written with the time it took, since `since_ms`.
-    pub fn event_trends(&self, hours: usize, since_ms: u64) -> Result<Trends, NodeError> {
-        self.inner.flush_events()?;
+    pub fn trends(&self, hours: usize, since_ms: u64) -> Result<Trends, CatalogError> {
+        self.flush()?;
         let now = self.now_ms();
         let start = now.saturating_sub(hours as u64 * 3_600_000);
-        let events: Vec<(String, Event)> = self.inner.catalog.newest_from::<Event>(
+        let events: Vec<(String, Event)> = self.catalog.newest_from::<Event>(
             EVENTS,
             &event_key(start.min(since_ms), 0),
             usize::MAX,
@@ -373,6 +383,11 @@ impl Local {
         }
         Ok(trends)
     }
+}
+
+/// Events sort by time, then by the order they were written.
+fn event_key(ts_ms: u64, sequence: u64) -> String {
+    format!("{ts_ms:016x}\0{:08x}", sequence & 0xffff_ffff)
 }
 
 /// Error and throughput trends per disk, from the events.

@@ -16,8 +16,10 @@ use prometheus::{
 };
 use tracing::warn;
 
-use super::{HeldState, Inventory, Load, Local, NodeError};
-use crate::catalog::DbState;
+use super::Load;
+use crate::placement::HeldState;
+use crate::placement::inventory::Inventory;
+use crate::records::DbState;
 use crate::storage::DiskStats;
 
 /// The `analysis` label of a query or map request naming no analysis this node
@@ -358,49 +360,12 @@ pub fn gauges(inventory: &Inventory, disks: &[DiskStats], load: Load) -> Vec<Gau
     out
 }
 
-impl Local {
-    /// The gauges of a scrape of this node (see [`gauges`]).
-    pub async fn metric_gauges(&self) -> Result<Vec<Gauge>, NodeError> {
-        let inventory = self.inventory()?;
-        let mut out = gauges(&inventory, &self.disk_stats(), self.load());
-        let scrub = self.inner.scrub.status();
-        out.extend([
-            Gauge::new(
-                "dram_scrub_running",
-                "1 while a scrub pass re-hashes this node's blobs.",
-                f64::from(u8::from(scrub.running)),
-            ),
-            Gauge::new(
-                "dram_scrub_pass_checked_bytes",
-                "Bytes the current (or last) scrub pass has hashed.",
-                scrub.bytes_checked as f64,
-            ),
-            Gauge::new(
-                "dram_scrub_pass_bytes",
-                "Bytes the current (or last) scrub pass hashes in all.",
-                scrub.bytes_total as f64,
-            ),
-            Gauge::new(
-                "dram_scrub_passes",
-                "Scrub passes completed since this node started.",
-                scrub.passes as f64,
-            ),
-            Gauge::new(
-                "dram_scrub_damaged_blobs",
-                "Damaged blobs found (and quarantined) since this node started.",
-                scrub.damaged as f64,
-            ),
-        ]);
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::local::{HeldDatabase, HeldPart};
+    use crate::placement::inventory::{HeldDatabase, HeldPart};
 
     fn sample(text: &str, line_start: &str) -> Option<f64> {
         text.lines()
