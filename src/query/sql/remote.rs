@@ -40,100 +40,103 @@ pub(super) async fn holders(membership: Option<&Membership>, file: &FileRef) -> 
         .collect()
 }
 
-/// The bytes `range` of a file, from holders, in requests of at most
-/// [`MAX_RANGE`] bytes.
-pub(super) async fn read_from_holders(
-    node: &Local,
-    membership: Option<&Membership>,
-    holders: &[String],
-    file: &FileRef,
-    range: &Range<u64>,
-) -> StoreResult<Bytes> {
-    if range.end - range.start <= MAX_RANGE {
-        return read_range_from_holders(node, membership, holders, file, range).await;
-    }
-    let mut bytes = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
-    let mut start = range.start;
-    while start < range.end {
-        let end = (start + MAX_RANGE).min(range.end);
-        bytes.extend_from_slice(
-            &read_range_from_holders(node, membership, holders, file, &(start..end)).await?,
-        );
-        start = end;
-    }
-    Ok(bytes.freeze())
+/// A file of a part this node does not hold, and who holds it.
+pub(super) struct Remote<'a> {
+    pub node: &'a Local,
+    pub membership: Option<&'a Membership>,
+    /// Base URLs of its holders, best first.
+    pub holders: &'a [String],
+    pub file: &'a FileRef,
 }
 
-/// The bytes `range` of a file, from the first holder that answers.
-async fn read_range_from_holders(
-    node: &Local,
-    membership: Option<&Membership>,
-    holders: &[String],
-    file: &FileRef,
-    range: &Range<u64>,
-) -> StoreResult<Bytes> {
-    let Some(membership) = membership else {
-        return Err(generic(format!(
-            "this node holds no copy of {} of {:?} and is in no cluster",
-            file.part.key(),
-            file.database
-        )));
-    };
-    let mut failures = Vec::new();
-    for base in holders {
-        let url = format!(
-            "{}/v1/internal/file/{}",
-            crate::net::base_url(base),
-            file.location()
-        );
-        let mut request = membership.http_client().get(&url).header(
-            "range",
-            format!("bytes={}-{}", range.start, range.end.saturating_sub(1)),
-        );
-        if let Some(secret) = node.config().auth.peer_secret() {
-            request = request.bearer_auth(secret);
+impl Remote<'_> {
+    /// The bytes `range` of the file, in requests of at most [`MAX_RANGE`]
+    /// bytes.
+    pub(super) async fn read(&self, range: &Range<u64>) -> StoreResult<Bytes> {
+        if range.end - range.start <= MAX_RANGE {
+            return self.read_range(range).await;
         }
-        let asked = std::time::Instant::now();
-        let answer = match request.send().await {
-            Ok(response) if response.status().is_success() => response.bytes().await,
-            Ok(response) => {
-                failures.push(format!("{base}: HTTP {}", response.status()));
-                continue;
-            }
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(bytes) if bytes.len() as u64 == range.end - range.start => {
-                tracing::debug!(
-                    file = %file.location(),
-                    bytes = bytes.len(),
-                    ms = asked.elapsed().as_secs_f64() * 1e3,
-                    "sql read a range from a holder"
-                );
-                return Ok(bytes);
-            }
-            Ok(bytes) => failures.push(format!(
-                "{base}: {} bytes instead of {}",
-                bytes.len(),
-                range.end - range.start
-            )),
-            Err(e) => failures.push(format!("{base}: {e}")),
+        let mut bytes = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + MAX_RANGE).min(range.end);
+            bytes.extend_from_slice(&self.read_range(&(start..end)).await?);
+            start = end;
         }
+        Ok(bytes.freeze())
     }
-    Err(generic(if failures.is_empty() {
-        format!(
-            "no live member holds a ready copy of {} of {:?}",
-            file.part.key(),
-            file.database
-        )
-    } else {
-        format!(
-            "cannot read {} of {:?} from its holders: {}",
-            file.path,
-            file.database,
-            failures.join("; ")
-        )
-    }))
+
+    /// The bytes `range` of the file, from the first holder that answers.
+    async fn read_range(&self, range: &Range<u64>) -> StoreResult<Bytes> {
+        let Remote {
+            node,
+            membership,
+            holders,
+            file,
+        } = self;
+        let Some(membership) = membership else {
+            return Err(generic(format!(
+                "this node holds no copy of {} of {:?} and is in no cluster",
+                file.part.key(),
+                file.database
+            )));
+        };
+        let mut failures = Vec::new();
+        for base in holders.iter() {
+            let url = format!(
+                "{}/v1/internal/file/{}",
+                crate::net::base_url(base),
+                file.location()
+            );
+            let mut request = membership.http_client().get(&url).header(
+                "range",
+                format!("bytes={}-{}", range.start, range.end.saturating_sub(1)),
+            );
+            if let Some(secret) = node.config().auth.peer_secret() {
+                request = request.bearer_auth(secret);
+            }
+            let asked = std::time::Instant::now();
+            let answer = match request.send().await {
+                Ok(response) if response.status().is_success() => response.bytes().await,
+                Ok(response) => {
+                    failures.push(format!("{base}: HTTP {}", response.status()));
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(bytes) if bytes.len() as u64 == range.end - range.start => {
+                    tracing::debug!(
+                        file = %file.location(),
+                        bytes = bytes.len(),
+                        ms = asked.elapsed().as_secs_f64() * 1e3,
+                        "sql read a range from a holder"
+                    );
+                    return Ok(bytes);
+                }
+                Ok(bytes) => failures.push(format!(
+                    "{base}: {} bytes instead of {}",
+                    bytes.len(),
+                    range.end - range.start
+                )),
+                Err(e) => failures.push(format!("{base}: {e}")),
+            }
+        }
+        Err(generic(if failures.is_empty() {
+            format!(
+                "no live member holds a ready copy of {} of {:?}",
+                file.part.key(),
+                file.database
+            )
+        } else {
+            format!(
+                "cannot read {} of {:?} from its holders: {}",
+                file.path,
+                file.database,
+                failures.join("; ")
+            )
+        }))
+    }
 }
 
 /// Serves `GET /v1/internal/file/<database>/<version>/<part>/<path>` with a

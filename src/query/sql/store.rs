@@ -285,14 +285,14 @@ impl ObjectStore for DramStore {
                 let bytes = if options.head || range.is_empty() {
                     Bytes::new()
                 } else {
-                    remote::read_from_holders(
-                        &node,
-                        self.membership().as_deref(),
-                        &holders,
-                        &file,
-                        &range,
-                    )
-                    .await?
+                    let membership = self.membership();
+                    let remote = remote::Remote {
+                        node: &node,
+                        membership: membership.as_deref(),
+                        holders: &holders,
+                        file: &file,
+                    };
+                    remote.read(&range).await?
                 };
                 let kind = if file.part == Part::Global {
                     "global"
