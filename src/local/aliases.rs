@@ -9,7 +9,6 @@ use super::{Inner, Local, NodeError};
 use crate::catalog::{ALIASES, AliasRecord, DATABASES, DEFINITIONS, DatabaseRecord, Writer};
 use crate::names::check_name;
 use crate::registry::DefinitionRecord;
-use crate::sync::lock;
 
 /// One action of an atomic alias batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +94,7 @@ impl Inner {
         AliasRecord {
             name: name.to_string(),
             target,
-            version: lock(&self.clock).tick(now),
+            version: self.versions.next(now),
             updated_ms: now,
         }
     }
@@ -160,7 +159,7 @@ impl Inner {
     /// versions never repeat across restarts.
     pub(super) fn observe_registry_clock(&self) -> Result<(), NodeError> {
         if let Some(max) = self.registry()?.digest().max {
-            lock(&self.clock).observe(&max);
+            self.versions.observe(&max);
         }
         Ok(())
     }

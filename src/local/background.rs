@@ -31,13 +31,7 @@ impl Local {
             };
             if record.state == DbState::Failed {
                 // A restart is a retry: the first try comes at once.
-                lock(&self.inner.load_retries).insert(
-                    record.name.clone(),
-                    retry::Retry {
-                        failures: 0,
-                        at: std::time::Instant::now(),
-                    },
-                );
+                self.inner.loads.retry_now(&record.name);
             } else if record.state == DbState::Loading
                 || (record.state == DbState::Ready && downloading())
             {

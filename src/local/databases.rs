@@ -10,7 +10,6 @@ use crate::catalog::{
 use crate::names::check_name;
 use crate::registry::{Definition, DefinitionRecord};
 use crate::storage::{Part, SourceUrl};
-use crate::sync::lock;
 
 /// A request to load a database on this node.
 #[derive(Debug, Clone, Deserialize)]
@@ -187,7 +186,7 @@ impl Local {
             }
             DbState::Loading | DbState::Ready => {}
         }
-        load::cancel(inner, name);
+        inner.loads.cancel(name);
         let trashed = inner.catalog.write(|w| {
             let mut record: DatabaseRecord = w
                 .get(DATABASES, name)?
@@ -198,7 +197,7 @@ impl Local {
             w.put(DEFINITIONS, name, &inner.stamp_definition(name, None))?;
             Ok::<_, NodeError>(record)
         })?;
-        lock(&inner.manifests).remove(name);
+        inner.files.forget(name);
         tracing::info!(database = %name, "database moved to trash");
         inner.info(trashed, false)
     }
@@ -240,7 +239,7 @@ impl Inner {
     ) -> Result<DatabaseInfo, NodeError> {
         let parts: Vec<(String, PartRecord)> =
             self.catalog.scan(PARTS, &key(&[&record.name, ""]))?;
-        let progress = load::progress(self, &record.name);
+        let progress = self.loads.progress(&record.name);
         let mut info = DatabaseInfo {
             purge_at_ms: record
                 .trashed_ms

@@ -14,7 +14,6 @@ use crate::catalog::{
 use crate::hlc::Hlc;
 use crate::registry::DefinitionRecord;
 use crate::storage::{Manifest, Part};
-use crate::sync::lock;
 
 /// What a garbage collection freed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -115,7 +114,7 @@ impl Inner {
 
     /// Removes a database from this node now, then frees its unshared blobs.
     pub(super) async fn purge(&self, name: &str) -> Result<(), NodeError> {
-        super::load::cancel(self, name);
+        self.loads.cancel(name);
         self.forget(name)?;
         self.collect_garbage()?;
         Ok(())
@@ -149,7 +148,7 @@ impl Inner {
                     counter: d.version.counter.saturating_add(1),
                     node: d.version.node,
                 },
-                _ => lock(&self.clock).tick(now),
+                _ => self.versions.next(now),
             };
             let aliases: Vec<(String, AliasRecord)> = w.scan(ALIASES, "")?;
             for (alias, record) in aliases {
@@ -165,8 +164,8 @@ impl Inner {
             }
             Ok::<_, NodeError>(())
         })?;
-        lock(&self.manifests).remove(name);
-        lock(&self.reads).remove(name);
+        self.files.forget(name);
+        self.usage.forget(name);
         info!(database = %name, "database purged");
         Ok(())
     }
@@ -200,7 +199,7 @@ impl Inner {
                 }
             }
         }
-        live.extend(lock(&self.pins).keys().cloned());
+        live.extend(self.claims.pinned());
         Ok(live)
     }
 

@@ -16,7 +16,6 @@ use crate::catalog::{
 };
 use crate::observe::events::DiskTrend;
 use crate::storage::{Manifest, Part, StorageError};
-use crate::sync::lock;
 
 /// What one file of a database takes from a blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,12 +83,7 @@ impl Inner {
     fn part_reads(&self) -> Result<HashMap<String, ReadStats>, NodeError> {
         let mut reads: HashMap<String, ReadStats> =
             self.catalog.scan(READS, "")?.into_iter().collect();
-        for (counter, pending) in lock(&self.reads).iter() {
-            let entry = reads.entry(counter.clone()).or_default();
-            entry.reads += pending.reads;
-            entry.queries += pending.queries;
-            entry.last_read_ms = entry.last_read_ms.max(pending.last_read_ms);
-        }
+        self.usage.add_pending(&mut reads);
         Ok(reads)
     }
 }
@@ -491,7 +485,7 @@ impl Local {
         }
         trash.sort_by_key(|t| t.purge_at_ms);
         let grace = inner.config.cache.eviction_grace_ms;
-        let pending = lock(&inner.lazy_access).clone();
+        let pending = inner.usage.pending_access();
         let mut cache: Vec<CacheItem> = inner
             .catalog
             .scan::<CacheEntry>(CACHE, "")?

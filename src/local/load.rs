@@ -5,14 +5,14 @@
 //! verified blobs are not fetched again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
-use super::retry::{Retry, retry_delay};
+use super::loads::Progress;
 use super::space::Reservation;
 use super::{Inner, NodeError, blocking};
 use crate::catalog::{
@@ -23,82 +23,23 @@ use crate::storage::manifest::PlacedFile;
 use crate::storage::{Disk, Manifest, Part, Source, SourceUrl, StorageError};
 use crate::sync::lock;
 
-type Progress = Arc<Mutex<BTreeMap<Part, Arc<AtomicU64>>>>;
-
-pub(super) struct LoadHandle {
-    pub(super) task: tokio::task::AbortHandle,
-    generation: u64,
-    progress: Progress,
-}
-
 /// Starts (or restarts) the load of `name` in the background.
 pub(super) fn spawn(inner: &Arc<Inner>, name: &str) {
-    static GENERATION: AtomicU64 = AtomicU64::new(0);
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    let progress = Progress::default();
-    let mut loads = lock(&inner.loads);
-    if let Some(previous) = loads.remove(name) {
-        previous.task.abort();
-    }
-    let task = tokio::spawn(run(
-        inner.clone(),
-        name.to_string(),
-        progress.clone(),
-        generation,
-    ));
-    loads.insert(
-        name.to_string(),
-        LoadHandle {
-            task: task.abort_handle(),
-            generation,
-            progress,
-        },
-    );
-}
-
-/// Stops the load of `name`, if one is under way.
-pub(super) fn cancel(inner: &Inner, name: &str) {
-    if let Some(handle) = lock(&inner.loads).remove(name) {
-        handle.task.abort();
-    }
-}
-
-/// Whether a load of `name` is under way.
-pub(super) fn running(inner: &Inner, name: &str) -> bool {
-    lock(&inner.loads).contains_key(name)
-}
-
-/// Bytes fetched so far for each part of a load under way.
-pub(super) fn progress(inner: &Inner, name: &str) -> BTreeMap<Part, u64> {
-    let loads = lock(&inner.loads);
-    let Some(handle) = loads.get(name) else {
-        return BTreeMap::new();
-    };
-    lock(&handle.progress)
-        .iter()
-        .map(|(part, done)| (part.clone(), done.load(Ordering::Relaxed)))
-        .collect()
+    inner.loads.start(name, |progress, generation| {
+        tokio::spawn(run(inner.clone(), name.to_string(), progress, generation)).abort_handle()
+    });
 }
 
 async fn run(inner: Arc<Inner>, name: String, progress: Progress, generation: u64) {
     let started = std::time::Instant::now();
     match load(&inner, &name, &progress).await {
         Ok(()) => {
-            lock(&inner.load_retries).remove(&name);
+            inner.loads.forget_failures(&name);
             info!(database = %name, took_ms = started.elapsed().as_millis() as u64, "database loaded")
         }
         Err(e) => {
-            let retry = {
-                let mut retries = lock(&inner.load_retries);
-                let failures = retries.get(&name).map_or(0, |r| r.failures) + 1;
-                let cap = Duration::from_secs(inner.config.download.retry_max_secs);
-                let retry = Retry {
-                    failures,
-                    at: Instant::now() + retry_delay(failures, cap),
-                };
-                retries.insert(name.clone(), retry);
-                retry
-            };
+            let cap = Duration::from_secs(inner.config.download.retry_max_secs);
+            let retry = inner.loads.failed(&name, cap);
             let wait = retry.at.saturating_duration_since(Instant::now());
             warn!(database = %name, error = %e, failures = retry.failures, retry_in_ms = wait.as_millis() as u64, "loading failed");
             let message = format!(
@@ -111,10 +52,7 @@ async fn run(inner: Arc<Inner>, name: String, progress: Progress, generation: u6
             }
         }
     }
-    let mut loads = lock(&inner.loads);
-    if loads.get(&name).is_some_and(|h| h.generation == generation) {
-        loads.remove(&name);
-    }
+    inner.loads.ended(&name, generation);
 }
 
 /// Records a failed load: a loading database is `failed`, and so is every
@@ -217,7 +155,7 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
         .iter()
         .filter_map(|f| f.sha256.clone())
         .collect();
-    inner.pin(pinned.clone());
+    inner.claims.pin(pinned.clone());
     let mut fetched_hashes = Vec::new();
     let result = fetch_all(
         inner,
@@ -232,8 +170,8 @@ async fn load(inner: &Arc<Inner>, name: &str, progress: &Progress) -> Result<(),
     )
     .await;
     drop(reservation);
-    inner.unpin(pinned);
-    inner.unpin(fetched_hashes);
+    inner.claims.unpin(pinned);
+    inner.claims.unpin(fetched_hashes);
     result?;
 
     inner.catalog.write(|w| {
@@ -351,7 +289,8 @@ async fn fetch_all(
         let counter = lock(progress).get(&part).cloned().unwrap_or_default();
         async move {
             let _permit = inner
-                .download_slots
+                .loads
+                .slots()
                 .acquire()
                 .await
                 .map_err(|_| NodeError::ShuttingDown)?;
@@ -387,7 +326,7 @@ async fn fetch_all(
             write.2 += 1;
             if placed.file.sha256.is_none() {
                 fetched_hashes.push(sha.clone());
-                inner.pin([sha.clone()]);
+                inner.claims.pin([sha.clone()]);
                 if let Some(entry) = manifest
                     .files
                     .iter_mut()
@@ -445,7 +384,7 @@ async fn fetch_file(
     let (sha, new_bytes) = match &file.sha256 {
         Some(sha) if present => {
             counter.fetch_add(file.size, Ordering::Relaxed);
-            inner.count_reuse();
+            inner.usage.count_reuse();
             (sha.clone(), None)
         }
         _ => {
@@ -454,7 +393,7 @@ async fn fetch_file(
                 inner.record_error(Some(&disk.id), Some(name), Some(&part_key), e)
             };
             let fetched = fetch_blob(source, disk, file, counter, &failed_try).await?;
-            inner.count_download(fetched.size, fetched.new_blob);
+            inner.usage.count_download(fetched.size, fetched.new_blob);
             inner.metrics.download_done(&disk.id, fetched.size);
             (fetched.sha256, fetched.new_blob.then_some(fetched.size))
         }

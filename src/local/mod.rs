@@ -15,6 +15,7 @@ mod gc;
 pub mod index;
 mod inventory;
 mod load;
+mod loads;
 mod placement;
 mod registry;
 mod retry;
@@ -22,9 +23,8 @@ mod scrub;
 mod shard;
 mod space;
 mod stats;
+mod usage;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +35,6 @@ use tracing::{info, warn};
 use crate::catalog::{Catalog, DATABASES, DatabaseRecord, META};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::hlc::HlcClock;
 pub use crate::observe::Load;
 use crate::observe::{Events, LoadGuard, LoadTracker, Metrics};
 use crate::storage::{Disk, StorageError};
@@ -72,21 +71,16 @@ pub(crate) struct Inner {
     node_id: String,
     catalog: Arc<Catalog>,
     disks: Vec<Arc<Disk>>,
-    download_slots: Arc<Semaphore>,
-    loads: Mutex<HashMap<String, load::LoadHandle>>,
-    clock: Mutex<HlcClock>,
-    /// Blob hashes that loads under way rely on; garbage collection keeps them.
-    pins: Mutex<HashMap<String, usize>>,
-    /// Disk space promised to loads under way.
-    reservations: Mutex<space::Reservations>,
-    /// Read counters not yet flushed to the catalog.
-    reads: Mutex<HashMap<String, crate::catalog::ReadStats>>,
-    /// Last access of lazily cached files not yet flushed (cache key → ms).
-    lazy_access: Mutex<HashMap<String, u64>>,
-    /// One fetch at a time per lazily fetched file.
-    lazy_fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    manifests: Mutex<HashMap<String, Arc<shard::DatabaseFiles>>>,
-    counters: Counters,
+    /// Loads under way, failed ones waiting to be retried, download slots.
+    loads: loads::Loads,
+    /// The versions of the registry entries this node writes.
+    versions: registry::Versions,
+    /// Space reserved and blobs pinned by loads under way.
+    claims: Arc<space::Claims>,
+    /// The files of each database, and the gates of lazy fetches.
+    files: shard::Files,
+    /// Reads, lazy accesses and downloads not yet flushed (see `usage`).
+    usage: usage::Usage,
     /// The slots bounding the analyses' `map` calls.
     map_slots: Arc<Semaphore>,
     /// Where this node reads the time (the system's clock, or a test's).
@@ -98,8 +92,6 @@ pub(crate) struct Inner {
     load: LoadTracker,
     /// Wraps the store of every source this node opens (fault injection).
     store_layer: Option<crate::storage::StoreLayer>,
-    /// Databases whose last load failed: failures in a row and when to retry.
-    load_retries: Mutex<HashMap<String, retry::Retry>>,
     /// Prometheus counters and histograms.
     pub(crate) metrics: Metrics,
     /// Events waiting to be written to the catalog.
@@ -125,13 +117,6 @@ impl Inner {
         }
         self.events.record_error(disk, database, part, error);
     }
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    bytes_downloaded: AtomicU64,
-    files_downloaded: AtomicU64,
-    files_deduplicated: AtomicU64,
 }
 
 impl Local {
@@ -164,20 +149,15 @@ impl Local {
         let events = Events::new(&node_id, catalog.clone(), time.clone(), &config.index);
         let started_ms = time.now_ms();
         let inner = Arc::new(Inner {
-            download_slots: Arc::new(Semaphore::new(config.download.concurrency)),
-            clock: Mutex::new(HlcClock::new(node_id.clone())),
+            loads: loads::Loads::new(config.download.concurrency),
+            versions: registry::Versions::new(&node_id),
             time,
             node_id,
             catalog,
             disks,
-            loads: Mutex::default(),
-            pins: Mutex::default(),
-            reservations: Mutex::default(),
-            reads: Mutex::default(),
-            lazy_access: Mutex::default(),
-            lazy_fetches: Mutex::default(),
-            manifests: Mutex::default(),
-            counters: Counters::default(),
+            claims: Arc::default(),
+            files: shard::Files::default(),
+            usage: usage::Usage::default(),
             map_slots: Arc::new(Semaphore::new(config.query.map_slots())),
             started_ms,
             placement: watch::Sender::new(if clustered {
@@ -187,7 +167,6 @@ impl Local {
             }),
             load: LoadTracker::default(),
             store_layer,
-            load_retries: Mutex::default(),
             events,
             metrics,
             shutdown_tx,
@@ -296,10 +275,7 @@ impl Local {
     /// Stops background tasks and loads; flushes counters. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.shutdown_tx.send_replace(true);
-        let loads: Vec<_> = lock(&self.inner.loads).drain().collect();
-        for (_, handle) in loads {
-            handle.task.abort();
-        }
+        self.inner.loads.cancel_all();
         let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
         for task in tasks {
             task.abort();
@@ -378,25 +354,6 @@ impl Inner {
             .ok_or_else(|| NodeError::Conflict(format!("disk {id} is not configured on this node")))
     }
 
-    fn pin(&self, hashes: impl IntoIterator<Item = String>) {
-        let mut pins = lock(&self.pins);
-        for hash in hashes {
-            *pins.entry(hash).or_default() += 1;
-        }
-    }
-
-    fn unpin(&self, hashes: impl IntoIterator<Item = String>) {
-        let mut pins = lock(&self.pins);
-        for hash in hashes {
-            if let Some(count) = pins.get_mut(&hash) {
-                *count -= 1;
-                if *count == 0 {
-                    pins.remove(&hash);
-                }
-            }
-        }
-    }
-
     /// Removes `dbs/<name>` folders of databases the catalog does not know (left
     /// by a crash during a purge).
     fn remove_stray_database_dirs(&self) -> Result<(), NodeError> {
@@ -417,54 +374,10 @@ impl Inner {
     }
 
     fn flush_counters(&self) -> Result<(), NodeError> {
-        let reads: Vec<_> = lock(&self.reads).drain().collect();
-        let access: Vec<_> = lock(&self.lazy_access).drain().collect();
-        if reads.is_empty() && access.is_empty() {
+        let pending = self.usage.take();
+        if pending.is_empty() {
             return Ok(());
         }
-        self.catalog.write(|w| {
-            // Keys are a database name, or `database\0part key` for one part.
-            for (counter, delta) in &reads {
-                let database = counter.split('\0').next().unwrap_or_default();
-                if w.get::<DatabaseRecord>(DATABASES, database)?.is_none() {
-                    continue;
-                }
-                let mut stored: crate::catalog::ReadStats =
-                    w.get(crate::catalog::READS, counter)?.unwrap_or_default();
-                stored.reads += delta.reads;
-                stored.queries += delta.queries;
-                stored.last_read_ms = stored.last_read_ms.max(delta.last_read_ms);
-                w.put(crate::catalog::READS, counter, &stored)?;
-            }
-            for (key, ms) in &access {
-                let entry: Option<crate::catalog::CacheEntry> =
-                    w.get(crate::catalog::CACHE, key)?;
-                if let Some(mut entry) = entry {
-                    entry.last_access_ms = entry.last_access_ms.max(*ms);
-                    w.put(crate::catalog::CACHE, key, &entry)?;
-                }
-            }
-            Ok::<_, NodeError>(())
-        })
-    }
-
-    /// Counts a file fetched from object storage; `new_blob` is false when its
-    /// content was already on disk.
-    fn count_download(&self, bytes: u64, new_blob: bool) {
-        let counters = &self.counters;
-        counters
-            .bytes_downloaded
-            .fetch_add(bytes, Ordering::Relaxed);
-        counters.files_downloaded.fetch_add(1, Ordering::Relaxed);
-        if !new_blob {
-            counters.files_deduplicated.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts a file whose verified content was on disk already (not fetched).
-    fn count_reuse(&self) {
-        self.counters
-            .files_deduplicated
-            .fetch_add(1, Ordering::Relaxed);
+        Ok(self.catalog.write(|w| pending.write(w))?)
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::{Inner, Local, NodeError, load, retry};
+use super::{Inner, Local, NodeError, load};
 use crate::catalog::{
     DATABASES, DatabaseRecord, DbState, Mode, PARTS, PartRecord, PartState, Replicas, key,
 };
@@ -43,7 +43,7 @@ impl Local {
         let records: Vec<(String, DatabaseRecord)> = inner.catalog.scan(DATABASES, "")?;
         let mut started = Vec::new();
         for (name, record) in records {
-            let running = load::running(inner, &name);
+            let running = inner.loads.is_running(&name);
             // A loading database whose load runs decides for itself once it has
             // read the manifest.
             let settled =
@@ -60,7 +60,7 @@ impl Local {
                 .filter_map(|p| p.shard_id().map(str::to_string))
                 .collect();
             let wanted = inner.shards_for(&state, &name, record.replicas, &shard_ids);
-            if inner.hold(&record, &wanted)? && !running && retry::due(inner, &name) {
+            if inner.hold(&record, &wanted)? && !running && inner.loads.due(&name) {
                 load::spawn(inner, &name);
                 started.push(name);
             }

@@ -53,7 +53,7 @@ impl Local {
             Ok::<_, NodeError>((changes, work))
         })?;
         if let Some(max) = remote.digest().max {
-            lock(&inner.clock).observe(&max);
+            inner.versions.observe(&max);
         }
         if !changes.is_empty() {
             info!(
@@ -77,7 +77,7 @@ impl Local {
                 let record = PinRecord {
                     key: key.clone(),
                     nodes: Some(nodes.clone()),
-                    version: lock(&self.inner.clock).tick(now),
+                    version: self.inner.versions.next(now),
                     updated_ms: now,
                 };
                 w.put(PINS, key, &record)?;
@@ -153,7 +153,7 @@ impl Inner {
         DefinitionRecord {
             name: name.to_string(),
             definition,
-            version: lock(&self.clock).tick(now),
+            version: self.versions.next(now),
             updated_ms: now,
         }
     }
@@ -195,8 +195,8 @@ impl Inner {
 
     pub(super) fn start_local_work(self: &Arc<Self>, work: LocalWork) {
         for name in work.trashed {
-            load::cancel(self, &name);
-            lock(&self.manifests).remove(&name);
+            self.loads.cancel(&name);
+            self.files.forget(&name);
             info!(database = %name, "database deleted in the cluster: moved to trash");
         }
         for name in work.load {
@@ -247,4 +247,28 @@ pub(super) fn restore_in(
     record.trashed_ms = None;
     w.put(DATABASES, &record.name.clone(), &record)?;
     Ok(record)
+}
+
+/// The versions this member gives registry entries: a hybrid logical clock
+/// over its wall clock, above every version it has made or seen.
+pub(super) struct Versions {
+    hlc: std::sync::Mutex<crate::hlc::HlcClock>,
+}
+
+impl Versions {
+    pub(super) fn new(node_id: &str) -> Versions {
+        Versions {
+            hlc: std::sync::Mutex::new(crate::hlc::HlcClock::new(node_id)),
+        }
+    }
+
+    /// A new version, at `now_ms` on the wall clock.
+    pub(super) fn next(&self, now_ms: u64) -> crate::hlc::Hlc {
+        lock(&self.hlc).tick(now_ms)
+    }
+
+    /// Takes a version seen elsewhere into account.
+    pub(super) fn observe(&self, seen: &crate::hlc::Hlc) {
+        lock(&self.hlc).observe(seen);
+    }
 }

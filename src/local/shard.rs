@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -126,8 +126,8 @@ impl Inner {
     }
 
     pub(super) fn files(&self, name: &str) -> Result<Arc<DatabaseFiles>, NodeError> {
-        if let Some(files) = lock(&self.manifests).get(name) {
-            return Ok(files.clone());
+        if let Some(files) = self.files.get(name) {
+            return Ok(files);
         }
         let manifest: Manifest = self
             .catalog
@@ -144,35 +144,18 @@ impl Inner {
                 .collect(),
             shard_keys: manifest.shard_keys,
         });
-        lock(&self.manifests).insert(name.to_string(), files.clone());
+        self.files.keep(name, files.clone());
         Ok(files)
     }
 
     /// Counts a file read of one part, for the database and for the part.
     fn count_read(&self, database: &str, part: &Part) {
-        let now = Some(self.now_ms());
-        let mut reads = lock(&self.reads);
-        for counter in [database.to_string(), key(&[database, &part.key()])] {
-            let stats = reads.entry(counter).or_default();
-            stats.reads += 1;
-            stats.last_read_ms = now;
-        }
+        self.usage.count_read(database, part, self.now_ms());
     }
 
     /// Counts a query of a database and of each shard it mapped.
     pub(crate) fn count_query(&self, database: &str, shards: &[String]) {
-        let now = Some(self.now_ms());
-        let mut reads = lock(&self.reads);
-        let db = reads.entry(database.to_string()).or_default();
-        db.queries += 1;
-        db.last_read_ms = now;
-        for id in shards {
-            let shard = reads
-                .entry(key(&[database, &Part::Shard(id.clone()).key()]))
-                .or_default();
-            shard.queries += 1;
-            shard.last_read_ms = now;
-        }
+        self.usage.count_query(database, shards, self.now_ms());
     }
 }
 
@@ -268,18 +251,17 @@ impl ShardContext {
             return Ok(local);
         }
         let cache_key = key(&[&self.database, &self.part.key(), path]);
-        let gate = lock(&self.inner.lazy_fetches)
-            .entry(cache_key.clone())
-            .or_default()
-            .clone();
+        let gate = self.inner.files.gate(&cache_key);
         let _turn = gate.lock().await;
         let result = if std::fs::metadata(&local).is_ok() {
-            lock(&self.inner.lazy_access).insert(cache_key.clone(), self.inner.now_ms());
+            self.inner
+                .usage
+                .note_access(&cache_key, self.inner.now_ms());
             Ok(())
         } else {
             self.fetch_lazy(&entry, path, &cache_key).await
         };
-        lock(&self.inner.lazy_fetches).remove(&cache_key);
+        self.inner.files.ungate(&cache_key);
         result.map(|()| local)
     }
 
@@ -314,7 +296,8 @@ impl ShardContext {
                 )?
                 .layered(inner.store_layer.as_ref());
                 let _permit = inner
-                    .download_slots
+                    .loads
+                    .slots()
                     .acquire()
                     .await
                     .map_err(|_| NodeError::ShuttingDown)?;
@@ -324,7 +307,7 @@ impl ShardContext {
                 };
                 let fetched =
                     fetch_blob(&source, &self.disk, entry, &AtomicU64::new(0), &failed_try).await?;
-                inner.count_download(fetched.size, fetched.new_blob);
+                inner.usage.count_download(fetched.size, fetched.new_blob);
                 inner.metrics.download_done(&self.disk.id, fetched.size);
                 fetched.sha256
             }
@@ -338,6 +321,42 @@ impl ShardContext {
         inner.catalog.write(|w| w.put(CACHE, cache_key, &cached))?;
         self.disk.link(&sha, &self.database, &self.part, path)?;
         Ok(())
+    }
+}
+
+/// The files of the databases this node holds, from their manifests
+/// (cached: a version's files never change), and one gate per lazily cached
+/// file, so that it is fetched once while others wait.
+#[derive(Default)]
+pub(super) struct Files {
+    manifests: Mutex<HashMap<String, Arc<DatabaseFiles>>>,
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Files {
+    fn get(&self, database: &str) -> Option<Arc<DatabaseFiles>> {
+        lock(&self.manifests).get(database).cloned()
+    }
+
+    fn keep(&self, database: &str, files: Arc<DatabaseFiles>) {
+        lock(&self.manifests).insert(database.to_string(), files);
+    }
+
+    /// Forgets a database's files (it is trashed or purged).
+    pub(super) fn forget(&self, database: &str) {
+        lock(&self.manifests).remove(database);
+    }
+
+    /// The gate of one lazily cached file.
+    fn gate(&self, cache_key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.fetching)
+            .entry(cache_key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn ungate(&self, cache_key: &str) {
+        lock(&self.fetching).remove(cache_key);
     }
 }
 

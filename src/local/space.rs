@@ -1,19 +1,58 @@
-//! Disk space promised to loads under way. A load reserves the bytes it still has
-//! to write on each disk before it starts; a second load sees the first one's
-//! reservation, so two loads that fit alone but not together never both start.
-//! What a load has written already shows in the disk's free space, so its
-//! reservation shrinks as it writes.
+//! What loads under way hold on this node's disks ([`Claims`]):
+//!
+//! - space: a load reserves the bytes it still has to write on each disk
+//!   before it starts; a second load sees the first one's reservation, so two
+//!   loads that fit alone but not together never both start. What a load has
+//!   written already shows in the disk's free space, so its reservation
+//!   shrinks as it writes;
+//! - blobs: the hashes a load relies on are pinned until it ends, and garbage
+//!   collection keeps them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{Inner, NodeError};
 use crate::storage::StorageError;
 use crate::sync::lock;
 
+/// Space reserved and blobs pinned by the loads under way.
 #[derive(Default)]
-pub(super) struct Reservations {
+pub(super) struct Claims {
+    reservations: Mutex<Reservations>,
+    /// Blob hash → loads relying on it.
+    pins: Mutex<HashMap<String, usize>>,
+}
+
+impl Claims {
+    /// Pins blobs for a load: garbage collection keeps them until unpinned.
+    pub(super) fn pin(&self, hashes: impl IntoIterator<Item = String>) {
+        let mut pins = lock(&self.pins);
+        for hash in hashes {
+            *pins.entry(hash).or_default() += 1;
+        }
+    }
+
+    pub(super) fn unpin(&self, hashes: impl IntoIterator<Item = String>) {
+        let mut pins = lock(&self.pins);
+        for hash in hashes {
+            if let Some(count) = pins.get_mut(&hash) {
+                *count -= 1;
+                if *count == 0 {
+                    pins.remove(&hash);
+                }
+            }
+        }
+    }
+
+    /// The blobs some load relies on.
+    pub(super) fn pinned(&self) -> HashSet<String> {
+        lock(&self.pins).keys().cloned().collect()
+    }
+}
+
+#[derive(Default)]
+struct Reservations {
     next_id: u64,
     held: HashMap<u64, Held>,
 }
@@ -44,7 +83,7 @@ impl Reservations {
 
 /// Space held for one load until it is dropped.
 pub(super) struct Reservation {
-    inner: Arc<Inner>,
+    claims: Arc<Claims>,
     id: u64,
     /// Bytes of new blobs this load has written so far.
     pub(super) written: Arc<AtomicU64>,
@@ -56,7 +95,7 @@ impl Reservation {
         inner: &Arc<Inner>,
         needed: &HashMap<String, u64>,
     ) -> Result<Reservation, NodeError> {
-        let mut reservations = lock(&inner.reservations);
+        let mut reservations = lock(&inner.claims.reservations);
         for (disk_id, bytes) in needed {
             let disk = inner.disk(disk_id)?;
             let available = disk.room().saturating_sub(reservations.reserved(disk_id));
@@ -80,7 +119,7 @@ impl Reservation {
             },
         );
         Ok(Reservation {
-            inner: inner.clone(),
+            claims: inner.claims.clone(),
             id,
             written,
         })
@@ -89,7 +128,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        lock(&self.inner.reservations).held.remove(&self.id);
+        lock(&self.claims.reservations).held.remove(&self.id);
     }
 }
 

@@ -3,7 +3,6 @@
 //! storing identical files once).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +12,6 @@ use crate::catalog::{
     PartState, READS, ReadStats, key,
 };
 use crate::storage::{DiskStats, Manifest, Part};
-use crate::sync::lock;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stats {
@@ -167,14 +165,14 @@ impl Local {
                 disk: d.stats(),
             })
             .collect();
-        let counters = &inner.counters;
+        let downloads = inner.usage.downloads();
         Ok(Stats {
             node: NodeStats {
                 id: inner.node_id.clone(),
                 uptime_secs: self.now_ms().saturating_sub(inner.started_ms) / 1000,
-                bytes_downloaded: counters.bytes_downloaded.load(Ordering::Relaxed),
-                files_downloaded: counters.files_downloaded.load(Ordering::Relaxed),
-                files_deduplicated: counters.files_deduplicated.load(Ordering::Relaxed),
+                bytes_downloaded: downloads.bytes,
+                files_downloaded: downloads.files,
+                files_deduplicated: downloads.deduplicated,
                 dedup_saved_bytes: disks.iter().map(|d| d.dedup_saved_bytes).sum(),
             },
             databases,
@@ -188,13 +186,8 @@ impl Inner {
     /// Read counters of a database (`name`) or one of its parts
     /// (`name\0part key`): what the catalog has plus what is not flushed yet.
     pub(super) fn read_stats(&self, counter: &str) -> Result<ReadStats, NodeError> {
-        let mut stats: ReadStats = self.catalog.get(READS, counter)?.unwrap_or_default();
-        if let Some(pending) = lock(&self.reads).get(counter) {
-            stats.reads += pending.reads;
-            stats.queries += pending.queries;
-            stats.last_read_ms = stats.last_read_ms.max(pending.last_read_ms);
-        }
-        Ok(stats)
+        let stored: ReadStats = self.catalog.get(READS, counter)?.unwrap_or_default();
+        Ok(self.usage.with_pending(counter, stored))
     }
 }
 
