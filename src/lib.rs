@@ -30,8 +30,12 @@
 //! - `hlc`, `names`, `auth`, `sync`: hybrid logical clocks, names, tokens, locks.
 //!
 //! Components, each made with what it needs (no pointer back to the node):
-//! - [`local`]: this member's own data and state ([`Local`]): loads, trash,
-//!   aliases and definitions, stats, metrics, events, the index, shard access.
+//! - [`observe`]: Prometheus metrics, the event log, the load of map work.
+//! - [`local`]: this member's own data ([`Local`]): loads (fetch, verify,
+//!   link, durable marks), the lazy cache, trash and purge, scrub, space,
+//!   definitions and aliases as stored here, stats, the index, shard access;
+//!   its state is held by small components (`Loads`, `Claims`, `Files`,
+//!   `Usage`, `Versions`).
 //! - [`cluster`]: gossip ([`cluster::Membership`]): keys, pulls, the membership
 //!   view, health, disagreement, the registry's backups, and this member's
 //!   placement each round.
