@@ -45,6 +45,7 @@ async fn main() -> Result<()> {
     let mut config = Config::default();
     config.node.data_dir = dir.path().join("data");
     config.node.http_listen = "127.0.0.1:0".into();
+    config.pg.listen = "127.0.0.1:0".into();
     config.store.url = format!("file://{}", dir.path().join("store").display());
     publish(Path::new("examples/sales/data"), &config).await?;
 

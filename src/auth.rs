@@ -106,6 +106,25 @@ pub enum TokenError {
 }
 
 impl Keys {
+    /// The keys a node with this configuration signs and accepts tokens
+    /// with, if it has any: `auth.token_key` (else one derived from the
+    /// cluster secret), and `auth.previous_token_key` until its grace period
+    /// after `started_ms` is over.
+    pub fn of(auth: &crate::config::AuthConfig, started_ms: u64) -> Option<Keys> {
+        let current = match (&auth.token_key, &auth.cluster_secret) {
+            (Some(key), _) => SigningKey::new(key),
+            (None, Some(secret)) => SigningKey::derived_from_secret(secret),
+            (None, None) => return None,
+        };
+        let until =
+            started_ms.saturating_add(auth.previous_token_key_grace_secs.saturating_mul(1000));
+        let previous = auth
+            .previous_token_key
+            .as_deref()
+            .map(|key| (SigningKey::new(key), until));
+        Some(Keys { current, previous })
+    }
+
     /// Checks `token` at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<Grant, TokenError> {
         let fields: Vec<&str> = token.split('.').collect();

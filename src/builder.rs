@@ -152,6 +152,6 @@ impl NodeBuilder {
             .into_iter()
             .map(|mount| mount(node.clone()))
             .reduce(|a, b| a.or(b).unify().boxed());
-        Ok(Server::serve(listener, http_addr, node, extra, tls))
+        Server::serve(listener, http_addr, node, extra, tls).await
     }
 }

@@ -76,6 +76,8 @@ pub mod names;
 pub mod net;
 pub mod node;
 pub mod observe;
+#[cfg(feature = "sql")]
+pub mod pg;
 pub mod placement;
 pub mod primary;
 pub mod publish;

@@ -18,6 +18,7 @@ use cli::commands::*;
 use cli::output::*;
 
 fn main() -> ExitCode {
+    dram::net::install_crypto_provider();
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     if !serving {

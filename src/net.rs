@@ -85,3 +85,12 @@ pub(crate) fn base_url(address: &str) -> String {
         format!("http://{address}")
     }
 }
+
+/// Makes aws-lc-rs the process's TLS crypto provider (rustls cannot pick one
+/// by itself when, as here, another crate brings ring too). Idempotent.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}

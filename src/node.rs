@@ -73,6 +73,7 @@ impl Node {
 
     /// A node without HTTP or gossip: it holds every shard of its databases.
     pub(crate) async fn alone(config: Config, setup: Setup) -> Result<Node, NodeError> {
+        crate::net::install_crypto_provider();
         let local = Local::start_with(config, false, setup.store_layer, setup.clock).await?;
         let queries = match sql_engine(&local, None) {
             Ok(sql) => Queries::new(
@@ -105,6 +106,7 @@ impl Node {
         http_addr: SocketAddr,
         transport: Option<Arc<dyn Transport>>,
     ) -> Result<Node, NodeError> {
+        crate::net::install_crypto_provider();
         let clock = setup.clock.clone();
         let local = Local::start_with(config, true, setup.store_layer, setup.clock).await?;
         let secret = local.config().auth.cluster_secret.as_deref();

@@ -40,6 +40,9 @@ pub struct Server {
     tls: bool,
     closing: CancellationToken,
     http: JoinHandle<()>,
+    /// The PostgreSQL protocol's listener (`[pg]`).
+    #[cfg(feature = "sql")]
+    pg: Option<crate::pg::PgServer>,
 }
 
 impl Server {
@@ -58,14 +61,23 @@ impl Server {
         Ok((listener, addr))
     }
 
-    /// Serves the node's HTTP API (and `extra` routes) on `listener`.
-    pub(crate) fn serve(
+    /// Serves the node's HTTP API (and `extra` routes) on `listener`, and
+    /// the PostgreSQL protocol on `pg.listen`.
+    pub(crate) async fn serve(
         listener: TcpListener,
         http_addr: SocketAddr,
         node: Node,
         extra: Option<BoxedFilter<(Response,)>>,
         tls: Option<TlsAcceptor>,
-    ) -> Server {
+    ) -> Result<Server, NodeError> {
+        #[cfg(feature = "sql")]
+        let pg = match crate::pg::PgServer::start(&node, tls.clone()).await {
+            Ok(pg) => pg,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e);
+            }
+        };
         let closing = CancellationToken::new();
         let limits = Limits::of(&node.config().http);
         let service = hyper_util::service::TowerToHyperService::new(warp::service(
@@ -74,12 +86,26 @@ impl Server {
         let https = tls.is_some();
         let http = tokio::spawn(accept_loop(listener, service, tls, limits, closing.clone()));
         tracing::info!(node = %node.id(), http = %http_addr, tls = https, "serving");
-        Server {
+        Ok(Server {
             node,
             http_addr,
             tls: https,
             closing,
             http,
+            #[cfg(feature = "sql")]
+            pg,
+        })
+    }
+
+    /// Where the PostgreSQL protocol listens, if it does.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        #[cfg(feature = "sql")]
+        {
+            self.pg.as_ref().map(|pg| pg.addr())
+        }
+        #[cfg(not(feature = "sql"))]
+        {
+            None
         }
     }
 
@@ -109,6 +135,10 @@ impl Server {
     async fn stop(mut self) {
         self.closing.cancel();
         let _ = (&mut self.http).await;
+        #[cfg(feature = "sql")]
+        if let Some(pg) = self.pg.take() {
+            pg.shutdown().await;
+        }
         self.node.shutdown().await;
         if !self.node.release(Duration::from_secs(3)).await {
             tracing::warn!(

@@ -143,6 +143,7 @@ impl SimCluster {
         config.node.id = node.id.clone();
         config.node.data_dir = node.data_dir.clone();
         config.node.http_listen = "127.0.0.1:0".into();
+        config.pg.listen = "127.0.0.1:0".into();
         config.store.url = self.store_url.clone();
         config.cluster.gossip_listen = node.gossip.to_string();
         // Every other member is a seed: a restarted first member finds the

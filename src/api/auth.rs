@@ -22,7 +22,7 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::error::{error_response, respond};
-use crate::auth::{Keys, SigningKey, constant_time_eq};
+use crate::auth::{Keys, constant_time_eq};
 use crate::local::NodeError;
 use crate::node::Node;
 
@@ -110,21 +110,7 @@ pub(super) fn percent_decode(text: &str) -> Option<String> {
 
 /// The keys this node signs and accepts tokens with, if it has any.
 fn keys(node: &Node) -> Option<Keys> {
-    let auth = &node.config().auth;
-    let current = match (&auth.token_key, &auth.cluster_secret) {
-        (Some(key), _) => SigningKey::new(key),
-        (None, Some(secret)) => SigningKey::derived_from_secret(secret),
-        (None, None) => return None,
-    };
-    let until = node
-        .local()
-        .started_ms()
-        .saturating_add(auth.previous_token_key_grace_secs.saturating_mul(1000));
-    let previous = auth
-        .previous_token_key
-        .as_deref()
-        .map(|key| (SigningKey::new(key), until));
-    Some(Keys { current, previous })
+    Keys::of(&node.config().auth, node.local().started_ms())
 }
 
 fn matches(token: &str, secret: Option<&str>) -> bool {

@@ -167,6 +167,9 @@ pub(crate) struct ServeOverrides {
     /// cluster.gossip_listen
     #[arg(long = "gossip", value_name = "ADDR")]
     pub(crate) gossip_listen: Option<String>,
+    /// pg.listen (the PostgreSQL protocol)
+    #[arg(long = "pg", value_name = "ADDR")]
+    pub(crate) pg_listen: Option<String>,
     /// cluster.seeds (repeat for several)
     #[arg(long = "seed", value_name = "ADDR")]
     pub(crate) seeds: Vec<String>,
@@ -185,6 +188,9 @@ impl ServeOverrides {
         }
         if let Some(gossip) = self.gossip_listen {
             config.cluster.gossip_listen = gossip;
+        }
+        if let Some(pg) = self.pg_listen {
+            config.pg.listen = pg;
         }
         if !self.seeds.is_empty() {
             config.cluster.seeds = self.seeds;

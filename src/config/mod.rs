@@ -43,6 +43,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub query: QueryConfig,
     pub sql: SqlConfig,
+    pub pg: PgConfig,
     pub scrub: ScrubConfig,
     pub cluster: ClusterConfig,
     pub backup: BackupConfig,
@@ -95,6 +96,15 @@ impl Config {
             .http_listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("node.http_listen", format!("not an address: {e}")))?;
+        if self.pg.enabled {
+            self.pg
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("pg.listen", format!("not an address: {e}")))?;
+            if self.pg.max_connections == 0 {
+                return Err(invalid("pg.max_connections", "must be positive"));
+            }
+        }
         for (i, disk) in self.disks.iter().enumerate() {
             if disk.path.as_os_str().is_empty() {
                 return Err(invalid(format!("disks[{i}].path"), "must not be empty"));
@@ -261,6 +271,9 @@ impl Config {
         }
         if reachable(&self.sql.worker_listen) {
             exposed.push("sql.worker_listen");
+        }
+        if self.pg.enabled && reachable(&self.pg.listen) {
+            exposed.push("pg.listen");
         }
         exposed
     }

@@ -308,6 +308,29 @@ impl Default for SqlConfig {
     }
 }
 
+/// The PostgreSQL wire protocol: SQL clients (psql, psycopg, Grafana,
+/// DBeaver) run the same read-only SQL as the `sql` analysis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgConfig {
+    /// Serve the protocol at all.
+    pub enabled: bool,
+    /// Where it listens (port 0: one the system picks).
+    pub listen: String,
+    /// Connections open at once; one more is refused (SQLSTATE 53300).
+    pub max_connections: usize,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            enabled: true,
+            listen: "127.0.0.1:5433".into(),
+            max_connections: 256,
+        }
+    }
+}
+
 impl QueryConfig {
     /// `max_concurrent_maps`, with 0 resolved to the number of CPU cores.
     pub fn map_slots(&self) -> usize {

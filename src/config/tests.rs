@@ -33,6 +33,10 @@ fn example_file_parses_and_matches_defaults() {
         serde_json::to_value(&defaults.query).unwrap()
     );
     assert_eq!(
+        serde_json::to_value(&parsed.pg).unwrap(),
+        serde_json::to_value(&defaults.pg).unwrap()
+    );
+    assert_eq!(
         serde_json::to_value(&parsed.cluster).unwrap(),
         serde_json::to_value(&defaults.cluster).unwrap()
     );

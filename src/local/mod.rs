@@ -139,6 +139,18 @@ impl Local {
         config
             .validate()
             .map_err(|e| NodeError::InvalidInput(e.to_string()))?;
+        // Absolute from here on: SQL reads local files through an object
+        // store that takes absolute paths only (`./dram-data` is the default).
+        let mut config = config;
+        let absolute = |path: &std::path::Path| {
+            std::path::absolute(path).map_err(|e| {
+                NodeError::InvalidInput(format!("cannot resolve {}: {e}", path.display()))
+            })
+        };
+        config.node.data_dir = absolute(&config.node.data_dir)?;
+        for disk in &mut config.disks {
+            disk.path = absolute(&disk.path)?;
+        }
         let data_dir = config.node.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io(&data_dir))?;
         let catalog = Arc::new(Catalog::open(&data_dir.join("catalog.redb"))?);

@@ -45,6 +45,19 @@ pub struct Metrics {
     read_bytes: Option<IntCounterVec>,
     sql_remote_read_bytes: Option<IntCounterVec>,
     gossip_rejected: Option<IntCounterVec>,
+    pg_connections: Option<prometheus::IntGauge>,
+}
+
+/// One open PostgreSQL connection, counted in `dram_pg_connections` until
+/// dropped.
+pub struct Open(Option<prometheus::IntGauge>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.0 {
+            gauge.dec();
+        }
+    }
 }
 
 /// One sample of a gauge computed at scrape time. Samples of one name must carry
@@ -193,8 +206,24 @@ impl Metrics {
                  (bad_signature), or too short to carry a signature (unsigned).",
                 &["reason"],
             ),
+            pg_connections: register(
+                &registry,
+                "dram_pg_connections",
+                prometheus::IntGauge::new(
+                    "dram_pg_connections",
+                    "PostgreSQL protocol connections open (at most pg.max_connections).",
+                ),
+            ),
             registry,
         }
+    }
+
+    /// Counts a PostgreSQL connection open until the returned guard drops.
+    pub fn pg_connection(&self) -> Open {
+        if let Some(gauge) = &self.pg_connections {
+            gauge.inc();
+        }
+        Open(self.pg_connections.clone())
     }
 
     /// The counter of gossip datagrams dropped, for the gossip transport.

@@ -13,6 +13,7 @@ mod fanout;
 mod hostile;
 mod index;
 mod metrics;
+mod pg;
 mod placement;
 mod query;
 mod restart;

@@ -18,6 +18,7 @@ pub fn config(dir: &Path) -> Config {
     let mut config = Config::default();
     config.node.data_dir = dir.join("data");
     config.node.http_listen = "127.0.0.1:0".into();
+    config.pg.listen = "127.0.0.1:0".into();
     config.store.url = format!("file://{}", dir.join("store").display());
     config.cluster.gossip_listen = format!("127.0.0.1:{}", free_udp_port());
     // The machine's disk is shared and may be past 90% used by others: each

@@ -25,6 +25,7 @@ pub fn config(
     config.node.id = name.to_string();
     config.node.data_dir = dir.join(name);
     config.node.http_listen = "127.0.0.1:0".into();
+    config.pg.listen = "127.0.0.1:0".into();
     config.store.url = store_url.to_string();
     config.cluster.id = cluster.to_string();
     config.cluster.gossip_listen = format!("127.0.0.1:{}", free_udp_port()?);

@@ -437,6 +437,7 @@ async fn start_cluster(dir: &Path, store_url: &str, ids: &[String]) -> Result<Ve
         config.node.id = id.clone();
         config.node.data_dir = dir.join(id);
         config.node.http_listen = "127.0.0.1:0".into();
+        config.pg.listen = "127.0.0.1:0".into();
         config.store.url = store_url.to_string();
         config.cluster.id = format!("bench-sql-{}", ids.len());
         let port = std::net::UdpSocket::bind("127.0.0.1:0")

@@ -190,6 +190,7 @@ pub async fn s3_node(s3: &S3Server, bucket: &str, data_dir: &Path) -> Result<Ser
     let mut config = Config::default();
     config.node.data_dir = data_dir.to_path_buf();
     config.node.http_listen = "127.0.0.1:0".into();
+    config.pg.listen = "127.0.0.1:0".into();
     config.disks = vec![DiskConfig {
         path: data_dir.to_path_buf(),
         high_watermark: 0.9,
@@ -252,6 +253,7 @@ pub fn node_config(
     let data = data_dir.display().to_string();
     format!(
         "[node]\ndata_dir = {data:?}\nhttp_listen = \"127.0.0.1:0\"\n\n\
+         [pg]\nlisten = \"127.0.0.1:0\"\n\n\
          [[disks]]\npath = {data:?}\nmax_bytes = {DISK_MAX_BYTES}\n\n[store]\nurl = {store_url:?}\n\n\
          [cluster]\ngossip_listen = \"127.0.0.1:{gossip_port}\"\nseeds = [{}]\n\
          gossip_interval_ms = {gossip_interval_ms}\n",

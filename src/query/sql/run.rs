@@ -21,7 +21,8 @@ use crate::query::sql::analysis::SqlParams;
 use crate::query::{AnalysisError, NodeMeta, QueryError, QueryMeta, QueryRequest, QueryResponse};
 
 /// An answer's rows, as DataFusion typed them.
-type Rows = (SchemaRef, Vec<RecordBatch>);
+/// A query's rows: their schema and batches.
+pub(crate) type Rows = (SchemaRef, Vec<RecordBatch>);
 
 /// What a query asks for: shards of a pinned version, by a deadline.
 #[derive(Clone, Copy)]
@@ -163,14 +164,25 @@ impl Queries {
         request: QueryRequest,
         encode: impl FnOnce(&Rows) -> Result<Vec<u8>, AnalysisError>,
     ) -> Result<(Vec<u8>, QueryMeta), QueryError> {
+        let (rows, meta) = self.query_sql_rows(target, request).await?;
+        let bytes = encode(&rows).map_err(|e| QueryError::from_analysis(SQL, None, e))?;
+        Ok((bytes, meta))
+    }
+
+    /// Runs a `sql` query here (the same as `POST /v1/query/{target}/sql`):
+    /// its rows as DataFusion typed them, and its meta; counted in the query
+    /// metrics.
+    pub(crate) async fn query_sql_rows(
+        &self,
+        target: &str,
+        request: QueryRequest,
+    ) -> Result<(Rows, QueryMeta), QueryError> {
         let started = Instant::now();
         let answer = async {
             let engine = self
                 .builtin_sql_engine()
                 .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
-            let (rows, meta) = self.run_sql_with(engine, target, &request).await?;
-            let bytes = encode(&rows).map_err(|e| QueryError::from_analysis(SQL, None, e))?;
-            Ok((bytes, meta))
+            self.run_sql_with(engine, target, &request).await
         }
         .await;
         let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
@@ -178,6 +190,33 @@ impl Queries {
             .metrics()
             .query_done(SQL, outcome, started.elapsed());
         answer
+    }
+
+    /// A context on this member alone over the tables of the version of
+    /// `target` ready here (every shard; files this member does not hold are
+    /// read from their holders): what SQL clients' catalog queries read.
+    /// Returns the database it names too.
+    pub(crate) async fn catalog_session(
+        &self,
+        target: &str,
+    ) -> Result<(SessionContext, String, String), QueryError> {
+        let engine = self
+            .builtin_sql_engine()
+            .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
+        let database = self.local.resolve(target)?;
+        let version = self.local.ready_version(&database)?;
+        let shards = self.local.shard_ids(&database)?;
+        let node = self.local.clone();
+        let (db, ver) = (database.clone(), version.clone());
+        let ctx = on_sql_runtime(async move {
+            let ctx = engine.session(None, false);
+            let tables = engine.tables(&node, &ctx, &db, &ver).await?;
+            tables.register(&ctx, &shards, true)?;
+            Ok(ctx)
+        })
+        .await
+        .map_err(|e| QueryError::from_analysis(SQL, None, e))?;
+        Ok((ctx, database, version))
     }
 
     async fn run_sql_with(

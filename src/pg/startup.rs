@@ -1,0 +1,176 @@
+//! A connection's start: the database it names (`dbname`, a database or an
+//! alias this member knows; else FATAL 3D000) and its password. The password
+//! is the admin token, or a signed token for that database or alias (sent in
+//! clear text: use TLS beyond loopback). A node with no admin token that lets
+//! anyone read (`auth.require_token_for_reads = false`) asks loopback
+//! clients for none.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion_postgres::pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ConnectionManager, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
+use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::startup::Authentication;
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use futures::Sink;
+use futures::SinkExt;
+
+use super::errors::error;
+use crate::auth::{Keys, constant_time_eq};
+use crate::node::Node;
+
+pub(super) struct Startup {
+    node: Node,
+    parameters: DefaultServerParameterProvider,
+    pids: RandomPidSecretKeyGenerator,
+    connections: Arc<ConnectionManager>,
+}
+
+impl Startup {
+    pub(super) fn new(node: Node, connections: Arc<ConnectionManager>) -> Startup {
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.server_version = format!("16.6 (dram {})", env!("CARGO_PKG_VERSION"));
+        parameters.is_superuser = false;
+        parameters.default_transaction_read_only = true;
+        Startup {
+            node,
+            parameters,
+            pids: RandomPidSecretKeyGenerator::default(),
+            connections,
+        }
+    }
+
+    /// Whether `client` may connect without a password.
+    fn open<C: ClientInfo>(&self, client: &C) -> bool {
+        let auth = &self.node.config().auth;
+        !auth.require_token_for_reads
+            && auth.admin_token.is_none()
+            && client.socket_addr().ip().is_loopback()
+    }
+
+    /// Whether `password` opens `database`; why not otherwise.
+    fn check(&self, password: &str, database: &str) -> Result<(), PgWireError> {
+        let auth = &self.node.config().auth;
+        let password = password.trim();
+        if auth
+            .admin_token
+            .as_deref()
+            .is_some_and(|admin| constant_time_eq(password.as_bytes(), admin.as_bytes()))
+        {
+            return Ok(());
+        }
+        let local = self.node.local();
+        let refused = |why: String| error("FATAL", "28P01", why);
+        let keys = Keys::of(auth, local.started_ms())
+            .ok_or_else(|| refused("the password must be the admin token".into()))?;
+        let grant = keys
+            .verify(password, local.now_ms())
+            .map_err(|e| refused(format!("invalid token: {e}")))?;
+        let opens = grant.name == database
+            || local
+                .resolve(database)
+                .is_ok_and(|resolved| resolved == grant.name);
+        if opens {
+            Ok(())
+        } else {
+            Err(error(
+                "FATAL",
+                "28000",
+                format!("this token opens {:?}, not {database:?}", grant.name),
+            ))
+        }
+    }
+
+    /// Accepts the connection: its cancel key, registered for cancel
+    /// requests, then AuthenticationOk and the server's parameters.
+    async fn admit<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, secret) = self.pids.generate(client);
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.connections.register(pid, secret);
+        client.session_extensions().insert(handle);
+        client.session_extensions().insert(guard);
+        finish_authentication(client, &self.parameters).await
+    }
+}
+
+/// The database a connection named (PostgreSQL's default: the user name).
+pub(super) fn database<C: ClientInfo>(client: &C) -> String {
+    let metadata = client.metadata();
+    metadata
+        .get(METADATA_DATABASE)
+        .or_else(|| metadata.get(METADATA_USER))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let database = database(client);
+                if self.node.local().resolve(&database).is_err() {
+                    let known: Vec<String> = self
+                        .node
+                        .local()
+                        .databases()
+                        .map(|all| all.into_iter().map(|d| d.record.name).collect())
+                        .unwrap_or_default();
+                    return Err(error(
+                        "FATAL",
+                        "3D000",
+                        format!(
+                            "database {database:?} does not exist on this member (its \
+                             databases: {}; an alias works too)",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                if self.open(client) {
+                    return self.admit(client).await;
+                }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let password = password.into_password()?;
+                self.check(&password.password, &database(client))?;
+                self.admit(client).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The PostgreSQL protocol with the real clients: Debian's `psql` and PyPI's
+//! psycopg (3, in `tests/venv`, which `.ci/run` makes), against 3 members
+//! whose shards each hold one copy. Every answer is compared with the HTTP
+//! `sql` answer to the same query.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use dram::client::Client;
+use serde_json::{Value, json};
+
+use crate::cluster::{members_with, on_all};
+use crate::support::{copies, publish, ready};
+
+const ADMIN: &str = "pg-admin-token";
+const SHARDS: usize = 3;
+
+fn sales(shard: usize) -> String {
+    let mut csv = String::from("region,amount,day\n");
+    for i in 0..40 {
+        let region = ["eu", "us", "asia"][(i + shard) % 3];
+        csv.push_str(&format!(
+            "{region},{},2024-0{}-1{}\n",
+            i * 7 + shard,
+            1 + i % 9,
+            i % 10
+        ));
+    }
+    csv
+}
+
+const REGIONS: &str = "code,name\neu,Europe\nus,Americas\nasia,Asia\n";
+
+/// Runs psql with `args` against `url` (unaligned, tuples only, `|` between
+/// columns, SQLSTATEs in errors).
+async fn psql(url: &str, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new("psql");
+    command
+        .arg(url)
+        .args(["-X", "-A", "-t", "-F", "|", "-v", "VERBOSITY=verbose"])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10");
+    tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .expect("psql answers within 60 s")
+        .expect("psql runs (Debian's postgresql-client; .ci/run installs it)")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The HTTP `sql` answer's rows as psql prints them unaligned.
+async fn http_rows(client: &Client, database: &str, sql: &str) -> String {
+    let answer = client
+        .post(
+            &format!("/v1/query/{database}/sql"),
+            &json!({"params": {"sql": sql}}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let cell = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    // Each row an object, NULLs left out: in the order of `columns`.
+    let columns: Vec<&str> = answer["result"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    answer["result"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| cell(row.get(*c).unwrap_or(&Value::Null)))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/venv/bin/python")
+}
+
+/// Runs a psycopg script (`conninfo` in its environment) and parses the
+/// JSON it prints.
+async fn psycopg(conninfo: &str, script: &str) -> Value {
+    let output = tokio::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .env("CONNINFO", conninfo)
+        .output()
+        .await
+        .expect("tests/venv has python with psycopg (.ci/run makes it)");
+    assert!(
+        output.status.success(),
+        "psycopg failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_clients_get_the_http_answers_from_any_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = members_with(dir.path(), 3, |config| {
+        config.auth.admin_token = Some(ADMIN.into());
+    })
+    .await;
+    let clients: Vec<Client> = members
+        .iter()
+        .map(|m| Client::new(&m.server.url()).with_token(Some(ADMIN.into())))
+        .collect();
+    let store = members[0].server.node.config().store.clone();
+    let shards: Vec<(String, String)> = (0..SHARDS)
+        .map(|i| (format!("shards/s{i}/sales.csv"), sales(i)))
+        .collect();
+    let mut files: Vec<(&str, &[u8])> = shards
+        .iter()
+        .map(|(path, csv)| (path.as_str(), csv.as_bytes()))
+        .collect();
+    files.push(("global/regions.csv", REGIONS.as_bytes()));
+    publish(dir.path(), &store, "shop", &files).await;
+    publish(
+        dir.path(),
+        &store,
+        "other",
+        &[("shards/a/x.csv", b"a\n1\n")],
+    )
+    .await;
+    for database in ["shop", "other"] {
+        clients[0]
+            .post(
+                "/v1/databases",
+                &json!({"name": database, "source": database, "replicas": 1}),
+            )
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&Client> = clients.iter().collect();
+    on_all(&refs, 30, "every shard of shop ready once", |c| {
+        Box::pin(async move {
+            let view = copies(c, "shop").await;
+            view.len() == SHARDS && view.values().all(|holders| ready(holders).len() == 1)
+        })
+    })
+    .await;
+
+    for (i, member) in members.iter().enumerate() {
+        let port = member.server.pg_addr().expect("pg listens").port();
+        let url = format!("host=127.0.0.1 port={port} dbname=shop user=dram password={ADMIN}");
+        for sql in [
+            "SELECT region, count(*) AS n, sum(amount) AS total FROM sales GROUP BY region ORDER BY region",
+            "SELECT r.name, max(s.amount) AS top FROM sales s JOIN regions r ON s.region = r.code \
+             GROUP BY r.name ORDER BY r.name",
+        ] {
+            let expected = http_rows(&clients[i], "shop", sql).await;
+            assert!(!expected.is_empty(), "{sql}");
+            assert_eq!(stdout(&psql(&url, &["-c", sql]).await), expected, "{sql}");
+        }
+        let tables = stdout(&psql(&url, &["-c", "\\dt"]).await);
+        assert!(
+            tables.contains("|sales|table|") && tables.contains("|regions|table|"),
+            "{tables}"
+        );
+    }
+
+    // Writes are refused, with SQLSTATE 25006, and change nothing.
+    let port = members[0].server.pg_addr().unwrap().port();
+    let url = format!("host=127.0.0.1 port={port} dbname=shop user=dram password={ADMIN}");
+    for write in [
+        "INSERT INTO sales VALUES ('eu', 1, '2024-01-01')",
+        "COPY (SELECT 'x') TO '/tmp/dram-pg-copy.csv'",
+        "CREATE TABLE t (a INT)",
+    ] {
+        let out = psql(&url, &["-c", write]).await;
+        assert!(!out.status.success(), "{write}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("25006"), "{write}: {err}");
+    }
+    assert!(!Path::new("/tmp/dram-pg-copy.csv").exists());
+    let out = psql(&url, &["-c", "SELEC 1"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("42601"));
+    let out = psql(&url, &["-c", "SELECT * FROM nope"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("42P01"));
+
+    // Passwords: a wrong one, and a signed token for another database, are
+    // refused; a token for shop opens shop.
+    let wrong = format!("host=127.0.0.1 port={port} dbname=shop user=dram password=nope");
+    let out = psql(&wrong, &["-c", "SELECT 1"]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = |database: &'static str| {
+        let client = &clients[0];
+        async move {
+            client
+                .post("/v1/tokens", &json!({"database": database, "ttl": 600}))
+                .await
+                .unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let other = token("other").await;
+    let out = psql(
+        &format!("host=127.0.0.1 port={port} dbname=shop user=dram password={other}"),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("this token opens \"other\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shop = token("shop").await;
+    let out = psql(
+        &format!("host=127.0.0.1 port={port} dbname=shop user=dram password={shop}"),
+        &["-c", "SELECT count(*) FROM sales"],
+    )
+    .await;
+    assert_eq!(stdout(&out), (SHARDS * 40).to_string());
+    let out = psql(
+        &format!("host=127.0.0.1 port={port} dbname=gone user=dram password={ADMIN}"),
+        &["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    // psycopg: a prepared statement with a parameter, and exact decimals,
+    // dates, booleans and NULL.
+    let conninfo = format!("host=127.0.0.1 port={port} dbname=shop user=dram password={ADMIN}");
+    let answer = psycopg(
+        &conninfo,
+        r#"
+import json, os, psycopg
+with psycopg.connect(os.environ["CONNINFO"]) as conn, conn.cursor() as cur:
+    out = {}
+    cur.execute("SELECT region, count(*) FROM sales WHERE amount > %s GROUP BY region ORDER BY region", (100,))
+    out["over_100"] = [list(r) for r in cur.fetchall()]
+    cur.execute("SELECT CAST('12345678901234.56789' AS DECIMAL(20,5)), DATE '2024-02-29', true, CAST(NULL AS INT)")
+    d, day, b, n = cur.fetchone()
+    out["types"] = [str(d), day.isoformat(), b, n]
+    try:
+        cur.execute("INSERT INTO sales VALUES ('eu', 1, '2024-01-01')")
+    except psycopg.Error as e:
+        out["insert"] = e.sqlstate
+print(json.dumps(out))
+"#,
+    )
+    .await;
+    let expected = http_rows(
+        &clients[0],
+        "shop",
+        "SELECT region, count(*) FROM sales WHERE amount > 100 GROUP BY region ORDER BY region",
+    )
+    .await;
+    let got: Vec<String> = answer["over_100"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}|{}", r[0].as_str().unwrap(), r[1]))
+        .collect();
+    assert_eq!(got.join("\n"), expected);
+    assert_eq!(
+        answer["types"],
+        json!(["12345678901234.56789", "2024-02-29", true, null])
+    );
+    assert_eq!(answer["insert"], "25006");
+}
