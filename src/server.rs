@@ -71,7 +71,7 @@ impl Server {
         tls: Option<TlsAcceptor>,
     ) -> Result<Server, NodeError> {
         #[cfg(feature = "sql")]
-        let pg = match crate::pg::PgServer::start(&node, tls.clone()).await {
+        let pg = match crate::pg::PgServer::start(&node, tls.as_ref()).await {
             Ok(pg) => pg,
             Err(e) => {
                 node.shutdown().await;

@@ -44,15 +44,22 @@ pub struct PgServer {
 
 impl PgServer {
     /// Listens on `pg.listen` (`None` when `pg.enabled` is false), over TLS
-    /// when the node's HTTP listener uses TLS.
+    /// when the node's HTTP listener uses TLS (`http`: its acceptor), with
+    /// the same certificate: clients ask for it (`sslmode=require`), or
+    /// speak TLS at once with ALPN `postgresql` (`sslnegotiation=direct`).
     pub(crate) async fn start(
         node: &Node,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        http: Option<&tokio_rustls::TlsAcceptor>,
     ) -> Result<Option<PgServer>, NodeError> {
         let config = &node.config().pg;
         if !config.enabled {
             return Ok(None);
         }
+        let tls = http.map(|http| {
+            let mut tls = (**http.config()).clone();
+            tls.alpn_protocols = vec![b"postgresql".to_vec()];
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+        });
         let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
             NodeError::InvalidInput(format!(
                 "cannot listen on {} (pg.listen): {e}",

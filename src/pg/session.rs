@@ -20,10 +20,18 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::sql::sqlparser::ast::{ObjectName, Statement, visit_relations};
+use std::ops::ControlFlow;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ParamValues;
+use datafusion::sql::sqlparser::ast::{
+    self, ObjectName, Statement, visit_expressions_mut, visit_relations,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::unparser::expr_to_sql;
 use datafusion_postgres::DfSessionService;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
@@ -32,18 +40,21 @@ use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryH
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::messages::data::DataRow;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
-use futures::Sink;
+use futures::channel::oneshot;
+use futures::{Sink, Stream, StreamExt};
 use std::fmt::Debug;
 
 use super::errors::{error, query_error, read_only};
-use super::startup::database;
+use super::startup::{Access, database};
 use crate::node::Node;
 use crate::query::QueryRequest;
 use crate::sync::lock;
+use datafusion::catalog::MemoryCatalogProvider;
 
 /// A parsed statement as datafusion-postgres keeps it: its text, and the
 /// statement with its plan.
@@ -52,8 +63,9 @@ type Prepared = (String, Option<(Statement, LogicalPlan)>);
 /// Catalog contexts kept (one per database version in use).
 const KEPT: usize = 8;
 
-/// A database and its version.
-type Version = (String, String);
+/// A catalog context's key: the name connected to, the database it names
+/// and its version, and the other databases listed.
+type Key = (String, String, String, Vec<String>);
 
 /// Where a statement runs.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,7 +140,7 @@ fn parse(sql: &str) -> PgWireResult<Vec<Statement>> {
 /// The catalog contexts of the database versions connections use.
 pub(super) struct Catalogs {
     node: Node,
-    kept: Mutex<Vec<(Version, Arc<DfSessionService>)>>,
+    kept: Mutex<Vec<(Key, Arc<DfSessionService>)>>,
     /// Over no table: what prepared statements are described with.
     plain: Arc<DfSessionService>,
 }
@@ -146,31 +158,60 @@ impl Catalogs {
         }
     }
 
-    /// The context of the version of `target` ready here.
-    async fn of(&self, target: &str) -> PgWireResult<Arc<DfSessionService>> {
+    /// The context of the connection of `client`: the version of its
+    /// database ready here, under the name it connected with, with the
+    /// other databases and aliases it may see listed beside (as empty
+    /// catalogs: `\l`, `pg_database`).
+    async fn of<C: ClientInfo>(&self, client: &C) -> PgWireResult<Arc<DfSessionService>> {
+        let target = database(client);
         let local = self.node.local();
         let not_found = |e: crate::local::NodeError| query_error(&e.into());
-        let database = local.resolve(target).map_err(not_found)?;
+        let database = local.resolve(&target).map_err(not_found)?;
         let version = local.ready_version(&database).map_err(not_found)?;
-        let key = (database, version);
+        let access = client.session_extensions().get::<Access>();
+        let listed = match access.as_deref() {
+            Some(Access::All) => self.names(&target),
+            _ => Vec::new(),
+        };
+        let key = (target.clone(), database, version, listed);
         if let Some((_, service)) = lock(&self.kept).iter().find(|(k, _)| *k == key) {
             return Ok(service.clone());
         }
         let (ctx, database, version) = self
             .node
             .queries()
-            .catalog_session(target)
+            .catalog_session(&target)
             .await
             .map_err(|e| query_error(&e))?;
-        setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
+        let listed = key.3;
+        for name in &listed {
+            ctx.register_catalog(name, Arc::new(MemoryCatalogProvider::new()));
+        }
+        setup_pg_catalog(&ctx, &target, EmptyContextProvider)
             .map_err(|e| error("ERROR", "XX000", format!("pg_catalog: {e}")))?;
         let service = Arc::new(DfSessionService::new(Arc::new(ctx)));
         let mut kept = lock(&self.kept);
         if kept.len() >= KEPT {
             kept.remove(0);
         }
-        kept.push(((database, version), service.clone()));
+        kept.push(((target, database, version, listed), service.clone()));
         Ok(service)
+    }
+
+    /// The databases and aliases of this member but `target`, sorted.
+    fn names(&self, target: &str) -> Vec<String> {
+        let local = self.node.local();
+        let databases = local.databases().unwrap_or_default();
+        let aliases = local.aliases().unwrap_or_default();
+        let mut names: Vec<String> = databases
+            .into_iter()
+            .map(|d| d.record.name)
+            .chain(aliases.into_iter().map(|a| a.name))
+            .filter(|name| name != target)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 
@@ -193,37 +234,96 @@ impl Session {
         }
     }
 
-    /// Runs a query of the database's tables as the `sql` analysis does.
-    async fn data(
+    /// Runs a query of the database's tables as the `sql` analysis does,
+    /// and hands its rows on as they come, in `format`. A cancel request
+    /// while they are sent stops the query too (before the first rows,
+    /// pgwire drops the query itself).
+    async fn data<C: ClientInfo>(
         &self,
-        target: &str,
+        client: &C,
         sql: &str,
-        format: Arc<FormatOptions>,
+        format: &Format,
     ) -> PgWireResult<Response> {
         let request = QueryRequest {
             params: Some(serde_json::json!({ "sql": sql })),
             ..QueryRequest::default()
         };
-        let ((schema, batches), _) = self
+        let (rows, _) = self
             .node
             .queries()
-            .query_sql_rows(target, request)
+            .query_sql_stream(&database(client), request)
             .await
             .map_err(|e| query_error(&e))?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         let fields: Arc<Vec<FieldInfo>> = Arc::new(arrow_schema_to_pg_fields(
-            &schema,
-            &Format::UnifiedText,
-            Some(format),
+            &rows.schema(),
+            format,
+            Some(options),
         )?);
         let encoded = fields.clone();
-        let rows = batches
-            .into_iter()
-            .flat_map(move |batch| encode_recordbatch(encoded.clone(), batch));
+        let rows = rows.into_stream().flat_map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
+                Ok(batch) => encode_recordbatch(encoded.clone(), batch),
+                Err(e) => Box::new(std::iter::once(Err(query_error(&e)))),
+            };
+            futures::stream::iter(rows)
+        });
+        let handle = client
+            .session_extensions()
+            .get::<Arc<ConnectionHandle>>()
+            .map(|handle| (*handle).clone());
         Ok(Response::Query(QueryResponse::new(
             fields,
-            futures::stream::iter(rows),
+            cancellable(rows, handle),
         )))
     }
+}
+
+/// `rows`, ended by a cancel request on the connection of `handle` with
+/// SQLSTATE 57014 (never cut short silently). It listens from its first
+/// row: by then pgwire no longer does.
+fn cancellable(
+    rows: impl Stream<Item = PgWireResult<DataRow>> + Send + 'static,
+    handle: Option<Arc<ConnectionHandle>>,
+) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    enum Cancel {
+        Unheard(Option<Arc<ConnectionHandle>>),
+        Heard(Option<oneshot::Receiver<()>>),
+        Done,
+    }
+    let rows = Box::pin(rows);
+    futures::stream::unfold(
+        (rows, Cancel::Unheard(handle)),
+        |(mut rows, cancel)| async move {
+            let mut receiver = match cancel {
+                Cancel::Done => return None,
+                Cancel::Heard(receiver) => receiver,
+                Cancel::Unheard(handle) => match handle {
+                    Some(handle) => Some(handle.start_query().await),
+                    None => None,
+                },
+            };
+            let Some(listening) = receiver.as_mut() else {
+                let row = rows.next().await?;
+                return Some((row, (rows, Cancel::Heard(None))));
+            };
+            tokio::select! {
+                row = rows.next() => {
+                    let row = row?;
+                    Some((row, (rows, Cancel::Heard(receiver))))
+                }
+                heard = listening => match heard {
+                    Ok(()) => Some((Err(PgWireError::QueryCanceled), (rows, Cancel::Done))),
+                    // Another query on this connection took the cancel key
+                    // over (a suspended portal): go on without listening.
+                    Err(_) => {
+                        let row = rows.next().await?;
+                        Some((row, (rows, Cancel::Heard(None))))
+                    }
+                },
+            }
+        },
+    )
 }
 
 #[async_trait]
@@ -235,7 +335,6 @@ impl SimpleQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let target = database(client);
         let statements = parse(query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -252,11 +351,10 @@ impl SimpleQueryHandler for Session {
             match route(statement) {
                 Route::Refused(what) => return Err(read_only(what)),
                 Route::Data => {
-                    let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                    responses.push(self.data(&target, &sql, format).await?);
+                    responses.push(self.data(client, &sql, &Format::UnifiedText).await?);
                 }
                 Route::Catalog => {
-                    let service = self.catalogs.of(&target).await?;
+                    let service = self.catalogs.of(client).await?;
                     responses.extend(SimpleQueryHandler::do_query(&*service, client, &sql).await?);
                 }
             }
@@ -289,7 +387,7 @@ impl QueryParser for ReadOnlyParser {
                 return Err(read_only(what));
             }
         }
-        let service = self.catalogs.of(&database(client)).await?;
+        let service = self.catalogs.of(client).await?;
         let parser = ExtendedQueryHandler::query_parser(&*service);
         parser.parse_sql(client, sql, types).await
     }
@@ -329,9 +427,73 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let service = self.catalogs.of(&database(client)).await?;
+        if let (_, Some((statement, plan))) = &portal.statement.statement
+            && route(statement) == Route::Data
+        {
+            let sql = bind(statement, plan, portal)?;
+            return self.data(client, &sql, &portal.result_column_format).await;
+        }
+        let service = self.catalogs.of(client).await?;
         ExtendedQueryHandler::do_query(&*service, client, portal, max_rows).await
     }
+}
+
+/// The statement of `portal` with its parameters written in as literals of
+/// their types: what runs distributed.
+fn bind(
+    statement: &Statement,
+    plan: &LogicalPlan,
+    portal: &Portal<Prepared>,
+) -> PgWireResult<String> {
+    let invalid = |message: String| error("ERROR", "22023", message);
+    let types = plan
+        .get_parameter_types()
+        .map_err(|e| invalid(format!("parameters: {e}")))?;
+    let mut types: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .map(|(id, ty)| (placeholder_index(&id).unwrap_or(usize::MAX), ty))
+        .collect();
+    types.sort_by_key(|(index, _)| *index);
+    let types: Vec<Option<&DataType>> = types.iter().map(|(_, ty)| ty.as_ref()).collect();
+    let values = match deserialize_parameters(portal, &types)? {
+        ParamValues::List(values) => values,
+        ParamValues::Map(_) => return Err(invalid("named parameters are not supported".into())),
+    };
+    let mut bound = statement.clone();
+    let mut failed = None;
+    let _ = visit_expressions_mut(&mut bound, |expr| {
+        if let ast::Expr::Value(value) = expr
+            && let ast::Value::Placeholder(name) = &value.value
+        {
+            let literal = placeholder_index(name)
+                .and_then(|index| values.get(index - 1))
+                .ok_or_else(|| format!("no value for parameter {name}"))
+                .and_then(|value| {
+                    expr_to_sql(&datafusion::logical_expr::lit(value.value.clone()))
+                        .map_err(|e| format!("parameter {name}: {e}"))
+                });
+            match literal {
+                Ok(literal) => *expr = literal,
+                Err(message) => {
+                    failed = Some(message);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match failed {
+        Some(message) => Err(invalid(message)),
+        None => Ok(bound.to_string()),
+    }
+}
+
+/// `$3` → 3.
+fn placeholder_index(name: &str) -> Option<usize> {
+    name.strip_prefix('$')?
+        .parse()
+        .ok()
+        .filter(|index| *index > 0)
 }
 
 #[cfg(test)]

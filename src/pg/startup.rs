@@ -1,4 +1,5 @@
-//! A connection's start: the database it names (`dbname`, a database or an
+//! A connection's start: over TLS when the node has a certificate (else
+//! FATAL 28000, as `hostssl` rules), the database it names (`dbname`, a database or an
 //! alias this member knows; else FATAL 3D000) and its password. The password
 //! is the admin token, or a signed token for that database or alias (sent in
 //! clear text: use TLS beyond loopback). A node with no admin token that lets
@@ -26,6 +27,15 @@ use futures::SinkExt;
 use super::errors::error;
 use crate::auth::{Keys, constant_time_eq};
 use crate::node::Node;
+
+/// What a connection may list besides its own database (`\l`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Every database and alias: the admin token, or a node open to all.
+    All,
+    /// Its own only: a signed token.
+    Own,
+}
 
 pub(super) struct Startup {
     node: Node,
@@ -56,8 +66,9 @@ impl Startup {
             && client.socket_addr().ip().is_loopback()
     }
 
-    /// Whether `password` opens `database`; why not otherwise.
-    fn check(&self, password: &str, database: &str) -> Result<(), PgWireError> {
+    /// Whether `password` opens `database`, and what else it may see; why
+    /// not otherwise.
+    fn check(&self, password: &str, database: &str) -> Result<Access, PgWireError> {
         let auth = &self.node.config().auth;
         let password = password.trim();
         if auth
@@ -65,7 +76,7 @@ impl Startup {
             .as_deref()
             .is_some_and(|admin| constant_time_eq(password.as_bytes(), admin.as_bytes()))
         {
-            return Ok(());
+            return Ok(Access::All);
         }
         let local = self.node.local();
         let refused = |why: String| error("FATAL", "28P01", why);
@@ -79,7 +90,7 @@ impl Startup {
                 .resolve(database)
                 .is_ok_and(|resolved| resolved == grant.name);
         if opens {
-            Ok(())
+            Ok(Access::Own)
         } else {
             Err(error(
                 "FATAL",
@@ -91,7 +102,7 @@ impl Startup {
 
     /// Accepts the connection: its cancel key, registered for cancel
     /// requests, then AuthenticationOk and the server's parameters.
-    async fn admit<C>(&self, client: &mut C) -> PgWireResult<()>
+    async fn admit<C>(&self, client: &mut C, access: Access) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -102,6 +113,7 @@ impl Startup {
         let (handle, guard) = self.connections.register(pid, secret);
         client.session_extensions().insert(handle);
         client.session_extensions().insert(guard);
+        client.session_extensions().insert(access);
         finish_authentication(client, &self.parameters).await
     }
 }
@@ -132,6 +144,18 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
+                // As the HTTP API: over TLS only when the node has a
+                // certificate (the password would travel in clear).
+                let http = &self.node.config().http;
+                if http.tls_cert.is_some() && http.tls_key.is_some() && !client.is_secure() {
+                    return Err(error(
+                        "FATAL",
+                        "28000",
+                        "this node accepts TLS connections only: connect with sslmode=require \
+                         (or verify-full with its certificate as sslrootcert)"
+                            .to_string(),
+                    ));
+                }
                 let database = database(client);
                 if self.node.local().resolve(&database).is_err() {
                     let known: Vec<String> = self
@@ -155,7 +179,7 @@ impl StartupHandler for Startup {
                     ));
                 }
                 if self.open(client) {
-                    return self.admit(client).await;
+                    return self.admit(client, Access::All).await;
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client
@@ -166,8 +190,8 @@ impl StartupHandler for Startup {
             }
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
                 let password = password.into_password()?;
-                self.check(&password.password, &database(client))?;
-                self.admit(client).await?;
+                let access = self.check(&password.password, &database(client))?;
+                self.admit(client, access).await?;
             }
             _ => {}
         }

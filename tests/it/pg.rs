@@ -31,9 +31,67 @@ fn sales(shard: usize) -> String {
 
 const REGIONS: &str = "code,name\neu,Europe\nus,Americas\nasia,Asia\n";
 
+/// What Grafana's PostgreSQL data source asks when a panel is edited: its
+/// table list and a table's columns (as datafusion-postgres's fixtures
+/// replay them).
+const GRAFANA: &[&str] = &[
+    "SELECT 1",
+    r#"SELECT
+        CASE WHEN
+              quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              )
+          THEN quote_ident(table_name)
+          ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+        END AS "table"
+        FROM information_schema.tables
+        WHERE quote_ident(table_schema) NOT IN ('information_schema', 'pg_catalog',
+          '_timescaledb_cache', '_timescaledb_catalog', '_timescaledb_internal',
+          '_timescaledb_config', 'timescaledb_information', 'timescaledb_experimental')
+        ORDER BY 1"#,
+    r#"SELECT quote_ident(column_name) AS "column", data_type AS "type"
+        FROM information_schema.columns
+        WHERE
+          CASE WHEN array_length(parse_ident('public.sales'),1) = 2
+            THEN quote_ident(table_schema) = (parse_ident('public.sales'))[1]
+              AND quote_ident(table_name) = (parse_ident('public.sales'))[2]
+            ELSE quote_ident(table_name) = 'public.sales'
+          END"#,
+];
+
+/// What DBeaver (PostgreSQL JDBC) asks when it connects and opens the
+/// database's tree.
+const DBEAVER: &[&str] = &[
+    "SET extra_float_digits = 3",
+    "SET application_name = 'DBeaver 25.1.5 - Main <shop>'",
+    "SELECT current_schema(),session_user",
+    "SELECT n.oid,n.*,d.description FROM pg_catalog.pg_namespace n \
+     LEFT OUTER JOIN pg_catalog.pg_description d ON d.objoid=n.oid AND d.objsubid=0 \
+     AND d.classoid='pg_namespace'::regclass ORDER BY nspname",
+    "SELECT n.nspname = ANY(current_schemas(true)), n.nspname, t.typname \
+     FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON t.typnamespace = n.oid \
+     WHERE t.oid = 1034",
+    "SHOW search_path",
+    "SELECT db.oid,db.* FROM pg_catalog.pg_database db WHERE datname='shop'",
+    "SELECT * FROM pg_catalog.pg_settings where name='standard_conforming_strings'",
+    "SELECT version()",
+    "SELECT * FROM pg_catalog.pg_enum WHERE 1<>1 LIMIT 1",
+    "SELECT reltype FROM pg_catalog.pg_class WHERE 1<>1 LIMIT 1",
+    "SELECT c.oid,c.*,d.description FROM pg_catalog.pg_class c \
+     LEFT OUTER JOIN pg_catalog.pg_description d ON d.objoid=c.oid AND d.objsubid=0 \
+     AND d.classoid='pg_class'::regclass WHERE c.relkind not in ('i','I','c')",
+];
+
 /// Runs psql with `args` against `url` (unaligned, tuples only, `|` between
 /// columns, SQLSTATEs in errors).
-async fn psql(url: &str, args: &[&str]) -> Output {
+pub(crate) async fn psql(url: &str, args: &[&str]) -> Output {
     let mut command = tokio::process::Command::new("psql");
     command
         .arg(url)
@@ -46,7 +104,7 @@ async fn psql(url: &str, args: &[&str]) -> Output {
         .expect("psql runs (Debian's postgresql-client; .ci/run installs it)")
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "psql failed: {}",
@@ -98,10 +156,12 @@ fn python() -> PathBuf {
 /// Runs a psycopg script (`conninfo` in its environment) and parses the
 /// JSON it prints.
 async fn psycopg(conninfo: &str, script: &str) -> Value {
+    let queries: Vec<&str> = GRAFANA.iter().chain(DBEAVER).copied().collect();
     let output = tokio::process::Command::new(python())
         .arg("-c")
         .arg(script)
         .env("CONNINFO", conninfo)
+        .env("QUERIES", serde_json::to_string(&queries).unwrap())
         .output()
         .await
         .expect("tests/venv has python with psycopg (.ci/run makes it)");
@@ -178,9 +238,24 @@ async fn sql_clients_get_the_http_answers_from_any_member() {
         );
     }
 
-    // Writes are refused, with SQLSTATE 25006, and change nothing.
+    // `\l` lists the databases (the admin token sees them all), `\d` a
+    // table's columns.
     let port = members[0].server.pg_addr().unwrap().port();
     let url = format!("host=127.0.0.1 port={port} dbname=shop user=dram password={ADMIN}");
+    let listed = stdout(&psql(&url, &["-c", "\\l"]).await);
+    let names: Vec<&str> = listed.lines().filter_map(|l| l.split('|').next()).collect();
+    assert!(
+        names.contains(&"shop") && names.contains(&"other"),
+        "{listed}"
+    );
+    let described = stdout(&psql(&url, &["-c", "\\d sales"]).await);
+    let columns: Vec<&str> = described
+        .lines()
+        .filter_map(|l| l.split('|').next())
+        .collect();
+    assert_eq!(columns, ["region", "amount", "day"], "{described}");
+
+    // Writes are refused, with SQLSTATE 25006, and change nothing.
     for write in [
         "INSERT INTO sales VALUES ('eu', 1, '2024-01-01')",
         "COPY (SELECT 'x') TO '/tmp/dram-pg-copy.csv'",
@@ -285,4 +360,110 @@ print(json.dumps(out))
         json!(["12345678901234.56789", "2024-02-29", true, null])
     );
     assert_eq!(answer["insert"], "25006");
+
+    // Parameters of every common type, bound by psycopg (the extended
+    // protocol), give the answer of the same query written with literals;
+    // a prepared statement runs twice.
+    let answer = psycopg(
+        &conninfo,
+        r#"
+import datetime, decimal, json, os, psycopg
+with psycopg.connect(os.environ["CONNINFO"]) as conn, conn.cursor() as cur:
+    out = {}
+    sql = "SELECT count(*), sum(amount) FROM sales WHERE region = %s AND day >= %s AND amount < %s AND (amount > %s) = %s"
+    params = ("eu", datetime.date(2024, 3, 1), decimal.Decimal("150.5"), 20, True)
+    out["typed"] = [list(cur.execute(sql, params, prepare=True).fetchone()) for _ in range(2)]
+    cur.execute("SELECT region, amount FROM sales ORDER BY amount DESC, region LIMIT %s", (4,))
+    out["limit"] = [list(r) for r in cur.fetchall()]
+    cur.execute("SELECT count(*) FROM sales WHERE region = %s", (None,))
+    out["null"] = cur.fetchone()[0]
+    print(json.dumps(out))
+"#,
+    )
+    .await;
+    let typed = http_rows(
+        &clients[0],
+        "shop",
+        "SELECT count(*), sum(amount) FROM sales WHERE region = 'eu' AND day >= DATE '2024-03-01' \
+         AND amount < 150.5 AND (amount > 20) = true",
+    )
+    .await;
+    for got in answer["typed"].as_array().unwrap() {
+        assert_eq!(format!("{}|{}", got[0], got[1]), typed, "{answer}");
+    }
+    let limit = http_rows(
+        &clients[0],
+        "shop",
+        "SELECT region, amount FROM sales ORDER BY amount DESC, region LIMIT 4",
+    )
+    .await;
+    let got: Vec<String> = answer["limit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}|{}", r[0].as_str().unwrap(), r[1]))
+        .collect();
+    assert_eq!(got.join("\n"), limit);
+    assert_eq!(answer["null"], 0);
+
+    // A larger answer (14,400 rows of a join across every member) comes
+    // whole, row by row: the count and sum psycopg makes equal the HTTP
+    // answer's.
+    let answer = psycopg(
+        &conninfo,
+        r#"
+import json, os, psycopg
+with psycopg.connect(os.environ["CONNINFO"]) as conn, conn.cursor() as cur:
+    rows, total = 0, 0
+    for a, b in cur.stream("SELECT s.amount AS a, t.amount AS b FROM sales s CROSS JOIN sales t"):
+        rows += 1
+        total += a * b
+    print(json.dumps([rows, total]))
+"#,
+    )
+    .await;
+    let expected = http_rows(
+        &clients[0],
+        "shop",
+        "SELECT count(*), sum(s.amount * t.amount) FROM sales s CROSS JOIN sales t",
+    )
+    .await;
+    assert_eq!(format!("{}|{}", answer[0], answer[1]), expected);
+
+    // The startup and browsing queries of Grafana and DBeaver answer, over
+    // both protocols; Grafana's lists the tables and a table's columns.
+    for sql in GRAFANA.iter().chain(DBEAVER) {
+        stdout(&psql(&url, &["-c", sql]).await);
+    }
+    let answer = psycopg(
+        &conninfo,
+        r#"
+import json, os, psycopg
+out = {"failed": []}
+with psycopg.connect(os.environ["CONNINFO"], autocommit=True) as conn:
+    for i, sql in enumerate(json.loads(os.environ["QUERIES"])):
+        try:
+            cur = conn.execute(sql)
+            out[str(i)] = [[str(v) for v in r] for r in cur.fetchall()] if cur.description else []
+        except psycopg.Error as e:
+            out["failed"].append([sql, e.sqlstate, str(e)])
+print(json.dumps(out))
+"#,
+    )
+    .await;
+    assert_eq!(answer["failed"], json!([]), "{answer}");
+    let tables: Vec<&str> = answer["1"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().trim_start_matches("public."))
+        .collect();
+    assert_eq!(tables, ["regions", "sales"], "{answer}");
+    let columns: Vec<&str> = answer["2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["region", "amount", "day"]);
 }

@@ -15,6 +15,8 @@ use crate::support::*;
 struct NodeProcess {
     child: Child,
     client: Client,
+    /// Where it serves the PostgreSQL protocol, when the test chose it.
+    pg: Option<String>,
 }
 
 impl NodeProcess {
@@ -48,6 +50,7 @@ impl NodeProcess {
         NodeProcess {
             child,
             client: Client::new(&url),
+            pg: None,
         }
     }
 
@@ -402,8 +405,12 @@ async fn two_processes(dir: &Path, batches: usize) -> (NodeProcess, NodeProcess)
     second.cluster.seeds = vec![first.cluster.gossip_listen.clone()];
     std::fs::create_dir_all(dir.join("n1")).unwrap();
     std::fs::create_dir_all(dir.join("n2")).unwrap();
-    let n1 = NodeProcess::start(&write_config(&dir.join("n1"), &first));
-    let n2 = NodeProcess::start(&write_config(&dir.join("n2"), &second));
+    first.pg.listen = format!("127.0.0.1:{}", free_tcp_port());
+    second.pg.listen = format!("127.0.0.1:{}", free_tcp_port());
+    let mut n1 = NodeProcess::start(&write_config(&dir.join("n1"), &first));
+    let mut n2 = NodeProcess::start(&write_config(&dir.join("n2"), &second));
+    n1.pg = Some(first.pg.listen.clone());
+    n2.pg = Some(second.pg.listen.clone());
     eventually(30, "two members", || async {
         let view = n1.client.get("/v1/cluster").await.unwrap_or_default();
         crate::cluster::live_members(&view).len() == 2
@@ -499,4 +506,96 @@ async fn a_cancelled_distributed_query_stops_on_every_member() {
             );
         }
     }
+}
+
+/// A query cancelled by a SQL client stops on every member: psql's Ctrl-C
+/// (SIGINT: psql sends a cancel request, the simple protocol) and psycopg's
+/// `cancel_safe()` (the extended protocol) both get SQLSTATE 57014, and the
+/// member scanning goes idle, as for a query past its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_cancelled_by_a_sql_client_stops_on_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (asked, scanner) = two_processes(dir.path(), 16).await;
+    let pid = scanner.child.id();
+    let idle = cpu_over(pid, Duration::from_millis(1500)).await;
+    let (host, port) = asked.pg.as_deref().unwrap().split_once(':').unwrap();
+    let url = format!("host={host} port={port} dbname=big user=dram");
+    let sql = "SELECT count(*) AS c FROM t \
+               WHERE md5(repeat(CAST(n + random() AS VARCHAR), 40)) > 'f'";
+    let busy_then_idle = |who: &'static str| async move {
+        let since = Instant::now();
+        let mut busy = Vec::new();
+        loop {
+            let used = cpu_over(pid, Duration::from_millis(1000)).await;
+            if used < idle + 0.2 {
+                break;
+            }
+            busy.push(used);
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "{who}: the member scanning still works 15 s after the cancel \
+                 (CPU s per second: {busy:.2?}; idle: {idle:.2})"
+            );
+        }
+    };
+
+    // psql, interrupted as a user's Ctrl-C does.
+    let psql = tokio::process::Command::new("psql")
+        .arg(&url)
+        .args(["-X", "-v", "VERBOSITY=verbose", "-c", sql])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql runs (Debian's postgresql-client; .ci/run installs it)");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let working = cpu_over(pid, Duration::from_millis(1000)).await;
+    assert!(
+        working > idle + 0.5,
+        "the member scanning used {working:.2} CPU s in 1 s (idle: {idle:.2})"
+    );
+    let interrupted = Command::new("kill")
+        .args(["-INT", &psql.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), psql.wait_with_output())
+        .await
+        .expect("psql ends after its cancel")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("57014"), "psql: {err}");
+    busy_then_idle("psql").await;
+
+    // psycopg, from another thread, as an application cancels.
+    let script = r#"
+import json, os, sys, threading, time, psycopg
+conn = psycopg.connect(os.environ["CONNINFO"], autocommit=True)
+threading.Timer(2.0, conn.cancel_safe).start()
+out = {}
+try:
+    conn.execute(sys.argv[1]).fetchall()
+except psycopg.Error as e:
+    out["cancelled"] = e.sqlstate
+out["after"] = conn.execute("SELECT 41 + 1").fetchone()[0]
+print(json.dumps(out))
+"#;
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/venv/bin/python");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python)
+            .args(["-c", script, sql])
+            .env("CONNINFO", &url)
+            .output(),
+    )
+    .await
+    .expect("psycopg ends after its cancel")
+    .expect("tests/venv has python with psycopg (.ci/run makes it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer, json!({"cancelled": "57014", "after": 42}));
+    busy_then_idle("psycopg").await;
 }

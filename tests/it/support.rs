@@ -31,6 +31,16 @@ pub fn config(dir: &Path) -> Config {
     config
 }
 
+/// A TCP port free right now on 127.0.0.1 (for a node process whose
+/// address the test must know before it starts).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A UDP port free right now on 127.0.0.1 (gossip needs a fixed port).
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

@@ -2,7 +2,8 @@
 //! (with a self-signed certificate made here by rcgen), refuses plain HTTP,
 //! cuts off a client that never finishes its handshake, fails to start with
 //! files it cannot use (naming the field), and members reach each other over
-//! HTTPS (their SQL workers too).
+//! HTTPS (their SQL workers too); the PostgreSQL protocol uses the same
+//! certificate.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -289,6 +290,26 @@ async fn members_reach_each_other_over_https() {
             assert_eq!(rows, &json!([{"c": 8, "total": 28}]), "{answer}");
         }
     }
+
+    // The PostgreSQL protocol over TLS, with the same certificate; a plain
+    // connection is refused, as plain HTTP is.
+    let port = second.pg_addr().expect("pg listens").port();
+    let base = format!("host=127.0.0.1 port={port} dbname=spread user=dram");
+    let verified = format!("sslmode=verify-full sslrootcert={}", cert.display());
+    for ssl in ["sslmode=require", verified.as_str()] {
+        let out = crate::pg::psql(
+            &format!("{base} {ssl}"),
+            &["-c", "SELECT count(*), sum(n) FROM t"],
+        )
+        .await;
+        assert_eq!(crate::pg::stdout(&out), "8|28", "{ssl}");
+    }
+    let out = crate::pg::psql(&format!("{base} sslmode=disable"), &["-c", "SELECT 1"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("TLS connections only"),
+        "{err}"
+    );
     second.shutdown().await;
     first.shutdown().await;
 }

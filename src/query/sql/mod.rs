@@ -9,7 +9,8 @@
 //!   manifest; files are read through the `dram://` object store
 //!   (`store.rs`), from the local copy or from a holder.
 //! - A query (`run.rs`): where each shard is read, the run on the SQL
-//!   runtime within the deadline, once more without a member that failed.
+//!   runtime within the deadline, once more without a member that failed;
+//!   its rows whole, or as they come (`stream.rs`).
 //! - Locality (`routing.rs`): a shard table's scan for shard S runs on the
 //!   holder chosen for S (local first, then least busy; version pinned).
 //! - Co-located tables (`colocate.rs`) and cancellable scans (`preempt.rs`).
@@ -28,6 +29,7 @@ pub(crate) mod remote;
 pub(crate) mod routing;
 mod run;
 pub(crate) mod store;
+pub(crate) mod stream;
 pub(crate) mod tables;
 mod worker;
 
@@ -261,6 +263,19 @@ impl SqlEngine {
                 .build(),
             None => builder.build(),
         };
+        SessionContext::new_with_state(state)
+    }
+
+    /// A context on this member alone whose catalog is named `name` (what
+    /// SQL clients show as the current database).
+    fn catalog_context(&self, name: &str) -> SessionContext {
+        let config = session_config(None, &self.compression, self.broadcast_join_bytes, false)
+            .with_default_catalog_and_schema(name, "public");
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .build();
         SessionContext::new_with_state(state)
     }
 

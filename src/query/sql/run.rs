@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use url::Url;
 
 use super::routing::Placement;
+use super::stream::RowStream;
 use super::tables::Tables;
 use super::{SQL, SqlEngine, runtime};
 use crate::query::Queries;
@@ -84,7 +86,7 @@ impl Queries {
             return None;
         }
         let engine = self.builtin_sql_engine()?;
-        let answer = self.run_sql_with(engine, target, request).await;
+        let answer = self.run_sql_whole(engine, target, request).await;
         Some(answer.and_then(|(rows, meta)| {
             let output = crate::query::sql::analysis::sql_output(&rows.0, &rows.1)
                 .map_err(|e| QueryError::from_analysis(SQL, None, e))?;
@@ -182,7 +184,7 @@ impl Queries {
             let engine = self
                 .builtin_sql_engine()
                 .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
-            self.run_sql_with(engine, target, &request).await
+            self.run_sql_whole(engine, target, &request).await
         }
         .await;
         let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
@@ -192,10 +194,47 @@ impl Queries {
         answer
     }
 
+    /// Runs a `sql` query here as [`Queries::query_sql_rows`] does, but
+    /// hands its rows on as they come (a member that fails before the first
+    /// row has the query run again without it; after, the stream ends with
+    /// the error). Counted in the query metrics once it has started; the
+    /// meta's `took_ms` is the time to the first rows.
+    pub(crate) async fn query_sql_stream(
+        &self,
+        target: &str,
+        request: QueryRequest,
+    ) -> Result<(RowStream, QueryMeta), QueryError> {
+        let started = Instant::now();
+        let answer = async {
+            let engine = self
+                .builtin_sql_engine()
+                .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
+            self.run_sql_with(engine, target, &request, false).await
+        }
+        .await;
+        let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
+        self.local
+            .metrics()
+            .query_done(SQL, outcome, started.elapsed());
+        answer
+    }
+
+    /// Runs a `sql` query to its last row.
+    async fn run_sql_whole(
+        &self,
+        engine: Arc<SqlEngine>,
+        target: &str,
+        request: &QueryRequest,
+    ) -> Result<(Rows, QueryMeta), QueryError> {
+        let (rows, meta) = self.run_sql_with(engine, target, request, true).await?;
+        let schema = rows.schema();
+        Ok(((schema, rows.collect().await?), meta))
+    }
+
     /// A context on this member alone over the tables of the version of
     /// `target` ready here (every shard; files this member does not hold are
-    /// read from their holders): what SQL clients' catalog queries read.
-    /// Returns the database it names too.
+    /// read from their holders), its catalog named `target`: what SQL
+    /// clients' catalog queries read. Returns the database and version.
     pub(crate) async fn catalog_session(
         &self,
         target: &str,
@@ -207,9 +246,9 @@ impl Queries {
         let version = self.local.ready_version(&database)?;
         let shards = self.local.shard_ids(&database)?;
         let node = self.local.clone();
-        let (db, ver) = (database.clone(), version.clone());
+        let (db, ver, name) = (database.clone(), version.clone(), target.to_string());
         let ctx = on_sql_runtime(async move {
-            let ctx = engine.session(None, false);
+            let ctx = engine.catalog_context(&name);
             let tables = engine.tables(&node, &ctx, &db, &ver).await?;
             tables.register(&ctx, &shards, true)?;
             Ok(ctx)
@@ -224,7 +263,8 @@ impl Queries {
         engine: Arc<SqlEngine>,
         target: &str,
         request: &QueryRequest,
-    ) -> Result<(Rows, QueryMeta), QueryError> {
+        whole: bool,
+    ) -> Result<(RowStream, QueryMeta), QueryError> {
         let started = Instant::now();
         let analysis_error = |e: AnalysisError| QueryError::from_analysis(SQL, None, e);
         let timeout_ms = self.query_timeout(request.timeout_ms)?;
@@ -265,13 +305,28 @@ impl Queries {
                         let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
                         let placement = reading.placement.clone();
                         let shards = reading.shards.clone();
-                        let output = on_sql_runtime(async move {
+                        let plan = async move {
                             let ctx = engine.session(Some(placement), explains_analyze(&sql));
                             let tables = engine.tables(&node, &ctx, &db, &ver).await?;
                             tables.register(&ctx, &shards, true)?;
                             run(&ctx, &sql, &tables).await
-                        })
-                        .await;
+                        };
+                        let begun = RowStream::start(plan, deadline, timeout_ms).await;
+                        // A whole answer is read here, so that a member
+                        // failing midway has it run again too.
+                        let output = match begun {
+                            Ok(rows) if whole => {
+                                let schema = rows.schema();
+                                match rows.collect().await {
+                                    Ok(batches) => Ok(RowStream::done(schema, batches)),
+                                    Err(QueryError::Failed { message, .. }) => {
+                                        Err(AnalysisError::failed(message))
+                                    }
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                            other => other,
+                        };
                         let output = match output {
                             Ok(output) => output,
                             Err(e) => match reading.failed_member(e.message()) {
@@ -343,7 +398,7 @@ impl Queries {
                         })?;
                     let (node, engine) = (self.local.clone(), engine.clone());
                     let (db, ver, reduce) = (database.clone(), version.clone(), reduce.to_string());
-                    let output = on_sql_runtime(async move {
+                    let (schema, batches) = on_sql_runtime(async move {
                         let ctx = engine.session(None, false);
                         let tables = engine.tables(&node, &ctx, &db, &ver).await?;
                         tables.register(&ctx, &[], false)?;
@@ -351,7 +406,7 @@ impl Queries {
                     })
                     .await
                     .map_err(analysis_error)?;
-                    Ok((output, gathered.meta))
+                    Ok((RowStream::done(schema, batches), gathered.meta))
                 }
             }
         };
@@ -496,9 +551,13 @@ fn explains_analyze(sql: &str) -> bool {
     words.first().is_some_and(|w| w == "EXPLAIN") && words.iter().any(|w| w == "ANALYZE")
 }
 
-/// Plans and runs one read-only statement; a missing table's error lists
-/// the tables there are.
-async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, AnalysisError> {
+/// Plans one read-only statement and starts it; a missing table's error
+/// lists the tables there are.
+async fn run(
+    ctx: &SessionContext,
+    sql: &str,
+    tables: &Tables,
+) -> Result<SendableRecordBatchStream, AnalysisError> {
     let started = Instant::now();
     let plan = match crate::query::sql::analysis::physical_plan(ctx, sql).await {
         Ok(plan) => plan,
@@ -517,15 +576,10 @@ async fn run(ctx: &SessionContext, sql: &str, tables: &Tables) -> Result<Rows, A
         }
         Err(e) => return Err(e),
     };
-    let planned = started.elapsed();
-    let schema: SchemaRef = plan.schema();
-    let batches: Vec<RecordBatch> = datafusion::physical_plan::collect(plan, ctx.task_ctx())
-        .await
-        .map_err(|e| crate::query::sql::analysis::run_failed("query", e))?;
     tracing::debug!(
-        plan_ms = planned.as_secs_f64() * 1e3,
-        run_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,
-        "sql query"
+        plan_ms = started.elapsed().as_secs_f64() * 1e3,
+        "sql query planned"
     );
-    Ok((schema, batches))
+    datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())
+        .map_err(|e| crate::query::sql::analysis::run_failed("query", e))
 }
