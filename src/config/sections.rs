@@ -319,6 +319,9 @@ pub struct PgConfig {
     pub listen: String,
     /// Connections open at once; one more is refused (SQLSTATE 53300).
     pub max_connections: usize,
+    /// A connection that runs nothing for this long is closed (0: never),
+    /// as PostgreSQL's `idle_session_timeout`.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for PgConfig {
@@ -327,6 +330,7 @@ impl Default for PgConfig {
             enabled: true,
             listen: "127.0.0.1:5433".into(),
             max_connections: 256,
+            idle_timeout_secs: 3600,
         }
     }
 }

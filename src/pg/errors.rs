@@ -1,7 +1,6 @@
 //! dram's errors as PostgreSQL errors, each with its SQLSTATE.
 
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError};
-use tokio::io::AsyncWriteExt;
 
 use crate::query::QueryError;
 
@@ -56,34 +55,6 @@ pub(super) fn sqlstate(e: &QueryError) -> &'static str {
 /// A query's error as the client sees it.
 pub(super) fn query_error(e: &QueryError) -> PgWireError {
     error("ERROR", sqlstate(e), e.to_string())
-}
-
-/// Answers a connection past `pg.max_connections` with FATAL 53300
-/// (too_many_connections), then closes it.
-pub(super) async fn refuse_too_many(mut socket: tokio::net::TcpStream) {
-    let mut fields = Vec::new();
-    for (kind, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', "53300"),
-        (
-            b'M',
-            "too many connections to this member (pg.max_connections)",
-        ),
-    ] {
-        fields.push(kind);
-        fields.extend_from_slice(value.as_bytes());
-        fields.push(0);
-    }
-    fields.push(0);
-    let mut message = vec![b'E'];
-    message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
-    message.extend_from_slice(&fields);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        let _ = socket.write_all(&message).await;
-        let _ = socket.shutdown().await;
-    })
-    .await;
 }
 
 #[cfg(test)]

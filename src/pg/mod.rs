@@ -17,8 +17,16 @@ mod errors;
 mod session;
 mod startup;
 
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use datafusion_postgres::pgwire::api::ClientInfo;
+use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use futures::Sink;
 
 use datafusion_postgres::pgwire::api::ConnectionManager;
 use datafusion_postgres::pgwire::api::PgWireServerHandlers;
@@ -73,11 +81,11 @@ impl PgServer {
             ))
         })?;
         let connections = Arc::new(ConnectionManager::new());
-        let handlers = Arc::new(Handlers {
+        let handlers = Handlers {
             startup: Arc::new(startup::Startup::new(node.clone(), connections.clone())),
             session: Arc::new(session::Session::new(node.clone())),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
-        });
+        };
         let closing = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(config.max_connections));
         let accept = tokio::spawn(accept_loop(
@@ -110,13 +118,14 @@ impl PgServer {
 
 async fn accept_loop(
     listener: TcpListener,
-    handlers: Arc<Handlers>,
+    handlers: Handlers,
     tls: Option<tokio_rustls::TlsAcceptor>,
     slots: Arc<Semaphore>,
     node: Node,
     closing: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let refusals = Arc::new(Semaphore::new(REFUSED_AT_ONCE));
     loop {
         let accepted = tokio::select! {
             _ = closing.cancelled() => break,
@@ -129,19 +138,46 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "pg: too many connections (pg.max_connections): refused");
-            connections.spawn(errors::refuse_too_many(socket));
-            continue;
+        // One past the limit is told why (after TLS negotiation, as the
+        // client expects), within a few seconds; past a few of those at
+        // once, closed without a word.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(slot),
+            Err(_) => match refusals.clone().try_acquire_owned() {
+                Ok(refusal) => Err(refusal),
+                Err(_) => continue,
+            },
         };
-        let (handlers, tls, closing) = (handlers.clone(), tls.clone(), closing.clone());
+        let refused = slot.is_err();
+        if refused {
+            tracing::warn!(%peer, "pg: too many connections (pg.max_connections): refused");
+        }
+        let activity = Activity::new();
+        let connection = Arc::new(Connection {
+            startup: Arc::new(Connecting {
+                startup: handlers.startup.clone(),
+                activity: activity.clone(),
+                refused,
+            }),
+            session: handlers.session.clone(),
+            cancel: handlers.cancel.clone(),
+        });
+        let (tls, closing) = (tls.clone(), closing.clone());
         let gauge = node.metrics().pg_connection();
+        let idle_timeout = if refused {
+            REFUSING
+        } else {
+            Duration::from_secs(node.config().pg.idle_timeout_secs)
+        };
         connections.spawn(async move {
             let _slot = slot;
             let _open = gauge;
             tokio::select! {
                 _ = closing.cancelled() => {}
-                served = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, handlers) => {
+                _ = activity.idle_past(idle_timeout) => {
+                    tracing::debug!(%peer, "pg: closed a connection idle past pg.idle_timeout_secs");
+                }
+                served = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, connection) => {
                     if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "pg: connection ended with an error");
                     }
@@ -153,14 +189,118 @@ async fn accept_loop(
     connections.wait().await;
 }
 
-/// The handlers of every connection.
+/// The handlers all connections share.
 struct Handlers {
     startup: Arc<startup::Startup>,
     session: Arc<session::Session>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
-impl PgWireServerHandlers for Handlers {
+/// The handlers of one connection.
+struct Connection {
+    startup: Arc<Connecting>,
+    session: Arc<session::Session>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+/// A connection's start, which gives the connection its [`Activity`], or
+/// refuses it: one past `pg.max_connections`.
+struct Connecting {
+    startup: Arc<startup::Startup>,
+    activity: Arc<Activity>,
+    refused: bool,
+}
+
+/// Connections past the limit being told so at once; more are closed.
+const REFUSED_AT_ONCE: usize = 16;
+/// How long a refused connection has to hear why.
+const REFUSING: Duration = Duration::from_secs(5);
+
+#[async_trait::async_trait]
+impl StartupHandler for Connecting {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if self.refused {
+            return Err(errors::error(
+                "FATAL",
+                "53300",
+                "too many connections to this member (pg.max_connections)",
+            ));
+        }
+        client.session_extensions().insert(self.activity.clone());
+        self.startup.on_startup(client, message).await
+    }
+}
+
+/// When a connection last ran a statement, and how many it runs now.
+pub(super) struct Activity {
+    since: Instant,
+    /// Milliseconds from `since` to the end of the last statement.
+    last_ms: AtomicU64,
+    running: AtomicUsize,
+}
+
+/// A statement running on a connection: it is not idle until this drops.
+pub(super) struct Running(Arc<Activity>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let now = self.0.since.elapsed().as_millis() as u64;
+        self.0.last_ms.store(now, Ordering::SeqCst);
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+        })
+    }
+
+    /// Marks a statement of `client`'s connection running (its rows sent
+    /// included) until the guard drops.
+    pub(super) fn running<C: ClientInfo>(client: &C) -> Option<Running> {
+        let activity = client.session_extensions().get::<Arc<Activity>>()?;
+        activity.running.fetch_add(1, Ordering::SeqCst);
+        Some(Running((*activity).clone()))
+    }
+
+    /// How long the connection has run nothing (zero while it runs something).
+    fn idle(&self) -> Duration {
+        if self.running.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
+        self.since.elapsed().saturating_sub(last)
+    }
+
+    /// Ends once the connection has run nothing for `timeout` (never, for 0).
+    async fn idle_past(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
+        let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(every).await;
+            if self.idle() >= timeout {
+                return;
+            }
+        }
+    }
+}
+
+impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.session.clone()
     }

@@ -51,6 +51,7 @@ use std::fmt::Debug;
 
 use super::errors::{error, query_error, read_only};
 use super::startup::{Access, database};
+use super::{Activity, Running};
 use crate::node::Node;
 use crate::query::QueryRequest;
 use crate::sync::lock;
@@ -272,26 +273,33 @@ impl Session {
             .session_extensions()
             .get::<Arc<ConnectionHandle>>()
             .map(|handle| (*handle).clone());
+        // The connection is busy until its last row is sent.
+        let running = Activity::running(client);
         Ok(Response::Query(QueryResponse::new(
             fields,
-            cancellable(rows, handle),
+            cancellable(rows, handle, running),
         )))
     }
 }
 
 /// `rows`, ended by a cancel request on the connection of `handle` with
 /// SQLSTATE 57014 (never cut short silently). It listens from its first
-/// row: by then pgwire no longer does.
+/// row: by then pgwire no longer does. The connection counts as running a
+/// statement (`running`) until the stream is dropped.
 fn cancellable(
     rows: impl Stream<Item = PgWireResult<DataRow>> + Send + 'static,
     handle: Option<Arc<ConnectionHandle>>,
+    running: Option<Running>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
     enum Cancel {
         Unheard(Option<Arc<ConnectionHandle>>),
         Heard(Option<oneshot::Receiver<()>>),
         Done,
     }
-    let rows = Box::pin(rows);
+    let rows = Box::pin(rows.map(move |row| {
+        let _running = &running;
+        row
+    }));
     futures::stream::unfold(
         (rows, Cancel::Unheard(handle)),
         |(mut rows, cancel)| async move {
@@ -335,6 +343,7 @@ impl SimpleQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let _running = Activity::running(client);
         let statements = parse(query)?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -427,6 +436,7 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let _running = Activity::running(client);
         if let (_, Some((statement, plan))) = &portal.statement.statement
             && route(statement) == Route::Data
         {

@@ -89,6 +89,27 @@ const DBEAVER: &[&str] = &[
      AND d.classoid='pg_class'::regclass WHERE c.relkind not in ('i','I','c')",
 ];
 
+/// Rows per region in the files, named as `regions.csv` names them, as
+/// psql prints `name|count`.
+fn regions_counted() -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for shard in 0..SHARDS {
+        for line in sales(shard).lines().skip(1) {
+            let code = line.split(',').next().unwrap();
+            let name = REGIONS
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{code},")))
+                .unwrap();
+            *counts.entry(name.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+        .iter()
+        .map(|(name, n)| format!("{name}|{n}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs psql with `args` against `url` (unaligned, tuples only, `|` between
 /// columns, SQLSTATEs in errors).
 pub(crate) async fn psql(url: &str, args: &[&str]) -> Output {
@@ -156,12 +177,18 @@ fn python() -> PathBuf {
 /// Runs a psycopg script (`conninfo` in its environment) and parses the
 /// JSON it prints.
 async fn psycopg(conninfo: &str, script: &str) -> Value {
+    psycopg_with(conninfo, script, &[]).await
+}
+
+/// [`psycopg`], with more in the script's environment.
+async fn psycopg_with(conninfo: &str, script: &str, env: &[(&str, &str)]) -> Value {
     let queries: Vec<&str> = GRAFANA.iter().chain(DBEAVER).copied().collect();
     let output = tokio::process::Command::new(python())
         .arg("-c")
         .arg(script)
         .env("CONNINFO", conninfo)
         .env("QUERIES", serde_json::to_string(&queries).unwrap())
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("tests/venv has python with psycopg (.ci/run makes it)");
@@ -230,6 +257,50 @@ async fn sql_clients_get_the_http_answers_from_any_member() {
             let expected = http_rows(&clients[i], "shop", sql).await;
             assert!(!expected.is_empty(), "{sql}");
             assert_eq!(stdout(&psql(&url, &["-c", sql]).await), expected, "{sql}");
+        }
+        // A custom analysis as a table, alone and joined with a table:
+        // `group`'s counts per region, as the files have them.
+        let analysis = stdout(
+            &psql(
+                &url,
+                &[
+                    "-c",
+                    r#"SELECT r.name, g.count FROM dram_analysis('group', '{"by": "region"}') g
+                       JOIN regions r ON g."key.region" = r.code ORDER BY r.name"#,
+                ],
+            )
+            .await,
+        );
+        assert_eq!(analysis, regions_counted(), "{analysis}");
+        if i == 0 {
+            let over_http = http_rows(
+                &clients[0],
+                "shop",
+                r#"SELECT r.name, g.count FROM dram_analysis('group', '{"by": "region"}') g
+                   JOIN regions r ON g."key.region" = r.code ORDER BY r.name"#,
+            )
+            .await;
+            assert_eq!(over_http, analysis);
+            for (sql, says) in [
+                ("SELECT * FROM dram_analysis('nope')", "nope"),
+                (
+                    "SELECT * FROM dram_analysis('sql', '{}')",
+                    "write the query directly",
+                ),
+                (
+                    "SELECT * FROM dram_analysis('group', '{by')",
+                    "params is JSON",
+                ),
+                (
+                    "SELECT * FROM dram_analysis('group', '{\"by\": 1}')",
+                    "group",
+                ),
+                ("SELECT * FROM dram_analysis(1)", "text literals"),
+            ] {
+                let out = psql(&url, &["-c", sql]).await;
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(!out.status.success() && err.contains(says), "{sql}: {err}");
+            }
         }
         let tables = stdout(&psql(&url, &["-c", "\\dt"]).await);
         assert!(
@@ -466,4 +537,72 @@ print(json.dumps(out))
         .map(|r| r[0].as_str().unwrap())
         .collect();
     assert_eq!(columns, ["region", "amount", "day"]);
+}
+
+/// A member's PostgreSQL connections are bounded: one past
+/// `pg.max_connections` is refused (SQLSTATE 53300) and counted connections
+/// show in `/metrics`; one that runs nothing for `pg.idle_timeout_secs` is
+/// closed, while one that keeps running statements stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_and_idle_ones_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(dir.path());
+    config.pg.max_connections = 2;
+    config.pg.idle_timeout_secs = 1;
+    let (server, client) =
+        crate::support::serve(dram::builtin::register(dram::Node::builder(config))).await;
+    let store = server.node.config().store.clone();
+    publish(
+        dir.path(),
+        &store,
+        "shop",
+        &[("shards/a/sales.csv", sales(0).as_bytes())],
+    )
+    .await;
+    client
+        .post("/v1/databases", &json!({"name": "shop", "source": "shop"}))
+        .await
+        .unwrap();
+    crate::support::eventually(30, "shop ready", || async {
+        client.get("/v1/databases/shop").await.unwrap()["state"] == "ready"
+    })
+    .await;
+    let port = server.pg_addr().unwrap().port();
+    let metrics = format!("{}/metrics", server.url());
+    let answer = psycopg_with(
+        &format!("host=127.0.0.1 port={port} dbname=shop user=dram"),
+        r#"
+import json, os, time, urllib.request, psycopg
+out = {}
+busy = psycopg.connect(os.environ["CONNINFO"], autocommit=True)
+idle = psycopg.connect(os.environ["CONNINFO"], autocommit=True)
+try:
+    psycopg.connect(os.environ["CONNINFO"])
+except psycopg.OperationalError as e:
+    out["third"] = str(e)
+out["metrics"] = [l for l in urllib.request.urlopen(os.environ["METRICS"]).read().decode().splitlines()
+                  if l.startswith("dram_pg_connections")]
+for _ in range(10):
+    out["busy"] = busy.execute("SELECT count(*) FROM sales").fetchone()[0]
+    time.sleep(0.25)
+try:
+    idle.execute("SELECT 1")
+    out["idle"] = "open"
+except psycopg.OperationalError as e:
+    out["idle"] = "closed"
+print(json.dumps(out))
+"#,
+        &[("METRICS", &metrics)],
+    )
+    .await;
+    let third = answer["third"].as_str().unwrap_or_default();
+    assert!(third.contains("too many connections"), "{answer}");
+    assert_eq!(
+        answer["metrics"],
+        json!(["dram_pg_connections 2"]),
+        "{answer}"
+    );
+    assert_eq!(answer["busy"], 40, "{answer}");
+    assert_eq!(answer["idle"], "closed", "{answer}");
+    server.shutdown().await;
 }

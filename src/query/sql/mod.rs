@@ -31,6 +31,7 @@ mod run;
 pub(crate) mod store;
 pub(crate) mod stream;
 pub(crate) mod tables;
+mod udtf;
 mod worker;
 
 use std::net::SocketAddr;

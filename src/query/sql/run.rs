@@ -16,6 +16,7 @@ use url::Url;
 use super::routing::Placement;
 use super::stream::RowStream;
 use super::tables::Tables;
+use super::udtf::{self, AnalysisTable};
 use super::{SQL, SqlEngine, runtime};
 use crate::query::Queries;
 use crate::query::root::GatheredMeta;
@@ -247,8 +248,10 @@ impl Queries {
         let shards = self.local.shard_ids(&database)?;
         let node = self.local.clone();
         let (db, ver, name) = (database.clone(), version.clone(), target.to_string());
+        let analyses = AnalysisTable::new(self.clone(), target);
         let ctx = on_sql_runtime(async move {
             let ctx = engine.catalog_context(&name);
+            ctx.register_udtf(udtf::NAME, Arc::new(analyses));
             let tables = engine.tables(&node, &ctx, &db, &ver).await?;
             tables.register(&ctx, &shards, true)?;
             Ok(ctx)
@@ -305,8 +308,10 @@ impl Queries {
                         let (db, ver, sql) = (database.clone(), version.clone(), sql.to_string());
                         let placement = reading.placement.clone();
                         let shards = reading.shards.clone();
+                        let analyses = AnalysisTable::new(self.clone(), target);
                         let plan = async move {
                             let ctx = engine.session(Some(placement), explains_analyze(&sql));
+                            ctx.register_udtf(udtf::NAME, Arc::new(analyses));
                             let tables = engine.tables(&node, &ctx, &db, &ver).await?;
                             tables.register(&ctx, &shards, true)?;
                             run(&ctx, &sql, &tables).await
