@@ -11,22 +11,21 @@
 //!   distributed, exactly as `POST /v1/query/{dbname}/sql` does; a query of
 //!   the catalog, `SET`, `SHOW` and transaction statements run on this member
 //!   over the same tables; anything that writes is refused (SQLSTATE 25006).
+//! - `extended.rs`: the extended protocol (prepared statements with
+//!   parameters), the same way.
 //! - `errors.rs`: dram's errors as SQLSTATEs.
 
 mod errors;
+mod extended;
 mod session;
 mod startup;
 
-use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion_postgres::pgwire::api::ClientInfo;
-use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
-use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use futures::Sink;
 
 use datafusion_postgres::pgwire::api::ConnectionManager;
 use datafusion_postgres::pgwire::api::PgWireServerHandlers;
@@ -82,7 +81,7 @@ impl PgServer {
         })?;
         let connections = Arc::new(ConnectionManager::new());
         let handlers = Handlers {
-            startup: Arc::new(startup::Startup::new(node.clone(), connections.clone())),
+            startup: startup::Shared::new(node.clone(), connections.clone()),
             session: Arc::new(session::Session::new(node.clone())),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         };
@@ -154,11 +153,11 @@ async fn accept_loop(
         }
         let activity = Activity::new();
         let connection = Arc::new(Connection {
-            startup: Arc::new(Connecting {
-                startup: handlers.startup.clone(),
-                activity: activity.clone(),
+            startup: Arc::new(startup::Startup::new(
+                handlers.startup.clone(),
+                activity.clone(),
                 refused,
-            }),
+            )),
             session: handlers.session.clone(),
             cancel: handlers.cancel.clone(),
         });
@@ -191,54 +190,22 @@ async fn accept_loop(
 
 /// The handlers all connections share.
 struct Handlers {
-    startup: Arc<startup::Startup>,
+    startup: Arc<startup::Shared>,
     session: Arc<session::Session>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
 /// The handlers of one connection.
 struct Connection {
-    startup: Arc<Connecting>,
+    startup: Arc<startup::Startup>,
     session: Arc<session::Session>,
     cancel: Arc<DefaultCancelHandler>,
-}
-
-/// A connection's start, which gives the connection its [`Activity`], or
-/// refuses it: one past `pg.max_connections`.
-struct Connecting {
-    startup: Arc<startup::Startup>,
-    activity: Arc<Activity>,
-    refused: bool,
 }
 
 /// Connections past the limit being told so at once; more are closed.
 const REFUSED_AT_ONCE: usize = 16;
 /// How long a refused connection has to hear why.
 const REFUSING: Duration = Duration::from_secs(5);
-
-#[async_trait::async_trait]
-impl StartupHandler for Connecting {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        if self.refused {
-            return Err(errors::error(
-                "FATAL",
-                "53300",
-                "too many connections to this member (pg.max_connections)",
-            ));
-        }
-        client.session_extensions().insert(self.activity.clone());
-        self.startup.on_startup(client, message).await
-    }
-}
 
 /// When a connection last ran a statement, and how many it runs now.
 pub(super) struct Activity {

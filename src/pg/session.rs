@@ -11,36 +11,25 @@
 //!   read);
 //! - anything else would write: refused with SQLSTATE 25006.
 //!
-//! The extended protocol (prepared statements with parameters, as psycopg
-//! sends them) plans and runs on this member's catalog context, over the
-//! same tables and files (those it does not hold are read from their
-//! holders).
+//! The extended protocol is `extended.rs`.
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::logical_expr::LogicalPlan;
-use std::ops::ControlFlow;
 
-use datafusion::arrow::datatypes::DataType;
-use datafusion::common::ParamValues;
-use datafusion::sql::sqlparser::ast::{
-    self, ObjectName, Statement, visit_expressions_mut, visit_relations,
-};
+use datafusion::sql::sqlparser::ast::{ObjectName, Statement, visit_relations};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::unparser::expr_to_sql;
 use datafusion_postgres::DfSessionService;
-use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
-use datafusion_postgres::pgwire::api::portal::{Format, Portal};
-use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::portal::Format;
+use datafusion_postgres::pgwire::api::query::SimpleQueryHandler;
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response};
-use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle, Type};
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, ConnectionHandle};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::messages::data::DataRow;
@@ -50,6 +39,7 @@ use futures::{Sink, Stream, StreamExt};
 use std::fmt::Debug;
 
 use super::errors::{error, query_error, read_only};
+use super::extended::ReadOnlyParser;
 use super::startup::{Access, database};
 use super::{Activity, Running};
 use crate::node::Node;
@@ -59,7 +49,7 @@ use datafusion::catalog::MemoryCatalogProvider;
 
 /// A parsed statement as datafusion-postgres keeps it: its text, and the
 /// statement with its plan.
-type Prepared = (String, Option<(Statement, LogicalPlan)>);
+pub(super) type Prepared = (String, Option<(Statement, LogicalPlan)>);
 
 /// Catalog contexts kept (one per database version in use).
 const KEPT: usize = 8;
@@ -70,7 +60,7 @@ type Key = (String, String, String, Vec<String>);
 
 /// Where a statement runs.
 #[derive(Debug, PartialEq, Eq)]
-enum Route {
+pub(super) enum Route {
     /// The database's tables, distributed.
     Data,
     /// The catalog, session settings or no table: on this member.
@@ -79,7 +69,7 @@ enum Route {
     Refused(&'static str),
 }
 
-fn route(statement: &Statement) -> Route {
+pub(super) fn route(statement: &Statement) -> Route {
     match statement {
         Statement::Query(_) => {
             let mut tables = 0;
@@ -133,7 +123,7 @@ fn route(statement: &Statement) -> Route {
     }
 }
 
-fn parse(sql: &str) -> PgWireResult<Vec<Statement>> {
+pub(super) fn parse(sql: &str) -> PgWireResult<Vec<Statement>> {
     Parser::parse_sql(&PostgreSqlDialect {}, sql)
         .map_err(|e| error("ERROR", "42601", format!("syntax error: {e}")))
 }
@@ -143,7 +133,7 @@ pub(super) struct Catalogs {
     node: Node,
     kept: Mutex<Vec<(Key, Arc<DfSessionService>)>>,
     /// Over no table: what prepared statements are described with.
-    plain: Arc<DfSessionService>,
+    pub(super) plain: Arc<DfSessionService>,
 }
 
 impl Catalogs {
@@ -163,7 +153,10 @@ impl Catalogs {
     /// database ready here, under the name it connected with, with the
     /// other databases and aliases it may see listed beside (as empty
     /// catalogs: `\l`, `pg_database`).
-    async fn of<C: ClientInfo>(&self, client: &C) -> PgWireResult<Arc<DfSessionService>> {
+    pub(super) async fn of<C: ClientInfo>(
+        &self,
+        client: &C,
+    ) -> PgWireResult<Arc<DfSessionService>> {
         let target = database(client);
         let local = self.node.local();
         let not_found = |e: crate::local::NodeError| query_error(&e.into());
@@ -219,8 +212,8 @@ impl Catalogs {
 /// The query handlers of every connection.
 pub(super) struct Session {
     node: Node,
-    catalogs: Arc<Catalogs>,
-    parser: Arc<ReadOnlyParser>,
+    pub(super) catalogs: Arc<Catalogs>,
+    pub(super) parser: Arc<ReadOnlyParser>,
 }
 
 impl Session {
@@ -235,11 +228,16 @@ impl Session {
         }
     }
 
+    /// How long a statement may run (`query.timeout_ms`).
+    pub(super) fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.node.config().query.timeout_ms)
+    }
+
     /// Runs a query of the database's tables as the `sql` analysis does,
     /// and hands its rows on as they come, in `format`. A cancel request
     /// while they are sent stops the query too (before the first rows,
     /// pgwire drops the query itself).
-    async fn data<C: ClientInfo>(
+    pub(super) async fn data<C: ClientInfo>(
         &self,
         client: &C,
         sql: &str,
@@ -269,69 +267,129 @@ impl Session {
             };
             futures::stream::iter(rows)
         });
-        let handle = client
-            .session_extensions()
-            .get::<Arc<ConnectionHandle>>()
-            .map(|handle| (*handle).clone());
-        // The connection is busy until its last row is sent.
-        let running = Activity::running(client);
+        let guard = Guard::of(client, self.timeout());
         Ok(Response::Query(QueryResponse::new(
             fields,
-            cancellable(rows, handle, running),
+            guard.rows(rows),
         )))
     }
 }
 
-/// `rows`, ended by a cancel request on the connection of `handle` with
-/// SQLSTATE 57014 (never cut short silently). It listens from its first
-/// row: by then pgwire no longer does. The connection counts as running a
-/// statement (`running`) until the stream is dropped.
-fn cancellable(
-    rows: impl Stream<Item = PgWireResult<DataRow>> + Send + 'static,
+/// `work`, or SQLSTATE 57014 past `timeout`.
+pub(super) async fn within<T>(
+    timeout: std::time::Duration,
+    work: impl std::future::Future<Output = PgWireResult<T>>,
+) -> PgWireResult<T> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// A statement past `query.timeout_ms`.
+fn timed_out() -> PgWireError {
+    error(
+        "ERROR",
+        "57014",
+        "canceling statement due to statement timeout (query.timeout_ms)",
+    )
+}
+
+/// What bounds the rows a statement sends: the connection's cancel key, its
+/// activity, and the statement's deadline.
+pub(super) struct Guard {
     handle: Option<Arc<ConnectionHandle>>,
     running: Option<Running>,
-) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
-    enum Cancel {
-        Unheard(Option<Arc<ConnectionHandle>>),
-        Heard(Option<oneshot::Receiver<()>>),
-        Done,
+    deadline: tokio::time::Instant,
+}
+
+impl Guard {
+    /// For a statement of `client`'s connection, due within `timeout`.
+    pub(super) fn of<C: ClientInfo>(client: &C, timeout: std::time::Duration) -> Guard {
+        Guard {
+            handle: client
+                .session_extensions()
+                .get::<Arc<ConnectionHandle>>()
+                .map(|handle| (*handle).clone()),
+            running: Activity::running(client),
+            deadline: tokio::time::Instant::now() + timeout,
+        }
     }
-    let rows = Box::pin(rows.map(move |row| {
-        let _running = &running;
-        row
-    }));
-    futures::stream::unfold(
-        (rows, Cancel::Unheard(handle)),
-        |(mut rows, cancel)| async move {
-            let mut receiver = match cancel {
-                Cancel::Done => return None,
-                Cancel::Heard(receiver) => receiver,
-                Cancel::Unheard(handle) => match handle {
-                    Some(handle) => Some(handle.start_query().await),
-                    None => None,
-                },
-            };
-            let Some(listening) = receiver.as_mut() else {
-                let row = rows.next().await?;
-                return Some((row, (rows, Cancel::Heard(None))));
-            };
-            tokio::select! {
-                row = rows.next() => {
-                    let row = row?;
-                    Some((row, (rows, Cancel::Heard(receiver))))
-                }
-                heard = listening => match heard {
-                    Ok(()) => Some((Err(PgWireError::QueryCanceled), (rows, Cancel::Done))),
-                    // Another query on this connection took the cancel key
-                    // over (a suspended portal): go on without listening.
-                    Err(_) => {
-                        let row = rows.next().await?;
-                        Some((row, (rows, Cancel::Heard(None))))
-                    }
-                },
+
+    /// `response`'s rows, guarded.
+    pub(super) fn response(self, response: Response) -> Response {
+        match response {
+            Response::Query(mut query) => {
+                let rows =
+                    std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+                query.data_rows = Box::pin(self.rows(rows));
+                Response::Query(query)
             }
-        },
-    )
+            other => other,
+        }
+    }
+
+    /// `rows`, ended by a cancel request on the connection (SQLSTATE 57014,
+    /// never cut short silently) or past the deadline (57014 too). It listens
+    /// for the cancel from its first row: by then pgwire no longer does. The
+    /// connection counts as running a statement until the stream is dropped.
+    fn rows(
+        self,
+        rows: impl Stream<Item = PgWireResult<DataRow>> + Send + 'static,
+    ) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+        enum Cancel {
+            Unheard(Option<Arc<ConnectionHandle>>),
+            Heard(Option<oneshot::Receiver<()>>),
+            Done,
+        }
+        let Guard {
+            handle,
+            running,
+            deadline,
+        } = self;
+        let rows = Box::pin(rows.map(move |row| {
+            let _running = &running;
+            row
+        }));
+        futures::stream::unfold(
+            (rows, Cancel::Unheard(handle)),
+            move |(mut rows, cancel)| async move {
+                let mut receiver = match cancel {
+                    Cancel::Done => return None,
+                    Cancel::Heard(receiver) => receiver,
+                    Cancel::Unheard(handle) => match handle {
+                        Some(handle) => Some(handle.start_query().await),
+                        None => None,
+                    },
+                };
+                loop {
+                    let heard = async {
+                        match receiver.as_mut() {
+                            Some(listening) => listening.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        row = rows.next() => {
+                            let row = row?;
+                            return Some((row, (rows, Cancel::Heard(receiver))));
+                        }
+                        heard = heard => match heard {
+                            Ok(()) => {
+                                return Some((Err(PgWireError::QueryCanceled), (rows, Cancel::Done)));
+                            }
+                            // Another query on this connection took the
+                            // cancel key over (a suspended portal): go on
+                            // without listening.
+                            Err(_) => receiver = None,
+                        },
+                        _ = tokio::time::sleep_until(deadline) => {
+                            return Some((Err(timed_out()), (rows, Cancel::Done)));
+                        }
+                    }
+                }
+            },
+        )
+    }
 }
 
 #[async_trait]
@@ -364,146 +422,19 @@ impl SimpleQueryHandler for Session {
                 }
                 Route::Catalog => {
                     let service = self.catalogs.of(client).await?;
-                    responses.extend(SimpleQueryHandler::do_query(&*service, client, &sql).await?);
+                    let answered = within(
+                        self.timeout(),
+                        SimpleQueryHandler::do_query(&*service, client, &sql),
+                    )
+                    .await?;
+                    for response in answered {
+                        responses.push(Guard::of(client, self.timeout()).response(response));
+                    }
                 }
             }
         }
         Ok(responses)
     }
-}
-
-/// Parses prepared statements: refuses what would write, then plans the
-/// rest on the connection's catalog context.
-pub(super) struct ReadOnlyParser {
-    catalogs: Arc<Catalogs>,
-}
-
-#[async_trait]
-impl QueryParser for ReadOnlyParser {
-    type Statement = Prepared;
-
-    async fn parse_sql<C>(
-        &self,
-        client: &C,
-        sql: &str,
-        types: &[Option<Type>],
-    ) -> PgWireResult<Option<Prepared>>
-    where
-        C: ClientInfo + Unpin + Send + Sync,
-    {
-        for statement in parse(sql)? {
-            if let Route::Refused(what) = route(&statement) {
-                return Err(read_only(what));
-            }
-        }
-        let service = self.catalogs.of(client).await?;
-        let parser = ExtendedQueryHandler::query_parser(&*service);
-        parser.parse_sql(client, sql, types).await
-    }
-
-    fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {
-        ExtendedQueryHandler::query_parser(&*self.catalogs.plain).get_parameter_types(statement)
-    }
-
-    fn get_result_schema(
-        &self,
-        statement: &Prepared,
-        format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
-        ExtendedQueryHandler::query_parser(&*self.catalogs.plain)
-            .get_result_schema(statement, format)
-    }
-}
-
-#[async_trait]
-impl ExtendedQueryHandler for Session {
-    type Statement = Prepared;
-    type QueryParser = ReadOnlyParser;
-
-    fn query_parser(&self) -> Arc<ReadOnlyParser> {
-        self.parser.clone()
-    }
-
-    async fn do_query<C>(
-        &self,
-        client: &mut C,
-        portal: &Portal<Prepared>,
-        max_rows: usize,
-    ) -> PgWireResult<Response>
-    where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore<Statement = Prepared>,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let _running = Activity::running(client);
-        if let (_, Some((statement, plan))) = &portal.statement.statement
-            && route(statement) == Route::Data
-        {
-            let sql = bind(statement, plan, portal)?;
-            return self.data(client, &sql, &portal.result_column_format).await;
-        }
-        let service = self.catalogs.of(client).await?;
-        ExtendedQueryHandler::do_query(&*service, client, portal, max_rows).await
-    }
-}
-
-/// The statement of `portal` with its parameters written in as literals of
-/// their types: what runs distributed.
-fn bind(
-    statement: &Statement,
-    plan: &LogicalPlan,
-    portal: &Portal<Prepared>,
-) -> PgWireResult<String> {
-    let invalid = |message: String| error("ERROR", "22023", message);
-    let types = plan
-        .get_parameter_types()
-        .map_err(|e| invalid(format!("parameters: {e}")))?;
-    let mut types: Vec<(usize, Option<DataType>)> = types
-        .into_iter()
-        .map(|(id, ty)| (placeholder_index(&id).unwrap_or(usize::MAX), ty))
-        .collect();
-    types.sort_by_key(|(index, _)| *index);
-    let types: Vec<Option<&DataType>> = types.iter().map(|(_, ty)| ty.as_ref()).collect();
-    let values = match deserialize_parameters(portal, &types)? {
-        ParamValues::List(values) => values,
-        ParamValues::Map(_) => return Err(invalid("named parameters are not supported".into())),
-    };
-    let mut bound = statement.clone();
-    let mut failed = None;
-    let _ = visit_expressions_mut(&mut bound, |expr| {
-        if let ast::Expr::Value(value) = expr
-            && let ast::Value::Placeholder(name) = &value.value
-        {
-            let literal = placeholder_index(name)
-                .and_then(|index| values.get(index - 1))
-                .ok_or_else(|| format!("no value for parameter {name}"))
-                .and_then(|value| {
-                    expr_to_sql(&datafusion::logical_expr::lit(value.value.clone()))
-                        .map_err(|e| format!("parameter {name}: {e}"))
-                });
-            match literal {
-                Ok(literal) => *expr = literal,
-                Err(message) => {
-                    failed = Some(message);
-                    return ControlFlow::Break(());
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    });
-    match failed {
-        Some(message) => Err(invalid(message)),
-        None => Ok(bound.to_string()),
-    }
-}
-
-/// `$3` → 3.
-fn placeholder_index(name: &str) -> Option<usize> {
-    name.strip_prefix('$')?
-        .parse()
-        .ok()
-        .filter(|index| *index > 0)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontend
 use futures::Sink;
 use futures::SinkExt;
 
+use super::Activity;
 use super::errors::error;
 use crate::auth::{Keys, constant_time_eq};
 use crate::node::Node;
@@ -37,24 +38,51 @@ pub(super) enum Access {
     Own,
 }
 
-pub(super) struct Startup {
+/// What every connection's start shares.
+pub(super) struct Shared {
     node: Node,
     parameters: DefaultServerParameterProvider,
     pids: RandomPidSecretKeyGenerator,
     connections: Arc<ConnectionManager>,
 }
 
-impl Startup {
-    pub(super) fn new(node: Node, connections: Arc<ConnectionManager>) -> Startup {
+impl Shared {
+    pub(super) fn new(node: Node, connections: Arc<ConnectionManager>) -> Arc<Shared> {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = format!("16.6 (dram {})", env!("CARGO_PKG_VERSION"));
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
-        Startup {
+        Arc::new(Shared {
             node,
             parameters,
             pids: RandomPidSecretKeyGenerator::default(),
             connections,
+        })
+    }
+}
+
+/// One connection's start: it gives the connection its [`Activity`], or
+/// refuses it (one past `pg.max_connections`).
+pub(super) struct Startup {
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+    refused: bool,
+}
+
+impl std::ops::Deref for Startup {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Startup {
+    pub(super) fn new(shared: Arc<Shared>, activity: Arc<Activity>, refused: bool) -> Startup {
+        Startup {
+            shared,
+            activity,
+            refused,
         }
     }
 
@@ -140,6 +168,14 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if self.refused {
+            return Err(error(
+                "FATAL",
+                "53300",
+                "too many connections to this member (pg.max_connections)",
+            ));
+        }
+        client.session_extensions().insert(self.activity.clone());
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
@@ -156,25 +192,15 @@ impl StartupHandler for Startup {
                             .to_string(),
                     ));
                 }
+                // Named, not listed: the client has shown no password yet.
                 let database = database(client);
                 if self.node.local().resolve(&database).is_err() {
-                    let known: Vec<String> = self
-                        .node
-                        .local()
-                        .databases()
-                        .map(|all| all.into_iter().map(|d| d.record.name).collect())
-                        .unwrap_or_default();
                     return Err(error(
                         "FATAL",
                         "3D000",
                         format!(
-                            "database {database:?} does not exist on this member (its \
-                             databases: {}; an alias works too)",
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
+                            "database {database:?} does not exist on this member (dbname is \
+                             a database or an alias)"
                         ),
                     ));
                 }

@@ -66,6 +66,18 @@ const GRAFANA: &[&str] = &[
           END"#,
 ];
 
+/// What Metabase asks when it syncs a PostgreSQL database.
+const METABASE: &[&str] = &[
+    "SET extra_float_digits = 2",
+    "SHOW TRANSACTION ISOLATION LEVEL",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+    r#"SELECT nspname AS "TABLE_SCHEM", current_database() AS "TABLE_CATALOG"
+       FROM pg_catalog.pg_namespace WHERE nspname <> 'pg_toast'
+       AND (nspname !~ '^pg_temp_' OR nspname = (pg_catalog.current_schemas(true))[1])
+       ORDER BY "TABLE_SCHEM""#,
+    "show timezone",
+];
+
 /// What DBeaver (PostgreSQL JDBC) asks when it connects and opens the
 /// database's tree.
 const DBEAVER: &[&str] = &[
@@ -182,7 +194,12 @@ async fn psycopg(conninfo: &str, script: &str) -> Value {
 
 /// [`psycopg`], with more in the script's environment.
 async fn psycopg_with(conninfo: &str, script: &str, env: &[(&str, &str)]) -> Value {
-    let queries: Vec<&str> = GRAFANA.iter().chain(DBEAVER).copied().collect();
+    let queries: Vec<&str> = GRAFANA
+        .iter()
+        .chain(DBEAVER)
+        .chain(METABASE)
+        .copied()
+        .collect();
     let output = tokio::process::Command::new(python())
         .arg("-c")
         .arg(script)
@@ -391,20 +408,28 @@ async fn sql_clients_get_the_http_answers_from_any_member() {
     .await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 
-    // psycopg: a prepared statement with a parameter, and exact decimals,
-    // dates, booleans and NULL.
+    // psycopg: a prepared statement with a parameter; exact decimals, dates,
+    // timestamps, booleans, text, big integers and NULL, as answers and as
+    // parameters.
     let conninfo = format!("host=127.0.0.1 port={port} dbname=shop user=dram password={ADMIN}");
     let answer = psycopg(
         &conninfo,
         r#"
-import json, os, psycopg
+import datetime, decimal, json, os, psycopg
 with psycopg.connect(os.environ["CONNINFO"]) as conn, conn.cursor() as cur:
     out = {}
     cur.execute("SELECT region, count(*) FROM sales WHERE amount > %s GROUP BY region ORDER BY region", (100,))
     out["over_100"] = [list(r) for r in cur.fetchall()]
-    cur.execute("SELECT CAST('12345678901234.56789' AS DECIMAL(20,5)), DATE '2024-02-29', true, CAST(NULL AS INT)")
-    d, day, b, n = cur.fetchone()
-    out["types"] = [str(d), day.isoformat(), b, n]
+    cur.execute("SELECT CAST('12345678901234.56789' AS DECIMAL(20,5)), DATE '2024-02-29', true, "
+                "CAST(NULL AS INT), CAST('2024-02-29 13:45:07.123456' AS TIMESTAMP), 'naïve ☕', "
+                "CAST(-9007199254740993 AS BIGINT)")
+    d, day, b, n, ts, text, big = cur.fetchone()
+    out["types"] = [str(d), day.isoformat(), b, n, ts.isoformat(), text, str(big)]
+    cur.execute("SELECT %s::TIMESTAMP, %s::DECIMAL(20,5), %s::DATE",
+                (datetime.datetime(2024, 2, 29, 13, 45, 7, 123456), decimal.Decimal("12345678901234.56789"),
+                 datetime.date(2024, 2, 29)))
+    ts, d, day = cur.fetchone()
+    out["bound"] = [ts.isoformat(), str(d), day.isoformat()]
     try:
         cur.execute("INSERT INTO sales VALUES ('eu', 1, '2024-01-01')")
     except psycopg.Error as e:
@@ -428,7 +453,23 @@ print(json.dumps(out))
     assert_eq!(got.join("\n"), expected);
     assert_eq!(
         answer["types"],
-        json!(["12345678901234.56789", "2024-02-29", true, null])
+        json!([
+            "12345678901234.56789",
+            "2024-02-29",
+            true,
+            null,
+            "2024-02-29T13:45:07.123456",
+            "naïve ☕",
+            "-9007199254740993"
+        ])
+    );
+    assert_eq!(
+        answer["bound"],
+        json!([
+            "2024-02-29T13:45:07.123456",
+            "12345678901234.56789",
+            "2024-02-29"
+        ])
     );
     assert_eq!(answer["insert"], "25006");
 
@@ -503,7 +544,7 @@ with psycopg.connect(os.environ["CONNINFO"]) as conn, conn.cursor() as cur:
 
     // The startup and browsing queries of Grafana and DBeaver answer, over
     // both protocols; Grafana's lists the tables and a table's columns.
-    for sql in GRAFANA.iter().chain(DBEAVER) {
+    for sql in GRAFANA.iter().chain(DBEAVER).chain(METABASE) {
         stdout(&psql(&url, &["-c", sql]).await);
     }
     let answer = psycopg(
@@ -542,13 +583,15 @@ print(json.dumps(out))
 /// A member's PostgreSQL connections are bounded: one past
 /// `pg.max_connections` is refused (SQLSTATE 53300) and counted connections
 /// show in `/metrics`; one that runs nothing for `pg.idle_timeout_secs` is
-/// closed, while one that keeps running statements stays open.
+/// closed, while one that keeps running statements stays open; a catalog
+/// query past `query.timeout_ms` is cancelled (57014).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_bounded_and_idle_ones_closed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::support::config(dir.path());
     config.pg.max_connections = 2;
     config.pg.idle_timeout_secs = 1;
+    config.query.timeout_ms = 3000;
     let (server, client) =
         crate::support::serve(dram::builtin::register(dram::Node::builder(config))).await;
     let store = server.node.config().store.clone();
@@ -585,6 +628,15 @@ out["metrics"] = [l for l in urllib.request.urlopen(os.environ["METRICS"]).read(
 for _ in range(10):
     out["busy"] = busy.execute("SELECT count(*) FROM sales").fetchone()[0]
     time.sleep(0.25)
+# A catalog query past query.timeout_ms is cancelled too; the connection goes on.
+started = time.time()
+try:
+    busy.execute("SELECT count(*) FROM pg_catalog.pg_class a, pg_catalog.pg_class b, "
+                 "pg_catalog.pg_class c, pg_catalog.pg_class d, pg_catalog.pg_class e").fetchall()
+except psycopg.Error as e:
+    out["late"] = e.sqlstate
+out["late_s"] = time.time() - started
+out["after"] = busy.execute("SELECT count(*) FROM sales").fetchone()[0]
 try:
     idle.execute("SELECT 1")
     out["idle"] = "open"
@@ -603,6 +655,9 @@ print(json.dumps(out))
         "{answer}"
     );
     assert_eq!(answer["busy"], 40, "{answer}");
+    assert_eq!(answer["late"], "57014", "{answer}");
+    assert!(answer["late_s"].as_f64().unwrap() < 30.0, "{answer}");
+    assert_eq!(answer["after"], 40, "{answer}");
     assert_eq!(answer["idle"], "closed", "{answer}");
     server.shutdown().await;
 }

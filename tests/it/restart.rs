@@ -489,22 +489,27 @@ async fn a_cancelled_distributed_query_stops_on_every_member() {
             .await
             .unwrap();
         assert_eq!(answer.status(), 504, "{:?}", answer.text().await);
-        // Idle within a few seconds, however busy the machine running the
-        // tests is; the work itself would go on for minutes.
-        let since = std::time::Instant::now();
-        let mut busy = Vec::new();
-        loop {
-            let used = cpu_over(pid, Duration::from_millis(1000)).await;
-            if used < idle + 0.2 {
-                break;
-            }
-            busy.push(used);
-            assert!(
-                since.elapsed() < Duration::from_secs(15),
-                "asked of {who}: the member scanning still works 15 s after the deadline \
-                 (CPU s per second: {busy:.2?}; idle: {idle:.2})"
-            );
+        goes_idle(pid, idle, &format!("asked of {who}, past the deadline")).await;
+    }
+}
+
+/// Waits until process `pid` uses no more CPU than when `idle` (CPU s per
+/// second), within a few seconds however busy the machine running the tests
+/// is (the work stopped would go on for minutes).
+async fn goes_idle(pid: u32, idle: f64, after: &str) {
+    let since = Instant::now();
+    let mut busy = Vec::new();
+    loop {
+        let used = cpu_over(pid, Duration::from_millis(1000)).await;
+        if used < idle + 0.2 {
+            return;
         }
+        busy.push(used);
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "{after}: the member scanning still works 15 s later \
+             (CPU s per second: {busy:.2?}; idle: {idle:.2})"
+        );
     }
 }
 
@@ -522,22 +527,6 @@ async fn a_query_cancelled_by_a_sql_client_stops_on_every_member() {
     let url = format!("host={host} port={port} dbname=big user=dram");
     let sql = "SELECT count(*) AS c FROM t \
                WHERE md5(repeat(CAST(n + random() AS VARCHAR), 40)) > 'f'";
-    let busy_then_idle = |who: &'static str| async move {
-        let since = Instant::now();
-        let mut busy = Vec::new();
-        loop {
-            let used = cpu_over(pid, Duration::from_millis(1000)).await;
-            if used < idle + 0.2 {
-                break;
-            }
-            busy.push(used);
-            assert!(
-                since.elapsed() < Duration::from_secs(15),
-                "{who}: the member scanning still works 15 s after the cancel \
-                 (CPU s per second: {busy:.2?}; idle: {idle:.2})"
-            );
-        }
-    };
 
     // psql, interrupted as a user's Ctrl-C does.
     let psql = tokio::process::Command::new("psql")
@@ -564,7 +553,7 @@ async fn a_query_cancelled_by_a_sql_client_stops_on_every_member() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("57014"), "psql: {err}");
-    busy_then_idle("psql").await;
+    goes_idle(pid, idle, "cancelled by psql").await;
 
     // psycopg, from another thread, as an application cancels.
     let script = r#"
@@ -597,5 +586,5 @@ print(json.dumps(out))
     );
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer, json!({"cancelled": "57014", "after": 42}));
-    busy_then_idle("psycopg").await;
+    goes_idle(pid, idle, "cancelled by psycopg").await;
 }

@@ -16,6 +16,7 @@ pub mod idle;
 pub mod load;
 pub mod measure;
 pub mod nodes;
+pub mod pg;
 pub mod restart;
 pub mod sql;
 pub mod support;
@@ -154,6 +155,11 @@ pub fn cases() -> Vec<Case> {
             name: "http",
             about: "a trivial query over dram's HTTP API vs a bare warp server",
             run: http::run,
+        },
+        Case {
+            name: "pg",
+            about: "pgbench through the PostgreSQL listener vs the HTTP API; a 1M-row answer by psycopg vs Arrow IPC",
+            run: pg::run,
         },
         Case {
             name: "gossip",

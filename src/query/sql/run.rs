@@ -180,19 +180,8 @@ impl Queries {
         target: &str,
         request: QueryRequest,
     ) -> Result<(Rows, QueryMeta), QueryError> {
-        let started = Instant::now();
-        let answer = async {
-            let engine = self
-                .builtin_sql_engine()
-                .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
-            self.run_sql_whole(engine, target, &request).await
-        }
-        .await;
-        let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
-        self.local
-            .metrics()
-            .query_done(SQL, outcome, started.elapsed());
-        answer
+        self.counted(|engine| self.run_sql_whole(engine, target, &request))
+            .await
     }
 
     /// Runs a `sql` query here as [`Queries::query_sql_rows`] does, but
@@ -205,14 +194,20 @@ impl Queries {
         target: &str,
         request: QueryRequest,
     ) -> Result<(RowStream, QueryMeta), QueryError> {
+        self.counted(|engine| self.run_sql_with(engine, target, &request, false))
+            .await
+    }
+
+    /// Runs `run` with the built-in engine, counted in the query metrics.
+    async fn counted<T, F>(&self, run: impl FnOnce(Arc<SqlEngine>) -> F) -> Result<T, QueryError>
+    where
+        F: std::future::Future<Output = Result<T, QueryError>>,
+    {
         let started = Instant::now();
-        let answer = async {
-            let engine = self
-                .builtin_sql_engine()
-                .ok_or_else(|| QueryError::UnknownAnalysis(SQL.into()))?;
-            self.run_sql_with(engine, target, &request, false).await
-        }
-        .await;
+        let answer = match self.builtin_sql_engine() {
+            Some(engine) => run(engine).await,
+            None => Err(QueryError::UnknownAnalysis(SQL.into())),
+        };
         let outcome = answer.as_ref().map_or_else(QueryError::code, |_| "ok");
         self.local
             .metrics()
