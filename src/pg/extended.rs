@@ -5,9 +5,10 @@
 //! simple protocol's do, with its parameters bound as typed literals, and
 //! its rows are sent as they come.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
@@ -15,6 +16,7 @@ use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser::ast::{self, Statement, visit_expressions_mut};
 use datafusion::sql::unparser::expr_to_sql;
+use datafusion_postgres::DfSessionService;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, send_query_response};
@@ -34,12 +36,29 @@ use futures::future::{Either, select};
 use super::Activity;
 use super::errors::{error, read_only};
 use super::session::{Catalogs, Guard, Prepared, Route, Session, parse, route, within};
+use crate::sync::lock;
 
 /// Parses prepared statements: refuses what would write, then plans the
 /// rest on the connection's catalog context.
 pub(super) struct ReadOnlyParser {
     pub(super) catalogs: Arc<Catalogs>,
+    /// Queries of the tables parsed lately, newest last: a driver that
+    /// prepares the same statement again (pgbench, a dashboard's panels)
+    /// does not have it planned again.
+    pub(super) parsed: Mutex<VecDeque<Parsed>>,
 }
+
+/// A statement as parsed on a catalog context, with the types the client
+/// gave its parameters.
+pub(super) struct Parsed {
+    service: Arc<DfSessionService>,
+    sql: String,
+    types: Vec<Option<Type>>,
+    statement: Prepared,
+}
+
+/// Statements kept parsed.
+const PARSED: usize = 256;
 
 #[async_trait]
 impl QueryParser for ReadOnlyParser {
@@ -54,14 +73,37 @@ impl QueryParser for ReadOnlyParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        for statement in parse(sql)? {
-            if let Route::Refused(what) = route(&statement) {
+        let statements = parse(sql)?;
+        for statement in &statements {
+            if let Route::Refused(what) = route(statement) {
                 return Err(read_only(what));
             }
         }
         let service = self.catalogs.of(client).await?;
+        let kept =
+            |p: &Parsed| Arc::ptr_eq(&p.service, &service) && p.sql == sql && p.types == types;
+        if let Some(parsed) = lock(&self.parsed).iter().find(|p| kept(p)) {
+            return Ok(Some(parsed.statement.clone()));
+        }
         let parser = ExtendedQueryHandler::query_parser(&*service);
-        parser.parse_sql(client, sql, types).await
+        let parsed = parser.parse_sql(client, sql, types).await?;
+        // Only queries of the tables: others may be parsed with effects
+        // (datafusion-postgres's hooks).
+        if let (Some(statement), [one]) = (&parsed, statements.as_slice())
+            && route(one) == Route::Data
+        {
+            let mut kept = lock(&self.parsed);
+            if kept.len() >= PARSED {
+                kept.pop_front();
+            }
+            kept.push_back(Parsed {
+                service: service.clone(),
+                sql: sql.to_string(),
+                types: types.to_vec(),
+                statement: statement.clone(),
+            });
+        }
+        Ok(parsed)
     }
 
     fn get_parameter_types(&self, statement: &Prepared) -> PgWireResult<Vec<Type>> {

@@ -134,7 +134,12 @@ pub(super) struct Catalogs {
     kept: Mutex<Vec<(Key, Arc<DfSessionService>)>>,
     /// Over no table: what prepared statements are described with.
     pub(super) plain: Arc<DfSessionService>,
+    /// The member's databases and aliases, and when they were read.
+    names: Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
+
+/// How long the list of databases and aliases is reused.
+const NAMES_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Catalogs {
     fn new(node: Node) -> Catalogs {
@@ -146,6 +151,7 @@ impl Catalogs {
             node,
             kept: Mutex::default(),
             plain: Arc::new(DfSessionService::new(Arc::new(ctx))),
+            names: Mutex::default(),
         }
     }
 
@@ -192,20 +198,29 @@ impl Catalogs {
         Ok(service)
     }
 
-    /// The databases and aliases of this member but `target`, sorted.
+    /// The databases and aliases of this member but `target`, sorted (read
+    /// again after [`NAMES_FOR`]).
     fn names(&self, target: &str) -> Vec<String> {
-        let local = self.node.local();
-        let databases = local.databases().unwrap_or_default();
-        let aliases = local.aliases().unwrap_or_default();
-        let mut names: Vec<String> = databases
-            .into_iter()
-            .map(|d| d.record.name)
-            .chain(aliases.into_iter().map(|a| a.name))
-            .filter(|name| name != target)
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+        let mut kept = lock(&self.names);
+        let fresh = kept
+            .as_ref()
+            .is_some_and(|(read, _)| read.elapsed() < NAMES_FOR);
+        if !fresh {
+            let local = self.node.local();
+            let databases = local.databases().unwrap_or_default();
+            let aliases = local.aliases().unwrap_or_default();
+            let mut names: Vec<String> = databases
+                .into_iter()
+                .map(|d| d.record.name)
+                .chain(aliases.into_iter().map(|a| a.name))
+                .collect();
+            names.sort();
+            names.dedup();
+            *kept = Some((std::time::Instant::now(), names));
+        }
+        kept.as_ref()
+            .map(|(_, names)| names.iter().filter(|n| *n != target).cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -223,6 +238,7 @@ impl Session {
             node,
             parser: Arc::new(ReadOnlyParser {
                 catalogs: catalogs.clone(),
+                parsed: Mutex::default(),
             }),
             catalogs,
         }
