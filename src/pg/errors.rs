@@ -34,6 +34,9 @@ pub(super) fn sqlstate(e: &QueryError) -> &'static str {
         "memory_limit" => "53200",
         "overloaded" => "53000",
         "shards_unavailable" => "58000",
+        // A database that is loading or failed: object_not_in_prerequisite_state.
+        "not_ready" => "55000",
+        "shutting_down" => "57P01",
         "not_found" if message.contains("database") => "3D000",
         "not_found" => "42704",
         "invalid_params" | "invalid_input" => {
@@ -81,5 +84,11 @@ mod tests {
             "42P01"
         );
         assert_eq!(sqlstate(&QueryError::Timeout { timeout_ms: 5 }), "57014");
+        let node = |e: crate::local::NodeError| sqlstate(&QueryError::from(e));
+        assert_eq!(
+            node(crate::local::NodeError::NotReady("loading".into())),
+            "55000"
+        );
+        assert_eq!(node(crate::local::NodeError::ShuttingDown), "57P01");
     }
 }
