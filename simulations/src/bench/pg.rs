@@ -154,42 +154,31 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
             "node RSS before MiB",
         ],
     );
-    let before = node.status_kb("VmRSS")?;
-    reset_peak(node.pid)?;
-    let started = Instant::now();
-    let fetched = psycopg_stream(&python, &conninfo)?;
-    let psycopg_s = started.elapsed().as_secs_f64();
-    let psycopg_peak = node.status_kb("VmHWM")?;
-    ensure!(
-        fetched == big_rows,
-        "psycopg fetched {fetched} rows, not {big_rows}"
-    );
-    large.row(vec![
-        "psycopg cursor.stream".into(),
-        fetched.to_string(),
-        format!("{psycopg_s:.2}"),
-        format!("{:.0}", fetched as f64 / psycopg_s),
-        format!("{:.0}", psycopg_peak as f64 / 1024.0),
-        format!("{:.0}", before as f64 / 1024.0),
-    ]);
-    let before = node.status_kb("VmRSS")?;
-    reset_peak(node.pid)?;
-    let started = Instant::now();
-    let decoded = runtime.block_on(arrow_rows(&http_base))?;
-    let arrow_s = started.elapsed().as_secs_f64();
-    let arrow_peak = node.status_kb("VmHWM")?;
-    ensure!(
-        decoded == big_rows,
-        "the Arrow answer had {decoded} rows, not {big_rows}"
-    );
-    large.row(vec![
-        "HTTP Arrow IPC (reqwest)".into(),
-        decoded.to_string(),
-        format!("{arrow_s:.2}"),
-        format!("{:.0}", decoded as f64 / arrow_s),
-        format!("{:.0}", arrow_peak as f64 / 1024.0),
-        format!("{:.0}", before as f64 / 1024.0),
-    ]);
+    // Each way: the rows it got, the time, and the node's peak while it ran.
+    let mut fetch = |client: &str, get: &mut dyn FnMut() -> Result<usize>| -> Result<()> {
+        let before = node.status_kb("VmRSS")?;
+        reset_peak(node.pid)?;
+        let started = Instant::now();
+        let rows = get()?;
+        let secs = started.elapsed().as_secs_f64();
+        let peak = node.status_kb("VmHWM")?;
+        ensure!(rows == big_rows, "{client} got {rows} rows, not {big_rows}");
+        large.row(vec![
+            client.to_string(),
+            rows.to_string(),
+            format!("{secs:.2}"),
+            format!("{:.0}", rows as f64 / secs),
+            format!("{:.0}", peak as f64 / 1024.0),
+            format!("{:.0}", before as f64 / 1024.0),
+        ]);
+        Ok(())
+    };
+    fetch("psycopg cursor.stream", &mut || {
+        psycopg_stream(&python, &conninfo)
+    })?;
+    fetch("HTTP Arrow IPC (reqwest)", &mut || {
+        runtime.block_on(arrow_rows(&http_base))
+    })?;
     large.note(
         "The listener hands rows on as the query makes them (2 batches ahead at most); the HTTP \
          answer is built whole before it is sent. Peak RSS: /proc/PID/status VmHWM after \
