@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, &cli.node)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -61,7 +61,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     }
 }
 
-async fn run(command: Command) -> Result<()> {
+async fn run(command: Command, node: &NodeArg) -> Result<()> {
     match command {
         Command::Serve { config, overrides } => {
             let mut config = load_config(config.as_ref())?;
@@ -79,15 +79,14 @@ async fn run(command: Command) -> Result<()> {
             config.validate()?;
             serve(config).await
         }
-        Command::Cluster(command) => cluster(command).await,
-        Command::Admin(command) => admin(command).await,
+        Command::Cluster(command) => cluster(command, node).await,
+        Command::Admin(command) => admin(command, node).await,
         Command::Sql {
             database,
             sql,
             map,
             reduce,
             json,
-            node,
         } => {
             let params = match sql {
                 Some(sql) => serde_json::json!({ "sql": sql }),
@@ -108,11 +107,7 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Token {
-            database,
-            ttl,
-            node,
-        } => {
+        Command::Token { database, ttl } => {
             let answer = node
                 .client()?
                 .post(
@@ -139,8 +134,8 @@ async fn run(command: Command) -> Result<()> {
             )
             .await
         }
-        Command::Db(command) => db(command).await,
-        Command::Alias(command) => alias(command).await,
+        Command::Db(command) => db(command, node).await,
+        Command::Alias(command) => alias(command, node).await,
         Command::Query {
             database,
             analysis,
@@ -151,7 +146,6 @@ async fn run(command: Command) -> Result<()> {
             direct,
             allow_partial,
             cluster_secret,
-            node,
         } => {
             let mut body = json!({});
             if let Some(params) = params {
@@ -186,7 +180,7 @@ async fn run(command: Command) -> Result<()> {
             });
             Ok(())
         }
-        Command::Analyses { node } => {
+        Command::Analyses => {
             let listed = node.client()?.get("/v1/analyses").await?;
             for analysis in listed["analyses"].as_array().into_iter().flatten() {
                 println!(
@@ -197,7 +191,7 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Stats { node } => {
+        Command::Stats => {
             let stats = node.client()?.get("/v1/stats").await?;
             print_json(&stats);
             Ok(())

@@ -131,7 +131,12 @@ fn check(
         .map(str::trim);
     let admin = token.is_some_and(|t| matches(t, auth.admin_token.as_deref()));
     let peer = token.is_some_and(|t| matches(t, auth.peer_secret()));
-    let missing = || Refused::unauthorized("this call needs a token (Authorization: Bearer …)");
+    let missing = || {
+        Refused::unauthorized(
+            "no token sent: this call needs one (Authorization: Bearer <token>; the command line \
+             takes --token or DRAM_TOKEN)",
+        )
+    };
     let need = need(method, path);
     // A signed token, checked once: a bad one is refused wherever it goes.
     // A node with no credential at all (a loopback node for development)
@@ -167,10 +172,12 @@ fn check(
             }
             match (auth.peer_secret(), token) {
                 (None, _) => Ok(()),
-                (Some(_), None) => Err(missing()),
+                (Some(_), None) => Err(Refused::unauthorized(
+                    "node-to-node calls need the cluster secret, and none was sent",
+                )),
                 (Some(_), Some(_)) if peer => Ok(()),
                 (Some(_), Some(_)) => Err(Refused::unauthorized(
-                    "node-to-node calls need the cluster secret",
+                    "the token sent is not the cluster secret, which node-to-node calls need",
                 )),
             }
         }
@@ -179,15 +186,19 @@ fn check(
             _ if admin => Ok(()),
             (Some(_), None) => Err(missing()),
             (Some(_), Some(_)) => Err(Refused::forbidden(
-                "this token may not change the cluster (it is not the admin token)",
+                "this token is not the admin token, which this call needs",
             )),
         },
         Need::Read if !auth.require_token_for_reads || admin || peer => Ok(()),
         Need::Read => match token {
             None => Err(missing()),
-            Some(_) => Err(Refused::forbidden(
-                "this token may only query its database (reads need the admin token)",
-            )),
+            Some(_) => Err(Refused::forbidden(match &grant {
+                Some(grant) => format!(
+                    "this token may only query {:?}; this call needs the admin token",
+                    grant.name
+                ),
+                None => "this call needs the admin token".to_string(),
+            })),
         },
         Need::Query(_) if !auth.require_token_for_reads || admin || peer => Ok(()),
         Need::Query(target) => {

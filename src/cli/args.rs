@@ -16,6 +16,8 @@ use dram::client::Client;
     about = "Serve read-only databases from object storage"
 )]
 pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) node: NodeArg,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -80,19 +82,11 @@ pub(crate) enum Command {
         /// The cluster secret the holders' map endpoint needs (with --direct).
         #[arg(long, env = "DRAM_CLUSTER_SECRET", hide_env_values = true)]
         cluster_secret: Option<String>,
-        #[command(flatten)]
-        node: NodeArg,
     },
     /// The analyses a node serves.
-    Analyses {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Analyses,
     /// Per-database and per-disk statistics of a node.
-    Stats {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Stats,
     /// SQL over a database's Parquet and CSV tables (the `sql` analysis): a
     /// table on a terminal, JSON rows otherwise.
     Sql {
@@ -110,8 +104,6 @@ pub(crate) enum Command {
         /// Print JSON even on a terminal.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        node: NodeArg,
     },
     /// A signed token that lets its holder query one database or alias until
     /// it expires (needs the admin token when one is set).
@@ -121,8 +113,6 @@ pub(crate) enum Command {
         /// Seconds it is valid.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        #[command(flatten)]
-        node: NodeArg,
     },
     /// The cluster as a node sees it.
     #[command(subcommand)]
@@ -135,21 +125,11 @@ pub(crate) enum Command {
 #[derive(Subcommand)]
 pub(crate) enum AdminCommand {
     /// Write a backup of the registry now.
-    Backup {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Backup,
     /// List the backups, newest first, with their validity.
-    Backups {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Backups,
     /// Make the cluster's registry equal backup NAME's (entries made since are removed).
-    Restore {
-        name: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Restore { name: String },
 }
 
 /// Settings of `dram serve` that override the config file.
@@ -201,22 +181,12 @@ impl ServeOverrides {
 #[derive(Subcommand)]
 pub(crate) enum ClusterCommand {
     /// Health, members (live or dead), their disks and what they serve.
-    Status {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Status,
     /// Which members hold each shard of a database, and in which state.
-    Shards {
-        database: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Shards { database: String },
     /// The databases garbage collection may delete, coldest first, and whether a
     /// full disk makes it run now.
-    Gc {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Gc,
     /// What placement would do now (downloads, trashes, extra copies waiting),
     /// or with --database and --replicas how disk use per node would change.
     Plan {
@@ -225,28 +195,36 @@ pub(crate) enum ClusterCommand {
         /// Another replication factor: a number or "all".
         #[arg(long, requires = "database")]
         replicas: Option<String>,
-        #[command(flatten)]
-        node: NodeArg,
     },
 }
 
 #[derive(Args, Clone)]
 pub(crate) struct NodeArg {
-    /// The node's URL.
-    #[arg(long, env = "DRAM_NODE", default_value = "http://127.0.0.1:7070")]
+    /// The node a client command talks to: its URL, or host:port (http).
+    #[arg(
+        long,
+        global = true,
+        env = "DRAM_NODE",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub(crate) node: String,
     /// A token for the node: the admin token, or a signed token for a query.
-    #[arg(long, env = "DRAM_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "DRAM_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// PEM certificates to trust for an https:// node (its own certificate).
-    #[arg(long, env = "DRAM_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "DRAM_CA", value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
 }
 
 impl NodeArg {
     /// A client of the node, sending the token and trusting the CA when given.
     pub(crate) fn client(&self) -> Result<Client> {
-        let client = Client::new(&self.node).with_token(self.token.clone());
+        let url = if self.node.contains("://") {
+            self.node.clone()
+        } else {
+            format!("http://{}", self.node)
+        };
+        let client = Client::new(&url).with_token(self.token.clone());
         let Some(path) = &self.ca else {
             return Ok(client);
         };
@@ -277,54 +255,25 @@ pub(crate) enum DbCommand {
         /// Wait until the database is ready (or failed).
         #[arg(long)]
         wait: bool,
-        #[command(flatten)]
-        node: NodeArg,
     },
     /// List databases.
-    Ls {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Ls,
     /// Show one database with its shards and progress.
-    Show {
-        name: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Show { name: String },
     /// Delete a database (to the trash; restorable until purged).
-    Rm {
-        name: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Rm { name: String },
     /// Bring a database back from the trash.
-    Restore {
-        name: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Restore { name: String },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum AliasCommand {
     /// Point NAME at database TARGET.
-    Set {
-        name: String,
-        target: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Set { name: String, target: String },
     /// Remove an alias.
-    Rm {
-        name: String,
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Rm { name: String },
     /// List aliases.
-    Ls {
-        #[command(flatten)]
-        node: NodeArg,
-    },
+    Ls,
 }
 
 /// `TABLE=COLUMN` of `--shard-key`.

@@ -92,7 +92,7 @@ fn replicas(text: &str) -> Result<Value> {
     }
 }
 
-pub(crate) async fn db(command: DbCommand) -> Result<()> {
+pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
     match command {
         DbCommand::Add {
             name,
@@ -101,7 +101,6 @@ pub(crate) async fn db(command: DbCommand) -> Result<()> {
             replicas: count,
             keep,
             wait,
-            node,
         } => {
             let client = node.client()?;
             let body = json!({
@@ -121,7 +120,7 @@ pub(crate) async fn db(command: DbCommand) -> Result<()> {
             }
             Ok(())
         }
-        DbCommand::Ls { node } => {
+        DbCommand::Ls => {
             let list = node.client()?.get("/v1/databases").await?;
             println!(
                 "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>7}",
@@ -148,11 +147,11 @@ pub(crate) async fn db(command: DbCommand) -> Result<()> {
             }
             Ok(())
         }
-        DbCommand::Show { name, node } => {
+        DbCommand::Show { name } => {
             print_json(&node.client()?.get(&format!("/v1/databases/{name}")).await?);
             Ok(())
         }
-        DbCommand::Rm { name, node } => {
+        DbCommand::Rm { name } => {
             let info = node
                 .client()?
                 .delete(&format!("/v1/databases/{name}"))
@@ -163,7 +162,7 @@ pub(crate) async fn db(command: DbCommand) -> Result<()> {
             );
             Ok(())
         }
-        DbCommand::Restore { name, node } => {
+        DbCommand::Restore { name } => {
             let info = node
                 .client()?
                 .post(&format!("/v1/databases/{name}/restore"), &json!({}))
@@ -184,23 +183,23 @@ async fn wait_for_database(client: &Client, name: &str) -> Result<Value> {
     }
 }
 
-pub(crate) async fn alias(command: AliasCommand) -> Result<()> {
+pub(crate) async fn alias(command: AliasCommand, node: &NodeArg) -> Result<()> {
     match command {
-        AliasCommand::Set { name, target, node } => {
+        AliasCommand::Set { name, target } => {
             node.client()?
                 .put(&format!("/v1/aliases/{name}"), &json!({ "target": target }))
                 .await
                 .with_context(|| format!("setting alias {name}"))?;
             println!("{name} -> {target}");
         }
-        AliasCommand::Rm { name, node } => {
+        AliasCommand::Rm { name } => {
             node.client()?
                 .delete(&format!("/v1/aliases/{name}"))
                 .await
                 .with_context(|| format!("removing alias {name}"))?;
             println!("{name} removed");
         }
-        AliasCommand::Ls { node } => {
+        AliasCommand::Ls => {
             let list = node.client()?.get("/v1/aliases").await?;
             for alias in list["aliases"].as_array().into_iter().flatten() {
                 println!(
@@ -214,9 +213,9 @@ pub(crate) async fn alias(command: AliasCommand) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
+pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<()> {
     match command {
-        ClusterCommand::Status { node } => {
+        ClusterCommand::Status => {
             let status = node.client()?.get("/v1/cluster").await?;
             println!(
                 "cluster {}  health {}  (seen from {})",
@@ -270,7 +269,7 @@ pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
             }
             Ok(())
         }
-        ClusterCommand::Shards { database, node } => {
+        ClusterCommand::Shards { database } => {
             let path = format!("/v1/cluster/shards?database={}", segment(&database)?);
             let holders = node.client()?.get(&path).await?;
             let show = |label: &str, list: &Value| {
@@ -296,7 +295,7 @@ pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
             }
             Ok(())
         }
-        ClusterCommand::Gc { node } => {
+        ClusterCommand::Gc => {
             let report = node.client()?.get("/v1/gc").await?;
             let full: Vec<&str> = report["full_disks"]
                 .as_array()
@@ -323,11 +322,7 @@ pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
             }
             Ok(())
         }
-        ClusterCommand::Plan {
-            database,
-            replicas,
-            node,
-        } => {
+        ClusterCommand::Plan { database, replicas } => {
             let client = node.client()?;
             if let (Some(database), Some(replicas)) = (database, replicas) {
                 let path = format!(
@@ -377,9 +372,9 @@ pub(crate) async fn cluster(command: ClusterCommand) -> Result<()> {
     }
 }
 
-pub(crate) async fn admin(command: AdminCommand) -> Result<()> {
+pub(crate) async fn admin(command: AdminCommand, node: &NodeArg) -> Result<()> {
     match command {
-        AdminCommand::Backup { node } => {
+        AdminCommand::Backup => {
             let written = node.client()?.post("/v1/admin/backup", &json!({})).await?;
             println!(
                 "wrote {} ({})",
@@ -387,7 +382,7 @@ pub(crate) async fn admin(command: AdminCommand) -> Result<()> {
                 human(written["bytes"].as_u64().unwrap_or(0))
             );
         }
-        AdminCommand::Backups { node } => {
+        AdminCommand::Backups => {
             let listing = node.client()?.get("/v1/admin/backups").await?;
             println!("backups in {}", listing["url"].as_str().unwrap_or("?"));
             for backup in listing["backups"].as_array().into_iter().flatten() {
@@ -403,7 +398,7 @@ pub(crate) async fn admin(command: AdminCommand) -> Result<()> {
                 );
             }
         }
-        AdminCommand::Restore { name, node } => {
+        AdminCommand::Restore { name } => {
             let report = node
                 .client()?
                 .post("/v1/admin/restore", &json!({ "backup": name }))

@@ -10,7 +10,7 @@ use dram::client::Client;
 use serde_json::{Value, json};
 
 use crate::cluster::{SECRET, live_members, member_with};
-use crate::support::{dram_cli, eventually, expect_error, publish, wait_loaded};
+use crate::support::{dram_binary, dram_cli, eventually, expect_error, publish, wait_loaded};
 
 const ADMIN: &str = "admin-token-for-tests";
 
@@ -217,6 +217,18 @@ async fn tokens_guard_changes_reads_and_queries() {
         .await
         .unwrap();
     assert_eq!(foreign.status(), 403);
+    // Refusals say what is wrong.
+    let said = |response: reqwest::Response| async move {
+        let body: Value = response.json().await.unwrap();
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let unsent = said(internal().send().await.unwrap()).await;
+    assert!(unsent.contains("none was sent"), "{unsent}");
+    let admin = said(internal().bearer_auth(ADMIN).send().await.unwrap()).await;
+    assert!(admin.contains("not the cluster secret"), "{admin}");
 
     // The command line carries the token.
     let printed = dram_cli(&["token", "sales", "--ttl", "60", "--token", ADMIN], &url).await;
@@ -235,6 +247,20 @@ async fn tokens_guard_changes_reads_and_queries() {
     )
     .await;
     assert!(rows.contains("\"rows\": 2"), "{rows}");
+    // Client options go before the subcommand too, and host:port is a node.
+    let output = tokio::process::Command::new(dram_binary())
+        .args([
+            "--node",
+            url.trim_start_matches("http://"),
+            "--token",
+            &cli_token,
+        ])
+        .args(["query", "current", "count", "--result-only"])
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("\"rows\": 2"), "{output:?}");
 }
 
 #[tokio::test]
