@@ -81,7 +81,9 @@ impl Local {
             ));
         }
         let inner = &self.inner;
-        let source = SourceUrl::resolve(&inner.config.store.url, &request.source)?;
+        // Stored absolute, as README says: `file://./dram-store/x` means the
+        // same folder to every reader of the definition.
+        let source = SourceUrl::resolve(&inner.config.store.url, &request.source)?.absolute()?;
         source.check_allowed(&inner.config.store)?;
         let record = Definition {
             source: source.to_url(),

@@ -151,6 +151,12 @@ impl Local {
         for disk in &mut config.disks {
             disk.path = absolute(&disk.path)?;
         }
+        // The store too, so that sources under it (stored absolute) stay
+        // under it.
+        let store = crate::storage::SourceUrl::parse(&config.store.url)?;
+        if matches!(&store, crate::storage::SourceUrl::File(path) if path.is_relative()) {
+            config.store.url = store.absolute()?.to_url();
+        }
         let data_dir = config.node.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(StorageError::io(&data_dir))?;
         let catalog = Arc::new(Catalog::open(&data_dir.join("catalog.redb"))?);

@@ -117,6 +117,20 @@ impl SourceUrl {
         SourceUrl::parse(&format!("{base}/{relative}"))
     }
 
+    /// The same source, a `file://` path made absolute (from the current
+    /// folder): what a definition stores, the same for every member.
+    pub fn absolute(self) -> Result<SourceUrl, StorageError> {
+        match self {
+            SourceUrl::File(path) if path.is_relative() => std::path::absolute(&path)
+                .map(SourceUrl::File)
+                .map_err(|e| StorageError::InvalidSource {
+                    url: format!("file://{}", path.display()),
+                    message: format!("cannot resolve the path: {e}"),
+                }),
+            other => Ok(other),
+        }
+    }
+
     /// Whether a node with `store` may read this source: under the store's
     /// own URL, or matching one of `store.allowed_sources` (globs of URL
     /// prefixes; `*` within one segment, `**` across). Anything else — a
@@ -353,6 +367,18 @@ mod tests {
         assert_eq!(
             SourceUrl::resolve("file://./dram-store", "sales").unwrap(),
             SourceUrl::File("./dram-store/sales".into())
+        );
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            SourceUrl::resolve("file://./dram-store", "sales")
+                .unwrap()
+                .absolute()
+                .unwrap(),
+            SourceUrl::File(here.join("dram-store/sales"))
+        );
+        assert_eq!(
+            SourceUrl::parse("s3://b/x").unwrap().absolute().unwrap(),
+            SourceUrl::parse("s3://b/x").unwrap()
         );
         assert_eq!(
             SourceUrl::resolve("s3://b/dbs/", "sales/v1")
