@@ -48,10 +48,21 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, &cli.node)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error message on one line: the engine's multi-line messages (a
+/// SQL plan error, a TOML error's excerpt) folded, runs of blanks as one.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -210,4 +221,20 @@ fn segment(name: &str) -> Result<&str> {
         bail!("{name:?} is not a valid name (letters, digits, '.', '_', '-')");
     }
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_print_on_one_line() {
+        let plan = "query: Error during planning: Invalid function 'nope'.\n\
+                    Did you mean 'now'?\n\n  at line 1";
+        assert_eq!(
+            one_line(plan),
+            "query: Error during planning: Invalid function 'nope'. Did you mean 'now'? at line 1"
+        );
+        assert_eq!(one_line("plain"), "plain");
+    }
 }

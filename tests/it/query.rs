@@ -581,6 +581,21 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
     let out = run(vec!["analyses"]).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("sum\tsums numbers"), "{stdout}");
+
+    // A config error prints on one line (messages of several lines are
+    // folded: `main.rs`'s test).
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[node]\nhttp_listen = \n").unwrap();
+    let out = run(vec!["serve", "--config", bad.to_str().unwrap()])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
     server.shutdown().await;
 }
 
