@@ -252,9 +252,14 @@ pub(crate) enum DbCommand {
         /// Never collect it as garbage, even when no alias points to it.
         #[arg(long)]
         keep: bool,
-        /// Wait until the database is ready (or failed).
+        /// Wait until the database is ready (or failed), with a progress bar
+        /// on a terminal (a line every 5 s otherwise).
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this many seconds (the load
+        /// goes on; exit status 1).
+        #[arg(long, value_name = "SECS", requires = "wait")]
+        timeout: Option<u64>,
     },
     /// List databases.
     Ls,

@@ -101,6 +101,7 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
             replicas: count,
             keep,
             wait,
+            timeout,
         } => {
             let client = node.client()?;
             let body = json!({
@@ -112,7 +113,7 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
             });
             let mut info = client.post("/v1/databases", &body).await?;
             if wait {
-                info = wait_for_database(&client, &name).await?;
+                info = wait_for_database(&client, &name, timeout.map(Duration::from_secs)).await?;
             }
             println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
             if let Some(error) = info["error"].as_str() {
@@ -173,13 +174,67 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
     }
 }
 
-async fn wait_for_database(client: &Client, name: &str) -> Result<Value> {
+/// Polls `name` until it is no longer loading (or `timeout` passes),
+/// showing its progress: a bar on a terminal (bytes, rate, ETA, parts
+/// ready), a plain line every 5 s otherwise.
+async fn wait_for_database(
+    client: &Client,
+    name: &str,
+    timeout: Option<Duration>,
+) -> Result<Value> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    let started = std::time::Instant::now();
+    let mut said = started;
     loop {
         let info = client.get(&format!("/v1/databases/{name}")).await?;
-        match info["state"].as_str() {
-            Some("loading") => tokio::time::sleep(Duration::from_millis(200)).await,
-            _ => return Ok(info),
+        let (done, total) = (
+            info["bytes_done"].as_u64().unwrap_or(0),
+            info["bytes"].as_u64().unwrap_or(0),
+        );
+        let parts: Vec<&Value> = info["shards"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(info.get("global").filter(|g| !g.is_null()))
+            .collect();
+        let ready = parts.iter().filter(|p| p["state"] == "ready").count();
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(format!("{ready}/{} parts ready", parts.len()));
+        if info["state"] != "loading" {
+            bar.finish_and_clear();
+            return Ok(info);
         }
+        if !terminal && said.elapsed() >= Duration::from_secs(5) {
+            eprintln!(
+                "{name}: {done}/{total} bytes, {ready}/{} parts ready",
+                parts.len()
+            );
+            said = std::time::Instant::now();
+        }
+        if let Some(timeout) = timeout
+            && started.elapsed() >= timeout
+        {
+            bar.abandon();
+            bail!(
+                "{name} is still loading after {} s (--timeout): {done}/{total} bytes, {ready}/{} \
+                 parts ready; the load goes on (`dram db show {name}` follows it)",
+                timeout.as_secs(),
+                parts.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -582,6 +582,33 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("sum\tsums numbers"), "{stdout}");
 
+    // `db add --wait` ends when the load does (its progress on stderr);
+    // `--timeout` only goes with `--wait` (clap's usage error: status 2).
+    let out = run(vec![
+        "db",
+        "add",
+        "again",
+        "numbers",
+        "--wait",
+        "--timeout",
+        "60",
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("again: ready"),
+        "{out:?}"
+    );
+    let out = run(vec!["db", "add", "other", "numbers", "--timeout", "5"])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2) && stderr.contains("--wait"),
+        "{stderr}"
+    );
+
     // A config error prints on one line (messages of several lines are
     // folded: `main.rs`'s test).
     let bad = dir.path().join("bad.toml");
