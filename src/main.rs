@@ -34,9 +34,11 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
     });
+    // Colours only on a terminal: a log redirected to a file stays plain.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -236,5 +238,13 @@ mod tests {
             "query: Error during planning: Invalid function 'nope'. Did you mean 'now'? at line 1"
         );
         assert_eq!(one_line("plain"), "plain");
+    }
+
+    #[test]
+    fn times_print_as_local_minutes() {
+        let shown = cli::output::local_time(1_796_668_279_843);
+        let digits: String = shown.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!((shown.len(), digits.len()), (16, 12), "{shown}");
+        assert!(shown.starts_with("2026-12-"), "{shown}");
     }
 }

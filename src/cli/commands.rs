@@ -130,19 +130,20 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
             for db in list["databases"].as_array().into_iter().flatten() {
                 let bytes = db["bytes"].as_u64().unwrap_or(0);
                 let done = db["bytes_done"].as_u64().unwrap_or(0);
-                let pct = if bytes == 0 {
-                    100.0
-                } else {
-                    done as f64 * 100.0 / bytes as f64
+                // A failed load has done nothing worth a percentage.
+                let pct = match (db["state"].as_str(), bytes) {
+                    (Some("failed"), _) => "-".to_string(),
+                    (_, 0) => "100.0%".to_string(),
+                    _ => format!("{:.1}%", done as f64 * 100.0 / bytes as f64),
                 };
                 println!(
-                    "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>6.1}%",
+                    "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>7}",
                     db["name"].as_str().unwrap_or("?"),
                     db["state"].as_str().unwrap_or("?"),
                     db["mode"].as_str().unwrap_or("?"),
                     db["shard_count"].as_u64().unwrap_or(0),
                     db["files"].as_u64().unwrap_or(0),
-                    bytes,
+                    human(bytes),
                     pct
                 );
             }
@@ -157,10 +158,20 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
                 .client()?
                 .delete(&format!("/v1/databases/{name}"))
                 .await?;
-            println!(
-                "{name}: moved to trash, purged at {} ms",
-                info["purge_at_ms"]
-            );
+            match info["purge_at_ms"].as_u64() {
+                Some(at) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let hours = at.saturating_sub(now) as f64 / 3_600_000.0;
+                    println!(
+                        "{name}: moved to trash; purged in {hours:.0} h ({}), `dram db restore {name}` \
+                         until then",
+                        local_time(at)
+                    );
+                }
+                None => println!("{name}: moved to trash"),
+            }
             Ok(())
         }
         DbCommand::Restore { name } => {
@@ -407,6 +418,13 @@ pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<(
                 "plan of {}  (primary {primary})",
                 plan["node"].as_str().unwrap_or("?")
             );
+            let keys = ["downloads", "trashes", "waiting"];
+            if keys
+                .iter()
+                .all(|key| plan[*key].as_array().is_none_or(Vec::is_empty))
+            {
+                println!("nothing to do: every shard has its copies where placement wants them");
+            }
             for (kind, key) in [
                 ("download", "downloads"),
                 ("trash", "trashes"),

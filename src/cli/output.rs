@@ -87,3 +87,24 @@ mod tests {
         );
     }
 }
+
+/// Milliseconds since the epoch as local time, `YYYY-MM-DD HH:MM`.
+pub(crate) fn local_time(ms: u64) -> String {
+    let secs = (ms / 1000) as libc::time_t;
+    // SAFETY: `libc::tm` is plain data, for which all zeroes is a value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r writes only into `tm`, which we own; both
+    // pointers are valid for the call.
+    let converted = unsafe { libc::localtime_r(&secs, &mut tm) };
+    if converted.is_null() {
+        return format!("{ms} ms since 1970");
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
+}

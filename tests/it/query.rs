@@ -600,6 +600,22 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
         out.status.success() && stdout.contains("again: ready"),
         "{out:?}"
     );
+    let out = run(vec!["db", "ls"]).await.unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let again = listed
+        .lines()
+        .find(|l| l.starts_with("again "))
+        .unwrap_or_default();
+    assert!(
+        again.contains(" B ") && again.ends_with("100.0%"),
+        "{listed}"
+    );
+    let out = run(vec!["db", "rm", "again"]).await.unwrap();
+    let removed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        removed.contains("purged in 24 h (20") && removed.contains("dram db restore again"),
+        "{removed}"
+    );
     let out = run(vec!["db", "add", "other", "numbers", "--timeout", "5"])
         .await
         .unwrap();
