@@ -71,23 +71,6 @@ pub(crate) fn sql_table(result: &serde_json::Value) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sql_answers_print_as_a_table() {
-        let result = serde_json::json!({
-            "columns": ["region", "total"],
-            "rows": [{"region": "eu", "total": 18}, {"region": "asia", "total": null}]
-        });
-        assert_eq!(
-            sql_table(&result),
-            "region  total\n------  -----\neu      18\nasia\n(2 rows)\n"
-        );
-    }
-}
-
 /// Milliseconds since the epoch as local time, `YYYY-MM-DD HH:MM`.
 pub(crate) fn local_time(ms: u64) -> String {
     let secs = (ms / 1000) as libc::time_t;
@@ -107,4 +90,21 @@ pub(crate) fn local_time(ms: u64) -> String {
         tm.tm_hour,
         tm.tm_min
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_answers_print_as_a_table() {
+        let result = serde_json::json!({
+            "columns": ["region", "total"],
+            "rows": [{"region": "eu", "total": 18}, {"region": "asia", "total": null}]
+        });
+        assert_eq!(
+            sql_table(&result),
+            "region  total\n------  -----\neu      18\nasia\n(2 rows)\n"
+        );
+    }
 }
