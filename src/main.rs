@@ -204,6 +204,11 @@ async fn run(command: Command, node: &NodeArg) -> Result<()> {
             }
             Ok(())
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "dram", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Stats => {
             let stats = node.client()?.get("/v1/stats").await?;
             print_json(&stats);

@@ -120,6 +120,11 @@ pub(crate) enum Command {
     /// Backups of the registry (definitions, aliases, pins) in backup.url.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print the shell's completion script: `source <(dram completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]

@@ -625,6 +625,24 @@ async fn the_query_command_prints_the_answer_and_names_bad_input() {
         "{stderr}"
     );
 
+    // Shell completions: a bash script bash itself reads, naming the
+    // subcommands and the global options.
+    let out = run(vec!["completions", "bash"]).await.unwrap();
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && script.contains("_dram()"),
+        "{out:?}"
+    );
+    assert!(
+        script.contains("analyses") && script.contains("--node"),
+        "{script}"
+    );
+    let checked = std::process::Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(checked.success());
+
     // A config error prints on one line (messages of several lines are
     // folded: `main.rs`'s test).
     let bad = dir.path().join("bad.toml");
