@@ -8,6 +8,7 @@ mod builtin;
 mod cluster;
 mod dashboard;
 mod databases;
+mod deploy;
 mod example;
 mod fanout;
 mod hostile;
