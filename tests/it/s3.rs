@@ -11,7 +11,12 @@ async fn publish_and_load_through_s3() {
         return;
     };
     let mut config = config(dir.path());
-    config.store = s3.store_config("dbs");
+    // README's S3 example, as a user copies it.
+    config.store = s3.readme_store_config();
+    assert_eq!(
+        serde_json::to_value(&config.store).unwrap(),
+        serde_json::to_value(s3.store_config("dbs")).unwrap()
+    );
     let store = config.store.clone();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     publish(

@@ -180,8 +180,9 @@ pub struct S3Server {
     pub endpoint: String,
 }
 
-pub const S3_KEY: &str = "dramtestkey";
-pub const S3_SECRET: &str = "dramtestsecret";
+/// The credentials README's S3 example gives s3s-fs.
+pub const S3_KEY: &str = "dram-key";
+pub const S3_SECRET: &str = "dram-secret";
 
 impl S3Server {
     /// Starts s3s-fs with a bucket `bucket`; `None` (with a loud message) if the
@@ -226,6 +227,24 @@ impl S3Server {
             }
         }
         panic!("s3s-fs did not start");
+    }
+
+    /// README's S3 example's `[store]` (the TOML it writes to `s3.toml`), on
+    /// this server's endpoint instead of port 9000.
+    pub fn readme_store_config(&self) -> StoreConfig {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let opening = "cat > s3.toml <<'EOF'\n";
+        let start = readme
+            .find(opening)
+            .expect("README's S3 example writes s3.toml")
+            + opening.len();
+        let toml = &readme[start..];
+        let toml = &toml[..toml.find("\nEOF\n").expect("the heredoc ends")];
+        let toml = toml.replace("http://127.0.0.1:9000", &self.endpoint);
+        let config: dram::Config = toml::from_str(&toml).unwrap();
+        config.store
     }
 
     pub fn store_config(&self, bucket: &str) -> StoreConfig {
