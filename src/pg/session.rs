@@ -366,9 +366,11 @@ impl Guard {
             let _running = &running;
             row
         }));
+        // One timer for the whole answer, not one per row.
+        let late = Box::pin(tokio::time::sleep_until(deadline));
         futures::stream::unfold(
-            (rows, Cancel::Unheard(handle)),
-            move |(mut rows, cancel)| async move {
+            (rows, Cancel::Unheard(handle), late),
+            move |(mut rows, cancel, mut late)| async move {
                 let mut receiver = match cancel {
                     Cancel::Done => return None,
                     Cancel::Heard(receiver) => receiver,
@@ -387,19 +389,19 @@ impl Guard {
                     tokio::select! {
                         row = rows.next() => {
                             let row = row?;
-                            return Some((row, (rows, Cancel::Heard(receiver))));
+                            return Some((row, (rows, Cancel::Heard(receiver), late)));
                         }
                         heard = heard => match heard {
                             Ok(()) => {
-                                return Some((Err(PgWireError::QueryCanceled), (rows, Cancel::Done)));
+                                return Some((Err(PgWireError::QueryCanceled), (rows, Cancel::Done, late)));
                             }
                             // Another query on this connection took the
                             // cancel key over (a suspended portal): go on
                             // without listening.
                             Err(_) => receiver = None,
                         },
-                        _ = tokio::time::sleep_until(deadline) => {
-                            return Some((Err(timed_out()), (rows, Cancel::Done)));
+                        _ = late.as_mut() => {
+                            return Some((Err(timed_out()), (rows, Cancel::Done, late)));
                         }
                     }
                 }
