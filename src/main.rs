@@ -99,7 +99,6 @@ async fn run(command: Command, node: &NodeArg) -> Result<()> {
             sql,
             map,
             reduce,
-            json,
         } => {
             let params = match sql {
                 Some(sql) => serde_json::json!({ "sql": sql }),
@@ -113,7 +112,7 @@ async fn run(command: Command, node: &NodeArg) -> Result<()> {
                 )
                 .await?;
             let result = &answer["result"];
-            if json || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            if node.json || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 println!("{}", serde_json::to_string_pretty(&result["rows"])?);
             } else {
                 print!("{}", sql_table(result));
@@ -128,7 +127,11 @@ async fn run(command: Command, node: &NodeArg) -> Result<()> {
                     &serde_json::json!({"database": database, "ttl": ttl}),
                 )
                 .await?;
-            println!("{}", answer["token"].as_str().unwrap_or_default());
+            if node.json {
+                print_json(&answer);
+            } else {
+                println!("{}", answer["token"].as_str().unwrap_or_default());
+            }
             Ok(())
         }
         Command::Publish {
@@ -195,6 +198,10 @@ async fn run(command: Command, node: &NodeArg) -> Result<()> {
         }
         Command::Analyses => {
             let listed = node.client()?.get("/v1/analyses").await?;
+            if node.json {
+                print_json(&listed);
+                return Ok(());
+            }
             for analysis in listed["analyses"].as_array().into_iter().flatten() {
                 println!(
                     "{}\t{}",
@@ -211,7 +218,11 @@ async fn run(command: Command, node: &NodeArg) -> Result<()> {
         }
         Command::Stats => {
             let stats = node.client()?.get("/v1/stats").await?;
-            print_json(&stats);
+            if node.json {
+                print_json(&stats);
+            } else {
+                print!("{}", stats_tables(&stats));
+            }
             Ok(())
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! | call | needs |
 //! |---|---|
-//! | `GET /v1/health`, `GET /`, dashboard assets | nothing |
+//! | `GET /v1/health`, `GET /`, dashboard assets, `GET /v1/openapi.json` | nothing |
 //! | `/v1/internal/*` | the cluster secret (the admin token when no secret is set); a caller naming another cluster id is refused |
 //! | `POST /v1/query/{db_or_alias}/…` | with `auth.require_token_for_reads`: the admin token, the cluster secret (a member forwarding), or a signed token for that database or alias |
 //! | `/v1/admin/*` (backups, restore, scrub), `POST /v1/tokens`, any change | the admin token, when one is set |
@@ -74,9 +74,8 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (_, ["v1", "health"]) | (&Method::GET, [""]) | (&Method::GET, ["dashboard", _]) => {
-            Need::Nothing
-        }
+        (_, ["v1", "health"])
+        | (&Method::GET, [""] | ["dashboard", _] | ["v1", "openapi.json"]) => Need::Nothing,
         (_, ["v1", "internal", ..]) => Need::Internal,
         (_, ["v1", "admin", ..]) => Need::Admin,
         (&Method::POST, ["v1", "query", target, _]) => {

@@ -5,7 +5,8 @@
 //! One file per resource: `databases`, `aliases`, `query`, `cluster` (the
 //! cluster as this node sees it, the plan, GC), `internal` (node to node),
 //! `admin` (backups, scrub), `index` (where every file is), `metrics`,
-//! `dashboard`; `auth` also serves `POST /v1/tokens`.
+//! `dashboard`, `openapi` (the API described); `auth` also serves
+//! `POST /v1/tokens`.
 
 mod admin;
 mod aliases;
@@ -17,6 +18,7 @@ mod error;
 mod index;
 mod internal;
 mod metrics;
+mod openapi;
 mod query;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -116,6 +118,8 @@ pub fn routes(
         .or(aliases::routes(node.clone(), body))
         .unify()
         .or(dashboard::routes())
+        .unify()
+        .or(openapi::routes())
         .unify()
         .or(extra)
         .unify();

@@ -101,9 +101,6 @@ pub(crate) enum Command {
         /// …and SQL over table `partials` (every shard's rows of --map).
         #[arg(long, requires = "map")]
         reduce: Option<String>,
-        /// Print JSON even on a terminal.
-        #[arg(long)]
-        json: bool,
     },
     /// A signed token that lets its holder query one database or alias until
     /// it expires (needs the admin token when one is set).
@@ -213,12 +210,20 @@ pub(crate) struct NodeArg {
         default_value = "http://127.0.0.1:7070"
     )]
     pub(crate) node: String,
-    /// A token for the node: the admin token, or a signed token for a query.
-    #[arg(long, global = true, env = "DRAM_TOKEN", hide_env_values = true)]
+    /// A token for the node: the admin token, or a signed token for a query
+    /// [env: DRAM_TOKEN].
+    // Read from the environment here, not by clap: clap counts an option
+    // given by the environment as used and shows it in every usage line.
+    #[arg(long, global = true)]
     pub(crate) token: Option<String>,
-    /// PEM certificates to trust for an https:// node (its own certificate).
-    #[arg(long, global = true, env = "DRAM_CA", value_name = "FILE")]
+    /// PEM certificates to trust for an https:// node (its own certificate)
+    /// [env: DRAM_CA].
+    #[arg(long, global = true, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
+    /// Print the node's answer as JSON (tables otherwise; `query` always
+    /// prints JSON, `sql` also when stdout is not a terminal).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
 }
 
 impl NodeArg {
@@ -229,8 +234,14 @@ impl NodeArg {
         } else {
             format!("http://{}", self.node)
         };
-        let client = Client::new(&url).with_token(self.token.clone());
-        let Some(path) = &self.ca else {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let token = self.token.clone().or_else(|| from_env("DRAM_TOKEN"));
+        let client = Client::new(&url).with_token(token);
+        let ca = self
+            .ca
+            .clone()
+            .or_else(|| from_env("DRAM_CA").map(PathBuf::from));
+        let Some(path) = &ca else {
             return Ok(client);
         };
         let pem =

@@ -115,14 +115,25 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
             if wait {
                 info = wait_for_database(&client, &name, timeout.map(Duration::from_secs)).await?;
             }
-            println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
+            if node.json {
+                print_json(&info);
+            } else {
+                println!("{name}: {}", info["state"].as_str().unwrap_or("?"));
+            }
             if let Some(error) = info["error"].as_str() {
-                bail!("database {name} failed: {error}");
+                bail!(
+                    "database {name} failed: {error}; it is tried again until `dram db rm {name}` \
+                     removes it"
+                );
             }
             Ok(())
         }
         DbCommand::Ls => {
             let list = node.client()?.get("/v1/databases").await?;
+            if node.json {
+                print_json(&list);
+                return Ok(());
+            }
             println!(
                 "{:<32} {:<8} {:<5} {:>6} {:>8} {:>14} {:>7}",
                 "NAME", "STATE", "MODE", "SHARDS", "FILES", "BYTES", "DONE"
@@ -147,10 +158,21 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
                     pct
                 );
             }
+            for db in list["databases"].as_array().into_iter().flatten() {
+                if let Some(error) = db["error"].as_str().filter(|_| db["state"] == "failed") {
+                    let name = db["name"].as_str().unwrap_or("?");
+                    println!("{name} failed: {error}\n  remove it: dram db rm {name}");
+                }
+            }
             Ok(())
         }
         DbCommand::Show { name } => {
-            print_json(&node.client()?.get(&format!("/v1/databases/{name}")).await?);
+            let info = node.client()?.get(&format!("/v1/databases/{name}")).await?;
+            if node.json {
+                print_json(&info);
+            } else {
+                print!("{}", database_tables(&info));
+            }
             Ok(())
         }
         DbCommand::Rm { name } => {
@@ -158,6 +180,10 @@ pub(crate) async fn db(command: DbCommand, node: &NodeArg) -> Result<()> {
                 .client()?
                 .delete(&format!("/v1/databases/{name}"))
                 .await?;
+            if node.json {
+                print_json(&info);
+                return Ok(());
+            }
             match info["purge_at_ms"].as_u64() {
                 Some(at) => {
                     let now = std::time::SystemTime::now()
@@ -267,6 +293,10 @@ pub(crate) async fn alias(command: AliasCommand, node: &NodeArg) -> Result<()> {
         }
         AliasCommand::Ls => {
             let list = node.client()?.get("/v1/aliases").await?;
+            if node.json {
+                print_json(&list);
+                return Ok(());
+            }
             for alias in list["aliases"].as_array().into_iter().flatten() {
                 println!(
                     "{} -> {}",
@@ -283,6 +313,10 @@ pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<(
     match command {
         ClusterCommand::Status => {
             let status = node.client()?.get("/v1/cluster").await?;
+            if node.json {
+                print_json(&status);
+                return Ok(());
+            }
             println!(
                 "cluster {}  health {}  (seen from {})",
                 status["cluster_id"].as_str().unwrap_or("?"),
@@ -338,6 +372,10 @@ pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<(
         ClusterCommand::Shards { database } => {
             let path = format!("/v1/cluster/shards?database={}", segment(&database)?);
             let holders = node.client()?.get(&path).await?;
+            if node.json {
+                print_json(&holders);
+                return Ok(());
+            }
             let show = |label: &str, list: &Value| {
                 let holders: Vec<String> = list
                     .as_array()
@@ -363,6 +401,10 @@ pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<(
         }
         ClusterCommand::Gc => {
             let report = node.client()?.get("/v1/gc").await?;
+            if node.json {
+                print_json(&report);
+                return Ok(());
+            }
             let full: Vec<&str> = report["full_disks"]
                 .as_array()
                 .into_iter()
@@ -397,6 +439,10 @@ pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<(
                     segment(&replicas)?
                 );
                 let what_if = client.get(&path).await?;
+                if node.json {
+                    print_json(&what_if);
+                    return Ok(());
+                }
                 println!(
                     "{database}: replicas {} -> {}",
                     what_if["replicas_now"], what_if["replicas"]
@@ -413,6 +459,10 @@ pub(crate) async fn cluster(command: ClusterCommand, node: &NodeArg) -> Result<(
                 return Ok(());
             }
             let plan = client.get("/v1/plan").await?;
+            if node.json {
+                print_json(&plan);
+                return Ok(());
+            }
             let primary = plan["primary"]["id"].as_str().unwrap_or("none");
             println!(
                 "plan of {}  (primary {primary})",
@@ -457,6 +507,10 @@ pub(crate) async fn admin(command: AdminCommand, node: &NodeArg) -> Result<()> {
         }
         AdminCommand::Backups => {
             let listing = node.client()?.get("/v1/admin/backups").await?;
+            if node.json {
+                print_json(&listing);
+                return Ok(());
+            }
             println!("backups in {}", listing["url"].as_str().unwrap_or("?"));
             for backup in listing["backups"].as_array().into_iter().flatten() {
                 let state = match backup["error"].as_str() {

@@ -11,6 +11,10 @@ use crate::names::check_name;
 use crate::registry::{Definition, DefinitionRecord};
 use crate::storage::{Part, SourceUrl};
 
+/// How long `add_database` waits for the store to say whether the source
+/// exists before it defines the database anyway.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A request to load a database on this node.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +41,9 @@ pub struct DatabaseInfo {
     pub files: u64,
     pub bytes: u64,
     pub bytes_done: u64,
+    /// For a `failed` database: what to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
     /// Present when the database is shown alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub global: Option<PartInfo>,
@@ -85,6 +92,11 @@ impl Local {
         // same folder to every reader of the definition.
         let source = SourceUrl::resolve(&inner.config.store.url, &request.source)?.absolute()?;
         source.check_allowed(&inner.config.store)?;
+        // Nothing is defined for a source that is not there (it would be
+        // tried again forever); a missing folder is found by opening it.
+        let opened = crate::storage::Source::open(&source, &inner.config.store, false)?
+            .layered(inner.store_layer.as_ref());
+        crate::storage::fetch::probe(&opened, PROBE_WAIT).await?;
         let record = Definition {
             source: source.to_url(),
             mode: request.mode,
@@ -250,6 +262,13 @@ impl Inner {
             files: 0,
             bytes: 0,
             bytes_done: 0,
+            remedy: (record.state == DbState::Failed).then(|| {
+                format!(
+                    "it is tried again, with growing pauses, until it loads or is removed: \
+                     `dram db rm {0}` (DELETE /v1/databases/{0}) removes it at once",
+                    record.name
+                )
+            }),
             global: None,
             shards: detail.then(Vec::new),
             record,

@@ -212,6 +212,7 @@ mod tests {
             used: 100,
             capacity: 100,
             full: true,
+            watermark_permille: Some(900),
         };
         let member = Member {
             id: "a".into(),

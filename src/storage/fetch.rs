@@ -221,6 +221,33 @@ fn write_blob(
     })
 }
 
+/// Whether `source` holds a database: a manifest, or at least one file. `Ok`
+/// unless the store says for certain that there is nothing there
+/// ([`StorageError::SourceNotFound`]); a store that fails or does not answer
+/// within `wait` is not a verdict (the load will try again and say why).
+pub async fn probe(source: &Source, wait: std::time::Duration) -> Result<(), StorageError> {
+    let look = async {
+        match source.store.head(&source.object_path(MANIFEST_NAME)).await {
+            Ok(_) => return Some(true),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(_) => return None,
+        }
+        let prefix = (!source.prefix.as_ref().is_empty()).then_some(&source.prefix);
+        match source.store.list(prefix).next().await {
+            Some(Ok(_)) => Some(true),
+            Some(Err(object_store::Error::NotFound { .. })) | None => Some(false),
+            Some(Err(_)) => None,
+        }
+    };
+    match tokio::time::timeout(wait, look).await {
+        Ok(Some(false)) => Err(StorageError::SourceNotFound {
+            url: source.url.clone(),
+            message: "no manifest (dram.json) and no files there".to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads `dram.json`; without one, lists the prefix and returns a manifest whose
 /// hashes are unknown until the files are fetched.
 pub async fn read_manifest(source: &Source) -> Result<Manifest, StorageError> {

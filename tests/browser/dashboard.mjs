@@ -7,6 +7,7 @@
 // members table has rows, saves a full-page screenshot and prints ONE line of JSON:
 //   {"members": [id…], "flagged": [id…], "databases": {name: {shard: copies}},
 //    "under": ["db/shard"…], "over": ["db/shard"…], "banner": text|null,
+//    "disks": {"member/disk": {dram, used, watermark: percent, text}},
 //    "errors": [console errors and page errors]}.
 // Exit status 0 when the page rendered, 1 when it did not (the JSON line then has
 // "error"), 2 on bad usage.
@@ -103,6 +104,12 @@ try {
       under: all('[data-database] [data-shard].under').map(shardName),
       over: all('[data-database] [data-shard].over').map(shardName),
       banner: banner && !banner.hidden ? banner.textContent : null,
+      disks: Object.fromEntries(all('[data-disk]').map((card) => [card.dataset.disk, {
+        dram: Number(card.dataset.dramPct),
+        used: Number(card.dataset.usedPct),
+        watermark: card.dataset.watermarkPct === '' ? null : Number(card.dataset.watermarkPct),
+        text: card.querySelector('.label').textContent,
+      }])),
     };
   });
   result = { ...seen, errors, ...(error ? { error } : {}) };

@@ -605,6 +605,29 @@ async fn a_restarted_seed_waits_for_its_cluster_before_placing_or_leading() {
     let stats = n1.client.get("/v1/stats").await.unwrap();
     assert_eq!(stats["node"]["bytes_downloaded"], 0, "{stats}");
     assert!(once(&n1.client).await, "each shard is still held once");
+
+    // A fresh member (no catalog to remember anyone by) seeded with n2:
+    // alone for its first rounds, it used to elect itself and log "primary
+    // elected primary=n9" while n1 was primary.
+    let seed = members[0].gossip.clone();
+    let n9 = member(dir.path(), "n9", &store, &[&seed]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = n9.client.get("/v1/cluster").await.unwrap();
+        assert_ne!(
+            status["primary"]["id"], "n9",
+            "a fresh member calls itself primary: {status}"
+        );
+        if live_members(&status).len() == 4 && status["primary"]["id"] == "n1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n9 never saw n1 primary: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n9.server.shutdown().await;
     n1.server.shutdown().await;
     for member in members {
         member.server.shutdown().await;

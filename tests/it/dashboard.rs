@@ -45,6 +45,7 @@ async fn start(
     transport: &ChannelTransport,
 ) -> Member {
     let secret = secret.to_string();
+    let unbudgeted = name == "n3";
     member_with(
         dir,
         name,
@@ -57,6 +58,14 @@ async fn start(
             // A change is answered once every live member has it: the member
             // with the other secret never will.
             config.cluster.ack_timeout_ms = 300;
+            // n3 (which never loads anything) has no budget: its disk bar
+            // counts every program's files, as the watermark does.
+            if unbudgeted {
+                for disk in &mut config.disks {
+                    disk.max_bytes = None;
+                    disk.high_watermark = 0.999;
+                }
+            }
         },
         Some(transport.clone()),
     )
@@ -238,6 +247,45 @@ async fn dashboard_shows_members_disagreement_and_shard_copies() {
         .map(|(shard, _)| format!("events/{shard}"))
         .collect();
     assert_eq!(strings(&seen["under"]), under, "{seen}");
+    // Each disk's bar: dram's bytes, the disk's use by every program, and
+    // the high watermark, as n1's view of the cluster says.
+    let cluster = n1.client.get("/v1/cluster").await.unwrap();
+    for member in cluster["members"].as_array().unwrap() {
+        for (id, disk) in member["disks"].as_object().unwrap() {
+            let name = format!("{}/{id}", member["id"].as_str().unwrap());
+            let card = &seen["disks"][&name];
+            let total = disk["total"].as_f64().unwrap();
+            let capacity = disk["capacity"].as_f64().unwrap();
+            let close = |shown: &Value, want: f64| (shown.as_f64().unwrap() - want).abs() < 0.5;
+            let dram = disk["used"].as_f64().unwrap();
+            if capacity < total {
+                // A budget (`max_bytes`, as these members have): dram's
+                // bytes against it; other programs' files do not count.
+                assert!(
+                    close(&card["dram"], 100.0 * dram / capacity),
+                    "{name}: {card} {disk}"
+                );
+                assert!(
+                    close(&card["used"], 100.0 * dram / capacity),
+                    "{name}: {card} {disk}"
+                );
+                assert!(card["text"].as_str().unwrap().contains("budget"), "{card}");
+            } else {
+                // Other programs' files count too (the watermark counts them).
+                let used = total - disk["free"].as_f64().unwrap();
+                assert!(
+                    close(&card["dram"], 100.0 * dram / total),
+                    "{name}: {card} {disk}"
+                );
+                assert!(
+                    close(&card["used"], 100.0 * used / total),
+                    "{name}: {card} {disk}"
+                );
+            }
+            let watermark = if name.starts_with("n3/") { 99.9 } else { 90.0 };
+            assert!(close(&card["watermark"], watermark), "{name}: {card}");
+        }
+    }
     assert_eq!(strings(&seen["errors"]), Vec::<String>::new(), "{seen}");
     let size = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 0, "no screenshot at {}", screenshot.display());

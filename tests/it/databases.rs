@@ -332,7 +332,6 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         ("wronghash", "sha256"),
         ("escape", ".."),
         ("garbage", "malformed manifest"),
-        ("missing", "not found"),
     ] {
         let info = load(&client, json!({"name": name, "source": name})).await;
         assert_eq!(info["state"], "failed", "{name}: {info}");
@@ -350,9 +349,57 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         std::fs::read_dir(&tmp).is_ok_and(|d| d.count() == 0)
     })
     .await;
-    // A failed database is deleted at once; the name is free again.
-    client.delete("/v1/databases/missing").await.unwrap();
+    // A failed database says how to get rid of it, and is deleted at once;
+    // the name is free again.
+    let failed = client.get("/v1/databases/garbage").await.unwrap();
+    assert!(
+        failed["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("dram db rm garbage"),
+        "{failed}"
+    );
+    client.delete("/v1/databases/garbage").await.unwrap();
+    expect_error(client.get("/v1/databases/garbage").await, 404, "not_found");
+
+    // A source that is not there is refused before anything is defined
+    // (it used to fail, and be tried again, forever): 404 naming the URL.
+    let error = expect_error(
+        client
+            .post(
+                "/v1/databases",
+                &json!({"name": "missing", "source": "missing"}),
+            )
+            .await,
+        404,
+        "source_not_found",
+    );
+    assert!(error.contains("store/missing"), "{error}");
     expect_error(client.get("/v1/databases/missing").await, 404, "not_found");
+    // An empty folder holds no database either.
+    std::fs::create_dir_all(dir.path().join("store/empty")).unwrap();
+    let error = expect_error(
+        client
+            .post(
+                "/v1/databases",
+                &json!({"name": "empty", "source": "empty"}),
+            )
+            .await,
+        404,
+        "source_not_found",
+    );
+    assert!(error.contains("no manifest"), "{error}");
+    let listed = client.get("/v1/databases").await.unwrap();
+    let names: Vec<&str> = listed["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"missing") && !names.contains(&"empty"),
+        "{listed}"
+    );
 
     // Requests that are wrong get 4xx with a JSON error.
     for (body, code) in [

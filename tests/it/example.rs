@@ -267,3 +267,46 @@ async fn sales_example_answers_match_the_sample_data() {
     expect_error(client.get("/sales/nope/report").await, 404, "not_found");
     server.shutdown().await;
 }
+
+/// README's "Library" section shows `examples/line_count.rs` whole (the
+/// build compiles that file) and the dependency lines a server of one's own
+/// needs, at the versions dram itself builds with.
+#[test]
+fn the_readme_library_section_is_the_compiled_example() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/line_count.rs")).unwrap();
+    assert!(
+        readme.contains(&format!("```rust\n{example}```\n")),
+        "README.md's Library section differs from examples/line_count.rs"
+    );
+    let section = &readme[readme.find("## Library").unwrap()..];
+    let toml_block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let manifest: toml::Table = std::fs::read_to_string(root.join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ours = manifest["dependencies"].as_table().unwrap();
+    let theirs: toml::Table = toml_block.parse().unwrap();
+    let version = |value: &toml::Value| match value {
+        toml::Value::String(v) => Some(v.clone()),
+        toml::Value::Table(t) => t
+            .get("version")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        _ => None,
+    };
+    for (name, value) in theirs["dependencies"].as_table().unwrap() {
+        if name == "dram" {
+            continue;
+        }
+        let ours = ours
+            .get(name)
+            .unwrap_or_else(|| panic!("README names {name}, which dram does not use"));
+        assert_eq!(version(value), version(ours), "{name}'s version in README");
+    }
+}

@@ -17,6 +17,7 @@ mod metrics;
 mod pg;
 mod placement;
 mod query;
+mod readme;
 mod restart;
 mod s3;
 mod scrub;

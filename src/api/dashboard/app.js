@@ -287,19 +287,44 @@
       registry);
   }
 
+  // A disk's bar: dram's own bytes, then what other programs use (the high
+  // watermark counts both unless `max_bytes` gives dram a budget of its own),
+  // and a line at the watermark.
   function renderDisks(members) {
     const cards = [];
     for (const m of members) {
       for (const [id, disk] of Object.entries(m.disks || {})) {
-        const capacity = disk.capacity || disk.total || 0;
-        const pct = capacity > 0 ? Math.min(100, (100 * disk.used) / capacity) : 0;
-        cards.push(el('div', { class: disk.full ? 'disk full' : 'disk', 'data-disk': `${m.id}/${id}` },
+        const total = disk.total || 0;
+        const budget = disk.capacity > 0 && disk.capacity < total;
+        const scale = budget ? disk.capacity : total;
+        const pctOf = (n) => (scale > 0 ? Math.min(100, (100 * n) / scale) : 0);
+        const diskUsed = Math.max(0, total - (disk.free || 0));
+        const dramPct = pctOf(disk.used || 0);
+        // With a budget, other programs' files do not count against it.
+        const otherPct = budget ? 0 : Math.max(0, pctOf(diskUsed) - dramPct);
+        const watermark = typeof disk.watermark_permille === 'number' ? disk.watermark_permille / 10 : null;
+        const usedText = budget
+          ? `dram ${bytes(disk.used)} of its ${bytes(disk.capacity)} budget (${Math.round(dramPct)}%)`
+          : `dram ${bytes(disk.used)} · disk ${Math.round(pctOf(diskUsed))}% of ${bytes(total)}`;
+        cards.push(el('div', {
+          class: disk.full ? 'disk full' : 'disk',
+          'data-disk': `${m.id}/${id}`,
+          'data-dram-pct': dramPct.toFixed(1),
+          'data-used-pct': (dramPct + otherPct).toFixed(1),
+          'data-watermark-pct': watermark === null ? '' : watermark.toFixed(1),
+        },
           el('div', { class: 'label' },
             el('span', null, el('strong', null, m.id), ` / ${id}`, m.live ? null : ' (dead)'),
-            el('span', null, `${bytes(disk.used)} of ${bytes(capacity)} (${Math.round(pct)}%)`,
-              disk.full ? ' — full' : null)),
-          el('div', { class: 'bar', title: `${pct.toFixed(1)}% of what dram may use; ${bytes(disk.free)} free of ${bytes(disk.total)}` },
-            el('div', { style: `width: ${pct.toFixed(1)}%` }))));
+            el('span', null, usedText, disk.full ? ' — past its watermark' : null)),
+          el('div', {
+            class: 'bar',
+            title: `dram ${bytes(disk.used)}; other files ${budget ? 'not counted (max_bytes)' : bytes(Math.max(0, diskUsed - (disk.used || 0)))}; `
+              + `${bytes(disk.free)} free of ${bytes(total)}`
+              + (watermark === null ? '' : `; high watermark ${Math.round(watermark)}%: past it the disk takes nothing new`),
+          },
+            el('div', { class: 'dram', style: `width: ${dramPct.toFixed(1)}%` }),
+            el('div', { class: 'other', style: `width: ${otherPct.toFixed(1)}%` }),
+            watermark === null ? null : el('div', { class: 'watermark', style: `left: ${watermark.toFixed(1)}%` }))));
       }
     }
     $('disks').replaceChildren(...(cards.length ? cards : [el('p', { class: 'muted' }, 'no disks reported')]));
@@ -338,6 +363,7 @@
           el('span', { class: 'muted' }, `here: ${num(d.shard_count)} shards, ${bytes(d.bytes)}`),
           d.mode === 'lazy' ? el('span', { class: 'tag' }, 'lazy') : null,
           d.keep ? el('span', { class: 'tag' }, 'keep') : null),
+        d.remedy ? el('p', { class: 'remedy' }, d.remedy) : null,
         cells);
     });
     $('databases').replaceChildren(...(sections.length ? sections : [el('p', { class: 'muted' }, 'no databases')]));

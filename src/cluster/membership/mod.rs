@@ -425,6 +425,7 @@ impl Membership {
                 used: disk.used_by_dram_bytes,
                 capacity: disk.capacity_bytes,
                 full: disk.over_watermark,
+                watermark_permille: Some((disk.high_watermark * 1000.0).round() as u16),
             };
             set_if_changed(
                 state,

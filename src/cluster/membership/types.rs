@@ -67,6 +67,10 @@ pub struct DiskSummary {
     /// Past its high watermark.
     #[serde(default)]
     pub full: bool,
+    /// The high watermark, in thousandths of `capacity` (the dashboard
+    /// draws it; older members do not send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_permille: Option<u16>,
 }
 
 impl DiskSummary {
