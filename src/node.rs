@@ -349,12 +349,7 @@ async fn rounds(local: Local, membership: Arc<Membership>, role: Arc<Role>, inte
 
 async fn round(local: &Local, membership: &Membership, role: &Role) -> Result<(), NodeError> {
     let peers = membership.sync(local).await?;
-    // A member that has not yet seen its cluster (seeded, no peer heard
-    // yet) would find itself alone and elect itself: it stays out of the
-    // election, and says nothing of a primary, until its view has settled.
-    if membership.settled(!peers.is_empty()) {
-        role.elect(local, membership, &peers).await;
-    }
+    role.elect(local, membership, &peers).await;
     if let Some(placed) = membership.place(local, &peers).await? {
         role.act(local, membership, &peers, &placed).await?;
     }

@@ -288,7 +288,10 @@ pub fn corrupt_reads_while_loading() -> Scenario {
         ops: vec![
             Op::Start(3),
             converged(30),
-            publish("events", 6),
+            // 12 shards, 2 copies: 24 GETs of data files at least, so that
+            // some are corrupted whatever order the members' requests take
+            // (with 6, none was, once in a while: 0.8^12 is 7%).
+            publish("events", 12),
             Op::Store(StoreFaultConfig {
                 corrupt_rate: 0.2,
                 fail_rate: 0.1,

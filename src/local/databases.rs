@@ -13,7 +13,7 @@ use crate::storage::{Part, SourceUrl};
 
 /// How long `add_database` waits for the store to say whether the source
 /// exists before it defines the database anyway.
-const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A request to load a database on this node.
 #[derive(Debug, Clone, Deserialize)]

@@ -3,6 +3,7 @@
 //! (its view and candidate, the result a majority of known members agrees
 //! on, its `primary` gossip key).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::info;
@@ -22,6 +23,9 @@ pub struct Role {
     election: Mutex<(PrimaryState, Option<Primary>)>,
     /// When the primary last deleted a database as garbage.
     pub(super) last_gc_ms: Mutex<u64>,
+    /// Whether this member's view of the cluster has settled once (see
+    /// `elect`).
+    settled: AtomicBool,
 }
 
 impl Role {
@@ -31,6 +35,7 @@ impl Role {
             time,
             election: Mutex::default(),
             last_gc_ms: Mutex::new(0),
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -40,7 +45,19 @@ impl Role {
 
     /// One round's vote: names a candidate, takes the election's result
     /// into account, and publishes this node's `primary` key.
+    ///
+    /// A fresh member with seeds, before it has heard a peer, would find
+    /// itself alone and elect itself (and say so) while the cluster has a
+    /// primary: it takes no part, and names no primary, until its view has
+    /// settled once (`Membership::settled`). From then on it always votes,
+    /// so that a member cut off later sees its primary go at once.
     pub(crate) async fn elect(&self, node: &Local, membership: &Membership, peers: &[Peer]) {
+        if !self.settled.load(Ordering::Relaxed) {
+            if !membership.settled(!peers.is_empty()) {
+                return;
+            }
+            self.settled.store(true, Ordering::Relaxed);
+        }
         let eligible = node.config().cluster.primary_eligible;
         let mut views = vec![View {
             id: self.node_id.clone(),

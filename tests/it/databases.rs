@@ -631,3 +631,59 @@ async fn concurrent_loads_never_promise_the_same_space_twice() {
     assert_eq!(read(&server, ready, "0", "f3").await.len(), 20_000);
     server.shutdown().await;
 }
+
+/// `dram db add --wait --timeout SECS` gives up waiting (exit 1, saying the
+/// load goes on) when the load takes longer; here a file of the source is a
+/// named pipe nobody writes to, so its download cannot end until the test
+/// writes (nothing) to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_add_wait_gives_up_at_its_timeout_and_the_load_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let db = dir.path().join("store/stuck");
+    std::fs::create_dir_all(&db).unwrap();
+    let zeros = "0".repeat(64);
+    std::fs::write(
+        db.join("dram.json"),
+        format!(r#"{{"format":1,"files":[{{"path":"a","size":5,"sha256":"{zeros}"}}]}}"#),
+    )
+    .unwrap();
+    let pipe = db.join("a");
+    let path = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the pipe.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let (server, client) = start(config).await;
+
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new(dram_binary())
+        .args(["db", "add", "stuck", "stuck", "--wait", "--timeout", "1"])
+        .args(["--node", &server.url()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("still loading after 1 s") && stderr.contains("the load goes on"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let info = client.get("/v1/databases/stuck").await.unwrap();
+    assert_eq!(info["state"], "loading", "{info}");
+
+    // The pipe's reader gets an end of file: the download ends (wrongly
+    // sized). The pipe becomes a plain file, so that no retry blocks again
+    // and nothing is left blocked when the node stops.
+    use std::os::unix::fs::OpenOptionsExt;
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&pipe)
+        .expect("the download has the pipe open");
+    std::fs::remove_file(&pipe).unwrap();
+    std::fs::write(&pipe, b"12345").unwrap();
+    drop(writer);
+    let info = wait_loaded(&client, "stuck").await;
+    assert_eq!(info["state"], "failed", "{info}");
+    server.shutdown().await;
+}

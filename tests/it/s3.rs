@@ -73,19 +73,21 @@ async fn publish_and_load_through_s3() {
     assert_eq!(raw_info["version"].as_str().unwrap().len(), 64);
     assert_eq!(read(&server, "raw", "0", "y.csv").await, b"3,4");
 
-    // A missing prefix and an unreachable endpoint end `failed` with the cause.
-    client
-        .post(
-            "/v1/databases",
-            &json!({"name": "none", "source": "nothing/here"}),
-        )
-        .await
-        .unwrap();
-    let none = wait_loaded(&client, "none").await;
-    assert_eq!(none["state"], "failed");
+    // A missing prefix is refused before anything is defined, naming it;
+    // an unreachable endpoint (below) ends `failed` with the cause.
+    let error = crate::support::expect_error(
+        client
+            .post(
+                "/v1/databases",
+                &json!({"name": "none", "source": "nothing/here"}),
+            )
+            .await,
+        404,
+        "source_not_found",
+    );
     assert!(
-        none["error"].as_str().unwrap().contains("no manifest"),
-        "{none}"
+        error.contains("s3://dbs/nothing/here") && error.contains("no manifest"),
+        "{error}"
     );
     drop(shard); // the catalog closes when the last handle on the node is gone
     server.shutdown().await;
