@@ -97,6 +97,15 @@ impl Role {
             seen_term,
             self.time.now_ms(),
         );
+        // This node as primary is in the term it has just begun (its voters
+        // still gossip the one before): say that term, as `/v1/cluster` does
+        // once they follow.
+        let elected = elected.map(|mut primary| {
+            if primary.id == self.node_id {
+                primary.term = election.0.term;
+            }
+            primary
+        });
         if was.as_ref().map(|p| &p.id) != elected.as_ref().map(|p| &p.id) {
             match &elected {
                 Some(primary) => {
