@@ -98,8 +98,11 @@ async fn main() -> Result<()> {
                 let params = params.clone();
                 run(concurrency, secs, move || {
                     let node = node.clone();
+                    // Computed every time: the query path is measured,
+                    // not the result cache.
                     let request = QueryRequest {
                         params: Some(params.clone()),
+                        cache: Some(false),
                         ..QueryRequest::default()
                     };
                     async move {
@@ -113,7 +116,7 @@ async fn main() -> Result<()> {
             };
             let over_http = {
                 let url = format!("{base}/v1/query/{DATABASE}/{analysis}");
-                let body = json!({ "params": params }).to_string();
+                let body = json!({ "params": params, "cache": false }).to_string();
                 let http = http.clone();
                 run(concurrency, secs, move || {
                     post(http.clone(), url.clone(), body.clone())

@@ -221,6 +221,17 @@ impl Node {
     /// The gauges of a scrape: this member's own, and its view of the cluster.
     pub async fn metric_gauges(&self) -> Result<Vec<Gauge>, NodeError> {
         let mut gauges = self.inner.local.metric_gauges()?;
+        let cache = self.queries().cache_stats();
+        gauges.push(crate::observe::Gauge::new(
+            "dram_result_cache_bytes",
+            "Bytes of answers in this member's result cache (at most cache.result_bytes).",
+            cache.bytes as f64,
+        ));
+        gauges.push(crate::observe::Gauge::new(
+            "dram_result_cache_entries",
+            "Answers in this member's result cache.",
+            cache.entries as f64,
+        ));
         if let Some(status) = self.cluster_status().await? {
             gauges.extend(status.gauges());
         }

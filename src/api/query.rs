@@ -1,6 +1,7 @@
 //! Queries: `GET /v1/analyses` and `POST /v1/query/{database_or_alias}/{analysis}`
 //! (JSON, or an Arrow IPC stream for `sql` when asked), at most
-//! `query.max_concurrent_queries` at once.
+//! `query.max_concurrent_queries` at once; `Cache-Control: no-cache` keeps
+//! the result cache out of a query.
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
             crate::query::FORWARDED_HEADER,
         ))
         .and(warp::header::optional::<String>("accept"))
+        .and(warp::header::optional::<String>("cache-control"))
         .and(with_node.clone())
         .and(warp::any().map(move || queries_running.clone()))
         .then(
@@ -45,6 +47,7 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
                   body: Bytes,
                   forwarded: Option<String>,
                   accept: Option<String>,
+                  cache_control: Option<String>,
                   node: Node,
                   running: Arc<tokio::sync::Semaphore>| async move {
                 // Refused at once past the bound: a queue would only grow.
@@ -55,11 +58,20 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
                         field: "query.max_concurrent_queries",
                     });
                 };
-                let request = if body.is_empty() {
+                let mut request = if body.is_empty() {
                     Ok(QueryRequest::default())
                 } else {
                     parse::<QueryRequest>(&body).map_err(QueryError::from)
                 };
+                // `Cache-Control: no-cache` (or `no-store`): computed anew,
+                // and not kept.
+                if let (Ok(request), Some(control)) = (&mut request, &cache_control)
+                    && control
+                        .split(',')
+                        .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
+                {
+                    request.cache = Some(false);
+                }
                 #[cfg(feature = "sql")]
                 if analysis == "sql"
                     && accept

@@ -78,12 +78,17 @@ impl Default for DownloadConfig {
 pub struct CacheConfig {
     /// Lazily fetched files read within this many milliseconds are not evicted.
     pub eviction_grace_ms: u64,
+    /// Bytes of query answers kept on this member, least recently used out
+    /// first (0: no result cache). A database version never changes, so a
+    /// kept answer never goes stale.
+    pub result_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             eviction_grace_ms: 10_000,
+            result_bytes: 64 << 20,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Metrics {
     read_bytes: Option<IntCounterVec>,
     sql_remote_read_bytes: Option<IntCounterVec>,
     gossip_rejected: Option<IntCounterVec>,
+    result_cache: Option<IntCounterVec>,
+    result_cache_evictions: Option<IntCounterVec>,
     pg_connections: Option<prometheus::IntGauge>,
 }
 
@@ -206,6 +208,19 @@ impl Metrics {
                  (bad_signature), or too short to carry a signature (unsigned).",
                 &["reason"],
             ),
+            result_cache: counter(
+                &registry,
+                "dram_result_cache_total",
+                "Queries that looked in this member's result cache, by outcome (hit, miss), \
+                 or did not (bypass: cache false, Cache-Control: no-cache).",
+                &["outcome"],
+            ),
+            result_cache_evictions: counter(
+                &registry,
+                "dram_result_cache_evictions_total",
+                "Answers pushed out of the result cache by cache.result_bytes.",
+                &[],
+            ),
             pg_connections: register(
                 &registry,
                 "dram_pg_connections",
@@ -239,6 +254,16 @@ impl Metrics {
         {
             histogram.observe(took.as_secs_f64());
         }
+    }
+
+    /// A query used the result cache so: `hit`, `miss` or `bypass`.
+    pub fn result_cache(&self, outcome: &str) {
+        add(&self.result_cache, &[outcome], 1);
+    }
+
+    /// Keeping an answer pushed `count` others out of the result cache.
+    pub fn result_cache_evicted(&self, count: u64) {
+        add(&self.result_cache_evictions, &[], count);
     }
 
     /// A map request from another root arrived.

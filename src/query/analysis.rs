@@ -61,6 +61,14 @@ pub trait Analysis: Send + Sync + 'static {
         String::new()
     }
 
+    /// Whether an answer may be kept and given again for the same database
+    /// version, params and shards (the result cache). True unless the
+    /// answer depends on something else: the time, a random draw, data
+    /// outside the database.
+    fn cacheable(&self) -> bool {
+        true
+    }
+
     /// Works on one shard.
     fn map(&self, params: &Self::Params, shard: &Shard) -> Result<Self::Partial, AnalysisError>;
 
@@ -179,6 +187,7 @@ pub(crate) type DynPartial = Box<dyn Any + Send>;
 /// An `Analysis` with its types erased, as the node's registry keeps it.
 pub(crate) trait DynAnalysis: Send + Sync {
     fn description(&self) -> String;
+    fn cacheable(&self) -> bool;
     /// The type of the analysis behind this one (the engine serves the
     /// built-in `sql` itself).
     fn analysis_type(&self) -> std::any::TypeId;
@@ -215,6 +224,10 @@ fn unbox<T: 'static>(partial: DynPartial) -> Result<T, AnalysisError> {
 impl<A: Analysis> DynAnalysis for A {
     fn description(&self) -> String {
         Analysis::description(self)
+    }
+
+    fn cacheable(&self) -> bool {
+        Analysis::cacheable(self)
     }
 
     fn analysis_type(&self) -> std::any::TypeId {

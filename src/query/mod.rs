@@ -16,6 +16,7 @@
 //! root), `fanout.rs` (holders, map requests, retries), `error.rs`.
 
 mod analysis;
+pub(crate) mod cache;
 mod error;
 pub(crate) mod fanout;
 pub(crate) mod leaf;
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, AnalysisInfo};
+pub use cache::{CacheStats, CacheUse};
 pub use error::QueryError;
 pub use leaf::cancellation;
 pub use root::{FORWARDED_HEADER, MapRequest, PARTIAL_MEDIA_TYPE};
@@ -57,6 +59,8 @@ struct QueriesInner {
     /// The distributed SQL engine (its worker listens once the node serves).
     #[cfg(feature = "sql")]
     sql: Option<Arc<sql::SqlEngine>>,
+    /// Answers kept by database version (`cache.result_bytes`).
+    cache: cache::ResultCache,
 }
 
 impl Queries {
@@ -66,6 +70,7 @@ impl Queries {
         analyses: Analyses,
         #[cfg(feature = "sql")] sql: Option<Arc<sql::SqlEngine>>,
     ) -> Queries {
+        let cache = cache::ResultCache::new(local.config().cache.result_bytes);
         Queries {
             local,
             inner: Arc::new(QueriesInner {
@@ -73,8 +78,14 @@ impl Queries {
                 analyses,
                 #[cfg(feature = "sql")]
                 sql,
+                cache,
             }),
         }
+    }
+
+    /// The result cache's counters and size.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
     }
 
     /// The analyses this node serves.
@@ -113,6 +124,10 @@ pub struct QueryRequest {
     /// `meta.missing_shards`) instead of failing with 503.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_partial: bool,
+    /// `false`: neither take the answer from the result cache nor keep it
+    /// there (HTTP: also `Cache-Control: no-cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// A query's answer.
@@ -145,6 +160,41 @@ pub struct QueryMeta {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_shards: Vec<String>,
     pub took_ms: u64,
+    /// `hit` (the answer was kept for this version: nothing was mapped),
+    /// `miss` (computed, and kept), or `bypass` (not looked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+}
+
+/// A query's place in the result cache (see [`Queries::look_up`]).
+pub(crate) struct Looked {
+    target: String,
+    database: String,
+    version: String,
+    key: String,
+    found: Option<cache::Cached>,
+}
+
+impl Looked {
+    /// The kept answer's result (JSON) and its meta, if there is one.
+    pub(crate) fn hit(&self, started: Instant) -> Option<(bytes::Bytes, QueryMeta)> {
+        let found = self.found.as_ref()?;
+        Some((
+            found.result.clone(),
+            QueryMeta {
+                alias: (self.target != self.database).then(|| self.target.clone()),
+                database: self.database.clone(),
+                version: self.version.clone(),
+                shards: found.shards,
+                nodes: Vec::new(),
+                retries: 0,
+                hedges: 0,
+                missing_shards: Vec::new(),
+                took_ms: started.elapsed().as_millis() as u64,
+                cache: Some(CacheUse::Hit.as_str().into()),
+            },
+        ))
+    }
 }
 
 /// One node's part in a query.
@@ -214,7 +264,104 @@ impl Queries {
         result
     }
 
+    /// `compute_query`, through the result cache.
     async fn run_query(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: QueryRequest,
+    ) -> Result<QueryResponse, QueryError> {
+        let started = Instant::now();
+        let Some(looked) = self.look_up(target, analysis_name, &request) else {
+            let mut answer = self.compute_query(target, analysis_name, request).await?;
+            answer.meta.cache = Some(CacheUse::Bypass.as_str().into());
+            return Ok(answer);
+        };
+        if let Some((result, meta)) = looked.hit(started) {
+            let result = serde_json::from_slice(&result).map_err(|e| {
+                let failed = AnalysisError::failed(format!("cached answer: {e}"));
+                QueryError::from_analysis(analysis_name, None, failed)
+            })?;
+            return Ok(QueryResponse { result, meta });
+        }
+        let mut answer = self.compute_query(target, analysis_name, request).await?;
+        answer.meta.cache = Some(CacheUse::Miss.as_str().into());
+        if let Ok(result) = serde_json::to_vec(&answer.result) {
+            self.keep(&looked, &answer.meta, result.into());
+        }
+        Ok(answer)
+    }
+
+    /// Where `request`'s answer would be in the result cache, and whether it
+    /// is; `None` when the cache is not to be used: off, `cache: false`, an
+    /// analysis that does not cache, or a target that is not ready (its
+    /// error comes from the query itself).
+    pub(crate) fn look_up(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: &QueryRequest,
+    ) -> Option<Looked> {
+        let cache = &self.inner.cache;
+        let cacheable = match self.analyses().get(analysis_name) {
+            Some(analysis) => analysis.cacheable(),
+            None => false,
+        };
+        // The built-in `sql`: only queries whose answer the database alone
+        // decides (no `now()`, no `random()`).
+        #[cfg(feature = "sql")]
+        let cacheable = cacheable
+            && (!self.serves_builtin_sql(analysis_name)
+                || sql::analysis::repeatable_params(request.params.as_ref()));
+        let metrics = self.local.metrics();
+        if !cache.enabled() || request.cache == Some(false) || !cacheable {
+            cache.bypassed();
+            metrics.result_cache(CacheUse::Bypass.as_str());
+            return None;
+        }
+        let database = self.local.resolve(target).ok()?;
+        let version = self.local.ready_version(&database).ok()?;
+        let key = cache::key(
+            &version,
+            analysis_name,
+            request.params.as_ref(),
+            request.shards.as_deref(),
+        );
+        let found = cache.get(&key);
+        let outcome = if found.is_some() {
+            CacheUse::Hit
+        } else {
+            CacheUse::Miss
+        };
+        metrics.result_cache(outcome.as_str());
+        Some(Looked {
+            target: target.to_string(),
+            database,
+            version,
+            key,
+            found,
+        })
+    }
+
+    /// Keeps a whole answer (none that left a shard out) under the version
+    /// it was computed on.
+    pub(crate) fn keep(&self, looked: &Looked, meta: &QueryMeta, result: bytes::Bytes) {
+        if !meta.missing_shards.is_empty() || meta.version != looked.version {
+            return;
+        }
+        let evicted = self.inner.cache.put(
+            looked.key.clone(),
+            cache::Cached {
+                result,
+                shards: meta.shards,
+            },
+        );
+        if evicted > 0 {
+            self.local.metrics().result_cache_evicted(evicted);
+        }
+    }
+
+    async fn compute_query(
         &self,
         target: &str,
         analysis_name: &str,

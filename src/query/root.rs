@@ -171,6 +171,7 @@ impl GatheredMeta {
             hedges: self.hedges,
             missing_shards: self.missing_shards,
             took_ms: started.elapsed().as_millis() as u64,
+            cache: None,
         }
     }
 }

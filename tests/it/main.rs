@@ -5,6 +5,7 @@ mod aliases;
 mod auth;
 mod backup;
 mod builtin;
+mod cache;
 mod cluster;
 mod dashboard;
 mod databases;

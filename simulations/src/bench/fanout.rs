@@ -72,7 +72,7 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
                 let http = http.clone();
                 figures.push(
                     measure(concurrency, secs, move || {
-                        post(http.clone(), url.clone(), "{}".to_string())
+                        post(http.clone(), url.clone(), r#"{"cache": false}"#.to_string())
                     })
                     .await?,
                 );

@@ -103,7 +103,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Table>> {
         &["client", "q/s", "vs HTTP", "mean latency ms"],
     );
     let url = format!("{http_base}/v1/query/{DATABASE}/sql");
-    let body = json!({"params": {"sql": AGGREGATE}}).to_string();
+    let body = json!({"params": {"sql": AGGREGATE}, "cache": false}).to_string();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
@@ -288,7 +288,7 @@ async fn arrow_rows(base: &str) -> Result<usize> {
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/query/{DATABASE}/sql"))
         .header("accept", "application/vnd.apache.arrow.stream")
-        .json(&json!({"params": {"sql": "SELECT * FROM big"}}))
+        .json(&json!({"params": {"sql": "SELECT * FROM big"}, "cache": false}))
         .send()
         .await?;
     ensure!(response.status().is_success(), "HTTP {}", response.status());

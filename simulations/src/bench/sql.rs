@@ -250,7 +250,7 @@ async fn measure_cluster(
     let load_s = started.elapsed().as_secs_f64();
     let nodes = ids.len();
     for ((query, (columns, rows)), m) in QUERIES.iter().zip(expected).zip(measured.iter_mut()) {
-        let body = json!({"params": {"sql": query.sql}});
+        let body = json!({"params": {"sql": query.sql}, "cache": false});
         let path = format!("/v1/query/{DATABASE}/sql");
         let answer = root
             .post(&path, &body)

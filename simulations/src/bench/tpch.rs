@@ -110,7 +110,7 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
         ));
         let url = format!("{root}/v1/query/{DATABASE}/sql");
         for (i, sql) in QUERIES.iter().enumerate() {
-            let body = json!({"params": {"sql": sql}, "timeout_ms": 300_000});
+            let body = json!({"params": {"sql": sql}, "timeout_ms": 300_000, "cache": false});
             let answer = nodes::post_json(&http, &url, &body)
                 .await
                 .with_context(|| format!("dram on {members} member(s): Q{}", i + 1))?;
@@ -122,7 +122,7 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
             }
             if settings.explain.contains(&(i + 1)) {
                 let sql = format!("EXPLAIN ANALYZE {sql}");
-                let body = json!({"params": {"sql": sql}, "timeout_ms": 300_000});
+                let body = json!({"params": {"sql": sql}, "timeout_ms": 300_000, "cache": false});
                 let plan: Value = nodes::post_json(&http, &url, &body).await?;
                 for row in plan["result"]["rows"].as_array().into_iter().flatten() {
                     eprintln!(

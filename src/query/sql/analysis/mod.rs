@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::query::{Analysis, AnalysisError, Shard};
-pub(crate) use plan::{physical_plan, run_failed};
+pub(crate) use plan::{physical_plan, repeatable, run_failed};
 pub(crate) use tables::to_ipc;
 pub(crate) use tables::unify as unify_schemas;
 use tables::{conform, failed, from_ipc};
@@ -68,6 +68,22 @@ pub struct SqlParams {
     pub map_sql: Option<String>,
     #[serde(default)]
     pub reduce_sql: Option<String>,
+}
+
+/// Whether a `sql` query's answer may be kept in the result cache: every
+/// statement it runs is [`repeatable`].
+pub(crate) fn repeatable_params(params: Option<&serde_json::Value>) -> bool {
+    let Some(params) = params.cloned() else {
+        return false;
+    };
+    let Ok(params) = serde_json::from_value::<SqlParams>(params) else {
+        return false;
+    };
+    match (&params.sql, &params.map_sql, &params.reduce_sql) {
+        (Some(sql), None, None) => repeatable(sql),
+        (None, Some(map), Some(reduce)) => repeatable(map) && repeatable(reduce),
+        _ => false,
+    }
 }
 
 /// How a `sql` query runs.

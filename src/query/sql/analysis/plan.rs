@@ -186,6 +186,67 @@ fn allowed(statement: &DFStatement) -> Result<(), AnalysisError> {
     }
 }
 
+/// Whether the answer to `sql` is a function of the database alone, so that
+/// it may be kept in the result cache: one query (not EXPLAIN, whose ANALYZE
+/// reports timings) that calls no function DataFusion marks other than
+/// immutable (`random()`, `now()`, `current_date`, …), none it does not know,
+/// and no `dram_analysis` (whose analysis may not be repeatable).
+pub(crate) fn repeatable(sql: &str) -> bool {
+    use std::ops::ControlFlow;
+    use std::sync::LazyLock;
+
+    use datafusion::execution::SessionState;
+    use datafusion::logical_expr::Volatility;
+    use datafusion::sql::sqlparser::ast::{
+        Expr, Statement as Ansi, visit_expressions, visit_relations,
+    };
+
+    static FUNCTIONS: LazyLock<SessionState> = LazyLock::new(|| SessionContext::new().state());
+    // The same guards as for running it: nothing deep is walked.
+    if read_only(sql).is_err() {
+        return false;
+    }
+    let Ok(statements) = DFParserBuilder::new(sql)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .build()
+        .and_then(|mut parser| parser.parse_statements())
+    else {
+        return false;
+    };
+    let query = match statements.front() {
+        Some(DFStatement::Statement(statement)) if statements.len() == 1 => statement,
+        _ => return false,
+    };
+    if !matches!(query.as_ref(), Ansi::Query(_)) {
+        return false;
+    }
+    let last = |name: String| name.rsplit('.').next().unwrap_or_default().to_lowercase();
+    let functions = &*FUNCTIONS;
+    let volatile = visit_expressions(query.as_ref(), |expr| {
+        if let Expr::Function(function) = expr {
+            let name = last(function.name.to_string());
+            let immutable = match functions.scalar_functions().get(&name) {
+                Some(udf) => udf.signature().volatility == Volatility::Immutable,
+                None => {
+                    functions.aggregate_functions().contains_key(&name)
+                        || functions.window_functions().contains_key(&name)
+                }
+            };
+            if !immutable {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    let analysis = visit_relations(query.as_ref(), |relation| {
+        if last(relation.to_string()) == crate::query::sql::udtf::NAME {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    volatile.is_continue() && analysis.is_continue()
+}
+
 /// The physical plan of `sql` in `ctx` (a query that does not plan is the
 /// caller's error). Only read-only statements plan: the params are checked
 /// by [`read_only`] first, and DataFusion's own guard stands behind it.
@@ -223,6 +284,32 @@ pub(crate) fn run_failed(what: &str, e: DataFusionError) -> AnalysisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn only_answers_of_the_database_alone_are_repeatable() {
+        for sql in [
+            "SELECT count(*) FROM sales",
+            "SELECT upper(region), sum(amount) AS s FROM sales GROUP BY 1 ORDER BY s DESC",
+            "SELECT region, row_number() OVER (ORDER BY amount) FROM sales",
+            "SHOW TABLES",
+        ] {
+            assert_eq!(repeatable(sql), !sql.starts_with("SHOW"), "{sql}");
+        }
+        for sql in [
+            "SELECT random()",
+            "SELECT now()",
+            "SELECT current_date",
+            "SELECT CURRENT_TIMESTAMP",
+            "SELECT count(*) FROM sales WHERE day > now() - INTERVAL '1 day'",
+            "SELECT no_such_function(1)",
+            "SELECT * FROM dram_analysis('group', '{}')",
+            "EXPLAIN ANALYZE SELECT count(*) FROM sales",
+            "SELECT 1; SELECT 2",
+            "DROP TABLE sales",
+        ] {
+            assert!(!repeatable(sql), "{sql}");
+        }
+    }
+
     #[test]
     fn only_read_only_statements_run() {
         for sql in [

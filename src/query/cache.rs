@@ -1,0 +1,303 @@
+//! The result cache: answers kept per (database version, analysis, params,
+//! shards). A database version never changes, so an answer kept for one is
+//! never stale and nothing is ever invalidated: entries leave least recently
+//! used first once `cache.result_bytes` is reached. An answer is kept as the
+//! bytes of its `result` JSON (what a response carries), with the number of
+//! shards it covers; only whole answers are kept (none that left a shard out).
+//!
+//! The key holds the version, never the alias or the token that asked: who
+//! may read a database is decided before the cache is looked at.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::sync::lock;
+
+/// One kept answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Cached {
+    /// The answer's `result`, as JSON.
+    pub result: Bytes,
+    /// Shards it covers.
+    pub shards: usize,
+}
+
+/// What became of a query with respect to the cache (`meta.cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    Hit,
+    Miss,
+    /// The request asked not to use it (`cache: false`, `Cache-Control:
+    /// no-cache`), or the cache is off.
+    Bypass,
+}
+
+impl CacheUse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Bypass => "bypass",
+        }
+    }
+}
+
+/// Counters since start, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bypasses: u64,
+    pub evictions: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+pub(crate) struct ResultCache {
+    budget: u64,
+    inner: Mutex<Inner>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct Inner {
+    entries: lru::LruCache<String, Cached>,
+    bytes: u64,
+}
+
+/// What an entry costs: its bytes and its key's, plus bookkeeping.
+fn cost(key: &str, cached: &Cached) -> u64 {
+    (key.len() + cached.result.len() + 64) as u64
+}
+
+impl ResultCache {
+    /// A cache of at most `budget` bytes (0: keeps nothing).
+    pub(crate) fn new(budget: u64) -> ResultCache {
+        ResultCache {
+            budget,
+            inner: Mutex::new(Inner {
+                entries: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bypasses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// The answer kept for `key` (counted as a hit or a miss).
+    pub(crate) fn get(&self, key: &str) -> Option<Cached> {
+        let found = lock(&self.inner).entries.get(key).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Counts a query that did not look.
+    pub(crate) fn bypassed(&self) {
+        self.bypasses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keeps an answer; one larger than an eighth of the budget is not kept
+    /// (it would push out many others).
+    /// Returns how many answers it pushed out.
+    pub(crate) fn put(&self, key: String, cached: Cached) -> u64 {
+        let cost = cost(&key, &cached);
+        if !self.enabled() || cost > self.budget / 8 {
+            return 0;
+        }
+        let mut evicted = 0;
+        let mut inner = lock(&self.inner);
+        if let Some(old) = inner.entries.put(key.clone(), cached) {
+            inner.bytes = inner.bytes.saturating_sub(self::cost(&key, &old));
+        }
+        inner.bytes += cost;
+        while inner.bytes > self.budget {
+            let Some((key, old)) = inner.entries.pop_lru() else {
+                break;
+            };
+            inner.bytes = inner.bytes.saturating_sub(self::cost(&key, &old));
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let inner = lock(&self.inner);
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bypasses: self.bypasses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            entries: inner.entries.len() as u64,
+            bytes: inner.bytes,
+        }
+    }
+}
+
+/// The key of a query's answer: the version (never the alias), the analysis,
+/// the params with object keys sorted (absent, `null` and `{}` alike), and
+/// the shards asked for, sorted (`*`: all of them).
+pub(crate) fn key(
+    version: &str,
+    analysis: &str,
+    params: Option<&Value>,
+    shards: Option<&[String]>,
+) -> String {
+    let params = match params {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::Object(map)) if map.is_empty() => "{}".to_string(),
+        Some(value) => canonical(value),
+    };
+    let shards = match shards {
+        None => "*".to_string(),
+        Some(ids) => {
+            let mut ids = ids.to_vec();
+            ids.sort();
+            ids.dedup();
+            serde_json::to_string(&ids).unwrap_or_default()
+        }
+    };
+    format!("{version}\0{analysis}\0{params}\0{shards}")
+}
+
+/// JSON text with every object's keys in sorted order.
+fn canonical(value: &Value) -> String {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&map[k])))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(value).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(bytes: usize) -> Cached {
+        Cached {
+            result: Bytes::from(vec![b'1'; bytes]),
+            shards: 1,
+        }
+    }
+
+    #[test]
+    fn keys_ignore_key_order_and_empty_params_but_not_values_or_versions() {
+        let a = key(
+            "v1",
+            "count",
+            Some(&json!({"a": 1, "b": {"y": 2, "x": 1}})),
+            None,
+        );
+        let b = key(
+            "v1",
+            "count",
+            Some(&json!({"b": {"x": 1, "y": 2}, "a": 1})),
+            None,
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            key(
+                "v1",
+                "count",
+                Some(&json!({"a": 2, "b": {"x": 1, "y": 2}})),
+                None
+            )
+        );
+        assert_ne!(
+            a,
+            key(
+                "v2",
+                "count",
+                Some(&json!({"a": 1, "b": {"x": 1, "y": 2}})),
+                None
+            )
+        );
+        assert_ne!(
+            a,
+            key(
+                "v1",
+                "group",
+                Some(&json!({"a": 1, "b": {"x": 1, "y": 2}})),
+                None
+            )
+        );
+        assert_eq!(
+            key("v", "c", None, None),
+            key("v", "c", Some(&json!({})), None)
+        );
+        assert_eq!(
+            key("v", "c", None, None),
+            key("v", "c", Some(&Value::Null), None)
+        );
+        let shards = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            key("v", "c", None, Some(&shards(&["b", "a", "b"]))),
+            key("v", "c", None, Some(&shards(&["a", "b"])))
+        );
+        assert_ne!(
+            key("v", "c", None, Some(&shards(&["a"]))),
+            key("v", "c", None, None)
+        );
+    }
+
+    #[test]
+    fn least_recently_used_answers_leave_first_within_the_budget() {
+        let cache = ResultCache::new(8 * 1000);
+        for i in 0..8 {
+            cache.put(format!("k{i}"), answer(900));
+        }
+        // k0 is read: k1 is the least recently used.
+        assert!(cache.get("k0").is_some());
+        cache.put("k8".into(), answer(900));
+        let stats = cache.stats();
+        assert!(stats.bytes <= 8 * 1000, "{stats:?}");
+        assert!(stats.evictions >= 1, "{stats:?}");
+        assert!(cache.get("k0").is_some());
+        assert!(cache.get("k1").is_none());
+        assert!(cache.get("k8").is_some());
+        // Replacing an entry does not count it twice.
+        let before = cache.stats().bytes;
+        cache.put("k8".into(), answer(900));
+        assert_eq!(cache.stats().bytes, before);
+    }
+
+    #[test]
+    fn an_answer_larger_than_an_eighth_of_the_budget_is_not_kept_nor_is_any_when_off() {
+        let cache = ResultCache::new(8 * 1000);
+        cache.put("big".into(), answer(1000));
+        assert!(cache.get("big").is_none());
+        let off = ResultCache::new(0);
+        assert!(!off.enabled());
+        off.put("k".into(), answer(1));
+        assert!(off.get("k").is_none());
+    }
+}

@@ -1,0 +1,226 @@
+//! The result cache: an answer is kept per (database version, analysis,
+//! params, shards) and given again without mapping anything; a new version
+//! behind an alias is computed anew; `Cache-Control: no-cache`, `cache:
+//! false` and SQL that calls `now()` or `random()` are never taken from it;
+//! a token for one database never reads another's kept answer. Answers are
+//! checked against totals computed here from the files.
+
+use std::collections::BTreeMap;
+
+use dram::client::Client;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const ADMIN: &str = "admin-token-for-the-cache";
+
+/// Rows `key,n` of two shards, `rows` per shard, the values depending on `seed`.
+fn shards(seed: u64, rows: u64) -> Vec<(String, String)> {
+    ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(s, id)| {
+            let mut text = String::from("key,n\n");
+            for r in 0..rows {
+                let key = ["x", "y", "z"][((r + seed + s as u64) % 3) as usize];
+                text.push_str(&format!("{key},{}\n", r * seed + s as u64));
+            }
+            (format!("shards/{id}/rows.csv"), text)
+        })
+        .collect()
+}
+
+/// Sum of `n` per key, from the files.
+fn sums(files: &[(String, String)], only: Option<&str>) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for (path, text) in files {
+        if only.is_some_and(|id| !path.contains(&format!("/{id}/"))) {
+            continue;
+        }
+        for line in text.lines().skip(1) {
+            let (key, n) = line.split_once(',').unwrap();
+            *sums.entry(key.to_string()).or_insert(0) += n.parse::<u64>().unwrap();
+        }
+    }
+    sums
+}
+
+fn group_sums(answer: &Value) -> BTreeMap<String, u64> {
+    answer["result"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let total = &g["sum"]["n"];
+            let total = total
+                .as_u64()
+                .or_else(|| total.as_str().and_then(|t| t.parse().ok()))
+                .unwrap();
+            (g["key"]["key"].as_str().unwrap().to_string(), total)
+        })
+        .collect()
+}
+
+async fn ask(client: &Client, target: &str, analysis: &str, body: Value) -> Value {
+    client
+        .post(&format!("/v1/query/{target}/{analysis}"), &body)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.auth.admin_token = Some(ADMIN.into());
+    config.auth.require_token_for_reads = true;
+    config.auth.token_key = Some("cache-key".into());
+    let store = config.store.clone();
+    let v1 = shards(1, 40);
+    let v2 = shards(7, 50);
+    for (name, files) in [("v1", &v1), ("v2", &v2)] {
+        let files: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_bytes()))
+            .collect();
+        publish(dir.path(), &store, name, &files).await;
+    }
+    let (server, _) = serve(dram::builtin::register(dram::Node::builder(config))).await;
+    let admin = Client::new(&server.url()).with_token(Some(ADMIN.into()));
+    for name in ["v1", "v2"] {
+        admin
+            .post("/v1/databases", &json!({"name": name, "source": name}))
+            .await
+            .unwrap();
+        assert_eq!(wait_loaded(&admin, name).await["state"], "ready");
+    }
+    admin
+        .put("/v1/aliases/daily", &json!({"target": "v1"}))
+        .await
+        .unwrap();
+
+    // An analysis: computed once, then given again, mapping nothing.
+    let group = json!({"params": {"by": "key", "sum": "n"}});
+    let first = ask(&admin, "daily", "group", group.clone()).await;
+    assert_eq!(first["meta"]["cache"], "miss", "{first}");
+    assert_eq!(group_sums(&first), sums(&v1, None));
+    let again = ask(
+        &admin,
+        "daily",
+        "group",
+        json!({"params": {"sum": "n", "by": "key"}}),
+    )
+    .await;
+    assert_eq!(again["meta"]["cache"], "hit", "{again}");
+    assert_eq!(again["result"], first["result"]);
+    assert_eq!(again["meta"]["nodes"], json!([]), "{again}");
+    assert_eq!(again["meta"]["version"], first["meta"]["version"]);
+    assert_eq!(again["meta"]["alias"], "daily");
+    // Other shards are another answer.
+    let one = ask(
+        &admin,
+        "daily",
+        "group",
+        json!({"params": {"by": "key", "sum": "n"}, "shards": ["a"]}),
+    )
+    .await;
+    assert_eq!(one["meta"]["cache"], "miss", "{one}");
+    assert_eq!(group_sums(&one), sums(&v1, Some("a")));
+
+    // Asked not to: computed, and said so.
+    let raw = reqwest::Client::new();
+    let fresh: Value = raw
+        .post(format!("{}/v1/query/daily/group", server.url()))
+        .bearer_auth(ADMIN)
+        .header("cache-control", "no-cache")
+        .json(&group)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fresh["meta"]["cache"], "bypass", "{fresh}");
+    assert_eq!(group_sums(&fresh), sums(&v1, None));
+    let off = ask(
+        &admin,
+        "daily",
+        "group",
+        json!({"params": {"by": "key", "sum": "n"}, "cache": false}),
+    )
+    .await;
+    assert_eq!(off["meta"]["cache"], "bypass", "{off}");
+
+    // SQL: a query of the data is kept; one that reads the clock never is.
+    let total: u64 = sums(&v1, None).values().sum();
+    let sql = json!({"params": {"sql": "SELECT sum(n) AS total FROM rows"}});
+    for expected in ["miss", "hit"] {
+        let answer = ask(&admin, "daily", "sql", sql.clone()).await;
+        assert_eq!(answer["meta"]["cache"], expected, "{answer}");
+        assert_eq!(answer["result"]["rows"][0]["total"], total, "{answer}");
+    }
+    let clock = json!({"params": {"sql": "SELECT sum(n) AS total, now() AS at FROM rows"}});
+    for _ in 0..2 {
+        let answer = ask(&admin, "daily", "sql", clock.clone()).await;
+        assert_eq!(answer["meta"]["cache"], "bypass", "{answer}");
+    }
+
+    // The alias moves: the new version's answer, computed, never v1's.
+    admin
+        .put("/v1/aliases/daily", &json!({"target": "v2"}))
+        .await
+        .unwrap();
+    let moved = ask(&admin, "daily", "group", group.clone()).await;
+    assert_eq!(moved["meta"]["cache"], "miss", "{moved}");
+    assert_eq!(moved["meta"]["database"], "v2");
+    assert_eq!(group_sums(&moved), sums(&v2, None));
+    let total2: u64 = sums(&v2, None).values().sum();
+    let answer = ask(&admin, "daily", "sql", sql.clone()).await;
+    assert_eq!(answer["meta"]["cache"], "miss", "{answer}");
+    assert_eq!(answer["result"]["rows"][0]["total"], total2, "{answer}");
+
+    // A token for v1 reads v1's kept answer, never v2's (kept just above).
+    let token = admin
+        .post("/v1/tokens", &json!({"database": "v1", "ttl": 600}))
+        .await
+        .unwrap();
+    let holder = Client::new(&server.url()).with_token(token["token"].as_str().map(str::to_string));
+    let own = ask(&holder, "v1", "group", group.clone()).await;
+    assert_eq!(own["meta"]["cache"], "hit", "{own}");
+    assert_eq!(group_sums(&own), sums(&v1, None));
+    expect_error(
+        holder.post("/v1/query/v2/group", &group).await,
+        403,
+        "forbidden",
+    );
+    expect_error(
+        holder.post("/v1/query/daily/group", &group).await,
+        403,
+        "forbidden",
+    );
+
+    // What /metrics says.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert_eq!(value("dram_result_cache_total{outcome=\"hit\"}"), 3.0);
+    assert!(value("dram_result_cache_total{outcome=\"miss\"}") >= 5.0);
+    assert!(value("dram_result_cache_total{outcome=\"bypass\"}") >= 4.0);
+    assert!(value("dram_result_cache_bytes") > 0.0);
+    assert_eq!(value("dram_result_cache_entries"), 5.0);
+    server.shutdown().await;
+}
