@@ -12,7 +12,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::error::respond;
+use super::error::{json_response, respond};
 use crate::local::NodeError;
 use crate::node::Node;
 use crate::primary::actions::TrashRequest;
@@ -115,9 +115,10 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
             },
         );
     let trash = internal
+        .clone()
         .and(warp::path!("trash"))
         .and(warp::post())
-        .and(body)
+        .and(body.clone())
         .then(|node: Node, body: bytes::Bytes| async move {
             let result = async {
                 let request: TrashRequest = super::parse(&body)?;
@@ -129,8 +130,59 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
             respond(StatusCode::OK, result)
         });
 
+    // The result cache's share this member owns (see `query::cache`).
+    let cache_get = internal
+        .clone()
+        .and(warp::path!("cache" / String))
+        .and(warp::get())
+        .map(|node: Node, key: String| {
+            use crate::query::cache::SHARDS_HEADER;
+            match node.queries().kept_here(&key) {
+                Some(cached) => super::error::bytes_response(
+                    StatusCode::OK,
+                    "application/json",
+                    Some((SHARDS_HEADER, cached.shards.to_string())),
+                    cached.result,
+                ),
+                None => super::error::error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no answer kept under this key",
+                ),
+            }
+        });
+    let cache_put = internal
+        .and(warp::path!("cache" / String))
+        .and(warp::put())
+        .and(warp::header::optional::<usize>(
+            crate::query::cache::SHARDS_HEADER,
+        ))
+        .and(body)
+        .map(|node: Node, key: String, shards: Option<usize>, body: bytes::Bytes| {
+            let valid = crate::query::cache::is_key(&key)
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+            let (Some(shards), true) = (shards, valid) else {
+                return super::error::error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "a cache entry is a 64-hex-digit key, an x-dram-shards header and a JSON body",
+                );
+            };
+            node.queries().keep_here(
+                key,
+                crate::query::cache::Cached {
+                    result: body,
+                    shards,
+                },
+            );
+            json_response(StatusCode::OK, &serde_json::json!({"kept": true}))
+        });
     let routes = registry
         .or(registry_push)
+        .unify()
+        .or(cache_get)
+        .unify()
+        .or(cache_put)
         .unify()
         .or(inventory)
         .unify()

@@ -6,13 +6,20 @@
 //! shards it covers; only whole answers are kept (none that left a shard out).
 //!
 //! The key holds the version, never the alias or the token that asked: who
-//! may read a database is decided before the cache is looked at.
+//! may read a database is decided before the cache is looked at. It is the
+//! sha256 of those parts, so that it has one size and can travel in a URL.
+//!
+//! Cluster-wide without a shared store: each key has an owner, the live
+//! member rendezvous hashing picks for it; a root asks the owner (one hop,
+//! `GET /v1/internal/cache/{key}`) before computing, and hands it the answer
+//! after (`PUT`). An owner that does not answer soon is a miss.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::sync::lock;
 
@@ -107,6 +114,12 @@ impl ResultCache {
         found
     }
 
+    /// The answer kept for `key`, not counted (another member asked: it
+    /// counts the hit or miss).
+    pub(crate) fn get_quietly(&self, key: &str) -> Option<Cached> {
+        lock(&self.inner).entries.get(key).cloned()
+    }
+
     /// Counts a query that did not look.
     pub(crate) fn bypassed(&self) {
         self.bypasses.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +186,77 @@ pub(crate) fn key(
             serde_json::to_string(&ids).unwrap_or_default()
         }
     };
-    format!("{version}\0{analysis}\0{params}\0{shards}")
+    let text = format!("{version}\0{analysis}\0{params}\0{shards}");
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// How long a root waits for the owner of a key before it computes the
+/// answer itself.
+const OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The header carrying a kept answer's shard count on the internal routes.
+pub(crate) const SHARDS_HEADER: &str = "x-dram-shards";
+
+/// The answer the owner at `address` keeps for `key`; `None` when it keeps
+/// none, or does not answer within [`OWNER_WAIT`].
+pub(crate) async fn fetch(
+    client: Option<&reqwest::Client>,
+    address: &str,
+    secret: Option<&str>,
+    key: &str,
+) -> Option<Cached> {
+    let client = client?;
+    let url = format!("{}/v1/internal/cache/{key}", crate::net::base_url(address));
+    let mut request = client.get(url).timeout(OWNER_WAIT);
+    if let Some(secret) = secret {
+        request = request.bearer_auth(secret);
+    }
+    let response = request.send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let shards = response
+        .headers()
+        .get(SHARDS_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let result = response.bytes().await.ok()?;
+    Some(Cached { result, shards })
+}
+
+/// Hands `cached` to the owner at `address` (what it keeps is its own
+/// affair: an answer over its budget's share is dropped there).
+pub(crate) async fn store(
+    client: &reqwest::Client,
+    address: &str,
+    secret: Option<&str>,
+    key: &str,
+    cached: Cached,
+) {
+    let url = format!("{}/v1/internal/cache/{key}", crate::net::base_url(address));
+    let mut request = client
+        .put(url)
+        .timeout(OWNER_WAIT * 10)
+        .header(SHARDS_HEADER, cached.shards.to_string())
+        .header("content-type", "application/json")
+        .body(cached.result);
+    if let Some(secret) = secret {
+        request = request.bearer_auth(secret);
+    }
+    if let Err(e) = request.send().await {
+        tracing::debug!(error = %e, address, "the result cache's owner did not take an answer");
+    }
+}
+
+/// Whether `text` is a key as [`key`] makes them (what the internal cache
+/// routes accept).
+pub(crate) fn is_key(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// JSON text with every object's keys in sorted order.

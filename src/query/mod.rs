@@ -172,6 +172,8 @@ pub(crate) struct Looked {
     database: String,
     version: String,
     key: String,
+    /// The key's owner (its HTTP address) when it is another member.
+    owner: Option<String>,
     found: Option<cache::Cached>,
 }
 
@@ -272,7 +274,7 @@ impl Queries {
         request: QueryRequest,
     ) -> Result<QueryResponse, QueryError> {
         let started = Instant::now();
-        let Some(looked) = self.look_up(target, analysis_name, &request) else {
+        let Some(looked) = self.look_up(target, analysis_name, &request).await else {
             let mut answer = self.compute_query(target, analysis_name, request).await?;
             answer.meta.cache = Some(CacheUse::Bypass.as_str().into());
             return Ok(answer);
@@ -293,10 +295,10 @@ impl Queries {
     }
 
     /// Where `request`'s answer would be in the result cache, and whether it
-    /// is; `None` when the cache is not to be used: off, `cache: false`, an
-    /// analysis that does not cache, or a target that is not ready (its
-    /// error comes from the query itself).
-    pub(crate) fn look_up(
+    /// is (asked of the key's owner); `None` when the cache is not to be
+    /// used: off, `cache: false`, an analysis that does not cache, or a
+    /// target that is not ready (its error comes from the query itself).
+    pub(crate) async fn look_up(
         &self,
         target: &str,
         analysis_name: &str,
@@ -327,7 +329,11 @@ impl Queries {
             request.params.as_ref(),
             request.shards.as_deref(),
         );
-        let found = cache.get(&key);
+        let owner = self.cache_owner(&key).await;
+        let found = match &owner {
+            None => cache.get(&key),
+            Some(owner) => cache::fetch(self.peer_client(), owner, self.peer_secret(), &key).await,
+        };
         let outcome = if found.is_some() {
             CacheUse::Hit
         } else {
@@ -339,26 +345,75 @@ impl Queries {
             database,
             version,
             key,
+            owner,
             found,
         })
     }
 
-    /// Keeps a whole answer (none that left a shard out) under the version
-    /// it was computed on.
+    /// The HTTP address of the live member that owns `key` in the result
+    /// cache (rendezvous hashing over the live members); `None` when it is
+    /// this member, or this member is alone.
+    async fn cache_owner(&self, key: &str) -> Option<String> {
+        let membership = self.membership()?;
+        let addresses = membership.http_addresses().await;
+        let own = self.local.id();
+        let owner = addresses
+            .keys()
+            .map(String::as_str)
+            .chain([own])
+            .max_by(|a, b| {
+                let score = |id: &str| crate::placement::score(key, id, 1);
+                score(a).total_cmp(&score(b)).then_with(|| a.cmp(b))
+            })?;
+        if owner == own {
+            return None;
+        }
+        addresses.get(owner).cloned()
+    }
+
+    fn peer_client(&self) -> Option<&reqwest::Client> {
+        self.membership().map(|m| m.http_client())
+    }
+
+    fn peer_secret(&self) -> Option<&str> {
+        self.local.config().auth.peer_secret()
+    }
+
+    /// Keeps a whole answer (none that left a shard out), computed on the
+    /// version looked up, with the key's owner.
     pub(crate) fn keep(&self, looked: &Looked, meta: &QueryMeta, result: bytes::Bytes) {
         if !meta.missing_shards.is_empty() || meta.version != looked.version {
             return;
         }
-        let evicted = self.inner.cache.put(
-            looked.key.clone(),
-            cache::Cached {
-                result,
-                shards: meta.shards,
-            },
-        );
+        let cached = cache::Cached {
+            result,
+            shards: meta.shards,
+        };
+        match (&looked.owner, self.peer_client()) {
+            (Some(owner), Some(client)) => {
+                let (client, owner, key) = (client.clone(), owner.clone(), looked.key.clone());
+                let secret = self.peer_secret().map(str::to_string);
+                // The answer is given now; the owner is told on the side.
+                tokio::spawn(async move {
+                    cache::store(&client, &owner, secret.as_deref(), &key, cached).await;
+                });
+            }
+            _ => self.keep_here(looked.key.clone(), cached),
+        }
+    }
+
+    /// Keeps an answer in this member's own part of the result cache.
+    pub(crate) fn keep_here(&self, key: String, cached: cache::Cached) {
+        let evicted = self.inner.cache.put(key, cached);
         if evicted > 0 {
             self.local.metrics().result_cache_evicted(evicted);
         }
+    }
+
+    /// An answer in this member's own part of the result cache (asked by
+    /// another member's query).
+    pub(crate) fn kept_here(&self, key: &str) -> Option<cache::Cached> {
+        self.inner.cache.get_quietly(key)
     }
 
     async fn compute_query(

@@ -224,3 +224,69 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
     assert_eq!(value("dram_result_cache_entries"), 5.0);
     server.shutdown().await;
 }
+
+/// Three members: the answer one computes is kept by the key's owner, and the
+/// same query on any member is then a hit, the same answer, computed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kept_answer_serves_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = crate::cluster::members(dir.path(), 3).await;
+    let files = shards(3, 60);
+    let texts: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_bytes()))
+        .collect();
+    publish(
+        dir.path(),
+        &members[0].server.node.config().store,
+        "db",
+        &texts,
+    )
+    .await;
+    members[0]
+        .client
+        .post(
+            "/v1/databases",
+            &json!({"name": "db", "source": "db", "replicas": 1}),
+        )
+        .await
+        .unwrap();
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    crate::cluster::on_all(&clients, 30, "db ready, both shards held", |c| {
+        Box::pin(async move {
+            let view = copies(c, "db").await;
+            view.len() == 2 && view.values().all(|h| ready(h).len() == 1)
+        })
+    })
+    .await;
+    let group = json!({"params": {"by": "key", "sum": "n"}});
+    let mut outcomes = Vec::new();
+    for member in &members {
+        // The owner may take the answer a moment after it was given.
+        let mut answer = ask(&member.client, "db", "group", group.clone()).await;
+        for _ in 0..50 {
+            if outcomes.is_empty() || answer["meta"]["cache"] == "hit" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            answer = ask(&member.client, "db", "group", group.clone()).await;
+        }
+        assert_eq!(group_sums(&answer), sums(&files, None), "{answer}");
+        outcomes.push(answer["meta"]["cache"].as_str().unwrap().to_string());
+    }
+    assert_eq!(outcomes, ["miss", "hit", "hit"]);
+    // One member keeps it: the key's owner.
+    let mut kept = 0.0;
+    for member in &members {
+        let text = metrics_text(&member.server.url()).await;
+        kept += text
+            .lines()
+            .find(|l| l.starts_with("dram_result_cache_entries"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap();
+    }
+    assert_eq!(kept, 1.0);
+    for member in members {
+        member.server.shutdown().await;
+    }
+}

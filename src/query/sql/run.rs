@@ -149,7 +149,7 @@ impl Queries {
         const RESULT: &[u8] = b"{\"result\":";
         const META: &[u8] = b",\"meta\":";
         let started = Instant::now();
-        let looked = self.look_up(target, SQL, &request);
+        let looked = self.look_up(target, SQL, &request).await;
         let kept = looked.as_ref().and_then(|looked| looked.hit(started));
         if let Some((result, meta)) = kept {
             self.local
