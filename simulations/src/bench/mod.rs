@@ -8,6 +8,7 @@
 //!
 //! Cases live one per file and export `run(&Settings) -> Result<Vec<Table>>`.
 
+pub mod cache;
 pub mod dedup;
 pub mod fanout;
 pub mod gossip;
@@ -150,6 +151,11 @@ pub fn cases() -> Vec<Case> {
             name: "fanout",
             about: "12 shards on 3 nodes vs on one node: latency and throughput",
             run: fanout::run,
+        },
+        Case {
+            name: "cache",
+            about: "a dashboard mix of 20 queries (Zipf) on 3 members, with and without the result cache",
+            run: cache::run,
         },
         Case {
             name: "http",
