@@ -52,12 +52,10 @@ impl CacheUse {
     }
 }
 
-/// Counters since start, for `/metrics`.
+/// This member's share of the cache, for `/metrics` (hits and misses are
+/// counted where the query runs, in `dram_result_cache_total`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub bypasses: u64,
     pub evictions: u64,
     pub entries: u64,
     pub bytes: u64,
@@ -66,9 +64,6 @@ pub struct CacheStats {
 pub(crate) struct ResultCache {
     budget: u64,
     inner: Mutex<Inner>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    bypasses: AtomicU64,
     evictions: AtomicU64,
 }
 
@@ -91,9 +86,6 @@ impl ResultCache {
                 entries: lru::LruCache::unbounded(),
                 bytes: 0,
             }),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            bypasses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         }
     }
@@ -102,27 +94,9 @@ impl ResultCache {
         self.budget > 0
     }
 
-    /// The answer kept for `key` (counted as a hit or a miss).
+    /// The answer kept for `key` (now the most recently used).
     pub(crate) fn get(&self, key: &str) -> Option<Cached> {
-        let found = lock(&self.inner).entries.get(key).cloned();
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    /// The answer kept for `key`, not counted (another member asked: it
-    /// counts the hit or miss).
-    pub(crate) fn get_quietly(&self, key: &str) -> Option<Cached> {
         lock(&self.inner).entries.get(key).cloned()
-    }
-
-    /// Counts a query that did not look.
-    pub(crate) fn bypassed(&self) {
-        self.bypasses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Keeps an answer; one larger than an eighth of the budget is not kept
@@ -153,9 +127,6 @@ impl ResultCache {
     pub(crate) fn stats(&self) -> CacheStats {
         let inner = lock(&self.inner);
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            bypasses: self.bypasses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             entries: inner.entries.len() as u64,
             bytes: inner.bytes,

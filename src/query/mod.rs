@@ -317,7 +317,6 @@ impl Queries {
                 || sql::analysis::repeatable_params(request.params.as_ref()));
         let metrics = self.local.metrics();
         if !cache.enabled() || request.cache == Some(false) || !cacheable {
-            cache.bypassed();
             metrics.result_cache(CacheUse::Bypass.as_str());
             return None;
         }
@@ -413,7 +412,7 @@ impl Queries {
     /// An answer in this member's own part of the result cache (asked by
     /// another member's query).
     pub(crate) fn kept_here(&self, key: &str) -> Option<cache::Cached> {
-        self.inner.cache.get_quietly(key)
+        self.inner.cache.get(key)
     }
 
     async fn compute_query(

@@ -159,15 +159,9 @@ impl Queries {
             body.extend_from_slice(RESULT);
             body.extend_from_slice(&result);
             body.extend_from_slice(META);
-            serde_json::to_writer(&mut body, &meta).map_err(|e| QueryError::Failed {
-                analysis: SQL.into(),
-                shard: None,
-                message: e.to_string(),
-            })?;
-            body.push(b'}');
-            return Ok((body, meta));
+            return close_with_meta(body, meta);
         }
-        let (mut body, mut meta) = self
+        let (body, mut meta) = self
             .query_sql_encoded(target, request, |(schema, batches)| {
                 let rows = crate::query::sql::analysis::json_rows(batches)?;
                 let columns: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
@@ -192,13 +186,7 @@ impl Queries {
             }
             None => meta.cache = Some(CacheUse::Bypass.as_str().into()),
         }
-        serde_json::to_writer(&mut body, &meta).map_err(|e| QueryError::Failed {
-            analysis: SQL.into(),
-            shard: None,
-            message: e.to_string(),
-        })?;
-        body.push(b'}');
-        Ok((body, meta))
+        close_with_meta(body, meta)
     }
 
     /// Runs a `sql` query here and encodes its rows; counted in the query
@@ -595,6 +583,17 @@ fn explains_analyze(sql: &str) -> bool {
 
 /// Plans one read-only statement and starts it; a missing table's error
 /// lists the tables there are.
+/// A JSON answer's body, written up to `"meta":`, closed with `meta`.
+fn close_with_meta(mut body: Vec<u8>, meta: QueryMeta) -> Result<(Vec<u8>, QueryMeta), QueryError> {
+    serde_json::to_writer(&mut body, &meta).map_err(|e| QueryError::Failed {
+        analysis: SQL.into(),
+        shard: None,
+        message: e.to_string(),
+    })?;
+    body.push(b'}');
+    Ok((body, meta))
+}
+
 async fn run(
     ctx: &SessionContext,
     sql: &str,
