@@ -15,7 +15,7 @@ use crate::support::*;
 const ADMIN: &str = "admin-token-for-the-cache";
 
 /// Rows `key,n` of two shards, `rows` per shard, the values depending on `seed`.
-fn shards(seed: u64, rows: u64) -> Vec<(String, String)> {
+fn shards(seed: u64, rows: u64) -> Vec<(String, Vec<u8>)> {
     ["a", "b"]
         .iter()
         .enumerate()
@@ -25,19 +25,19 @@ fn shards(seed: u64, rows: u64) -> Vec<(String, String)> {
                 let key = ["x", "y", "z"][((r + seed + s as u64) % 3) as usize];
                 text.push_str(&format!("{key},{}\n", r * seed + s as u64));
             }
-            (format!("shards/{id}/rows.csv"), text)
+            (format!("shards/{id}/rows.csv"), text.into_bytes())
         })
         .collect()
 }
 
 /// Sum of `n` per key, from the files.
-fn sums(files: &[(String, String)], only: Option<&str>) -> BTreeMap<String, u64> {
+fn sums(files: &[(String, Vec<u8>)], only: Option<&str>) -> BTreeMap<String, u64> {
     let mut sums = BTreeMap::new();
     for (path, text) in files {
         if only.is_some_and(|id| !path.contains(&format!("/{id}/"))) {
             continue;
         }
-        for line in text.lines().skip(1) {
+        for line in std::str::from_utf8(text).unwrap().lines().skip(1) {
             let (key, n) = line.split_once(',').unwrap();
             *sums.entry(key.to_string()).or_insert(0) += n.parse::<u64>().unwrap();
         }
@@ -79,11 +79,7 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
     let v1 = shards(1, 40);
     let v2 = shards(7, 50);
     for (name, files) in [("v1", &v1), ("v2", &v2)] {
-        let files: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, t)| (p.as_str(), t.as_bytes()))
-            .collect();
-        publish(dir.path(), &store, name, &files).await;
+        publish_owned(dir.path(), &store, name, files, &[]).await;
     }
     let (server, _) = serve(dram::builtin::register(dram::Node::builder(config))).await;
     let admin = Client::new(&server.url()).with_token(Some(ADMIN.into()));
@@ -232,17 +228,8 @@ async fn a_kept_answer_serves_every_member() {
     let dir = tempfile::tempdir().unwrap();
     let members = crate::cluster::members(dir.path(), 3).await;
     let files = shards(3, 60);
-    let texts: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, t)| (p.as_str(), t.as_bytes()))
-        .collect();
-    publish(
-        dir.path(),
-        &members[0].server.node.config().store,
-        "db",
-        &texts,
-    )
-    .await;
+    let store = members[0].server.node.config().store.clone();
+    publish_owned(dir.path(), &store, "db", &files, &[]).await;
     members[0]
         .client
         .post(
