@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::measure::{Measured, post, run as measure};
-use super::nodes::{config, post_json, publish, runtime, start, wait_placed};
+use super::nodes::{post_json, publish, runtime, three_members, wait_placed};
 use super::{Settings, Table, ratio};
 
 const SHARDS: usize = 12;
@@ -88,10 +88,7 @@ async fn cache(settings: &Settings) -> Result<Vec<Table>> {
     let store_url = format!("file://{}", dir.path().join("store").display());
     write_rows(&dir.path().join("events"), rows)?;
     publish(&dir.path().join("events"), &store_url, "events", &[]).await?;
-    let n1 = start(config(dir.path(), "n1", &store_url, "bench", &[])?).await?;
-    let seeds = vec![n1.node.config().cluster.gossip_listen.clone()];
-    let n2 = start(config(dir.path(), "n2", &store_url, "bench", &seeds)?).await?;
-    let n3 = start(config(dir.path(), "n3", &store_url, "bench", &seeds)?).await?;
+    let [n1, n2, n3] = three_members(dir.path(), &store_url).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;

@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::measure::{Measured, post, run as measure};
-use super::nodes::{config, post_json, publish, runtime, start, wait_placed};
+use super::nodes::{config, post_json, publish, runtime, start, three_members, wait_placed};
 use super::{Settings, Table, ratio};
 
 const SHARDS: usize = 12;
@@ -35,10 +35,7 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
     publish(&dir.path().join("events"), &store_url, "events", &[]).await?;
 
     let lone = start(config(dir.path(), "lone", &store_url, "lone", &[])?).await?;
-    let n1 = start(config(dir.path(), "n1", &store_url, "bench", &[])?).await?;
-    let seeds = vec![n1.node.config().cluster.gossip_listen.clone()];
-    let n2 = start(config(dir.path(), "n2", &store_url, "bench", &seeds)?).await?;
-    let n3 = start(config(dir.path(), "n3", &store_url, "bench", &seeds)?).await?;
+    let [n1, n2, n3] = three_members(dir.path(), &store_url).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;

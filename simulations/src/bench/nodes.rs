@@ -48,6 +48,16 @@ pub async fn start(config: Config) -> Result<Server> {
         .await?)
 }
 
+/// Three members n1, n2, n3 of cluster `bench` (n2 and n3 seeded by n1),
+/// data under `dir`, the store at `store_url`.
+pub async fn three_members(dir: &Path, store_url: &str) -> Result<[Server; 3]> {
+    let n1 = start(config(dir, "n1", store_url, "bench", &[])?).await?;
+    let seeds = vec![n1.node.config().cluster.gossip_listen.clone()];
+    let n2 = start(config(dir, "n2", store_url, "bench", &seeds)?).await?;
+    let n3 = start(config(dir, "n3", store_url, "bench", &seeds)?).await?;
+    Ok([n1, n2, n3])
+}
+
 /// Uploads `folder` as database `name` (with its manifest, declaring the
 /// co-located `shard_keys`) to `store_url`.
 pub async fn publish(
