@@ -223,7 +223,8 @@ fn run_scale(nodes: String, common: Common) -> Result<()> {
     print!("{}", scale::table(&rows));
     println!(
         "join/ideal: copies moved by a join over the newcomer's weight share; leave/held: copies \
-         moved by a leave over the leaver's copies (1 = only its copies); use max/µ: fullest \
+         moved by a leave over the leaver's copies (1 = only its copies); db max/µ: the most copies \
+         of the database a member holds over its share by weight of its zone's copies; use max/µ: fullest \
          member's use over the mean, after placement and after the rebalancer; re-repl: bytes to \
          copy after a loss, in all and on the busiest member, and seconds at {} MB/s; rounds: \
          gossip rounds for an alias change to reach everyone; gossip B/rnd: modelled digest bytes \

@@ -1,11 +1,13 @@
 //! Part 2 — the cluster at scale, without sockets.
 //!
-//! Drives dram's real placement (`ClusterState::chosen`, `plan`), rebalancer and
+//! Drives dram's real placement (`ClusterState::placement`, `plan`), rebalancer and
 //! election code over clusters of 10 to 10,000 members, and a round-based model
 //! of the gossip digest/pull protocol, and reports per cluster size:
 //!
 //! - copies moved by a join against the ideal (the newcomer's weight share of all
 //!   copies), and by a leave against the leaver's copies;
+//! - the spread of the database: the most copies any member holds over its
+//!   share by weight of its zone's copies (see `placement::spread`);
 //! - disk use, max/mean of used/capacity, after placement and after the
 //!   rebalancer has run to rest;
 //! - re-replication after a loss: bytes to copy in all, on the busiest member,
@@ -55,6 +57,8 @@ pub struct Row {
     pub replicas: usize,
     pub join_moved_ratio: f64,
     pub leave_moved_ratio: f64,
+    /// The most copies a member holds over its share by weight of its zone's.
+    pub spread_max_mean: f64,
     pub use_max_mean: f64,
     pub rebalanced_max_mean: f64,
     pub rebalance_moves: usize,
@@ -108,12 +112,44 @@ fn settle(layout: &Layout, cluster: &mut ClusterState) {
 /// (shard, member) pairs placed.
 fn copies(layout: &Layout, cluster: &ClusterState) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    for (shard, _) in &layout.shards {
-        for node in cluster.chosen(&layout.name, shard, layout.replicas) {
+    for ((shard, _), chosen) in layout.shards.iter().zip(cluster.placement(layout)) {
+        for node in chosen {
             out.insert((shard.clone(), node));
         }
     }
     out
+}
+
+/// The most copies any member holds over its share by weight of the copies
+/// its zone holds (copies spread over zones first; within a zone, by weight).
+fn spread_max_mean(placed: &BTreeSet<(String, String)>, cluster: &ClusterState) -> f64 {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, node) in placed {
+        *counts.entry(node.as_str()).or_default() += 1;
+    }
+    let zone_of: BTreeMap<&str, &str> = cluster
+        .candidates
+        .iter()
+        .map(|c| (c.id.as_str(), c.zone.as_str()))
+        .collect();
+    let mut zone_copies: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut zone_weight: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &cluster.candidates {
+        *zone_copies.entry(c.zone.as_str()).or_default() +=
+            counts.get(c.id.as_str()).copied().unwrap_or(0);
+        *zone_weight.entry(c.zone.as_str()).or_default() += c.weight;
+    }
+    cluster
+        .candidates
+        .iter()
+        .filter(|c| c.weight > 0)
+        .map(|c| {
+            let zone = zone_of[c.id.as_str()];
+            let share =
+                zone_copies[zone] as f64 * c.weight as f64 / zone_weight[zone].max(1) as f64;
+            counts.get(c.id.as_str()).copied().unwrap_or(0) as f64 / share.max(1e-9)
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Members' disk use: capacities in proportion to their weights, sized so that
@@ -182,7 +218,11 @@ pub fn run(n: usize, settings: &Settings) -> Row {
     settle(&layout, &mut cluster);
     let use_max_mean = max_over_mean(&usage(&layout, &cluster));
     let before = copies(&layout, &cluster);
-    let joined = state(&members);
+    let spread_max_mean = spread_max_mean(&before, &cluster);
+    // A join and a leave see what the members hold, as the real cluster does.
+    let mut joined = cluster.clone();
+    joined.candidates = members.clone();
+    joined.live.insert(newcomer[0].id.clone());
     let after_join = copies(&layout, &joined);
     let moved_join = after_join.difference(&before).count() as f64;
     let total_weight: u64 = members.iter().map(|c| c.weight).sum();
@@ -191,12 +231,15 @@ pub fn run(n: usize, settings: &Settings) -> Row {
 
     // A leave: only the leaver's copies move; what re-replication costs.
     let leaver = existing[rng.random_range(0..n)].id.clone();
-    let remaining: Vec<Candidate> = existing
-        .iter()
-        .filter(|c| c.id != leaver)
-        .cloned()
-        .collect();
-    let after_leave = copies(&layout, &state(&remaining));
+    let mut left = cluster.clone();
+    left.candidates.retain(|c| c.id != leaver);
+    left.live.remove(&leaver);
+    for shards in left.holdings.values_mut() {
+        for copies in shards.values_mut() {
+            copies.remove(&leaver);
+        }
+    }
+    let after_leave = copies(&layout, &left);
     let held_by_leaver = before.iter().filter(|(_, node)| *node == leaver).count();
     let new_copies: Vec<&(String, String)> = after_leave.difference(&before).collect();
     let sizes: BTreeMap<&str, u64> = layout
@@ -270,6 +313,7 @@ pub fn run(n: usize, settings: &Settings) -> Row {
         replicas,
         join_moved_ratio: moved_join / ideal_join.max(1e-9),
         leave_moved_ratio: new_copies.len() as f64 / held_by_leaver.max(1) as f64,
+        spread_max_mean,
         use_max_mean,
         rebalanced_max_mean,
         rebalance_moves,
@@ -313,12 +357,13 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>6} {:>7} {:>3} {:>9} {:>10} {:>9} {:>11} {:>7} {:>12} {:>12} {:>8} {:>11} {:>7} {:>14} {:>8}",
+        "{:>6} {:>7} {:>3} {:>9} {:>10} {:>9} {:>9} {:>11} {:>7} {:>12} {:>12} {:>8} {:>11} {:>7} {:>14} {:>8}",
         "nodes",
         "shards",
         "r",
         "join/ideal",
         "leave/held",
+        "db max/µ",
         "use max/µ",
         "rebalanced",
         "moves",
@@ -333,12 +378,13 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>6} {:>7} {:>3} {:>9.3} {:>10.3} {:>9.3} {:>11.3} {:>7} {:>12.1} {:>12.2} {:>8.1} {:>11} {:>7} {:>13}{} {:>8.1}",
+            "{:>6} {:>7} {:>3} {:>9.3} {:>10.3} {:>9.3} {:>9.3} {:>11.3} {:>7} {:>12.1} {:>12.2} {:>8.1} {:>11} {:>7} {:>13}{} {:>8.1}",
             r.nodes,
             r.shards,
             r.replicas,
             r.join_moved_ratio,
             r.leave_moved_ratio,
+            r.spread_max_mean,
             r.use_max_mean,
             r.rebalanced_max_mean,
             r.rebalance_moves,
@@ -357,17 +403,18 @@ pub fn table(rows: &[Row]) -> String {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "nodes,shards,replicas,join_moved_ratio,leave_moved_ratio,use_max_mean,rebalanced_max_mean,rebalance_moves,rereplicate_bytes,rereplicate_max_node_bytes,rereplicate_secs,elections,split_brains,alias_rounds,gossip_bytes_per_node_round,digest_fits_datagram\n",
+        "nodes,shards,replicas,join_moved_ratio,leave_moved_ratio,spread_max_mean,use_max_mean,rebalanced_max_mean,rebalance_moves,rereplicate_bytes,rereplicate_max_node_bytes,rereplicate_secs,elections,split_brains,alias_rounds,gossip_bytes_per_node_round,digest_fits_datagram\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{:.4},{:.4},{:.4},{:.4},{},{},{},{:.2},{},{},{},{},{}",
+            "{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{:.2},{},{},{},{},{}",
             r.nodes,
             r.shards,
             r.replicas,
             r.join_moved_ratio,
             r.leave_moved_ratio,
+            r.spread_max_mean,
             r.use_max_mean,
             r.rebalanced_max_mean,
             r.rebalance_moves,
@@ -399,8 +446,13 @@ mod tests {
         };
         for n in [5, 20] {
             let row = run(n, &settings);
-            assert!(row.join_moved_ratio < 1.3, "{row:?}");
-            assert!((row.leave_moved_ratio - 1.0).abs() < 1e-9, "{row:?}");
+            // Exact quotas per database move a few more copies than
+            // rendezvous alone would (see `placement::spread`).
+            assert!(row.join_moved_ratio < 2.0, "{row:?}");
+            assert!(row.leave_moved_ratio < 1.3, "{row:?}");
+            // 400 shards × 3 copies: every member within a copy or two of
+            // its share, far below 1.2 times it.
+            assert!(row.spread_max_mean <= 1.2, "{row:?}");
             assert_eq!(row.split_brains, 0, "{row:?}");
             assert!(
                 row.rebalanced_max_mean <= row.use_max_mean + 1e-9,

@@ -136,14 +136,20 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::path!("cache" / String))
         .and(warp::get())
         .map(|node: Node, key: String| {
-            use crate::query::cache::SHARDS_HEADER;
+            use crate::query::cache::{DATABASE_HEADER, SHARDS_HEADER};
             match node.queries().kept_here(&key) {
-                Some(cached) => super::error::bytes_response(
-                    StatusCode::OK,
-                    "application/json",
-                    Some((SHARDS_HEADER, cached.shards.to_string())),
-                    cached.result,
-                ),
+                Some(cached) => {
+                    let mut response = super::error::bytes_response(
+                        StatusCode::OK,
+                        "application/json",
+                        Some((SHARDS_HEADER, cached.shards.to_string())),
+                        cached.result,
+                    );
+                    if let Ok(value) = warp::http::HeaderValue::from_str(&cached.database) {
+                        response.headers_mut().insert(DATABASE_HEADER, value);
+                    }
+                    response
+                }
                 None => super::error::error_response(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -157,26 +163,38 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::header::optional::<usize>(
             crate::query::cache::SHARDS_HEADER,
         ))
+        .and(warp::header::optional::<String>(
+            crate::query::cache::DATABASE_HEADER,
+        ))
         .and(body)
-        .map(|node: Node, key: String, shards: Option<usize>, body: bytes::Bytes| {
-            let valid = crate::query::cache::is_key(&key)
-                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
-            let (Some(shards), true) = (shards, valid) else {
-                return super::error::error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_input",
-                    "a cache entry is a 64-hex-digit key, an x-dram-shards header and a JSON body",
+        .map(
+            |node: Node,
+             key: String,
+             shards: Option<usize>,
+             database: Option<String>,
+             body: bytes::Bytes| {
+                let valid = crate::query::cache::is_key(&key)
+                    && database.as_deref().is_some_and(crate::names::is_valid_name)
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+                let (Some(shards), Some(database), true) = (shards, database, valid) else {
+                    return super::error::error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_input",
+                        "a cache entry is a 64-hex-digit key, x-dram-shards and x-dram-database \
+                     headers and a JSON body",
+                    );
+                };
+                node.queries().keep_here(
+                    key,
+                    crate::query::cache::Cached {
+                        result: body,
+                        shards,
+                        database,
+                    },
                 );
-            };
-            node.queries().keep_here(
-                key,
-                crate::query::cache::Cached {
-                    result: body,
-                    shards,
-                },
-            );
-            json_response(StatusCode::OK, &serde_json::json!({"kept": true}))
-        });
+                json_response(StatusCode::OK, &serde_json::json!({"kept": true}))
+            },
+        );
     let routes = registry
         .or(registry_push)
         .unify()

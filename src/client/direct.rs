@@ -140,7 +140,7 @@ impl Client {
             shards,
             holders: &holders,
             load: &load,
-            holder_timeout: &HashMap::new(),
+            hedging: None,
             allow_partial: request.allow_partial,
         };
         let secret = self.cluster_secret.as_deref();

@@ -174,6 +174,16 @@ impl Config {
                 "needs auth.admin_token (or DRAM_ADMIN_TOKEN): without it anyone could make tokens",
             ));
         }
+        if let Some(advertise) = &self.node.http_advertise
+            && advertise.rsplit_once(':').is_none_or(|(host, port)| {
+                host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0)
+            })
+        {
+            return Err(invalid(
+                "node.http_advertise",
+                format!("{advertise:?} is not host:port"),
+            ));
+        }
         if self.download.retry_max_secs == 0 {
             return Err(invalid("download.retry_max_secs", "must be at least 1"));
         }
@@ -194,6 +204,12 @@ impl Config {
         }
         if self.query.timeout_ms == 0 {
             return Err(invalid("query.timeout_ms", "must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.query.hedge_budget) {
+            return Err(invalid(
+                "query.hedge_budget",
+                "must be a share of requests in 0..=1 (0.05: at most 5% more)",
+            ));
         }
         if self.query.max_timeout_ms < self.query.timeout_ms {
             return Err(invalid(

@@ -16,6 +16,12 @@ pub struct NodeConfig {
     pub id: String,
     pub data_dir: PathBuf,
     pub http_listen: String,
+    /// The `host:port` other members (and the dashboard's links) reach this
+    /// node's HTTP API at, when it is not the listen address — behind NAT, a
+    /// container's port mapping or a proxy. Unset: the listen address (with
+    /// `cluster.gossip_advertise`'s IP when listening on every interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_advertise: Option<String>,
     pub zone: String,
 }
 
@@ -25,6 +31,7 @@ impl Default for NodeConfig {
             id: String::new(),
             data_dir: PathBuf::from("./dram-data"),
             http_listen: "127.0.0.1:7070".to_string(),
+            http_advertise: None,
             zone: String::new(),
         }
     }
@@ -243,9 +250,17 @@ pub struct QueryConfig {
     /// 503 `overloaded`.
     pub max_map_requests: usize,
     /// How long a holder may take to answer a map request before its shards
-    /// are also asked of their other holders (the first full answer wins);
-    /// 0: four times the holder's recent p99, at least 200 ms.
+    /// are also asked of their other holders (the first full answer wins),
+    /// for every request; 0: adaptive — after the 95th percentile of this
+    /// root's recent requests of the same analysis while `hedge_budget`
+    /// allows, else after four times the holder's recent p99 (at least 200 ms).
     pub holder_timeout_ms: u64,
+    /// Share of map requests that may be hedged early (0: none; 0.05: one
+    /// in twenty more requests at most).
+    pub hedge_budget: f64,
+    /// Ask a holder much slower than another holder of the same shard last
+    /// (by this root's recent round trips, or what the holder gossips).
+    pub adaptive_selection: bool,
 }
 
 impl Default for QueryConfig {
@@ -257,6 +272,8 @@ impl Default for QueryConfig {
             max_concurrent_queries: 256,
             max_map_requests: 1024,
             holder_timeout_ms: 0,
+            hedge_budget: 0.05,
+            adaptive_selection: true,
         }
     }
 }

@@ -127,6 +127,11 @@ fn validate_names_the_field() {
             c.query.max_concurrent_queries = 0
         }),
         ("query.max_map_requests", |c| c.query.max_map_requests = 0),
+        ("query.hedge_budget", |c| c.query.hedge_budget = 1.5),
+        ("node.http_advertise", |c| {
+            c.node.http_advertise = Some("no-port".into())
+        }),
+        ("query.hedge_budget", |c| c.query.hedge_budget = f64::NAN),
     ] {
         let mut config = Config::default();
         set(&mut config);

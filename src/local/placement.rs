@@ -150,10 +150,13 @@ impl Inner {
         replicas: Replicas,
         shard_ids: &[String],
     ) -> BTreeSet<String> {
-        shard_ids
-            .iter()
-            .filter(|s| state.chosen(name, s, replicas).contains(&self.node_id))
-            .cloned()
+        let shards: Vec<&str> = shard_ids.iter().map(String::as_str).collect();
+        state
+            .place(name, &shards, replicas)
+            .into_iter()
+            .zip(shard_ids)
+            .filter(|(chosen, _)| chosen.contains(&self.node_id))
+            .map(|(_, shard)| shard.clone())
             .collect()
     }
 

@@ -14,12 +14,14 @@
 //! as if none were, and the load fails visibly ("no room") instead of the
 //! shard silently having no copy.
 //!
+//! `spread`: the copies of one database evened out over the members;
 //! `plan`: the downloads, trashes and waiting extra copies that follow from it;
 //! `rebalance`: moves that even out disk use.
 
 pub mod inventory;
 pub mod plan;
 pub mod rebalance;
+mod spread;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use super::HeldState;
+use super::spread::{Shards, even_out};
 use super::{Candidate, choose_hashed, shard_key, stable_hash};
 use crate::records::Replicas;
 
@@ -119,33 +120,69 @@ impl ClusterState {
             .collect()
     }
 
-    /// The members placement chooses for one shard, best first: rendezvous
-    /// hashing, or the rebalancer's pin while it still fits (as many members as
-    /// copies wanted, every one a candidate that can take it).
-    pub fn chosen(&self, database: &str, shard: &str, replicas: Replicas) -> Vec<String> {
-        let key = shard_key(database, shard);
-        let holders = self.holders(database, shard);
+    /// The members placement chooses for each shard of `layout`, best first.
+    pub fn placement(&self, layout: &Layout) -> Vec<Vec<String>> {
+        let shards: Vec<&str> = layout.shards.iter().map(|(s, _)| s.as_str()).collect();
+        self.place(&layout.name, &shards, layout.replicas)
+    }
+
+    /// The members placement chooses for each of `shards` (every shard of
+    /// `database`: a database's copies are spread evenly together), best
+    /// first: rendezvous hashing, evened out (see `spread`), or the
+    /// rebalancer's pin while it still fits (as many members as copies wanted,
+    /// every one a candidate that can take it).
+    pub fn place(&self, database: &str, shards: &[&str], replicas: Replicas) -> Vec<Vec<String>> {
         let hashes = self.member_hashes.get_or_init(|| {
             self.candidates
                 .iter()
                 .map(|c| (c.id.clone(), stable_hash(&c.id)))
                 .collect()
         });
-        let hashed = choose_hashed(&key, &self.candidates, replicas, &holders, |id| {
-            hashes.get(id).copied().unwrap_or_else(|| stable_hash(id))
-        });
-        if let Some(pinned) = self.pins.get(&key) {
-            let fits = pinned.len() == hashed.len()
+        let member_hash = |id: &str| hashes.get(id).copied().unwrap_or_else(|| stable_hash(id));
+        let keys: Vec<String> = shards.iter().map(|s| shard_key(database, s)).collect();
+        let holders: Vec<BTreeSet<String>> =
+            shards.iter().map(|s| self.holders(database, s)).collect();
+        let mut chosen: Vec<Vec<String>> = keys
+            .iter()
+            .zip(&holders)
+            .map(|(key, held)| choose_hashed(key, &self.candidates, replicas, held, member_hash))
+            .collect();
+        let spread = Shards {
+            database,
+            keys: &keys,
+        };
+        even_out(&spread, &mut chosen, &self.candidates, member_hash);
+        for ((key, held), members) in keys.iter().zip(&holders).zip(chosen.iter_mut()) {
+            let Some(pinned) = self.pins.get(key) else {
+                continue;
+            };
+            let fits = pinned.len() == members.len()
                 && pinned.iter().all(|node| {
-                    self.candidates.iter().any(|c| {
-                        c.id == *node && c.weight > 0 && (!c.full || holders.contains(node))
-                    })
+                    self.candidates
+                        .iter()
+                        .any(|c| c.id == *node && c.weight > 0 && (!c.full || held.contains(node)))
                 });
             if fits {
-                return pinned.clone();
+                *members = pinned.clone();
             }
         }
-        hashed
+        chosen
+    }
+
+    /// The members placement chooses for one shard of `database`, whose
+    /// shards are `shards`.
+    pub fn chosen_for(
+        &self,
+        database: &str,
+        shards: &[&str],
+        replicas: Replicas,
+        shard: &str,
+    ) -> Vec<String> {
+        shards
+            .iter()
+            .position(|s| *s == shard)
+            .map(|i| self.place(database, shards, replicas).swap_remove(i))
+            .unwrap_or_default()
     }
 }
 
@@ -153,8 +190,8 @@ impl ClusterState {
 pub fn plan(layouts: &[Layout], cluster: &ClusterState) -> Plan {
     let mut plan = Plan::default();
     for layout in layouts {
-        for (shard, bytes) in &layout.shards {
-            let chosen = cluster.chosen(&layout.name, shard, layout.replicas);
+        let placement = cluster.placement(layout);
+        for ((shard, bytes), chosen) in layout.shards.iter().zip(placement) {
             let action = |node: &str, reason: String| Action {
                 node: node.to_string(),
                 database: layout.name.clone(),
@@ -227,13 +264,15 @@ pub fn what_if(layout: &Layout, cluster: &ClusterState, replicas: Replicas) -> V
         now.insert(&candidate.id, (0, false));
         after.insert(&candidate.id, (0, false));
     }
-    for (shard, bytes) in &layout.shards {
+    let shards: Vec<&str> = layout.shards.iter().map(|(s, _)| s.as_str()).collect();
+    let placement = cluster.place(&layout.name, &shards, replicas);
+    for ((shard, bytes), chosen) in layout.shards.iter().zip(placement) {
         for node in cluster.holders(&layout.name, shard) {
             if let Some(entry) = now.get_mut(node.as_str()) {
                 *entry = (entry.0 + bytes, true);
             }
         }
-        for node in cluster.chosen(&layout.name, shard, replicas) {
+        for node in chosen {
             if let Some(entry) = after.get_mut(node.as_str()) {
                 *entry = (entry.0 + bytes, true);
             }
@@ -317,20 +356,24 @@ mod tests {
         state.live.insert("d".into());
         let join = plan(&layouts, &state);
         assert!(!join.downloads.is_empty());
-        assert!(join.downloads.iter().all(|a| a.node == "d"));
+        // d gets its quota (a quarter of the copies); a few copies change
+        // places between the others as their quotas shrink.
+        let to_d = join.downloads.iter().filter(|a| a.node == "d").count();
+        assert_eq!(to_d, 20, "{join:?}");
+        assert!(join.downloads.len() <= 26, "{join:?}");
         assert!(
             join.trashes.is_empty(),
             "nothing is trashed before d is ready"
         );
         assert_eq!(join.waiting.len(), join.downloads.len());
-        // d downloading: still nothing to trash.
+        // Copies being made: still nothing to trash, nothing new.
         for a in &join.downloads {
-            hold(&mut state, "d", &a.shard, HeldState::Downloading);
+            hold(&mut state, &a.node, &a.shard, HeldState::Downloading);
         }
         let downloading = plan(&layouts, &state);
         assert!(downloading.downloads.is_empty() && downloading.trashes.is_empty());
         for a in &join.downloads {
-            hold(&mut state, "d", &a.shard, HeldState::Ready);
+            hold(&mut state, &a.node, &a.shard, HeldState::Ready);
         }
         let ready = plan(&layouts, &state);
         assert_eq!(ready.trashes.len(), join.downloads.len());
@@ -368,7 +411,7 @@ mod tests {
     fn extra_copies_wait_for_every_chosen_copy_and_nothing_is_trashed_without_candidates() {
         let layouts = [layout(1, 1)];
         let mut state = cluster(&["a", "b"]);
-        let chosen = state.chosen("db", "0", Replicas::Count(1))[0].clone();
+        let chosen = state.placement(&layouts[0])[0][0].clone();
         let other = if chosen == "a" { "b" } else { "a" };
         hold(&mut state, other, "0", HeldState::Ready);
         hold(&mut state, &chosen, "0", HeldState::Failed);

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::HeldState;
 use super::plan::{ClusterState, Layout};
 use super::shard_key;
+use super::spread::rebalance_limits;
 
 /// One member's disk use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,11 @@ struct Scan<'a> {
     /// Each member's placed copies (layout index, shard index, chosen members),
     /// computed once per pass.
     placed: HashMap<String, Vec<Placed>>,
+    /// Copies of each database (by layout index) per member, and the most each
+    /// member may hold (`spread::rebalance_limits`): a move never leaves a
+    /// member with more than 1.2 times its share of a database.
+    counts: HashMap<(usize, String), usize>,
+    bounds: Vec<HashMap<String, usize>>,
 }
 
 /// A member that may take a copy: its use ratio, id, used and capacity.
@@ -73,9 +79,9 @@ type Target<'b> = (f64, &'b String, u64, u64);
 /// A placed copy: layout index, shard index, the shard's chosen members.
 type Placed = (usize, usize, std::rc::Rc<Vec<String>>);
 
-/// A copy found to move: database layout, shard, bytes, its chosen members and
-/// the target.
-type Found<'a> = (&'a Layout, String, u64, Vec<String>, String);
+/// A copy found to move: database (layout index), shard, bytes, its chosen
+/// members and the target.
+type Found = (usize, String, u64, Vec<String>, String);
 
 impl<'a> Scan<'a> {
     fn state(&self, node: &str, database: &str, shard: &str) -> Option<HeldState> {
@@ -84,9 +90,9 @@ impl<'a> Scan<'a> {
 
     /// The largest ready copy on `source` that some member below the mean can
     /// take without ending up fuller than the source.
-    fn find(&self, source: &str, targets: &[Target<'_>]) -> Option<Found<'a>> {
+    fn find(&self, source: &str, targets: &[Target<'_>]) -> Option<Found> {
         let (source_used, source_capacity) = self.used[source];
-        let mut copies: Vec<(&'a Layout, &'a str, u64, Vec<String>)> = Vec::new();
+        let mut copies: Vec<(usize, &'a str, u64, Vec<String>)> = Vec::new();
         for (l, s, chosen) in self.placed.get(source).into_iter().flatten() {
             let layout = &self.layouts[*l];
             let (shard, bytes) = &layout.shards[*s];
@@ -94,14 +100,15 @@ impl<'a> Scan<'a> {
                 continue;
             }
             if self.state(source, &layout.name, shard) == Some(HeldState::Ready) {
-                copies.push((layout, shard, *bytes, chosen.as_ref().clone()));
+                copies.push((*l, shard, *bytes, chosen.as_ref().clone()));
             }
         }
         copies.sort_by(|a, b| {
             b.2.cmp(&a.2)
-                .then_with(|| (&a.0.name, a.1).cmp(&(&b.0.name, b.1)))
+                .then_with(|| (&self.layouts[a.0].name, a.1).cmp(&(&self.layouts[b.0].name, b.1)))
         });
-        for (layout, shard, bytes, chosen) in copies {
+        for (l, shard, bytes, chosen) in copies {
+            let layout = &self.layouts[l];
             let source_after = ratio(source_used.saturating_sub(bytes), source_capacity);
             for (now, target, target_used, target_capacity) in targets {
                 if *now > source_after {
@@ -115,8 +122,16 @@ impl<'a> Scan<'a> {
                 if target.as_str() == source || chosen.contains(target) || holds {
                     continue;
                 }
+                let count = self
+                    .counts
+                    .get(&(l, target.to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                if count >= self.bounds[l].get(*target).copied().unwrap_or(usize::MAX) {
+                    continue;
+                }
                 if ratio(target_used + bytes, *target_capacity) <= source_after {
-                    return Some((layout, shard.to_string(), bytes, chosen, (*target).clone()));
+                    return Some((l, shard.to_string(), bytes, chosen, (*target).clone()));
                 }
             }
         }
@@ -164,6 +179,8 @@ pub fn rebalance(
         mean: ratio(total_used, total_capacity),
         moved: BTreeSet::new(),
         placed: HashMap::new(),
+        counts: HashMap::new(),
+        bounds: Vec::new(),
     };
     let mut moves = Vec::new();
     while moves.len() < limit {
@@ -181,10 +198,18 @@ pub fn rebalance(
         if scan.placed.is_empty() {
             // Who holds what: once per pass, and only when something may move.
             for (l, layout) in layouts.iter().enumerate() {
-                for (s, (shard, _)) in layout.shards.iter().enumerate() {
-                    let chosen =
-                        std::rc::Rc::new(cluster.chosen(&layout.name, shard, layout.replicas));
+                let placement = cluster.placement(layout);
+                let copies = placement.iter().map(Vec::len).sum();
+                scan.bounds.push(
+                    rebalance_limits(&cluster.candidates, copies)
+                        .into_iter()
+                        .map(|(id, bound)| (id.to_string(), bound))
+                        .collect(),
+                );
+                for (s, chosen) in placement.into_iter().enumerate() {
+                    let chosen = std::rc::Rc::new(chosen);
                     for node in chosen.iter() {
+                        *scan.counts.entry((l, node.clone())).or_default() += 1;
                         scan.placed
                             .entry(node.clone())
                             .or_default()
@@ -206,9 +231,14 @@ pub fn rebalance(
         let found = sources
             .into_iter()
             .find_map(|(source, _)| scan.find(&source, &targets).map(|found| (source, found)));
-        let Some((source, (layout, shard, bytes, chosen, target))) = found else {
+        let Some((source, (l, shard, bytes, chosen, target))) = found else {
             break;
         };
+        let layout = &layouts[l];
+        if let Some(count) = scan.counts.get_mut(&(l, source.clone())) {
+            *count = count.saturating_sub(1);
+        }
+        *scan.counts.entry((l, target.clone())).or_default() += 1;
         let (s_used, s_capacity) = scan.used[&source];
         let (t_used, t_capacity) = scan.used[&target];
         let reason = format!(
@@ -258,8 +288,9 @@ mod tests {
         state.holdings.clear();
         let mut used: BTreeMap<String, u64> = BTreeMap::new();
         for layout in layouts {
-            for (shard, bytes) in &layout.shards {
-                for node in state.chosen(&layout.name, shard, layout.replicas) {
+            let placement = state.placement(layout);
+            for ((shard, bytes), chosen) in layout.shards.iter().zip(placement) {
+                for node in chosen {
                     state.set_state(&node, &layout.name, shard, HeldState::Ready);
                     *used.entry(node).or_default() += bytes;
                 }
@@ -317,8 +348,7 @@ mod tests {
             "{before} → {usage:?}"
         );
         // Every shard still has its two copies on two members.
-        for (shard, _) in &layouts[0].shards {
-            let chosen = state.chosen("db", shard, Replicas::Count(2));
+        for chosen in state.placement(&layouts[0]) {
             assert_eq!(chosen.len(), 2);
             assert_ne!(chosen[0], chosen[1]);
         }

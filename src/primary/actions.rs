@@ -14,12 +14,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::{Primary, Role};
-use crate::catalog::Replicas;
 use crate::cluster::Membership;
 use crate::local::Local;
 use crate::placement::HeldState;
 use crate::placement::inventory::Inventory;
-use crate::placement::plan::{Action, ClusterState};
+use crate::placement::plan::{Action, ClusterState, Layout};
 
 /// The body of `POST /v1/internal/trash`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +58,7 @@ pub fn check_trash(
     self_id: &str,
     known_term: u64,
     seen: Option<&Primary>,
-    replicas: Option<Replicas>,
+    layout: Option<&Layout>,
     state: &ClusterState,
 ) -> Result<(), Refusal> {
     if request.term < known_term {
@@ -80,11 +79,12 @@ pub fn check_trash(
             });
         }
     }
-    let Some(replicas) = replicas else {
+    let Some(layout) = layout else {
         return Err(Refusal::UnknownDatabase(request.database.clone()));
     };
     let shard = format!("{}/{}", request.database, request.shard);
-    let chosen = state.chosen(&request.database, &request.shard, replicas);
+    let shards: Vec<&str> = layout.shards.iter().map(|(s, _)| s.as_str()).collect();
+    let chosen = state.chosen_for(&layout.name, &shards, layout.replicas, &request.shard);
     if chosen.iter().any(|c| c == self_id) {
         return Err(Refusal::PlacedHere(shard));
     }
@@ -214,6 +214,7 @@ async fn post_trash(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Replicas;
 
     fn state(ready_on: &[&str]) -> ClusterState {
         let mut cluster = crate::placement::plan::fixtures::cluster(&["a", "b", "c"]);
@@ -226,7 +227,13 @@ mod tests {
     #[test]
     fn a_holder_refuses_stale_terms_strangers_and_too_few_copies() {
         let full = state(&["a", "b", "c"]);
-        let chosen = full.chosen("db", "0", Replicas::Count(2));
+        let layout = Layout {
+            name: "db".into(),
+            replicas: Replicas::Count(2),
+            shards: vec![("0".into(), 100)],
+            global_bytes: 0,
+        };
+        let chosen = full.placement(&layout).swap_remove(0);
         let extra = ["a", "b", "c"]
             .into_iter()
             .find(|id| !chosen.iter().any(|c| c == id))
@@ -242,14 +249,7 @@ mod tests {
             term: 3,
         };
         let check = |request: &TrashRequest, me: &str, state: &ClusterState| {
-            check_trash(
-                request,
-                me,
-                3,
-                Some(&primary),
-                Some(Replicas::Count(2)),
-                state,
-            )
+            check_trash(request, me, 3, Some(&primary), Some(&layout), state)
         };
         assert_eq!(check(&request, extra, &full), Ok(()));
         let stale = TrashRequest {
@@ -284,7 +284,7 @@ mod tests {
         ));
         // A node that sees no primary (a minority side) refuses everything.
         assert!(matches!(
-            check_trash(&request, extra, 3, None, Some(Replicas::Count(2)), &full),
+            check_trash(&request, extra, 3, None, Some(&layout), &full),
             Err(Refusal::NotPrimary { .. })
         ));
         assert!(matches!(

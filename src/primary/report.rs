@@ -91,18 +91,16 @@ impl Role {
     ) -> Result<(), NodeError> {
         let state = membership.current_state(node).await?;
         let (known_term, seen) = self.standing();
-        let replicas = node
-            .registry()?
-            .definitions
-            .get(&request.database)
-            .and_then(|d| d.definition.as_ref())
-            .map(|d| d.replicas);
+        let layout = node
+            .layouts()?
+            .into_iter()
+            .find(|l| l.name == request.database);
         check_trash(
             request,
             node.id(),
             known_term,
             seen.as_ref(),
-            replicas,
+            layout.as_ref(),
             &state,
         )
         .map_err(|refusal| NodeError::Conflict(refusal.to_string()))?;

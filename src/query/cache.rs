@@ -30,6 +30,9 @@ pub(crate) struct Cached {
     pub result: Bytes,
     /// Shards it covers.
     pub shards: usize,
+    /// The database it answers about: its entries are forgotten once it is
+    /// deleted.
+    pub database: String,
 }
 
 /// What became of a query with respect to the cache (`meta.cache`).
@@ -124,6 +127,24 @@ impl ResultCache {
         evicted
     }
 
+    /// Forgets the answers about databases `keep` says no to; returns how
+    /// many.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) -> u64 {
+        let mut inner = lock(&self.inner);
+        let gone: Vec<String> = inner
+            .entries
+            .iter()
+            .filter(|(_, cached)| !keep(&cached.database))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &gone {
+            if let Some(old) = inner.entries.pop(key) {
+                inner.bytes = inner.bytes.saturating_sub(cost(key, &old));
+            }
+        }
+        gone.len() as u64
+    }
+
     pub(crate) fn stats(&self) -> CacheStats {
         let inner = lock(&self.inner);
         CacheStats {
@@ -165,8 +186,10 @@ pub(crate) fn key(
 /// answer itself.
 const OWNER_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
-/// The header carrying a kept answer's shard count on the internal routes.
+/// The headers carrying a kept answer's shard count and database on the
+/// internal routes.
 pub(crate) const SHARDS_HEADER: &str = "x-dram-shards";
+pub(crate) const DATABASE_HEADER: &str = "x-dram-database";
 
 /// The answer the owner at `address` keeps for `key`; `None` when it keeps
 /// none, or does not answer within [`OWNER_WAIT`].
@@ -186,15 +209,15 @@ pub(crate) async fn fetch(
     if !response.status().is_success() {
         return None;
     }
-    let shards = response
-        .headers()
-        .get(SHARDS_HEADER)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
+    let header = |name: &str| Some(response.headers().get(name)?.to_str().ok()?.to_string());
+    let shards = header(SHARDS_HEADER)?.parse().ok()?;
+    let database = header(DATABASE_HEADER)?;
     let result = response.bytes().await.ok()?;
-    Some(Cached { result, shards })
+    Some(Cached {
+        result,
+        shards,
+        database,
+    })
 }
 
 /// Hands `cached` to the owner at `address` (what it keeps is its own
@@ -211,6 +234,7 @@ pub(crate) async fn store(
         .put(url)
         .timeout(OWNER_WAIT * 10)
         .header(SHARDS_HEADER, cached.shards.to_string())
+        .header(DATABASE_HEADER, &cached.database)
         .header("content-type", "application/json")
         .body(cached.result);
     if let Some(secret) = secret {
@@ -259,6 +283,7 @@ mod tests {
         Cached {
             result: Bytes::from(vec![b'1'; bytes]),
             shards: 1,
+            database: "db".into(),
         }
     }
 
@@ -342,6 +367,24 @@ mod tests {
         let before = cache.stats().bytes;
         cache.put("k8".into(), answer(900));
         assert_eq!(cache.stats().bytes, before);
+    }
+
+    #[test]
+    fn answers_about_a_deleted_database_are_forgotten() {
+        let cache = ResultCache::new(8 * 1000);
+        cache.put("a".into(), answer(100));
+        let other = Cached {
+            database: "other".into(),
+            ..answer(100)
+        };
+        cache.put("b".into(), other);
+        let before = cache.stats().bytes;
+        assert_eq!(cache.retain(|database| database != "db"), 1);
+        assert!(cache.get("a").is_none());
+        assert!(cache.get("b").is_some());
+        assert_eq!(cache.stats().entries, 1);
+        assert!(cache.stats().bytes < before);
+        assert_eq!(cache.retain(|_| true), 0);
     }
 
     #[test]

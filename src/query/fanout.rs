@@ -1,8 +1,9 @@
 //! The fan-out core, shared by a query's root and the direct client: which
-//! holder gets which shards, one map request per holder, a hedge when a
-//! holder is slow (its shards asked of their next holders too, the first
-//! full answer wins), one retry per failed shard on its next holder, and the
-//! request itself (`send_map`, MessagePack back).
+//! holder gets which shards (the least busy, a much slower one last: see
+//! `latency`), one map request per holder, a hedge when a holder is slow (its
+//! shards asked of their next holders too, the first full answer wins), one
+//! retry per failed shard on its next holder, and the request itself
+//! (`send_map`, MessagePack back).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::NodeMeta;
 use super::QueryError;
 use super::analysis::DynPartial;
+use super::latency::Latencies;
 use super::root::{Gathered, LOAD_STEP, MapRequest, RootQuery};
 use crate::placement::{score, shard_key};
 
@@ -26,10 +28,37 @@ pub(crate) struct FanOut<'a> {
     pub holders: &'a HashMap<String, Vec<String>>,
     /// Map work under way per member (the `load` gossip key); absent is idle.
     pub load: &'a HashMap<String, u64>,
-    /// How long each member may take before its shards are also asked of
-    /// their next holders (absent: no hedge).
-    pub holder_timeout: &'a HashMap<String, Duration>,
+    /// What the root knows of its holders' latency (`None`: no hedges, no
+    /// adaptive selection).
+    pub hedging: Option<Hedging<'a>>,
     pub allow_partial: bool,
+}
+
+/// How a root hedges and picks holders by latency.
+pub(crate) struct Hedging<'a> {
+    pub latencies: &'a Latencies,
+    /// The analysis: its recent round trips set when to hedge.
+    pub analysis: &'a str,
+    /// Share of map requests that may be hedged early (`query.hedge_budget`).
+    pub budget: f64,
+    /// A fixed time before every hedge (`query.holder_timeout_ms`), instead
+    /// of the 95th percentile and the patience.
+    pub fixed: Option<Duration>,
+    /// How long each member is waited for once the budget is spent (four
+    /// times its gossiped p99, at least 200 ms).
+    pub patience: HashMap<String, Duration>,
+    /// Each member's own recent map time (ms, its `load` gossip key): its
+    /// latency while the root has no figures of its own.
+    pub gossiped_ms: &'a HashMap<String, u64>,
+    /// Whether a much slower holder is asked last (`query.adaptive_selection`).
+    pub adaptive: bool,
+}
+
+/// When a request is hedged: early (if the budget allows), else after the
+/// holder's patience.
+struct HedgeAt {
+    early: Option<Duration>,
+    patience: Duration,
 }
 
 /// A shard whose request failed: (shard, (node, error)).
@@ -39,7 +68,7 @@ type ShardFailure = (String, (String, QueryError));
 struct Answer {
     node: String,
     shards: Vec<String>,
-    took_ms: u64,
+    took: Duration,
     result: Result<DynPartial, QueryError>,
 }
 
@@ -51,8 +80,20 @@ impl FanOut<'_> {
         Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
     {
         let mut gathered = Gathered::default();
-        // Per shard, its holders best first: the least loaded, ties by rendezvous
-        // score (the same holder each time while loads are even: warm caches).
+        // Members much slower than the best of this query's holders: last.
+        let slow: HashSet<String> = match &self.hedging {
+            Some(h) if h.adaptive => {
+                let members: HashSet<&String> = self.holders.values().flatten().collect();
+                h.latencies
+                    .slow(members.into_iter(), h.gossiped_ms)
+                    .into_iter()
+                    .collect()
+            }
+            _ => HashSet::new(),
+        };
+        // Per shard, its holders best first: not slow, the least loaded, ties
+        // by rendezvous score (the same holder each time while loads are even:
+        // warm caches).
         let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut missing = Vec::new();
         for shard in self.shards {
@@ -62,8 +103,9 @@ impl FanOut<'_> {
             // does not outweigh cache affinity.
             let load = |node: &String| self.load.get(node).copied().unwrap_or(0) / LOAD_STEP;
             list.sort_by(|a, b| {
-                load(a)
-                    .cmp(&load(b))
+                slow.contains(a)
+                    .cmp(&slow.contains(b))
+                    .then_with(|| load(a).cmp(&load(b)))
                     .then_with(|| score(&key, b, 1).total_cmp(&score(&key, a, 1)))
             });
             if list.is_empty() {
@@ -79,9 +121,28 @@ impl FanOut<'_> {
                 .or_default()
                 .push(shard.clone());
         }
+        let hedging = self.hedging.as_ref();
+        if let Some(h) = hedging {
+            h.latencies.sent(first.len() as u64);
+        }
+        let early = hedging.and_then(|h| match h.fixed {
+            Some(_) => None,
+            None => h.latencies.p95(h.analysis),
+        });
+        let take = || hedging.is_some_and(|h| h.latencies.take_hedge(h.budget));
         let requests = first.into_iter().map(|(node, shards)| {
             // The hedge: every shard to its next holder (none if one has no other).
-            let hedge = self.holder_timeout.get(&node).and_then(|after| {
+            let hedge = hedging.and_then(|h| {
+                let at = match h.fixed {
+                    Some(fixed) => HedgeAt {
+                        early: None,
+                        patience: fixed,
+                    },
+                    None => HedgeAt {
+                        early,
+                        patience: h.patience.get(&node).copied()?,
+                    },
+                };
                 let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for shard in &shards {
                     let next = candidates[shard].iter().find(|c| **c != node)?;
@@ -90,15 +151,18 @@ impl FanOut<'_> {
                         .or_default()
                         .push(shard.clone());
                 }
-                Some((*after, elsewhere))
+                Some((at, elsewhere))
             });
-            hedged(&send, node, shards, hedge)
+            hedged(&send, node, shards, hedge, &take)
         });
         let mut errors: HashMap<String, (String, QueryError)> = HashMap::new();
         // Shards already asked of two holders: not retried again.
         let mut asked_twice: HashSet<String> = HashSet::new();
         for outcome in futures::future::join_all(requests).await {
             if let Some((node, shards, after)) = outcome.abandoned {
+                if let Some(h) = hedging {
+                    h.latencies.record(&node, h.analysis, after, false);
+                }
                 gathered.meta.hedges += 1;
                 asked_twice.extend(shards.iter().cloned());
                 gathered.meta.nodes.push(NodeMeta {
@@ -106,12 +170,16 @@ impl FanOut<'_> {
                     shards: shards.len(),
                     took_ms: after.as_millis() as u64,
                     error: Some(format!(
-                        "no answer within {} ms: its shards were asked of their next holders",
-                        after.as_millis()
+                        "no answer within {:.1} ms: its shards were asked of their next holders",
+                        after.as_secs_f64() * 1000.0
                     )),
                 });
             }
             for answer in outcome.answers {
+                if let (Some(h), Ok(_)) = (hedging, &answer.result) {
+                    h.latencies
+                        .record(&answer.node, h.analysis, answer.took, true);
+                }
                 if let Err(e) = gathered.take(answer) {
                     errors.extend(e);
                 }
@@ -176,7 +244,7 @@ impl Gathered {
         self.meta.nodes.push(NodeMeta {
             node: answer.node,
             shards: answer.shards.len(),
-            took_ms: answer.took_ms,
+            took_ms: answer.took.as_millis() as u64,
             error,
         });
         if failed.is_empty() {
@@ -209,7 +277,7 @@ where
     Answer {
         node,
         shards,
-        took_ms: started.elapsed().as_millis() as u64,
+        took: started.elapsed(),
         result,
     }
 }
@@ -223,12 +291,14 @@ struct Hedged {
 
 /// One holder's request; past `hedge`'s time without an answer, its shards
 /// are asked of the other holders too, and the first full answer wins (the
-/// other request is dropped, which cancels its work).
+/// other request is dropped, which cancels its work). The early hedge is made
+/// only if `take` grants it from the budget; else the holder's patience runs.
 async fn hedged<F, Fut>(
     send: &F,
     node: String,
     shards: Vec<String>,
-    hedge: Option<(Duration, BTreeMap<String, Vec<String>>)>,
+    hedge: Option<(HedgeAt, BTreeMap<String, Vec<String>>)>,
+    take: &impl Fn() -> bool,
 ) -> Hedged
 where
     F: Fn(String, Vec<String>) -> Fut,
@@ -239,17 +309,28 @@ where
         abandoned: None,
     };
     let original = send_one(send, node.clone(), shards.clone());
-    let Some((after, elsewhere)) = hedge else {
+    let Some((at, elsewhere)) = hedge else {
         return kept(vec![original.await]);
     };
     tokio::pin!(original);
-    tokio::select! {
-        answer = &mut original => return kept(vec![answer]),
-        () = tokio::time::sleep(after) => {}
+    let mut waited = Duration::ZERO;
+    if let Some(early) = at.early.filter(|early| *early < at.patience) {
+        tokio::select! {
+            answer = &mut original => return kept(vec![answer]),
+            () = tokio::time::sleep(early) => {}
+        }
+        waited = early;
+    }
+    if waited.is_zero() || !take() {
+        tokio::select! {
+            answer = &mut original => return kept(vec![answer]),
+            () = tokio::time::sleep(at.patience - waited) => {}
+        }
+        waited = at.patience;
     }
     let others = send_all(send, elsewhere);
     tokio::pin!(others);
-    let abandoned = Some((node, shards, after));
+    let abandoned = Some((node, shards, waited));
     tokio::select! {
         answer = &mut original => {
             if answer.result.is_ok() {
@@ -395,7 +476,7 @@ mod tests {
             shards: shards.iter().map(|s| s.to_string()).collect(),
             holders,
             load,
-            holder_timeout: &HashMap::new(),
+            hedging: None,
             allow_partial,
         };
         let result = plan
@@ -444,57 +525,137 @@ mod tests {
         );
     }
 
-    /// A hung holder (it never answers) past its timeout: its shards are
-    /// asked of their next holders, whose answer wins; a holder that does
-    /// answer in time is not hedged.
-    #[tokio::test]
-    async fn a_silent_holder_is_hedged_to_the_next_one() {
+    /// Runs a fan-out of shards 0 and 1 (held by a and b; b busier, so a is
+    /// asked first) where `hung` never answers and the others answer after
+    /// `answers_after_ms`; returns the members asked, in order, and the meta.
+    async fn hedge_run(
+        latencies: &Latencies,
+        budget: f64,
+        fixed: Option<Duration>,
+        hung: Option<&str>,
+        answers_after_ms: u64,
+    ) -> (Vec<String>, super::super::root::GatheredMeta) {
         let map = holders(&[("0", &["a", "b"]), ("1", &["a", "b"])]);
         let load = HashMap::from([("b".to_string(), LOAD_STEP)]);
-        let timeouts = HashMap::from([
-            ("a".to_string(), Duration::from_millis(100)),
-            ("b".to_string(), Duration::from_millis(100)),
-        ]);
-        for (hung, answers_after_ms, hedges) in [(true, 0, 1), (false, 10, 0)] {
-            let sent = Mutex::new(Vec::new());
-            let plan = FanOut {
-                database: "db",
-                shards: vec!["0".into(), "1".into()],
-                holders: &map,
-                load: &load,
-                holder_timeout: &timeouts,
-                allow_partial: false,
-            };
-            let gathered = plan
-                .run(|node, shards| {
-                    sent.lock().unwrap().push(node.clone());
-                    let silent = hung && node == "a";
-                    async move {
-                        if silent {
-                            std::future::pending::<()>().await;
-                        }
-                        tokio::time::sleep(Duration::from_millis(answers_after_ms)).await;
-                        Ok(Box::new(shards.len()) as DynPartial)
+        let gossiped = HashMap::new();
+        let sent = Mutex::new(Vec::new());
+        let plan = FanOut {
+            database: "db",
+            shards: vec!["0".into(), "1".into()],
+            holders: &map,
+            load: &load,
+            hedging: Some(Hedging {
+                latencies,
+                analysis: "count",
+                budget,
+                fixed,
+                patience: HashMap::from([
+                    ("a".to_string(), Duration::from_millis(300)),
+                    ("b".to_string(), Duration::from_millis(300)),
+                ]),
+                gossiped_ms: &gossiped,
+                adaptive: true,
+            }),
+            allow_partial: false,
+        };
+        let gathered = plan
+            .run(|node, shards| {
+                sent.lock().unwrap().push(node.clone());
+                let silent = hung == Some(node.as_str());
+                async move {
+                    if silent {
+                        std::future::pending::<()>().await;
                     }
-                })
-                .await
-                .unwrap();
-            assert_eq!(gathered.meta.shards, 2);
-            assert_eq!(gathered.meta.hedges, hedges, "{:?}", sent.lock().unwrap());
-            assert_eq!(gathered.meta.retries, 0);
-            if hung {
-                assert_eq!(*sent.lock().unwrap(), ["a", "b"]);
-                let a = gathered.meta.nodes.iter().find(|n| n.node == "a").unwrap();
-                assert!(
-                    a.error
-                        .as_deref()
-                        .unwrap()
-                        .contains("no answer within 100 ms")
-                );
+                    tokio::time::sleep(Duration::from_millis(answers_after_ms)).await;
+                    Ok(Box::new(shards.len()) as DynPartial)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(gathered.meta.shards, 2);
+        assert_eq!(gathered.meta.retries, 0);
+        (sent.into_inner().unwrap(), gathered.meta)
+    }
+
+    fn waited(meta: &super::super::root::GatheredMeta, node: &str) -> String {
+        meta.nodes
+            .iter()
+            .find(|n| n.node == node)
+            .and_then(|n| n.error.clone())
+            .unwrap_or_default()
+    }
+
+    /// A hung holder past its fixed timeout or its patience: its shards are
+    /// asked of their next holders, whose answer wins; a holder that answers
+    /// in time is not hedged.
+    #[tokio::test]
+    async fn a_silent_holder_is_hedged_to_the_next_one() {
+        let fixed = Some(Duration::from_millis(100));
+        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, fixed, Some("a"), 0).await;
+        assert_eq!(sent, ["a", "b"]);
+        assert_eq!(meta.hedges, 1);
+        assert!(
+            waited(&meta, "a").contains("no answer within 100.0 ms"),
+            "{meta:?}"
+        );
+        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, fixed, None, 10).await;
+        assert_eq!(sent, ["a"]);
+        assert_eq!(meta.hedges, 0);
+        // No figures yet for early hedges: the holder's patience.
+        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, None, Some("a"), 0).await;
+        assert_eq!(sent, ["a", "b"]);
+        assert!(
+            waited(&meta, "a").contains("no answer within 300.0 ms"),
+            "{meta:?}"
+        );
+    }
+
+    /// With recent figures, a request slower than their 95th percentile is
+    /// hedged at once while the budget allows, after the patience once spent.
+    #[tokio::test]
+    async fn early_hedges_follow_the_p95_within_the_budget() {
+        let latencies = Latencies::default();
+        for _ in 0..100 {
+            latencies.record("a", "count", Duration::from_millis(4), true);
+            latencies.record("b", "count", Duration::from_millis(4), true);
+        }
+        latencies.sent(100);
+        // The budget: one hedge and 5% of the requests sent (107 by the 7th
+        // run): 7 early hedges, then the patience.
+        let mut early = 0;
+        for _ in 0..8 {
+            let (_, meta) = hedge_run(&latencies, 0.05, None, Some("a"), 4).await;
+            assert_eq!(meta.hedges, 1);
+            if waited(&meta, "a").contains("within 4.0 ms") {
+                early += 1;
             } else {
-                assert_eq!(*sent.lock().unwrap(), ["a"]);
+                assert!(waited(&meta, "a").contains("within 300.0 ms"), "{meta:?}");
             }
         }
+        assert_eq!(early, 7);
+        // Budget 0: never early.
+        let fresh = Latencies::default();
+        for _ in 0..100 {
+            fresh.record("a", "count", Duration::from_millis(4), true);
+            fresh.record("b", "count", Duration::from_millis(4), true);
+        }
+        fresh.sent(1_000);
+        let (_, meta) = hedge_run(&fresh, 0.0, None, Some("a"), 0).await;
+        assert!(waited(&meta, "a").contains("within 300.0 ms"), "{meta:?}");
+    }
+
+    /// A holder much slower than the other (adaptive selection) is asked last,
+    /// busy or not.
+    #[tokio::test]
+    async fn a_much_slower_holder_is_asked_last() {
+        let latencies = Latencies::default();
+        for _ in 0..10 {
+            latencies.record("a", "count", Duration::from_millis(50), true);
+            latencies.record("b", "count", Duration::from_millis(1), true);
+        }
+        let (sent, meta) = hedge_run(&latencies, 0.05, None, None, 1).await;
+        assert_eq!(sent, ["b"], "a is idle but much slower than b");
+        assert_eq!(meta.hedges, 0);
     }
 
     #[tokio::test]

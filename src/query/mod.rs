@@ -19,6 +19,7 @@ mod analysis;
 pub(crate) mod cache;
 mod error;
 pub(crate) mod fanout;
+mod latency;
 pub(crate) mod leaf;
 pub(crate) mod root;
 mod shard;
@@ -61,6 +62,11 @@ struct QueriesInner {
     sql: Option<Arc<sql::SqlEngine>>,
     /// Answers kept by database version (`cache.result_bytes`).
     cache: cache::ResultCache,
+    /// Round trips of map requests this node sent as root: hedges and the
+    /// choice of holder go by them.
+    latencies: latency::Latencies,
+    /// The registry's hash when the cache last forgot deleted databases.
+    registry_seen: std::sync::Mutex<String>,
 }
 
 impl Queries {
@@ -79,6 +85,8 @@ impl Queries {
                 #[cfg(feature = "sql")]
                 sql,
                 cache,
+                latencies: latency::Latencies::default(),
+                registry_seen: Default::default(),
             }),
         }
     }
@@ -387,6 +395,7 @@ impl Queries {
         let cached = cache::Cached {
             result,
             shards: meta.shards,
+            database: looked.database.clone(),
         };
         match (&looked.owner, self.peer_client()) {
             (Some(owner), Some(client)) => {
@@ -403,9 +412,37 @@ impl Queries {
 
     /// Keeps an answer in this member's own part of the result cache.
     pub(crate) fn keep_here(&self, key: String, cached: cache::Cached) {
+        self.forget_deleted();
         let evicted = self.inner.cache.put(key, cached);
         if evicted > 0 {
             self.local.metrics().result_cache_evicted(evicted);
+        }
+    }
+
+    /// Forgets the kept answers about databases deleted since the last look
+    /// (the registry changed): they can no longer be asked for, and would
+    /// only hold memory until pushed out.
+    fn forget_deleted(&self) {
+        let Ok(registry) = self.local.registry() else {
+            return;
+        };
+        let hash = registry.digest().hash;
+        {
+            let mut seen = crate::sync::lock(&self.inner.registry_seen);
+            if *seen == hash {
+                return;
+            }
+            *seen = hash;
+        }
+        let defined = |database: &str| {
+            registry
+                .definitions
+                .get(database)
+                .is_some_and(|d| d.definition.is_some())
+        };
+        let forgotten = self.inner.cache.retain(defined);
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "answers about deleted databases forgotten");
         }
     }
 

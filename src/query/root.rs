@@ -9,7 +9,6 @@
 //! The leaf side of `/v1/internal/map` is `Queries::map_request`: the same code the
 //! root runs on its own shards.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +16,8 @@ use tokio::time::Instant as Deadline;
 
 use super::Queries;
 use super::analysis::{DynAnalysis, DynParams, DynPartial};
-use super::fanout::{FanOut, send_map};
+use super::fanout::{FanOut, Hedging, send_map};
+use super::latency::MIN_PATIENCE;
 use super::{NodeMeta, QueryError};
 use crate::local::NodeError;
 use std::sync::Arc;
@@ -25,8 +25,12 @@ use std::sync::Arc;
 /// Map requests in flight that make a holder count as busier than another.
 pub(crate) const LOAD_STEP: u64 = 4;
 
-/// The shortest a holder is waited for before its shards are hedged.
-const MIN_HOLDER_TIMEOUT_MS: u64 = 200;
+/// How long a holder is waited for once the hedge budget is spent (or before
+/// there are figures for early hedges): four times its recent p99 map time
+/// as it gossips it, at least `MIN_PATIENCE`.
+fn patience(p99_ms: u64) -> Duration {
+    Duration::from_millis(p99_ms.saturating_mul(4)).max(MIN_PATIENCE)
+}
 
 /// Marks a query another member forwarded (it is not forwarded again).
 pub const FORWARDED_HEADER: &str = "x-dram-forwarded";
@@ -141,7 +145,7 @@ pub(crate) async fn conclude(
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct GatheredMeta {
     pub shards: usize,
     pub nodes: Vec<NodeMeta>,
@@ -235,8 +239,22 @@ impl Queries {
             }
             None => Default::default(),
         };
-        let holder_timeout = self.holder_timeouts(&found.p99_ms);
-        let (holders, http, load) = (found.holders, found.http, found.load);
+        let config = &self.local.config().query;
+        let hedging = Hedging {
+            latencies: &self.inner.latencies,
+            analysis: &query.analysis_name,
+            budget: config.hedge_budget,
+            fixed: (config.holder_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.holder_timeout_ms)),
+            patience: found
+                .p99_ms
+                .iter()
+                .map(|(node, p99)| (node.clone(), patience(*p99)))
+                .collect(),
+            gossiped_ms: &found.p99_ms,
+            adaptive: config.adaptive_selection,
+        };
+        let (holders, http, load) = (&found.holders, &found.http, &found.load);
         let client = self
             .membership()
             .map(|m| m.http_client().clone())
@@ -245,14 +263,14 @@ impl Queries {
         let plan = FanOut {
             database: &query.database,
             shards,
-            holders: &holders,
-            load: &load,
-            holder_timeout: &holder_timeout,
+            holders,
+            load,
+            hedging: Some(hedging),
             allow_partial: query.allow_partial,
         };
         let result = plan
             .run(|node, shards| {
-                let (client, http, secret) = (&client, &http, secret.as_deref());
+                let (client, secret) = (&client, secret.as_deref());
                 async move {
                     let address = http.get(&node).cloned().unwrap_or_default();
                     send_map(client, &node, &address, secret, query, &shards).await
@@ -264,24 +282,6 @@ impl Queries {
             membership.note_failed_holders(failed.map(|n| n.node.as_str()));
         }
         result
-    }
-
-    /// How long each member may take to answer a map request before its
-    /// shards are also asked of their next holders: `query.holder_timeout_ms`,
-    /// or (0) four times its recent p99, at least 200 ms.
-    fn holder_timeouts(&self, p99_ms: &HashMap<String, u64>) -> HashMap<String, Duration> {
-        let fixed = self.local.config().query.holder_timeout_ms;
-        p99_ms
-            .iter()
-            .map(|(node, p99)| {
-                let ms = if fixed > 0 {
-                    fixed
-                } else {
-                    p99.saturating_mul(4).max(MIN_HOLDER_TIMEOUT_MS)
-                };
-                (node.clone(), Duration::from_millis(ms))
-            })
-            .collect()
     }
 
     /// Sends a query to the member whose registry is furthest ahead; `None`

@@ -196,16 +196,18 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
     );
 
     // What /metrics says.
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url()))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| {
+    let metrics = || async {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", server.url()))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let value = |metrics: &str, name: &str| {
         metrics
             .lines()
             .find(|l| l.starts_with(name))
@@ -213,11 +215,22 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
     };
-    assert_eq!(value("dram_result_cache_total{outcome=\"hit\"}"), 3.0);
-    assert!(value("dram_result_cache_total{outcome=\"miss\"}") >= 5.0);
-    assert!(value("dram_result_cache_total{outcome=\"bypass\"}") >= 4.0);
-    assert!(value("dram_result_cache_bytes") > 0.0);
-    assert_eq!(value("dram_result_cache_entries"), 5.0);
+    let text = metrics().await;
+    assert_eq!(
+        value(&text, "dram_result_cache_total{outcome=\"hit\"}"),
+        3.0
+    );
+    assert!(value(&text, "dram_result_cache_total{outcome=\"miss\"}") >= 5.0);
+    assert!(value(&text, "dram_result_cache_total{outcome=\"bypass\"}") >= 4.0);
+    assert!(value(&text, "dram_result_cache_bytes") > 0.0);
+    assert_eq!(value(&text, "dram_result_cache_entries"), 5.0);
+
+    // A deleted database's answers are forgotten (at the next answer kept):
+    // v1's three leave, v2's two stay, and the new one is kept.
+    admin.delete("/v1/databases/v1").await.unwrap();
+    let fresh = ask(&admin, "v2", "group", json!({"params": {"by": "key"}})).await;
+    assert_eq!(fresh["meta"]["cache"], "miss", "{fresh}");
+    assert_eq!(value(&metrics().await, "dram_result_cache_entries"), 3.0);
     server.shutdown().await;
 }
 

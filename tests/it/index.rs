@@ -161,7 +161,8 @@ async fn the_index_tells_where_files_are_and_what_happened() {
     );
 
     // A file changed in the store after publishing fails its checksum: an
-    // error event per try, on its disk, and the load fails.
+    // error event per try, on its disk (on every member: replicas "all"), and
+    // the load fails.
     publish(
         dir.path(),
         &store_config,
@@ -171,7 +172,10 @@ async fn the_index_tells_where_files_are_and_what_happened() {
     .await;
     std::fs::write(store.join("c/shards/0/x.csv"), b"k\n2\n").unwrap();
     n2.client
-        .post("/v1/databases", &json!({"name": "c", "source": "c"}))
+        .post(
+            "/v1/databases",
+            &json!({"name": "c", "source": "c", "replicas": "all"}),
+        )
         .await
         .unwrap();
     eventually(30, "checksum errors recorded", || async {

@@ -31,7 +31,7 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
     };
     let dir = tempfile::tempdir()?;
     let store_url = format!("file://{}", dir.path().join("store").display());
-    write_events(&dir.path().join("events"), rows)?;
+    write_events(&dir.path().join("events"), SHARDS, rows)?;
     publish(&dir.path().join("events"), &store_url, "events", &[]).await?;
 
     let lone = start(config(dir.path(), "lone", &store_url, "lone", &[])?).await?;
@@ -101,8 +101,10 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
     Ok(vec![table])
 }
 
-fn write_events(folder: &Path, rows: usize) -> Result<()> {
-    for s in 0..SHARDS {
+/// Writes `shards` shards of `rows` rows each (`category,amount`) under
+/// `folder`: the data of the fan-out and hedge cases.
+pub(super) fn write_events(folder: &Path, shards: usize, rows: usize) -> Result<()> {
+    for s in 0..shards {
         let shard = folder.join(format!("shards/{s:02}"));
         std::fs::create_dir_all(&shard)?;
         let mut csv = String::from("category,amount\n");

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod dedup;
 pub mod fanout;
 pub mod gossip;
+pub mod hedge;
 pub mod http;
 pub mod idle;
 pub mod load;
@@ -156,6 +157,11 @@ pub fn cases() -> Vec<Case> {
             name: "cache",
             about: "a dashboard mix of 20 queries (Zipf) on 3 members, with and without the result cache",
             run: cache::run,
+        },
+        Case {
+            name: "hedge",
+            about: "one member of 3 slowed by 50 ms: p99 with adaptive selection and hedges, and without",
+            run: hedge::run,
         },
         Case {
             name: "http",

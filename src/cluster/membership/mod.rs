@@ -166,7 +166,12 @@ impl Membership {
         };
         let info = NodeInfo {
             sql: None,
-            http: advertised(advertise, http_addr).to_string(),
+            http: node
+                .config()
+                .node
+                .http_advertise
+                .clone()
+                .unwrap_or_else(|| advertised(advertise, http_addr).to_string()),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_ms: node.now_ms(),
             zone: node.config().node.zone.clone(),
