@@ -42,19 +42,34 @@ pub fn cluster_state(
     for id in &dead {
         dead_since.entry(id.to_string()).or_insert(now_ms);
     }
+    // A member that has just restarted has not gossiped its disks yet: its
+    // previous generation's stand in, so that it stays a candidate of the
+    // same weight (a restart moves no copy, not even for a round).
+    let mut last_disks: HashMap<&str, &Member> = HashMap::new();
+    for member in members.iter().filter(|m| !m.disks.is_empty()) {
+        last_disks.entry(member.id.as_str()).or_insert(member);
+    }
     let mut candidates = Vec::new();
     let mut seen = BTreeSet::new();
     for member in members {
         let recently_dead = dead_since
             .get(&member.id)
             .is_some_and(|since| now_ms.saturating_sub(*since) < node_left_delay_ms);
-        if !(member.live || recently_dead) || member.disks.is_empty() {
+        let with_disks = if member.disks.is_empty() && member.live {
+            last_disks.get(member.id.as_str()).copied()
+        } else {
+            Some(member)
+        };
+        let Some(with_disks) = with_disks.filter(|m| !m.disks.is_empty()) else {
+            continue;
+        };
+        if !(member.live || recently_dead) {
             continue;
         }
         if !seen.insert(member.id.clone()) {
             continue;
         }
-        let capacity: u64 = member.disks.values().map(|d| d.capacity).sum();
+        let capacity: u64 = with_disks.disks.values().map(|d| d.capacity).sum();
         candidates.push(Candidate {
             id: member.id.clone(),
             zone: member
@@ -63,7 +78,7 @@ pub fn cluster_state(
                 .map(|n| n.zone.clone())
                 .unwrap_or_default(),
             weight: (capacity / WEIGHT_UNIT).max(1),
-            full: member.disks.values().all(|d| d.full),
+            full: with_disks.disks.values().all(|d| d.full),
         });
     }
     let mut holdings = Holdings::new();
@@ -139,6 +154,26 @@ mod tests {
         let later = cluster_state(&members, &[], BTreeMap::new(), &mut dead_since, 1_600, 500);
         let ids: Vec<&str> = later.candidates.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"], "b left more than the delay ago");
+        // c restarted a moment ago: its new generation has gossiped no disk
+        // yet; it stays a candidate, with its old generation's weight.
+        let mut fresh = member("c", true, 0, false);
+        fresh.disks.clear();
+        let restarted = [
+            member("a", true, 100 << 20, false),
+            fresh,
+            member("c", false, 300 << 20, false),
+        ];
+        let state = cluster_state(
+            &restarted,
+            &[],
+            BTreeMap::new(),
+            &mut HashMap::new(),
+            0,
+            500,
+        );
+        let ids: Vec<&str> = state.candidates.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(state.candidates[1].weight, 300);
         // b back: forgotten as dead.
         let back = [member("b", true, 1, false)];
         cluster_state(&back, &[], BTreeMap::new(), &mut dead_since, 1_700, 500);

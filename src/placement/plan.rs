@@ -356,11 +356,9 @@ mod tests {
         state.live.insert("d".into());
         let join = plan(&layouts, &state);
         assert!(!join.downloads.is_empty());
-        // d gets its quota (a quarter of the copies); a few copies change
-        // places between the others as their quotas shrink.
-        let to_d = join.downloads.iter().filter(|a| a.node == "d").count();
-        assert_eq!(to_d, 20, "{join:?}");
-        assert!(join.downloads.len() <= 26, "{join:?}");
+        // Copies move to d only, about its share (20 of 80), within 20%.
+        assert!(join.downloads.iter().all(|a| a.node == "d"), "{join:?}");
+        assert!((16..=24).contains(&join.downloads.len()), "{join:?}");
         assert!(
             join.trashes.is_empty(),
             "nothing is trashed before d is ready"

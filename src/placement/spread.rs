@@ -3,29 +3,32 @@
 //! Rendezvous hashing places each shard on its own, so a database of a few
 //! shards can land unevenly (6 shards on 3 equal members: 4/1/1), and every
 //! query of it then waits on the member holding most. As Elasticsearch balances
-//! the shards of one index before bytes, placement gives each member a quota
-//! of the database's copies — its share by weight of the members that can take
-//! copies, rounded down, and one more for the members with the largest
-//! remainders (ties by their rendezvous score for the database) until the
-//! quotas add up to the copies: 6 shards on 3 equal members land 2/2/2, 7 land
-//! 3/2/2. This is consistent hashing with bounded loads (Mirrokni, Thorup and
-//! Zadimoghaddam, 2018) with the bound made exact.
+//! the shards of one index before bytes, placement bounds each member's copies
+//! of a database: copies spread over zones first (as rendezvous placed them),
+//! then each zone's copies are shared among its members by weight. A member's
+//! bound is its exact quota — its share rounded down, and one more for the
+//! largest remainders (ties by their rendezvous score for the database) until
+//! the quotas add up — or 1.2 times its share, rounded down, when that is
+//! more: 6 shards on 3 equal members land 2/2/2 and 7 land 3/2/2, while a
+//! large database is only kept within 20% of even, so that a join or a leave
+//! churns few copies. This is consistent hashing with bounded loads (Mirrokni,
+//! Thorup and Zadimoghaddam, 2018).
 //!
-//! A member over its quota gives up its weakest claims until it is within it;
-//! each goes to the best-scored member under its quota that does not take a
+//! A member over its bound gives up its weakest claims until it is within it;
+//! each goes to the best-scored member under its bound that does not take a
 //! zone's only copy away. The result depends on the members and the shards
 //! alone, never on who holds what: a plan does not change while its copies
-//! are made. A join or a leave moves the copies rendezvous moves and the few
-//! that changed quotas move (measured in the tests and the scale model).
+//! are made (measured in the tests and the scale model).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use super::{Candidate, score_hashed, stable_hash};
 
-/// The rebalancer may leave a member this much above its share of a
-/// database's copies (1.2: 20% more), to even out disk use.
-pub(crate) const REBALANCE_SLACK: (u128, u128) = (6, 5);
+/// A member may hold this much more than its share of a database's copies
+/// (1.2: 20% more, rounded down) before it gives copies up — and the
+/// rebalancer may fill it that far (rounded up), to even out disk use.
+pub(crate) const SLACK: (u128, u128) = (6, 5);
 
 /// One database's shards as the spread sees them.
 pub(crate) struct Shards<'a> {
@@ -107,11 +110,11 @@ fn quotas<'c>(
 }
 
 /// The most copies of a database (`copies` in all) the rebalancer lets each
-/// member hold: its share by weight and `REBALANCE_SLACK`, rounded up.
+/// member hold: its share by weight and `SLACK`, rounded up.
 pub(crate) fn rebalance_limits(candidates: &[Candidate], copies: usize) -> HashMap<&str, usize> {
     let counted = counted(candidates);
     let total: u128 = counted.iter().map(|c| u128::from(c.weight)).sum();
-    let (num, den) = REBALANCE_SLACK;
+    let (num, den) = SLACK;
     counted
         .into_iter()
         .map(|c| {
@@ -130,28 +133,47 @@ pub(crate) fn even_out(
     member_hash: impl Fn(&str) -> u64,
 ) {
     let counted = counted(candidates);
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for members in chosen.iter() {
+    // Each member's copies: how many, and of which shards.
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut held_by: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, members) in chosen.iter().enumerate() {
         for member in members {
             *counts.entry(member.clone()).or_default() += 1;
+            held_by.entry(member.clone()).or_default().push(i);
         }
     }
-    // Copies on members that take nothing new stay there, outside the quotas.
-    let outside: usize = counts
-        .iter()
-        .filter(|(id, _)| !counted.iter().any(|c| c.id == **id))
-        .map(|(_, n)| n)
-        .sum();
-    let copies: usize = chosen.iter().map(Vec::len).sum::<usize>() - outside;
-    let quotas = quotas(
-        &counted,
-        copies,
-        chosen.len(),
-        shards.database,
-        &member_hash,
-    );
+    // Copies spread over zones first (rendezvous did that): each zone's
+    // copies are shared among its members. Copies on members that take
+    // nothing new stay there, outside the bounds.
+    let mut zones: HashMap<&str, (usize, Vec<&Candidate>)> = HashMap::new();
+    for c in &counted {
+        let zone = zones.entry(c.zone.as_str()).or_default();
+        zone.0 += counts.get(&c.id).copied().unwrap_or(0);
+        zone.1.push(c);
+    }
+    let mut quotas: HashMap<&str, usize> = HashMap::new();
+    for (copies, members) in zones.values() {
+        let exact = self::quotas(
+            members,
+            *copies,
+            chosen.len(),
+            shards.database,
+            &member_hash,
+        );
+        let (num, den) = SLACK;
+        let total: u128 = members.iter().map(|c| u128::from(c.weight)).sum();
+        for c in members {
+            // Its exact quota, or its share with the slack when that is more:
+            // small databases land exactly even, large ones are not churned
+            // for a copy or two.
+            let slack = (*copies as u128 * u128::from(c.weight) * num / (total.max(1) * den))
+                .min(chosen.len() as u128) as usize;
+            let exact = exact.get(c.id.as_str()).copied().unwrap_or(0);
+            quotas.insert(c.id.as_str(), exact.max(slack));
+        }
+    }
     let quota = |id: &str| quotas.get(id).copied().unwrap_or(usize::MAX);
-    let over: Vec<String> = counts
+    let mut over: Vec<String> = counts
         .iter()
         .filter(|(id, n)| **n > quota(id))
         .map(|(id, _)| id.clone())
@@ -159,12 +181,15 @@ pub(crate) fn even_out(
     if over.is_empty() {
         return;
     }
+    over.sort();
     let by_id: HashMap<&str, &Candidate> = candidates.iter().map(|c| (c.id.as_str(), c)).collect();
-    // Members that may take a copy (weight, not past their watermark), with
-    // their hashes.
-    let takers: Vec<(&Candidate, u64)> = candidates
+    // Members that may take a copy (weight, not past their watermark) and are
+    // under their quota, with their hashes. Only members over their quota
+    // give copies up, down to it, so a member never has room again once full.
+    let mut room: Vec<(&Candidate, u64)> = candidates
         .iter()
         .filter(|c| c.weight > 0 && !c.full)
+        .filter(|c| counts.get(&c.id).copied().unwrap_or(0) < quota(&c.id))
         .map(|c| (c, member_hash(&c.id)))
         .collect();
     let key_hashes: Vec<u64> = shards.keys.iter().map(|k| stable_hash(k)).collect();
@@ -174,11 +199,11 @@ pub(crate) fn even_out(
         };
         let own_hash = member_hash(&member);
         // Its copies, weakest claim first.
-        let mut mine: Vec<(f64, usize)> = chosen
-            .iter()
-            .enumerate()
-            .filter(|(_, members)| members.contains(&member))
-            .map(|(i, _)| (score_hashed(key_hashes[i], own_hash, candidate.weight), i))
+        let mut mine: Vec<(f64, usize)> = held_by
+            .get(&member)
+            .into_iter()
+            .flatten()
+            .map(|i| (score_hashed(key_hashes[*i], own_hash, candidate.weight), *i))
             .collect();
         mine.sort_by(|a, b| {
             a.0.partial_cmp(&b.0)
@@ -186,34 +211,35 @@ pub(crate) fn even_out(
                 .then_with(|| a.1.cmp(&b.1))
         });
         for (_, i) in mine {
-            if counts[&member] <= quota(&member) {
+            if counts[&member] <= quota(&member) || room.is_empty() {
                 break;
             }
-            let Some(target) =
-                replacement(&chosen[i], &member, key_hashes[i], &takers, &by_id, |id| {
-                    counts.get(id).copied().unwrap_or(0) < quota(id)
-                })
-            else {
+            let Some(at) = replacement(&chosen[i], &member, key_hashes[i], &room, &by_id) else {
                 continue;
             };
+            let target = room[at].0.id.clone();
             let slot = chosen[i].iter().position(|m| *m == member).expect("chosen");
             chosen[i][slot] = target.clone();
             *counts.get_mut(&member).expect("counted") -= 1;
-            *counts.entry(target).or_default() += 1;
+            let filled = counts.entry(target).or_default();
+            *filled += 1;
+            if *filled >= quota(&room[at].0.id) {
+                room.swap_remove(at);
+            }
         }
     }
 }
 
-/// The member to take `leaving`'s copy of a shard: under its quota, not
-/// chosen already, keeping as many zones as before; the best score first.
+/// The member of `room` (its index there) to take `leaving`'s copy of a
+/// shard: not chosen already, keeping as many zones as before; the best score
+/// first.
 fn replacement(
     members: &[String],
     leaving: &str,
     key_hash: u64,
-    takers: &[(&Candidate, u64)],
+    room: &[(&Candidate, u64)],
     by_id: &HashMap<&str, &Candidate>,
-    has_room: impl Fn(&str) -> bool,
-) -> Option<String> {
+) -> Option<usize> {
     let zone_of = |id: &str| by_id.get(id).map_or("", |c| c.zone.as_str());
     let others: BTreeSet<&str> = members
         .iter()
@@ -222,17 +248,17 @@ fn replacement(
         .collect();
     // The leaving member's zone is needed when no other copy is in it.
     let needs_new_zone = !others.contains(zone_of(leaving));
-    takers
-        .iter()
-        .filter(|(c, _)| !members.contains(&c.id) && has_room(&c.id))
-        .filter(|(c, _)| !needs_new_zone || !others.contains(c.zone.as_str()))
-        .map(|(c, hash)| (score_hashed(key_hash, *hash, c.weight), &c.id))
+    room.iter()
+        .enumerate()
+        .filter(|(_, (c, _))| !members.contains(&c.id))
+        .filter(|(_, (c, _))| !needs_new_zone || !others.contains(c.zone.as_str()))
+        .map(|(at, (c, hash))| (score_hashed(key_hash, *hash, c.weight), &c.id, at))
         .max_by(|a, b| {
             a.0.partial_cmp(&b.0)
                 .unwrap_or(Ordering::Equal)
                 .then_with(|| b.1.cmp(a.1))
         })
-        .map(|(_, id)| id.clone())
+        .map(|(_, _, at)| at)
 }
 
 #[cfg(test)]
@@ -360,8 +386,8 @@ mod tests {
             state.live = state.candidates.iter().map(|c| c.id.clone()).collect();
             let replicas = rng.random_range(1..=3);
             let l = layout(&format!("r{round}"), rng.random_range(1..40), replicas);
-            // Within one copy of its share by weight (where no share is more
-            // than one copy of every shard).
+            // Within one copy of its share by weight, or 1.2 times it (where
+            // no share is more than one copy of every shard).
             let copies = l.shards.len() * replicas as usize;
             let total: u64 = state.candidates.iter().map(|c| c.weight).sum();
             let share = |weight: u64| copies as f64 * weight as f64 / total as f64;
@@ -378,7 +404,7 @@ mod tests {
                     .weight;
                 let share = share(weight);
                 assert!(
-                    (count as f64) < share + 1.0,
+                    (count as f64) < (share + 1.0).max(share * 1.2 + 1e-9),
                     "round {round}: {member} holds {count}, share {share:.2}"
                 );
             }
@@ -461,14 +487,14 @@ mod tests {
             "join: {join_to_newcomer} to the newcomer, {join_elsewhere} elsewhere; \
              leave: {leave_moved} moved, {leave_held} held by the leavers"
         );
-        // Measured (seed 11): leaves move 1.10× the leavers' copies, joins
-        // 28% of their copies between old members — the price of exact
-        // quotas on clusters of 3 to 12 members and databases of 1 to 39
-        // shards, where one copy more or less is a large part of a quota.
-        assert!(ratio < 1.2, "leaves moved {ratio:.3}× the leavers' copies");
+        // Measured (seed 11, clusters of 3 to 12 members, databases of 1 to
+        // 39 shards): leaves move 0.97× the leavers' copies (fewer where a
+        // cluster shrinks below the copies wanted), joins 18% of their copies
+        // between old members (bounds that shrink by a copy).
+        assert!(ratio < 1.1, "leaves moved {ratio:.3}× the leavers' copies");
         let elsewhere = join_elsewhere as f64 / (join_to_newcomer + join_elsewhere) as f64;
         assert!(
-            elsewhere < 0.35,
+            elsewhere < 0.25,
             "joins moved {elsewhere:.3} of their copies between old members"
         );
     }

@@ -526,14 +526,16 @@ mod tests {
     }
 
     /// Runs a fan-out of shards 0 and 1 (held by a and b; b busier, so a is
-    /// asked first) where `hung` never answers and the others answer after
-    /// `answers_after_ms`; returns the members asked, in order, and the meta.
+    /// asked first unless `adaptive` finds it much slower) where `hung` never
+    /// answers and the others answer after `answers_after_ms`; returns the
+    /// members asked, in order, and the meta.
     async fn hedge_run(
         latencies: &Latencies,
         budget: f64,
         fixed: Option<Duration>,
         hung: Option<&str>,
         answers_after_ms: u64,
+        adaptive: bool,
     ) -> (Vec<String>, super::super::root::GatheredMeta) {
         let map = holders(&[("0", &["a", "b"]), ("1", &["a", "b"])]);
         let load = HashMap::from([("b".to_string(), LOAD_STEP)]);
@@ -554,7 +556,7 @@ mod tests {
                     ("b".to_string(), Duration::from_millis(300)),
                 ]),
                 gossiped_ms: &gossiped,
-                adaptive: true,
+                adaptive,
             }),
             allow_partial: false,
         };
@@ -591,18 +593,18 @@ mod tests {
     #[tokio::test]
     async fn a_silent_holder_is_hedged_to_the_next_one() {
         let fixed = Some(Duration::from_millis(100));
-        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, fixed, Some("a"), 0).await;
+        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, fixed, Some("a"), 0, false).await;
         assert_eq!(sent, ["a", "b"]);
         assert_eq!(meta.hedges, 1);
         assert!(
             waited(&meta, "a").contains("no answer within 100.0 ms"),
             "{meta:?}"
         );
-        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, fixed, None, 10).await;
+        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, fixed, None, 10, false).await;
         assert_eq!(sent, ["a"]);
         assert_eq!(meta.hedges, 0);
         // No figures yet for early hedges: the holder's patience.
-        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, None, Some("a"), 0).await;
+        let (sent, meta) = hedge_run(&Latencies::default(), 0.05, None, Some("a"), 0, false).await;
         assert_eq!(sent, ["a", "b"]);
         assert!(
             waited(&meta, "a").contains("no answer within 300.0 ms"),
@@ -624,7 +626,7 @@ mod tests {
         // run): 7 early hedges, then the patience.
         let mut early = 0;
         for _ in 0..8 {
-            let (_, meta) = hedge_run(&latencies, 0.05, None, Some("a"), 4).await;
+            let (_, meta) = hedge_run(&latencies, 0.05, None, Some("a"), 4, false).await;
             assert_eq!(meta.hedges, 1);
             if waited(&meta, "a").contains("within 4.0 ms") {
                 early += 1;
@@ -640,7 +642,7 @@ mod tests {
             fresh.record("b", "count", Duration::from_millis(4), true);
         }
         fresh.sent(1_000);
-        let (_, meta) = hedge_run(&fresh, 0.0, None, Some("a"), 0).await;
+        let (_, meta) = hedge_run(&fresh, 0.0, None, Some("a"), 0, false).await;
         assert!(waited(&meta, "a").contains("within 300.0 ms"), "{meta:?}");
     }
 
@@ -653,7 +655,7 @@ mod tests {
             latencies.record("a", "count", Duration::from_millis(50), true);
             latencies.record("b", "count", Duration::from_millis(1), true);
         }
-        let (sent, meta) = hedge_run(&latencies, 0.05, None, None, 1).await;
+        let (sent, meta) = hedge_run(&latencies, 0.05, None, None, 1, true).await;
         assert_eq!(sent, ["b"], "a is idle but much slower than b");
         assert_eq!(meta.hedges, 0);
     }

@@ -28,6 +28,8 @@ const MIN_SAMPLES: usize = 20;
 const MIN_HEDGE: Duration = Duration::from_millis(1);
 /// The shortest patience with a holder (hedge budget spent, or no figures).
 pub(crate) const MIN_PATIENCE: Duration = Duration::from_millis(200);
+/// How much slower than it was waited for an abandoned request counts.
+const ABANDONED: u32 = 4;
 /// Weight of a new round trip in a member's average.
 const ALPHA: f64 = 0.3;
 /// A member's average is forgotten after this long without a round trip.
@@ -63,9 +65,12 @@ struct Inner {
 }
 
 impl Latencies {
-    /// Records a round trip to `member` for `analysis` (an abandoned request
-    /// counts with the time it had: at least that slow).
+    /// Records a round trip to `member` for `analysis`. A request abandoned
+    /// for a hedge's answer says only that the member is slower than it was
+    /// waited for: it counts `ABANDONED` times that (one lost race leaves a
+    /// member's average within reach of the others', two in a row do not).
     pub(crate) fn record(&self, member: &str, analysis: &str, took: Duration, completed: bool) {
+        let took = if completed { took } else { took * ABANDONED };
         let micros = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let mut inner = lock(&self.inner);
         let now = Instant::now();
@@ -224,6 +229,15 @@ mod tests {
         // Without any figures, a member is tried, never slow.
         let with_e = ["a".to_string(), "e".to_string()];
         assert!(latencies.slow(with_e.iter(), &HashMap::new()).is_empty());
+        // A member that lost hedges is slow: it was slower than it was waited
+        // for, by how much nobody knows.
+        let racing = Latencies::default();
+        let pair = ["a".to_string(), "f".to_string()];
+        for _ in 0..10 {
+            racing.record("a", "count", Duration::from_micros(1_500), true);
+        }
+        racing.record("f", "count", Duration::from_millis(3), false);
+        assert_eq!(racing.slow(pair.iter(), &HashMap::new()), ["f"]);
         // Stale figures are forgotten.
         lock(&latencies.inner).members.get_mut("c").unwrap().1 =
             Instant::now() - STALE - Duration::from_secs(1);

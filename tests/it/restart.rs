@@ -395,11 +395,13 @@ fn many_rows(batches: usize) -> Vec<u8> {
 
 /// Two `dram serve` members and database `big` (shards a and b of table
 /// `t`, `batches` Mi rows each, one copy): the member asked and the member
-/// that scans (the one holding more shards).
+/// that scans (the one holding more shards). n1's disk budget is already
+/// used up (its catalog fills it), so it takes no shard and n2 holds both.
 async fn two_processes(dir: &Path, batches: usize) -> (NodeProcess, NodeProcess) {
     let rows = many_rows(batches);
     let mut first = config(&dir.join("n1"));
     first.node.id = "n1".into();
+    first.disks[0].max_bytes = Some(1024);
     first.store.url = format!("file://{}", dir.join("store").display());
     publish(
         dir,
