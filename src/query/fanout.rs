@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::NodeMeta;
 use super::QueryError;
 use super::analysis::DynPartial;
-use super::latency::Latencies;
+use super::latency::{Latencies, MIN_PATIENCE};
 use super::root::{Gathered, LOAD_STEP, MapRequest, RootQuery};
 use crate::placement::{score, shard_key};
 
@@ -45,7 +45,8 @@ pub(crate) struct Hedging<'a> {
     /// of the 95th percentile and the patience.
     pub fixed: Option<Duration>,
     /// How long each member is waited for once the budget is spent (four
-    /// times its gossiped p99, at least 200 ms).
+    /// times its gossiped p99, at least 200 ms; 200 ms for a member that
+    /// gossips none).
     pub patience: HashMap<String, Duration>,
     /// Each member's own recent map time (ms, its `load` gossip key): its
     /// latency while the root has no figures of its own.
@@ -140,7 +141,8 @@ impl FanOut<'_> {
                     },
                     None => HedgeAt {
                         early,
-                        patience: h.patience.get(&node).copied()?,
+                        // A member that gossips no load yet: the least patience.
+                        patience: h.patience.get(&node).copied().unwrap_or(MIN_PATIENCE),
                     },
                 };
                 let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
