@@ -26,7 +26,7 @@ mod shard;
 #[cfg(feature = "sql")]
 pub(crate) mod sql;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,9 @@ use std::sync::Arc;
 
 use crate::cluster::Membership;
 use crate::local::{Local, NodeError};
+
+/// How often keeping an answer also forgets those about deleted databases.
+const FORGET_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs queries: this member is the root of the ones asked of it, and the
 /// leaf of the map requests other roots send it. Cheap to clone.
@@ -65,8 +68,8 @@ struct QueriesInner {
     /// Round trips of map requests this node sent as root: hedges and the
     /// choice of holder go by them.
     latencies: latency::Latencies,
-    /// The registry's hash when the cache last forgot deleted databases.
-    registry_seen: std::sync::Mutex<String>,
+    /// When the cache last forgot the answers about deleted databases.
+    last_forget: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Queries {
@@ -86,7 +89,7 @@ impl Queries {
                 sql,
                 cache,
                 latencies: latency::Latencies::default(),
-                registry_seen: Default::default(),
+                last_forget: Default::default(),
             }),
         }
     }
@@ -419,21 +422,21 @@ impl Queries {
         }
     }
 
-    /// Forgets the kept answers about databases deleted since the last look
-    /// (the registry changed): they can no longer be asked for, and would
-    /// only hold memory until pushed out.
+    /// Forgets the kept answers about databases deleted meanwhile (they can
+    /// no longer be asked for, and would only hold memory until pushed out):
+    /// at most once per `FORGET_EVERY`, so that keeping answers does not read
+    /// the registry each time.
     fn forget_deleted(&self) {
+        {
+            let mut last = crate::sync::lock(&self.inner.last_forget);
+            if last.is_some_and(|at| at.elapsed() < FORGET_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
         let Ok(registry) = self.local.registry() else {
             return;
         };
-        let hash = registry.digest().hash;
-        {
-            let mut seen = crate::sync::lock(&self.inner.registry_seen);
-            if *seen == hash {
-                return;
-            }
-            *seen = hash;
-        }
         let defined = |database: &str| {
             registry
                 .definitions

@@ -225,9 +225,11 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
     assert!(value(&text, "dram_result_cache_bytes") > 0.0);
     assert_eq!(value(&text, "dram_result_cache_entries"), 5.0);
 
-    // A deleted database's answers are forgotten (at the next answer kept):
-    // v1's three leave, v2's two stay, and the new one is kept.
+    // A deleted database's answers are forgotten (at the next answer kept,
+    // a second or more after the last look): v1's three leave, v2's two
+    // stay, and the new one is kept.
     admin.delete("/v1/databases/v1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let fresh = ask(&admin, "v2", "group", json!({"params": {"by": "key"}})).await;
     assert_eq!(fresh["meta"]["cache"], "miss", "{fresh}");
     assert_eq!(value(&metrics().await, "dram_result_cache_entries"), 3.0);
