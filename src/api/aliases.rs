@@ -23,6 +23,11 @@ struct AliasBody {
 #[serde(deny_unknown_fields)]
 struct AliasBatch {
     actions: Vec<AliasAction>,
+    /// Before the aliases move: every member fetches its lazy copies of the
+    /// new targets, and the old targets' recent queries are replayed against
+    /// the new ones (see `query::warm`).
+    #[serde(default)]
+    warm: bool,
 }
 
 pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Response,)> {
@@ -45,9 +50,28 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
         .and(body.clone())
         .and(with_node.clone())
         .then(|body: Bytes, node: Node| async move {
-            let result = parse::<AliasBatch>(&body)
-                .and_then(|batch| node.local().apply_aliases(&batch.actions))
-                .map(|aliases| serde_json::json!({ "applied": aliases }));
+            let batch = match parse::<AliasBatch>(&body) {
+                Ok(batch) => batch,
+                Err(e) => return super::error::api_error_response(&e),
+            };
+            let warmed = match batch.warm {
+                true => match node
+                    .queries()
+                    .warm(&warm_moves(&node, &batch.actions))
+                    .await
+                {
+                    Ok(warmed) => Some(warmed),
+                    Err(e) => return super::error::api_error_response(&e),
+                },
+                false => None,
+            };
+            let result = node
+                .local()
+                .apply_aliases(&batch.actions)
+                .map(|aliases| match warmed {
+                    Some(warmed) => serde_json::json!({ "applied": aliases, "warmed": warmed }),
+                    None => serde_json::json!({ "applied": aliases }),
+                });
             respond(StatusCode::OK, acknowledged(&node, result).await)
         });
 
@@ -84,6 +108,21 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
         .or(delete_alias)
         .unify()
         .boxed()
+}
+
+/// The moves a batch makes: each alias it sets, from the database it names
+/// now (if any) to its new target.
+fn warm_moves(node: &Node, actions: &[AliasAction]) -> Vec<crate::query::Move> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            AliasAction::Set(set) => Some(crate::query::Move {
+                from: node.local().alias(&set.name).ok().and_then(|a| a.target),
+                to: set.target.clone(),
+            }),
+            AliasAction::Remove(_) => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

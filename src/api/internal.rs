@@ -70,12 +70,21 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(bytes) => super::error::bytes_response(
-                        StatusCode::OK,
-                        PARTIAL_MEDIA_TYPE,
-                        None,
-                        bytes,
-                    ),
+                    Ok((bytes, cached)) => {
+                        let mut response = super::error::bytes_response(
+                            StatusCode::OK,
+                            PARTIAL_MEDIA_TYPE,
+                            None,
+                            bytes,
+                        );
+                        if cached > 0 {
+                            response.headers_mut().insert(
+                                crate::query::root::CACHED_SHARDS_HEADER,
+                                warp::http::HeaderValue::from(cached),
+                            );
+                        }
+                        response
+                    }
                     Err(e) => super::error::api_error_response(&e),
                 }
             },
@@ -157,6 +166,26 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
                 ),
             }
         });
+    // Warm alias moves (see `query::warm`): this member's recent queries of
+    // a database, and the fetch of its lazy copies of one.
+    let recent = internal
+        .clone()
+        .and(warp::path!("recent" / String))
+        .and(warp::get())
+        .map(|node: Node, database: String| {
+            let queries = node.queries().recent_queries(&database);
+            json_response(StatusCode::OK, &serde_json::json!({ "queries": queries }))
+        });
+    let warm = internal
+        .clone()
+        .and(warp::path!("warm" / String))
+        .and(warp::post())
+        .then(|node: Node, database: String| async move {
+            respond(
+                StatusCode::OK,
+                node.local().fetch_lazy_copies(&database).await,
+            )
+        });
     let cache_put = internal
         .and(warp::path!("cache" / String))
         .and(warp::put())
@@ -201,6 +230,10 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .or(cache_get)
         .unify()
         .or(cache_put)
+        .unify()
+        .or(recent)
+        .unify()
+        .or(warm)
         .unify()
         .or(inventory)
         .unify()

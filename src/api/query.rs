@@ -11,7 +11,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::error::{self, api_error_response, json_response, respond};
+use super::error::{self, api_error_response, json_response};
 use super::parse;
 use crate::node::Node;
 use crate::query::{QueryError, QueryRequest};
@@ -107,12 +107,17 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
                 let result = match request {
                     Ok(request) => {
                         node.queries()
-                            .query_or_forward(&target, &analysis, request, forwarded.is_none())
+                            .query_json(&target, &analysis, request, forwarded.is_none())
                             .await
                     }
                     Err(e) => Err(e),
                 };
-                respond(StatusCode::OK, result)
+                match result {
+                    Ok(body) => {
+                        error::bytes_response(StatusCode::OK, "application/json", None, body)
+                    }
+                    Err(e) => api_error_response(&e),
+                }
             },
         );
 

@@ -290,7 +290,15 @@ pub(crate) enum DbCommand {
 #[derive(Subcommand)]
 pub(crate) enum AliasCommand {
     /// Point NAME at database TARGET.
-    Set { name: String, target: String },
+    Set {
+        name: String,
+        target: String,
+        /// First fetch every lazy copy of TARGET on every member and replay
+        /// the recent queries of NAME's current database against TARGET, so
+        /// that their answers are cached when NAME moves.
+        #[arg(long)]
+        warm: bool,
+    },
     /// Remove an alias.
     Rm { name: String },
     /// List aliases.

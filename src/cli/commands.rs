@@ -277,12 +277,48 @@ async fn wait_for_database(
 
 pub(crate) async fn alias(command: AliasCommand, node: &NodeArg) -> Result<()> {
     match command {
-        AliasCommand::Set { name, target } => {
+        AliasCommand::Set {
+            name,
+            target,
+            warm: false,
+        } => {
             node.client()?
                 .put(&format!("/v1/aliases/{name}"), &json!({ "target": target }))
                 .await
                 .with_context(|| format!("setting alias {name}"))?;
             println!("{name} -> {target}");
+        }
+        AliasCommand::Set {
+            name,
+            target,
+            warm: true,
+        } => {
+            let batch = json!({
+                "actions": [{"set": {"name": name, "target": target}}],
+                "warm": true,
+            });
+            let answer = node
+                .client()?
+                .post("/v1/aliases/_batch", &batch)
+                .await
+                .with_context(|| format!("warming {target} and setting alias {name}"))?;
+            if node.json {
+                print_json(&answer);
+                return Ok(());
+            }
+            let warmed = &answer["warmed"];
+            println!(
+                "{name} -> {target} (warmed in {:.1} s: {} lazy files fetched, {} on {} members; {} recent queries replayed, {} failed)",
+                warmed["took_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                warmed["lazy_files"],
+                human(warmed["lazy_bytes"].as_u64().unwrap_or(0)),
+                warmed["members"],
+                warmed["queries"],
+                warmed["failed"],
+            );
+            for error in warmed["errors"].as_array().into_iter().flatten() {
+                println!("  {}", error.as_str().unwrap_or("?"));
+            }
         }
         AliasCommand::Rm { name } => {
             node.client()?

@@ -104,6 +104,7 @@ pub fn cluster_state(
         holdings,
         pins,
         member_hashes: Default::default(),
+        even_spread: true,
     }
 }
 

@@ -211,6 +211,12 @@ impl Config {
                 "must be a share of requests in 0..=1 (0.05: at most 5% more)",
             ));
         }
+        if self.cache.warm_queries > 10_000 {
+            return Err(invalid(
+                "cache.warm_queries",
+                "must be in 0..=10000 (queries kept per database, and replayed by a warm alias move)",
+            ));
+        }
         if self.query.max_timeout_ms < self.query.timeout_ms {
             return Err(invalid(
                 "query.max_timeout_ms",

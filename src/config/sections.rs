@@ -89,6 +89,10 @@ pub struct CacheConfig {
     /// first (0: no result cache). A database version never changes, so a
     /// kept answer never goes stale.
     pub result_bytes: u64,
+    /// Distinct recent queries kept per database on the member that was
+    /// their root; an alias moved with `warm` replays them against its new
+    /// database (0: none kept, none replayed).
+    pub warm_queries: usize,
 }
 
 impl Default for CacheConfig {
@@ -96,6 +100,7 @@ impl Default for CacheConfig {
         CacheConfig {
             eviction_grace_ms: 10_000,
             result_bytes: 64 << 20,
+            warm_queries: 100,
         }
     }
 }
@@ -410,6 +415,12 @@ pub struct ClusterConfig {
     /// The rebalancer moves copies only off members whose use is more than this
     /// fraction of their capacity above the mean.
     pub rebalance_threshold: f64,
+    /// Each database's copies are spread evenly over the members (by
+    /// weight, within a zone) after rendezvous hashing places them; `false`:
+    /// rendezvous alone, which moves fewer copies when members join or
+    /// leave but may put most of a database on one member. Must be the same
+    /// on every member (they would disagree on placement).
+    pub even_spread: bool,
     /// A change of definitions or aliases is answered once every live member
     /// has it (`"acknowledged": true`), or after this many milliseconds
     /// (`false`: it is applied here and still spreading). 0: answer at once.
@@ -436,6 +447,7 @@ impl Default for ClusterConfig {
             gc_min_age_secs: 3600,
             ack_timeout_ms: 10_000,
             rebalance_threshold: 0.05,
+            even_spread: true,
         }
     }
 }

@@ -132,6 +132,7 @@ fn validate_names_the_field() {
             c.node.http_advertise = Some("no-port".into())
         }),
         ("query.hedge_budget", |c| c.query.hedge_budget = f64::NAN),
+        ("cache.warm_queries", |c| c.cache.warm_queries = 10_001),
     ] {
         let mut config = Config::default();
         set(&mut config);

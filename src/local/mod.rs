@@ -46,7 +46,7 @@ pub use error::NodeError;
 pub use inventory::{HeldDatabase, HeldPart, HeldState, Inventory, InventoryDigest};
 pub use placement::Placement;
 pub use scrub::ScrubStatus;
-pub use shard::ShardContext;
+pub use shard::{LazyFetched, ShardContext};
 pub(crate) use shard::{WeakLocal, json_name};
 pub use stats::{DatabaseStats, NodeStats, Stats};
 

@@ -72,6 +72,69 @@ impl Local {
     }
 }
 
+/// What fetching a database's lazy copies took (see
+/// [`Local::fetch_lazy_copies`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LazyFetched {
+    /// Lazy shards of the database this member holds.
+    pub shards: u64,
+    /// Files fetched (and verified) now.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Files of lazy shards fetched at once by [`Local::fetch_lazy_copies`]
+/// (the store's download slots bound them further).
+const LAZY_FETCHES: usize = 8;
+
+impl Local {
+    /// Fetches every file not here yet of this member's lazy copies of
+    /// `database`, as their first reads would: verified, kept as blobs, and
+    /// evicted later like any lazily fetched file.
+    pub async fn fetch_lazy_copies(&self, database: &str) -> Result<LazyFetched, NodeError> {
+        use futures::StreamExt;
+        let name = self.inner.resolve(database)?;
+        let mut shards = self.serving_shards(&name)?.into_iter().collect::<Vec<_>>();
+        shards.sort();
+        let mut lazy = Vec::new();
+        for id in shards {
+            let context = self.shard(&name, &id)?;
+            if context.is_lazy() {
+                lazy.push(context);
+            }
+        }
+        let mut fetched = LazyFetched {
+            shards: lazy.len() as u64,
+            ..LazyFetched::default()
+        };
+        // Owned futures (borrowing ones trip rustc's higher-ranked `Send`
+        // checks under warp).
+        let fetches: Vec<_> = lazy
+            .iter()
+            .flat_map(|context| {
+                context.files().into_iter().map(move |path| {
+                    let context = context.clone();
+                    async move {
+                        let size = context.size(&path)?;
+                        let here = std::fs::metadata(context.dir().join(&path)).is_ok();
+                        context.local_path(&path).await?;
+                        Ok::<_, NodeError>((!here).then_some(size))
+                    }
+                })
+            })
+            .collect();
+        let mut fetches = futures::stream::iter(fetches).buffer_unordered(LAZY_FETCHES);
+        while let Some(result) = fetches.next().await {
+            if let Some(size) = result? {
+                fetched.files += 1;
+                fetched.bytes += size;
+            }
+        }
+        Ok(fetched)
+    }
+}
+
 impl Inner {
     fn context(self: &Arc<Self>, database: &str, part: Part) -> Result<ShardContext, NodeError> {
         let name = self.resolve(database)?;

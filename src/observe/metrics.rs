@@ -47,6 +47,7 @@ pub struct Metrics {
     gossip_rejected: Option<IntCounterVec>,
     result_cache: Option<IntCounterVec>,
     result_cache_evictions: Option<IntCounterVec>,
+    result_cache_shards: Option<IntCounterVec>,
     pg_connections: Option<prometheus::IntGauge>,
 }
 
@@ -215,6 +216,13 @@ impl Metrics {
                  or did not (bypass: cache false, Cache-Control: no-cache).",
                 &["outcome"],
             ),
+            result_cache_shards: counter(
+                &registry,
+                "dram_result_cache_shards_total",
+                "Shards this member was to map for a query that may use the result cache: \
+                 hit (their partials were kept here), miss (mapped, and kept).",
+                &["outcome"],
+            ),
             result_cache_evictions: counter(
                 &registry,
                 "dram_result_cache_evictions_total",
@@ -259,6 +267,14 @@ impl Metrics {
     /// A query used the result cache so: `hit`, `miss` or `bypass`.
     pub fn result_cache(&self, outcome: &str) {
         add(&self.result_cache, &[outcome], 1);
+    }
+
+    /// `count` shards' partials were (`hit`) or were not (`miss`) in this
+    /// member's result cache.
+    pub fn result_cache_shards(&self, outcome: &str, count: u64) {
+        if count > 0 {
+            add(&self.result_cache_shards, &[outcome], count);
+        }
     }
 
     /// Keeping an answer pushed `count` others out of the result cache.

@@ -46,6 +46,9 @@ pub struct ClusterState {
     /// Hashes of the candidates' ids, computed once (a hash depends on the id
     /// alone, so the cache stays right whatever changes in `candidates`).
     pub member_hashes: OnceLock<HashMap<String, u64>>,
+    /// Whether each database's copies are spread evenly over the members
+    /// after rendezvous places them (`cluster.even_spread`).
+    pub even_spread: bool,
 }
 
 /// One step of a plan.
@@ -77,6 +80,7 @@ impl ClusterState {
         ClusterState {
             live: candidates.iter().map(|c| c.id.clone()).collect(),
             candidates,
+            even_spread: true,
             ..ClusterState::default()
         }
     }
@@ -151,7 +155,9 @@ impl ClusterState {
             database,
             keys: &keys,
         };
-        even_out(&spread, &mut chosen, &self.candidates, member_hash);
+        if self.even_spread {
+            even_out(&spread, &mut chosen, &self.candidates, member_hash);
+        }
         for ((key, held), members) in keys.iter().zip(&holders).zip(chosen.iter_mut()) {
             let Some(pinned) = self.pins.get(key) else {
                 continue;

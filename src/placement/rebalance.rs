@@ -200,12 +200,16 @@ pub fn rebalance(
             for (l, layout) in layouts.iter().enumerate() {
                 let placement = cluster.placement(layout);
                 let copies = placement.iter().map(Vec::len).sum();
-                scan.bounds.push(
-                    rebalance_limits(&cluster.candidates, copies)
+                // Without the even spread, no bound per database (the
+                // rebalancer weighs bytes alone, as rendezvous placed them).
+                let bounds = match cluster.even_spread {
+                    true => rebalance_limits(&cluster.candidates, copies)
                         .into_iter()
                         .map(|(id, bound)| (id.to_string(), bound))
                         .collect(),
-                );
+                    false => HashMap::new(),
+                };
+                scan.bounds.push(bounds);
                 for (s, chosen) in placement.into_iter().enumerate() {
                     let chosen = std::rc::Rc::new(chosen);
                     for node in chosen.iter() {

@@ -13,6 +13,13 @@
 //! member rendezvous hashing picks for it; a root asks the owner (one hop,
 //! `GET /v1/internal/cache/{key}`) before computing, and hands it the answer
 //! after (`PUT`). An owner that does not answer soon is a miss.
+//!
+//! Per-shard partials are kept where they are made: the member that maps a
+//! shard keeps what `map` gave for it (encoded), in its own part of the
+//! cache, under [`partial_key`]. Holders are chosen by rendezvous score, so
+//! the same shard goes to the same member while it is live: a query over
+//! another shard set, or whose answer was pushed out, maps only the shards
+//! never mapped before (`meta.cache: "partial"`, `meta.cached_shards`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +46,8 @@ pub(crate) struct Cached {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
     Hit,
+    /// Computed, some shards' partials taken from the cache.
+    Partial,
     Miss,
     /// The request asked not to use it (`cache: false`, `Cache-Control:
     /// no-cache`), or the cache is off.
@@ -49,6 +58,7 @@ impl CacheUse {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheUse::Hit => "hit",
+            CacheUse::Partial => "partial",
             CacheUse::Miss => "miss",
             CacheUse::Bypass => "bypass",
         }
@@ -164,11 +174,7 @@ pub(crate) fn key(
     params: Option<&Value>,
     shards: Option<&[String]>,
 ) -> String {
-    let params = match params {
-        None | Some(Value::Null) => "{}".to_string(),
-        Some(Value::Object(map)) if map.is_empty() => "{}".to_string(),
-        Some(value) => canonical(value),
-    };
+    let params = canonical_params(params);
     let shards = match shards {
         None => "*".to_string(),
         Some(ids) => {
@@ -180,6 +186,30 @@ pub(crate) fn key(
     };
     let text = format!("{version}\0{analysis}\0{params}\0{shards}");
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// The key of one shard's partial (what `map` gave for it, encoded as the
+/// analysis encodes partials for the wire): like [`key`]'s, in a space of
+/// its own, since a partial is not an answer.
+pub(crate) fn partial_key(
+    version: &str,
+    analysis: &str,
+    params: Option<&Value>,
+    shard: &str,
+) -> String {
+    let params = canonical_params(params);
+    let text = format!("partial\0{version}\0{analysis}\0{params}\0{shard}");
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// The params as a key holds them: object keys sorted; absent, `null` and
+/// `{}` alike.
+fn canonical_params(params: Option<&Value>) -> String {
+    match params {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::Object(map)) if map.is_empty() => "{}".to_string(),
+        Some(value) => canonical(value),
+    }
 }
 
 /// How long a root waits for the owner of a key before it computes the
@@ -346,6 +376,21 @@ mod tests {
             key("v", "c", None, Some(&shards(&["a"]))),
             key("v", "c", None, None)
         );
+    }
+
+    #[test]
+    fn a_shard_partial_has_a_key_of_its_own() {
+        let shard = vec!["s1".to_string()];
+        let params = json!({"b": 1, "a": 2});
+        let partial = partial_key("v", "count", Some(&params), "s1");
+        assert_ne!(partial, key("v", "count", Some(&params), Some(&shard)));
+        assert_eq!(
+            partial,
+            partial_key("v", "count", Some(&json!({"a": 2, "b": 1})), "s1")
+        );
+        assert_ne!(partial, partial_key("v", "count", Some(&params), "s2"));
+        assert_ne!(partial, partial_key("w", "count", Some(&params), "s1"));
+        assert!(is_key(&partial));
     }
 
     #[test]

@@ -13,9 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::NodeMeta;
 use super::QueryError;
-use super::analysis::DynPartial;
 use super::latency::{Latencies, MIN_PATIENCE};
-use super::root::{Gathered, LOAD_STEP, MapRequest, RootQuery};
+use super::root::{CACHED_SHARDS_HEADER, Gathered, LOAD_STEP, MapRequest, Mapped, RootQuery};
 use crate::placement::{score, shard_key};
 
 /// The fan-out core, shared by a query's root and the direct client: each
@@ -70,7 +69,7 @@ struct Answer {
     node: String,
     shards: Vec<String>,
     took: Duration,
-    result: Result<DynPartial, QueryError>,
+    result: Result<Mapped, QueryError>,
 }
 
 impl FanOut<'_> {
@@ -78,7 +77,7 @@ impl FanOut<'_> {
     pub(crate) async fn run<F, Fut>(self, send: F) -> Result<Gathered, QueryError>
     where
         F: Fn(String, Vec<String>) -> Fut,
-        Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+        Fut: std::future::Future<Output = Result<Mapped, QueryError>>,
     {
         let mut gathered = Gathered::default();
         // Members much slower than the best of this query's holders: last.
@@ -229,9 +228,10 @@ impl Gathered {
     /// Keeps an answer's partial, or returns its shards with the error.
     fn take(&mut self, answer: Answer) -> Result<(), Vec<ShardFailure>> {
         let (error, failed) = match answer.result {
-            Ok(partial) => {
-                self.partials.push(partial);
+            Ok(mapped) => {
+                self.partials.push(mapped.partial);
                 self.meta.shards += answer.shards.len();
+                self.meta.cached_shards += mapped.cached;
                 (None, Vec::new())
             }
             Err(e) => {
@@ -261,7 +261,7 @@ impl Gathered {
 async fn send_all<F, Fut>(send: &F, by_node: BTreeMap<String, Vec<String>>) -> Vec<Answer>
 where
     F: Fn(String, Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+    Fut: std::future::Future<Output = Result<Mapped, QueryError>>,
 {
     let requests = by_node
         .into_iter()
@@ -272,7 +272,7 @@ where
 async fn send_one<F, Fut>(send: &F, node: String, shards: Vec<String>) -> Answer
 where
     F: Fn(String, Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+    Fut: std::future::Future<Output = Result<Mapped, QueryError>>,
 {
     let started = Instant::now();
     let result = send(node.clone(), shards.clone()).await;
@@ -304,7 +304,7 @@ async fn hedged<F, Fut>(
 ) -> Hedged
 where
     F: Fn(String, Vec<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<DynPartial, QueryError>>,
+    Fut: std::future::Future<Output = Result<Mapped, QueryError>>,
 {
     let kept = |answers| Hedged {
         answers,
@@ -363,7 +363,7 @@ pub(crate) async fn send_map(
     secret: Option<&str>,
     query: &RootQuery,
     shards: &[String],
-) -> Result<DynPartial, QueryError> {
+) -> Result<Mapped, QueryError> {
     let remote = |message: String| QueryError::Remote {
         node: node.to_string(),
         status: 502,
@@ -384,6 +384,7 @@ pub(crate) async fn send_map(
         params: query.raw_params.clone(),
         shards: shards.to_vec(),
         timeout_ms: left.as_millis() as u64,
+        cache: query.partials,
     };
     let url = crate::net::base_url(address);
     let request = || {
@@ -409,6 +410,11 @@ pub(crate) async fn send_map(
         Err(e) => return Err(remote(e.to_string())),
     };
     let status = response.status();
+    let cached = response
+        .headers()
+        .get(CACHED_SHARDS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
     let bytes = response.bytes().await.map_err(|e| remote(e.to_string()))?;
     if !status.is_success() {
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -425,10 +431,12 @@ pub(crate) async fn send_map(
         });
     }
     let analysis = query.analysis.clone();
-    super::leaf::blocking(&query.analysis_name, &CancellationToken::new(), move || {
-        analysis.decode(&bytes)
-    })
-    .await
+    let partial =
+        super::leaf::blocking(&query.analysis_name, &CancellationToken::new(), move || {
+            analysis.decode(&bytes)
+        })
+        .await?;
+    Ok(Mapped { partial, cached })
 }
 
 /// A copy of an error to report for each shard of a failed request.
@@ -450,6 +458,7 @@ fn clone_error(e: &QueryError) -> QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::analysis::DynPartial;
     use std::sync::Mutex;
 
     fn holders(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
@@ -494,7 +503,10 @@ mod tests {
                             message: "connection refused".into(),
                         })
                     } else {
-                        Ok(Box::new(shards.len()) as DynPartial)
+                        Ok(Mapped {
+                            partial: Box::new(shards.len()) as DynPartial,
+                            cached: 0,
+                        })
                     }
                 }
             })
@@ -571,7 +583,10 @@ mod tests {
                         std::future::pending::<()>().await;
                     }
                     tokio::time::sleep(Duration::from_millis(answers_after_ms)).await;
-                    Ok(Box::new(shards.len()) as DynPartial)
+                    Ok(Mapped {
+                        partial: Box::new(shards.len()) as DynPartial,
+                        cached: 0,
+                    })
                 }
             })
             .await

@@ -17,20 +17,35 @@ pub(crate) struct LeafTask {
     pub name: String,
     pub analysis: Arc<dyn DynAnalysis>,
     pub params: DynParams,
+    /// The shards to map.
     pub shards: Vec<Shard>,
+    /// Partials of other shards, as the result cache kept them (encoded).
+    pub cached: Vec<(String, bytes::Bytes)>,
+    /// Whether each mapped shard's partial is also handed back encoded, to
+    /// be kept.
+    pub keep: bool,
     pub slots: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
 
+/// What a leaf's work gave: the shards' partials reduced into one, and the
+/// mapped shards' partials encoded when they were to be kept.
+pub(crate) struct Leafed {
+    pub partial: DynPartial,
+    pub kept: Vec<(String, Vec<u8>)>,
+}
+
 impl LeafTask {
-    /// Maps every shard and reduces the partials into one.
-    pub async fn run(self) -> Result<DynPartial, QueryError> {
+    /// Maps every shard, decodes the cached partials and reduces them all
+    /// into one.
+    pub async fn run(self) -> Result<Leafed, QueryError> {
         let mut maps = JoinSet::new();
         for shard in self.shards {
             let analysis = self.analysis.clone();
             let params = self.params.clone();
             let slots = self.slots.clone();
             let cancel = self.cancel.clone();
+            let keep = self.keep;
             maps.spawn(async move {
                 let id = shard.id().to_string();
                 let _slot = tokio::select! {
@@ -40,31 +55,59 @@ impl LeafTask {
                 let result = tokio::task::spawn_blocking(move || {
                     let _current = CurrentQuery::enter(shard.cancellation().clone());
                     shard.check_cancelled()?;
-                    analysis.map(&params, &shard)
+                    let partial = analysis.map(&params, &shard)?;
+                    if !keep {
+                        return Ok((partial, None));
+                    }
+                    // Encoding takes the partial: it is decoded again to be
+                    // reduced (partials need not be `Clone`).
+                    let encoded = analysis.encode(partial)?;
+                    Ok((analysis.decode(&encoded)?, Some(encoded)))
                 })
                 .await;
                 Ok((id, result))
             });
         }
+        for (id, encoded) in self.cached {
+            let analysis = self.analysis.clone();
+            maps.spawn(async move {
+                let result =
+                    tokio::task::spawn_blocking(move || Ok((analysis.decode(&encoded)?, None)))
+                        .await;
+                Ok((id, result))
+            });
+        }
         let mut partials = Vec::with_capacity(maps.len());
+        let mut kept = Vec::new();
         while let Some(joined) = maps.join_next().await {
             let (shard, mapped) = joined
                 .map_err(|e| panicked(&self.name, None, e))
                 .and_then(|r| r)?;
-            let partial = mapped
+            let (partial, encoded) = mapped
                 .map_err(|e| panicked(&self.name, Some(&shard), e))?
                 .map_err(|e| QueryError::from_analysis(&self.name, Some(&shard), e))?;
             partials.push(partial);
+            if let Some(encoded) = encoded {
+                kept.push((shard, encoded));
+            }
         }
-        reduce(
-            &self.name,
-            &self.analysis,
-            &self.params,
-            &self.slots,
-            &self.cancel,
-            partials,
-        )
-        .await
+        // One partial is its own reduction (reduce merges: the root reduces
+        // what the leaves reduced): no second trip to the blocking pool.
+        let partial = match partials.len() {
+            1 => partials.pop().expect("one partial"),
+            _ => {
+                reduce(
+                    &self.name,
+                    &self.analysis,
+                    &self.params,
+                    &self.slots,
+                    &self.cancel,
+                    partials,
+                )
+                .await?
+            }
+        };
+        Ok(Leafed { partial, kept })
     }
 }
 

@@ -21,11 +21,14 @@ mod error;
 pub(crate) mod fanout;
 mod latency;
 pub(crate) mod leaf;
+mod recent;
 pub(crate) mod root;
 mod shard;
 #[cfg(feature = "sql")]
 pub(crate) mod sql;
+mod warm;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -35,8 +38,10 @@ pub use analysis::{Analyses, Analysis, AnalysisError, AnalysisErrorKind, Analysi
 pub use cache::{CacheStats, CacheUse};
 pub use error::QueryError;
 pub use leaf::cancellation;
+pub use recent::RecentQuery;
 pub use root::{FORWARDED_HEADER, MapRequest, PARTIAL_MEDIA_TYPE};
 pub use shard::{DataDir, Shard, ShardFile};
+pub use warm::{Move, Warmed};
 
 use std::sync::Arc;
 
@@ -70,6 +75,12 @@ struct QueriesInner {
     latencies: latency::Latencies,
     /// When the cache last forgot the answers about deleted databases.
     last_forget: std::sync::Mutex<Option<Instant>>,
+    /// The recent cacheable queries of each database this member was the
+    /// root of (`cache.warm_queries`), for warm alias moves.
+    recent: recent::RecentQueries,
+    /// Answers on their way to their key's owner (a warm alias move waits
+    /// for them before the alias moves).
+    storing: std::sync::atomic::AtomicUsize,
 }
 
 impl Queries {
@@ -80,6 +91,7 @@ impl Queries {
         #[cfg(feature = "sql")] sql: Option<Arc<sql::SqlEngine>>,
     ) -> Queries {
         let cache = cache::ResultCache::new(local.config().cache.result_bytes);
+        let recent = recent::RecentQueries::new(local.config().cache.warm_queries);
         Queries {
             local,
             inner: Arc::new(QueriesInner {
@@ -90,6 +102,8 @@ impl Queries {
                 cache,
                 latencies: latency::Latencies::default(),
                 last_forget: Default::default(),
+                recent,
+                storing: Default::default(),
             }),
         }
     }
@@ -172,9 +186,72 @@ pub struct QueryMeta {
     pub missing_shards: Vec<String>,
     pub took_ms: u64,
     /// `hit` (the answer was kept for this version: nothing was mapped),
-    /// `miss` (computed, and kept), or `bypass` (not looked for).
+    /// `partial` (computed, some shards' partials taken from the cache of
+    /// the member that holds them), `miss` (computed), or `bypass` (not
+    /// looked for). A computed answer is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// Shards whose partials came from the cache (`cache: "partial"`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_shards: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A query's answer with its result as a value, as JSON text, or both
+/// (whichever it was made as: computed, or kept in the result cache).
+struct Answer {
+    value: Option<serde_json::Value>,
+    json: Option<bytes::Bytes>,
+    meta: QueryMeta,
+}
+
+impl From<QueryResponse> for Answer {
+    fn from(response: QueryResponse) -> Answer {
+        Answer {
+            value: Some(response.result),
+            json: None,
+            meta: response.meta,
+        }
+    }
+}
+
+impl Answer {
+    fn into_response(self, analysis_name: &str) -> Result<QueryResponse, QueryError> {
+        let result = match (self.value, self.json) {
+            (Some(value), _) => value,
+            (None, Some(json)) => serde_json::from_slice(&json).map_err(|e| {
+                let failed = AnalysisError::failed(format!("cached answer: {e}"));
+                QueryError::from_analysis(analysis_name, None, failed)
+            })?,
+            (None, None) => serde_json::Value::Null,
+        };
+        Ok(QueryResponse {
+            result,
+            meta: self.meta,
+        })
+    }
+
+    /// `{"result": …, "meta": …}`, the result's text as it is. (A JSON value
+    /// and the meta always serialize.)
+    fn into_json(self) -> bytes::Bytes {
+        let json = match (self.json, self.value) {
+            (Some(json), _) => json,
+            (None, value) => serde_json::to_vec(&value.unwrap_or_default())
+                .unwrap_or_default()
+                .into(),
+        };
+        let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
+        let mut out = Vec::with_capacity(json.len() + meta.len() + 20);
+        out.extend_from_slice(br#"{"result":"#);
+        out.extend_from_slice(&json);
+        out.extend_from_slice(br#","meta":"#);
+        out.extend_from_slice(&meta);
+        out.push(b'}');
+        out.into()
+    }
 }
 
 /// A query's place in the result cache (see [`Queries::look_up`]).
@@ -205,6 +282,7 @@ impl Looked {
                 missing_shards: Vec::new(),
                 took_ms: started.elapsed().as_millis() as u64,
                 cache: Some(CacheUse::Hit.as_str().into()),
+                cached_shards: 0,
             },
         ))
     }
@@ -246,13 +324,39 @@ impl Queries {
         request: QueryRequest,
         may_forward: bool,
     ) -> Result<QueryResponse, QueryError> {
+        self.answer(target, analysis_name, request, may_forward)
+            .await?
+            .into_response(analysis_name)
+    }
+
+    /// `query_or_forward`, its answer as the JSON text of the HTTP API: an
+    /// answer kept in the result cache is written as it was kept, never
+    /// parsed again.
+    pub async fn query_json(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: QueryRequest,
+        may_forward: bool,
+    ) -> Result<bytes::Bytes, QueryError> {
+        let answer = self.answer(target, analysis_name, request, may_forward);
+        Ok(answer.await?.into_json())
+    }
+
+    async fn answer(
+        &self,
+        target: &str,
+        analysis_name: &str,
+        request: QueryRequest,
+        may_forward: bool,
+    ) -> Result<Answer, QueryError> {
         // A node that has just started may not have met its cluster yet: it
         // waits (a little) for a member that knows the target, rather than
         // answering 404 for a database the cluster has.
         let until = Instant::now() + root::VIEW_WAIT;
         while may_forward && matches!(self.local.resolve(target), Err(NodeError::NotFound { .. })) {
             if let Some(answer) = self.forward(target, analysis_name, &request).await {
-                return answer;
+                return answer.map(Answer::from);
             }
             let settled = match self.membership() {
                 Some(membership) => membership.has_settled().await,
@@ -283,26 +387,37 @@ impl Queries {
         target: &str,
         analysis_name: &str,
         request: QueryRequest,
-    ) -> Result<QueryResponse, QueryError> {
+    ) -> Result<Answer, QueryError> {
         let started = Instant::now();
         let Some(looked) = self.look_up(target, analysis_name, &request).await else {
             let mut answer = self.compute_query(target, analysis_name, request).await?;
             answer.meta.cache = Some(CacheUse::Bypass.as_str().into());
-            return Ok(answer);
+            return Ok(answer.into());
         };
         if let Some((result, meta)) = looked.hit(started) {
-            let result = serde_json::from_slice(&result).map_err(|e| {
-                let failed = AnalysisError::failed(format!("cached answer: {e}"));
-                QueryError::from_analysis(analysis_name, None, failed)
-            })?;
-            return Ok(QueryResponse { result, meta });
+            return Ok(Answer {
+                value: None,
+                json: Some(result),
+                meta,
+            });
         }
         let mut answer = self.compute_query(target, analysis_name, request).await?;
-        answer.meta.cache = Some(CacheUse::Miss.as_str().into());
-        if let Ok(result) = serde_json::to_vec(&answer.result) {
-            self.keep(&looked, &answer.meta, result.into());
+        let outcome = match answer.meta.cached_shards {
+            0 => CacheUse::Miss,
+            _ => CacheUse::Partial,
+        };
+        answer.meta.cache = Some(outcome.as_str().into());
+        let json = serde_json::to_vec(&answer.result)
+            .ok()
+            .map(bytes::Bytes::from);
+        if let Some(json) = &json {
+            self.keep(&looked, &answer.meta, json.clone());
         }
-        Ok(answer)
+        Ok(Answer {
+            value: Some(answer.result),
+            json,
+            meta: answer.meta,
+        })
     }
 
     /// Where `request`'s answer would be in the result cache, and whether it
@@ -316,16 +431,7 @@ impl Queries {
         request: &QueryRequest,
     ) -> Option<Looked> {
         let cache = &self.inner.cache;
-        let cacheable = match self.analyses().get(analysis_name) {
-            Some(analysis) => analysis.cacheable(),
-            None => false,
-        };
-        // The built-in `sql`: only queries whose answer the database alone
-        // decides (no `now()`, no `random()`).
-        #[cfg(feature = "sql")]
-        let cacheable = cacheable
-            && (!self.serves_builtin_sql(analysis_name)
-                || sql::analysis::repeatable_params(request.params.as_ref()));
+        let cacheable = self.cacheable(analysis_name, request.params.as_ref());
         let metrics = self.local.metrics();
         if !cache.enabled() || request.cache == Some(false) || !cacheable {
             metrics.result_cache(CacheUse::Bypass.as_str());
@@ -350,6 +456,7 @@ impl Queries {
             CacheUse::Miss
         };
         metrics.result_cache(outcome.as_str());
+        self.note_recent(&database, analysis_name, request);
         Some(Looked {
             target: target.to_string(),
             database,
@@ -358,6 +465,24 @@ impl Queries {
             owner,
             found,
         })
+    }
+
+    /// Whether answers of `analysis_name` with `params` may be kept: the
+    /// analysis says its answers depend on the data alone, and for the
+    /// built-in `sql`, the query calls nothing that changes (no `now()`, no
+    /// `random()`).
+    fn cacheable(&self, analysis_name: &str, params: Option<&serde_json::Value>) -> bool {
+        let cacheable = match self.analyses().get(analysis_name) {
+            Some(analysis) => analysis.cacheable(),
+            None => false,
+        };
+        #[cfg(feature = "sql")]
+        let cacheable = cacheable
+            && (!self.serves_builtin_sql(analysis_name)
+                || sql::analysis::repeatable_params(params));
+        #[cfg(not(feature = "sql"))]
+        let _ = params;
+        cacheable
     }
 
     /// The HTTP address of the live member that owns `key` in the result
@@ -405,11 +530,23 @@ impl Queries {
                 let (client, owner, key) = (client.clone(), owner.clone(), looked.key.clone());
                 let secret = self.peer_secret().map(str::to_string);
                 // The answer is given now; the owner is told on the side.
+                let inner = self.inner.clone();
+                inner.storing.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     cache::store(&client, &owner, secret.as_deref(), &key, cached).await;
+                    inner.storing.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             _ => self.keep_here(looked.key.clone(), cached),
+        }
+    }
+
+    /// Waits (at most `limit`) until the answers on their way to their
+    /// owners have arrived.
+    pub(crate) async fn stored(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.inner.storing.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -501,12 +638,39 @@ impl Queries {
 
     /// Maps `shard_ids` of a database on this node and pre-reduces them into one
     /// partial. Every handle is opened before any map runs: the query reads this
-    /// version whatever happens to the alias meanwhile.
+    /// version whatever happens to the alias meanwhile. A shard whose partial
+    /// this member's result cache keeps is not mapped again; the partials of
+    /// those mapped are kept (when the query may use the cache).
     pub(crate) async fn map_here(
         &self,
         query: &root::RootQuery,
         shard_ids: &[String],
-    ) -> Result<analysis::DynPartial, QueryError> {
+    ) -> Result<root::Mapped, QueryError> {
+        let partials = query.partials
+            && self.inner.cache.enabled()
+            && self.cacheable(&query.analysis_name, query.raw_params.as_ref());
+        let partial_key = |id: &str| {
+            cache::partial_key(
+                &query.version,
+                &query.analysis_name,
+                query.raw_params.as_ref(),
+                id,
+            )
+        };
+        let mut cached = Vec::new();
+        let mut to_map = Vec::with_capacity(shard_ids.len());
+        for id in shard_ids {
+            match partials.then(|| self.inner.cache.get(&partial_key(id))) {
+                Some(Some(kept)) => cached.push((id.clone(), kept.result)),
+                _ => to_map.push(id.clone()),
+            }
+        }
+        if partials {
+            let metrics = self.local.metrics();
+            metrics.result_cache_shards(CacheUse::Hit.as_str(), cached.len() as u64);
+            metrics.result_cache_shards(CacheUse::Miss.as_str(), to_map.len() as u64);
+        }
+        let cached_count = cached.len();
         let _load = self.local.track_load();
         let cancel = CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
@@ -517,8 +681,8 @@ impl Queries {
             Err(NodeError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        let mut handles = Vec::with_capacity(shard_ids.len());
-        let shards = shard_ids
+        let mut handles = Vec::with_capacity(to_map.len());
+        let shards = to_map
             .iter()
             .map(|id| {
                 let data = DataDir::new(
@@ -541,17 +705,31 @@ impl Queries {
             analysis: query.analysis.clone(),
             params: query.params.clone(),
             shards,
+            cached,
+            keep: partials,
             slots: self.local.map_slots(),
             cancel: cancel.clone(),
         };
-        let partial = leaf.run().await;
+        let leafed = leaf.run().await;
         for (id, data) in handles {
             let (files, bytes) = data.reads();
             let part = crate::storage::Part::Shard(id.clone()).key();
             self.local
                 .record_read(database, &part, data.disk_id(), files, bytes);
         }
-        partial
+        let leafed = leafed?;
+        for (id, encoded) in leafed.kept {
+            let kept = cache::Cached {
+                result: encoded.into(),
+                shards: 1,
+                database: database.clone(),
+            };
+            self.keep_here(partial_key(&id), kept);
+        }
+        Ok(root::Mapped {
+            partial: leafed.partial,
+            cached: cached_count,
+        })
     }
 
     fn query_timeout(&self, requested: Option<u64>) -> Result<u64, QueryError> {

@@ -48,8 +48,23 @@ pub(crate) struct RootQuery {
     /// The params as the client sent them, passed on to the leaves.
     pub raw_params: Option<serde_json::Value>,
     pub allow_partial: bool,
+    /// Whether the shards' partials may come from (and go to) the result
+    /// cache of the member that maps them (not when the request bypasses the
+    /// cache).
+    pub partials: bool,
     pub deadline: Deadline,
 }
+
+/// One member's partial of a query's shards, and how many of them came from
+/// its result cache.
+pub(crate) struct Mapped {
+    pub partial: DynPartial,
+    pub cached: usize,
+}
+
+/// The header of a map answer that counts the shards whose partials came
+/// from the leaf's result cache.
+pub(crate) const CACHED_SHARDS_HEADER: &str = "x-dram-cached-shards";
 
 impl RootQuery {
     /// A query of `analysis_name` over `version` of `database`, with `params`
@@ -71,6 +86,7 @@ impl RootQuery {
             params,
             raw_params: request.params.clone(),
             allow_partial: request.allow_partial,
+            partials: request.cache != Some(false),
             deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
         }
     }
@@ -90,6 +106,19 @@ pub struct MapRequest {
     pub shards: Vec<String>,
     /// What is left of the query's deadline.
     pub timeout_ms: u64,
+    /// `false`: the shards' partials are neither taken from nor kept in the
+    /// holder's result cache (sent only then: a holder of an earlier
+    /// version, which refuses unknown fields, still takes the others).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub cache: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
 }
 
 /// What the root gathered: partials and the meta that describes them.
@@ -113,14 +142,20 @@ pub(crate) async fn conclude(
     let cancel = tokio_util::sync::CancellationToken::new();
     let _cancel_on_drop = cancel.clone().drop_guard();
     let work = async {
-        let gathered = gather.await?;
+        let mut gathered = gather.await?;
         let (analysis, params) = (query.analysis.clone(), query.params.clone());
-        let partial = match slots {
-            Some(slots) => {
+        // One partial (one member mapped every shard) is its own reduction.
+        let single = match gathered.partials.len() {
+            1 => gathered.partials.pop(),
+            _ => None,
+        };
+        let partial = match (single, slots) {
+            (Some(partial), _) => partial,
+            (None, Some(slots)) => {
                 super::leaf::reduce(name, &analysis, &params, slots, &cancel, gathered.partials)
                     .await?
             }
-            None => {
+            (None, None) => {
                 let (analysis, params) = (analysis.clone(), params.clone());
                 let partials = gathered.partials;
                 super::leaf::blocking(name, &cancel, move || analysis.reduce(&params, partials))
@@ -153,6 +188,9 @@ pub(crate) struct GatheredMeta {
     /// Slow holders whose shards were also asked of their next holders.
     pub hedges: usize,
     pub missing_shards: Vec<String>,
+    /// Shards whose partials came from the result cache of the member that
+    /// holds them.
+    pub cached_shards: usize,
 }
 
 impl GatheredMeta {
@@ -176,6 +214,7 @@ impl GatheredMeta {
             missing_shards: self.missing_shards,
             took_ms: started.elapsed().as_millis() as u64,
             cache: None,
+            cached_shards: self.cached_shards,
         }
     }
 }
@@ -195,14 +234,15 @@ impl Queries {
                 return Ok(None);
             }
             let started = Instant::now();
-            let partial = self.map_here(query, &local).await?;
-            Ok::<_, QueryError>(Some((partial, started.elapsed().as_millis() as u64)))
+            let mapped = self.map_here(query, &local).await?;
+            Ok::<_, QueryError>(Some((mapped, started.elapsed().as_millis() as u64)))
         };
         let (local_result, remote_result) = tokio::join!(local_work, self.fan_out(query, remote));
         let mut gathered = remote_result?;
-        if let Some((partial, took_ms)) = local_result? {
-            gathered.partials.push(partial);
+        if let Some((mapped, took_ms)) = local_result? {
+            gathered.partials.push(mapped.partial);
             gathered.meta.shards += local.len();
+            gathered.meta.cached_shards += mapped.cached;
             gathered.meta.nodes.insert(
                 0,
                 NodeMeta {
@@ -337,8 +377,9 @@ impl Queries {
     }
 
     /// `POST /v1/internal/map`: maps shards of the pinned version here and
-    /// returns the pre-reduced partial as MessagePack.
-    pub async fn map_request(&self, request: MapRequest) -> Result<Vec<u8>, QueryError> {
+    /// returns the pre-reduced partial as MessagePack, with how many shards'
+    /// partials came from the result cache.
+    pub async fn map_request(&self, request: MapRequest) -> Result<(Vec<u8>, usize), QueryError> {
         let analysis = self.analyses().get(&request.analysis);
         self.local.metrics().map_request(match analysis {
             Some(_) => &request.analysis,
@@ -369,16 +410,18 @@ impl Queries {
             params,
             raw_params: request.params,
             allow_partial: false,
+            partials: request.cache,
             deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
         };
         let work = async {
-            let partial = self.map_here(&query, &shards).await?;
-            super::leaf::blocking(
+            let mapped = self.map_here(&query, &shards).await?;
+            let encoded = super::leaf::blocking(
                 &request.analysis,
                 &tokio_util::sync::CancellationToken::new(),
-                move || analysis.encode(partial),
+                move || analysis.encode(mapped.partial),
             )
-            .await
+            .await?;
+            Ok((encoded, mapped.cached))
         };
         match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work).await {
             Ok(result) => result,

@@ -2,8 +2,10 @@
 //! params, shards) and given again without mapping anything; a new version
 //! behind an alias is computed anew; `Cache-Control: no-cache`, `cache:
 //! false` and SQL that calls `now()` or `random()` are never taken from it;
-//! a token for one database never reads another's kept answer. Answers are
-//! checked against totals computed here from the files.
+//! a token for one database never reads another's kept answer; a query over
+//! another shard set maps only the shards never mapped (their partials are
+//! kept where they were mapped). Answers are checked against totals computed
+//! here from the files.
 
 use std::collections::BTreeMap;
 
@@ -112,7 +114,8 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
     assert_eq!(again["meta"]["nodes"], json!([]), "{again}");
     assert_eq!(again["meta"]["version"], first["meta"]["version"]);
     assert_eq!(again["meta"]["alias"], "daily");
-    // Other shards are another answer.
+    // Other shards are another answer, made of the partial kept for "a"
+    // when the whole was computed: nothing is mapped.
     let one = ask(
         &admin,
         "daily",
@@ -120,7 +123,8 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
         json!({"params": {"by": "key", "sum": "n"}, "shards": ["a"]}),
     )
     .await;
-    assert_eq!(one["meta"]["cache"], "miss", "{one}");
+    assert_eq!(one["meta"]["cache"], "partial", "{one}");
+    assert_eq!(one["meta"]["cached_shards"], 1, "{one}");
     assert_eq!(group_sums(&one), sums(&v1, Some("a")));
 
     // Asked not to: computed, and said so.
@@ -137,6 +141,7 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
         .await
         .unwrap();
     assert_eq!(fresh["meta"]["cache"], "bypass", "{fresh}");
+    assert_eq!(fresh["meta"].get("cached_shards"), None, "{fresh}");
     assert_eq!(group_sums(&fresh), sums(&v1, None));
     let off = ask(
         &admin,
@@ -223,16 +228,26 @@ async fn answers_are_kept_per_version_and_given_again_only_where_they_may_be() {
     assert!(value(&text, "dram_result_cache_total{outcome=\"miss\"}") >= 5.0);
     assert!(value(&text, "dram_result_cache_total{outcome=\"bypass\"}") >= 4.0);
     assert!(value(&text, "dram_result_cache_bytes") > 0.0);
-    assert_eq!(value(&text, "dram_result_cache_entries"), 5.0);
+    // Shards: "a" once from the cache; mapped and kept: v1's and v2's two.
+    assert_eq!(
+        value(&text, "dram_result_cache_shards_total{outcome=\"hit\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "dram_result_cache_shards_total{outcome=\"miss\"}"),
+        4.0
+    );
+    // v1: three answers and two partials; v2: two answers, two partials.
+    assert_eq!(value(&text, "dram_result_cache_entries"), 9.0);
 
     // A deleted database's answers are forgotten (at the next answer kept,
-    // a second or more after the last look): v1's three leave, v2's two
-    // stay, and the new one is kept.
+    // a second or more after the last look): v1's five entries leave, v2's
+    // four stay, and the new answer and its two partials are kept.
     admin.delete("/v1/databases/v1").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let fresh = ask(&admin, "v2", "group", json!({"params": {"by": "key"}})).await;
     assert_eq!(fresh["meta"]["cache"], "miss", "{fresh}");
-    assert_eq!(value(&metrics().await, "dram_result_cache_entries"), 3.0);
+    assert_eq!(value(&metrics().await, "dram_result_cache_entries"), 7.0);
     server.shutdown().await;
 }
 
@@ -277,7 +292,8 @@ async fn a_kept_answer_serves_every_member() {
         outcomes.push(answer["meta"]["cache"].as_str().unwrap().to_string());
     }
     assert_eq!(outcomes, ["miss", "hit", "hit"]);
-    // One member keeps it: the key's owner.
+    // The answer is kept once, by the key's owner; each shard's partial by
+    // the member that mapped it.
     let mut kept = 0.0;
     for member in &members {
         let text = metrics_text(&member.server.url()).await;
@@ -287,7 +303,126 @@ async fn a_kept_answer_serves_every_member() {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap();
     }
-    assert_eq!(kept, 1.0);
+    assert_eq!(kept, 3.0);
+    // One shard asked of a member that does not hold it: its holder gives
+    // the partial it kept (the root reads the count from the map answer).
+    let view = copies(&members[0].client, "db").await;
+    let holder_of_a = ready(&view["a"])[0].to_string();
+    let elsewhere = members
+        .iter()
+        .find(|m| m.server.node.id() != holder_of_a)
+        .unwrap();
+    let one = ask(
+        &elsewhere.client,
+        "db",
+        "group",
+        json!({"params": {"by": "key", "sum": "n"}, "shards": ["a"]}),
+    )
+    .await;
+    assert_eq!(one["meta"]["cache"], "partial", "{one}");
+    assert_eq!(one["meta"]["cached_shards"], 1, "{one}");
+    assert_eq!(
+        one["meta"]["nodes"][0]["node"],
+        holder_of_a.as_str(),
+        "{one}"
+    );
+    assert_eq!(group_sums(&one), sums(&files, Some("a")));
+    for member in members {
+        member.server.shutdown().await;
+    }
+}
+
+/// Warm then swap on two members: queries asked of the alias's database on
+/// either member are replayed against the new, lazy database before the alias
+/// moves (its lazy copies fetched first on both), so the same queries on the
+/// moved alias are hits, with the new database's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_alias_move_replays_recent_queries_before_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = crate::cluster::members(dir.path(), 2).await;
+    let v1 = shards(2, 30);
+    let v2 = shards(5, 40);
+    let store = members[0].server.node.config().store.clone();
+    for (name, files) in [("v1", &v1), ("v2", &v2)] {
+        publish_owned(dir.path(), &store, name, files, &[]).await;
+    }
+    let (first, second) = (&members[0].client, &members[1].client);
+    for body in [
+        json!({"name": "v1", "source": "v1", "replicas": 1}),
+        json!({"name": "v2", "source": "v2", "replicas": 1, "mode": "lazy"}),
+    ] {
+        first.post("/v1/databases", &body).await.unwrap();
+    }
+    let clients: Vec<&Client> = members.iter().map(|m| &m.client).collect();
+    crate::cluster::on_all(&clients, 30, "v1 ready and v2 lazy, both placed", |c| {
+        Box::pin(async move {
+            let (one, two) = (copies(c, "v1").await, copies(c, "v2").await);
+            let placed = |view: &BTreeMap<String, Vec<(String, String)>>, state: &str| {
+                view.len() == 2
+                    && view
+                        .values()
+                        .all(|h| h.iter().filter(|(_, s)| s == state).count() == 1)
+            };
+            placed(&one, "ready") && placed(&two, "lazy")
+        })
+    })
+    .await;
+    first
+        .put("/v1/aliases/daily", &json!({"target": "v1"}))
+        .await
+        .unwrap();
+
+    let group = json!({"params": {"by": "key", "sum": "n"}});
+    let sql = json!({"params": {"sql": "SELECT sum(n) AS total FROM rows"}});
+    let clock = json!({"params": {"sql": "SELECT count(*) AS n, now() AS at FROM rows"}});
+    assert_eq!(
+        group_sums(&ask(first, "daily", "group", group.clone()).await),
+        sums(&v1, None)
+    );
+    ask(second, "daily", "sql", sql.clone()).await;
+    ask(second, "daily", "count", json!({})).await;
+    // Never kept, so never replayed.
+    ask(second, "daily", "sql", clock.clone()).await;
+
+    // A target that is not a database: refused, nothing moves.
+    let ghost = json!({"actions": [{"set": {"name": "daily", "target": "ghost"}}], "warm": true});
+    expect_error(
+        first.post("/v1/aliases/_batch", &ghost).await,
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        first.get("/v1/aliases/daily").await.unwrap()["target"],
+        "v1"
+    );
+
+    let batch = json!({"actions": [{"set": {"name": "daily", "target": "v2"}}], "warm": true});
+    let moved = first.post("/v1/aliases/_batch", &batch).await.unwrap();
+    let warmed = &moved["warmed"];
+    assert_eq!(warmed["databases"], json!(["v2"]), "{moved}");
+    assert_eq!(warmed["members"], 2, "{moved}");
+    assert_eq!(warmed["lazy_shards"], 2, "{moved}");
+    let v2_bytes: usize = v2.iter().map(|(_, bytes)| bytes.len()).sum();
+    assert_eq!(warmed["lazy_files"], 2, "{moved}");
+    assert_eq!(warmed["lazy_bytes"], v2_bytes, "{moved}");
+    assert_eq!(warmed["queries"], 3, "{moved}");
+    assert_eq!(warmed["failed"], 0, "{moved}");
+    assert_eq!(moved["applied"][0]["target"], "v2", "{moved}");
+
+    // The moved alias: the new database's answers, already kept.
+    for client in [first, second] {
+        let answer = ask(client, "daily", "group", group.clone()).await;
+        assert_eq!(answer["meta"]["cache"], "hit", "{answer}");
+        assert_eq!(answer["meta"]["database"], "v2", "{answer}");
+        assert_eq!(group_sums(&answer), sums(&v2, None));
+        let answer = ask(client, "daily", "sql", sql.clone()).await;
+        assert_eq!(answer["meta"]["cache"], "hit", "{answer}");
+        let total: u64 = sums(&v2, None).values().sum();
+        assert_eq!(answer["result"]["rows"][0]["total"], total, "{answer}");
+        let answer = ask(client, "daily", "count", json!({})).await;
+        assert_eq!(answer["meta"]["cache"], "hit", "{answer}");
+        assert_eq!(answer["result"]["rows"], 80, "{answer}");
+    }
     for member in members {
         member.server.shutdown().await;
     }

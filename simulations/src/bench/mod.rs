@@ -20,6 +20,7 @@ pub mod measure;
 pub mod nodes;
 pub mod pg;
 pub mod restart;
+pub mod spread;
 pub mod sql;
 pub mod support;
 pub mod tpch;
@@ -162,6 +163,11 @@ pub fn cases() -> Vec<Case> {
             name: "hedge",
             about: "one member of 3 slowed by 50 ms: p99 with adaptive selection and hedges, and without",
             run: hedge::run,
+        },
+        Case {
+            name: "spread",
+            about: "TPC-H Q6 and Q1 on 3 members: rendezvous alone (4/1/1) vs each database spread evenly",
+            run: spread::run,
         },
         Case {
             name: "http",

@@ -58,6 +58,40 @@ pub async fn three_members(dir: &Path, store_url: &str) -> Result<[Server; 3]> {
     Ok([n1, n2, n3])
 }
 
+/// Members `ids` of cluster `cluster` (the others seeded by the first), data
+/// under `dir`, the store at `store_url`, each configuration passed through
+/// `tune` first.
+pub async fn members(
+    dir: &Path,
+    store_url: &str,
+    cluster: &str,
+    ids: &[String],
+    tune: impl Fn(&mut Config),
+) -> Result<Vec<Server>> {
+    let mut servers: Vec<Server> = Vec::new();
+    let mut seeds = Vec::new();
+    for id in ids {
+        let mut config = config(dir, id, store_url, cluster, &seeds)?;
+        tune(&mut config);
+        let server = start(config).await?;
+        if seeds.is_empty() {
+            seeds.push(server.node.config().cluster.gossip_listen.clone());
+        }
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+/// Writes `files` (path inside the database, bytes) under `folder`.
+pub fn write_files(folder: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    for (path, content) in files {
+        let target = folder.join(path);
+        std::fs::create_dir_all(target.parent().context("a file path")?)?;
+        std::fs::write(&target, content)?;
+    }
+    Ok(())
+}
+
 /// Uploads `folder` as database `name` (with its manifest, declaring the
 /// co-located `shard_keys`) to `store_url`.
 pub async fn publish(

@@ -39,11 +39,7 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
     let files = tpch::database(scale, SHARDS, Layout::Colocated, &reference);
     let bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
     let folder = dir.path().join("db");
-    for (path, content) in &files {
-        let target = folder.join(path);
-        std::fs::create_dir_all(target.parent().context("a file path")?)?;
-        std::fs::write(&target, content)?;
-    }
+    nodes::write_files(&folder, &files)?;
     drop(files);
     let generated_s = started.elapsed().as_secs_f64();
     let store_url = format!("file://{}", dir.path().join("store").display());
@@ -70,24 +66,13 @@ async fn run_async(settings: &Settings) -> Result<Vec<Table>> {
     let mut loads = Vec::new();
     for members in MEMBERS {
         let cluster = dir.path().join(format!("members-{members}"));
-        let mut servers = Vec::new();
-        let mut seeds = Vec::new();
-        for i in 1..=members {
-            let mut config = nodes::config(
-                &cluster,
-                &format!("m{i}"),
-                &store_url,
-                &format!("bench-tpch-{members}"),
-                &seeds,
-            )?;
+        let ids: Vec<String> = (1..=members).map(|i| format!("m{i}")).collect();
+        let name = format!("bench-tpch-{members}");
+        let servers = nodes::members(&cluster, &store_url, &name, &ids, |config| {
             // Like one-process DataFusion, which has no limit.
             config.sql.memory_limit = 16 << 30;
-            let server = nodes::start(config).await?;
-            if seeds.is_empty() {
-                seeds.push(server.node.config().cluster.gossip_listen.clone());
-            }
-            servers.push(server);
-        }
+        })
+        .await?;
         let http = reqwest::Client::new();
         let root = servers[0].url();
         let loaded = Instant::now();

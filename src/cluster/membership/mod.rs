@@ -82,6 +82,9 @@ pub struct Membership {
     /// Holders whose map request failed lately (member → when, ms): queries
     /// try them last until gossip has caught up.
     failed_holders: Mutex<HashMap<String, u64>>,
+    /// The last reading of the members for queries, and the gossip state
+    /// it was read from (see `members_for_queries`).
+    recent_members: Mutex<Option<(u64, Arc<Vec<Member>>)>>,
     /// Connections to the other members, reused across queries.
     http_client: reqwest::Client,
     /// The client of the sync round's pulls (each bounded by `PULL_TIMEOUT`).
@@ -127,6 +130,27 @@ fn distinct_members(chitchat: &chitchat::Chitchat) -> (Vec<ChitchatId>, Vec<Chit
     }
     let dead = dead.into_values().cloned().collect();
     (live, dead)
+}
+
+/// What the members' reading depends on: who is live and who is dead, and
+/// the newest version of each one's keys.
+fn gossip_fingerprint(
+    chitchat: &chitchat::Chitchat,
+    live: &[ChitchatId],
+    dead: &[ChitchatId],
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (ids, is_live) in [(live, true), (dead, false)] {
+        for id in ids {
+            (id, is_live).hash(&mut hasher);
+            chitchat
+                .node_state(id)
+                .map(|state| state.max_version())
+                .hash(&mut hasher);
+        }
+    }
+    hasher.finish()
 }
 
 impl Membership {
@@ -203,6 +227,7 @@ impl Membership {
             )),
             backups: crate::cluster::backup::Backups::new(node),
             failed_holders: Mutex::default(),
+            recent_members: Mutex::default(),
             http_client: crate::net::peer_client(node.config())
                 .pool_max_idle_per_host(64)
                 .default_headers(peer_headers(&config.id))
@@ -262,9 +287,37 @@ impl Membership {
     }
 
     /// Every member gossip knows, live and dead, with its keys.
+    /// The members as queries see them: the same as `members`, read again
+    /// only when the gossip state changed (a member came, went, or set a
+    /// key). Reading them parses every member's keys, while they change a
+    /// few times a gossip round: per query, that was most of a cached
+    /// answer's time.
+    pub(crate) async fn members_for_queries(&self) -> Arc<Vec<Member>> {
+        let chitchat = self.handle.lock().await;
+        let (live, dead) = distinct_members(&chitchat);
+        let state = gossip_fingerprint(&chitchat, &live, &dead);
+        if let Some((read, members)) = lock(&self.recent_members).as_ref()
+            && *read == state
+        {
+            return members.clone();
+        }
+        let members = Arc::new(self.members_of(&chitchat, live, dead));
+        *lock(&self.recent_members) = Some((state, members.clone()));
+        members
+    }
+
     pub(crate) async fn members(&self) -> Vec<Member> {
         let chitchat = self.handle.lock().await;
         let (live, dead) = distinct_members(&chitchat);
+        self.members_of(&chitchat, live, dead)
+    }
+
+    fn members_of(
+        &self,
+        chitchat: &chitchat::Chitchat,
+        live: Vec<ChitchatId>,
+        dead: Vec<ChitchatId>,
+    ) -> Vec<Member> {
         let mut members = Vec::with_capacity(live.len() + dead.len());
         for (id, is_live) in live
             .iter()

@@ -95,14 +95,16 @@ impl Membership {
         let inventories = self.live_inventories(node, &members)?;
         let delay_ms = node.config().cluster.node_left_delay_secs * 1000;
         let pins = node.registry()?.live_pins();
-        let state = Arc::new(cluster_state(
+        let mut state = cluster_state(
             &members,
             &inventories,
             pins,
             &mut lock(&self.dead_since),
             self.time.now_ms(),
             delay_ms,
-        ));
+        );
+        state.even_spread = node.config().cluster.even_spread;
+        let state = Arc::new(state);
         *lock(&self.state) = Some(state.clone());
         Ok(Round {
             members,
@@ -124,7 +126,7 @@ impl Membership {
     /// `version`, from one read of gossip and the cached peer inventories (the
     /// query path computes no inventory and clones none).
     pub(crate) async fn query_holders(&self, database: &str, version: &str) -> QueryHolders {
-        let members = self.members().await;
+        let members = self.members_for_queries().await;
         let mut out = QueryHolders::default();
         // A member shutting down gets no new map requests.
         for member in members
@@ -243,11 +245,11 @@ impl Membership {
 
     /// The HTTP address of each live member.
     pub(crate) async fn http_addresses(&self) -> HashMap<String, String> {
-        self.members()
+        self.members_for_queries()
             .await
-            .into_iter()
+            .iter()
             .filter(|m| m.live)
-            .filter_map(|m| Some((m.id, m.node.map(|n: NodeInfo| n.url())?)))
+            .filter_map(|m| Some((m.id.clone(), m.node.as_ref().map(NodeInfo::url)?)))
             .collect()
     }
 }

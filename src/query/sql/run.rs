@@ -391,6 +391,7 @@ impl Queries {
                             retries: if excluded.is_empty() { 0 } else { 1 },
                             hedges: 0,
                             missing_shards: reading.missing,
+                            cached_shards: 0,
                         };
                         break Ok::<_, QueryError>((output, meta));
                     }
