@@ -354,6 +354,9 @@ where
     }
 }
 
+/// Partials at most this large are decoded on the runtime's thread.
+const INLINE_DECODE_BYTES: usize = 64 << 10;
+
 /// `POST {address}/v1/internal/map` for `shards`, decoded (`address`: the
 /// holder's base URL, or `host:port` for plain HTTP).
 pub(crate) async fn send_map(
@@ -431,11 +434,18 @@ pub(crate) async fn send_map(
         });
     }
     let analysis = query.analysis.clone();
-    let partial =
+    // A small partial is decoded here: a trip to the blocking pool would
+    // cost more than the decoding.
+    let partial = if bytes.len() <= INLINE_DECODE_BYTES {
+        analysis
+            .decode(&bytes)
+            .map_err(|e| QueryError::from_analysis(&query.analysis_name, None, e))?
+    } else {
         super::leaf::blocking(&query.analysis_name, &CancellationToken::new(), move || {
             analysis.decode(&bytes)
         })
-        .await?;
+        .await?
+    };
     Ok(Mapped { partial, cached })
 }
 

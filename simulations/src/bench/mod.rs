@@ -166,7 +166,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "spread",
-            about: "TPC-H Q6 and Q1 on 3 members: rendezvous alone (4/1/1) vs each database spread evenly",
+            about: "TPC-H Q6 and Q1 on 3 members: rendezvous alone (4 of 6 shards on one) vs each database spread evenly",
             run: spread::run,
         },
         Case {
