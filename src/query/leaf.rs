@@ -24,15 +24,25 @@ pub(crate) struct LeafTask {
     /// Whether each mapped shard's partial is also handed back encoded, to
     /// be kept.
     pub keep: bool,
+    /// Whether the reduced partial is handed back encoded (for another
+    /// member): reduced and encoded in one trip to the blocking pool.
+    pub encode: bool,
     pub slots: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
 
-/// What a leaf's work gave: the shards' partials reduced into one, and the
-/// mapped shards' partials encoded when they were to be kept.
+/// What a leaf's work gave: the shards' partials reduced into one (encoded
+/// when asked), and the mapped shards' partials encoded when they were to be
+/// kept.
 pub(crate) struct Leafed {
-    pub partial: DynPartial,
+    pub output: LeafOutput,
     pub kept: Vec<(String, Vec<u8>)>,
+}
+
+/// The reduced partial, as a value or encoded.
+pub(crate) enum LeafOutput {
+    Partial(DynPartial),
+    Encoded(Vec<u8>),
 }
 
 impl LeafTask {
@@ -93,9 +103,9 @@ impl LeafTask {
         }
         // One partial is its own reduction (reduce merges: the root reduces
         // what the leaves reduced): no second trip to the blocking pool.
-        let partial = match partials.len() {
-            1 => partials.pop().expect("one partial"),
-            _ => {
+        let output = match (self.encode, partials.len()) {
+            (false, 1) => LeafOutput::Partial(partials.pop().expect("one partial")),
+            (false, _) => LeafOutput::Partial(
                 reduce(
                     &self.name,
                     &self.analysis,
@@ -104,10 +114,29 @@ impl LeafTask {
                     &self.cancel,
                     partials,
                 )
-                .await?
+                .await?,
+            ),
+            (true, _) => {
+                let _slot = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| QueryError::Cancelled)?;
+                let (analysis, params) = (self.analysis.clone(), self.params.clone());
+                LeafOutput::Encoded(
+                    blocking(&self.name, &self.cancel, move || {
+                        let partial = match partials.len() {
+                            1 => partials.pop().expect("one partial"),
+                            _ => analysis.reduce(&params, partials)?,
+                        };
+                        analysis.encode(partial)
+                    })
+                    .await?,
+                )
             }
         };
-        Ok(Leafed { partial, kept })
+        Ok(Leafed { output, kept })
     }
 }
 

@@ -646,6 +646,28 @@ impl Queries {
         query: &root::RootQuery,
         shard_ids: &[String],
     ) -> Result<root::Mapped, QueryError> {
+        let (output, cached) = self.map_here_as(query, shard_ids, false).await?;
+        match output {
+            leaf::LeafOutput::Partial(partial) => Ok(root::Mapped { partial, cached }),
+            leaf::LeafOutput::Encoded(bytes) => {
+                let partial = query
+                    .analysis
+                    .decode(&bytes)
+                    .map_err(|e| QueryError::from_analysis(&query.analysis_name, None, e))?;
+                Ok(root::Mapped { partial, cached })
+            }
+        }
+    }
+
+    /// `map_here`, the partial encoded for another member when `encode`
+    /// (reduced and encoded in one trip to the blocking pool); with how many
+    /// shards' partials came from the cache.
+    pub(crate) async fn map_here_as(
+        &self,
+        query: &root::RootQuery,
+        shard_ids: &[String],
+        encode: bool,
+    ) -> Result<(leaf::LeafOutput, usize), QueryError> {
         let partials = query.partials
             && self.inner.cache.enabled()
             && self.cacheable(&query.analysis_name, query.raw_params.as_ref());
@@ -707,6 +729,7 @@ impl Queries {
             shards,
             cached,
             keep: partials,
+            encode,
             slots: self.local.map_slots(),
             cancel: cancel.clone(),
         };
@@ -726,10 +749,7 @@ impl Queries {
             };
             self.keep_here(partial_key(&id), kept);
         }
-        Ok(root::Mapped {
-            partial: leafed.partial,
-            cached: cached_count,
-        })
+        Ok((leafed.output, cached_count))
     }
 
     fn query_timeout(&self, requested: Option<u64>) -> Result<u64, QueryError> {

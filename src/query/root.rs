@@ -414,14 +414,18 @@ impl Queries {
             deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
         };
         let work = async {
-            let mapped = self.map_here(&query, &shards).await?;
-            let encoded = super::leaf::blocking(
-                &request.analysis,
-                &tokio_util::sync::CancellationToken::new(),
-                move || analysis.encode(mapped.partial),
-            )
-            .await?;
-            Ok((encoded, mapped.cached))
+            match self.map_here_as(&query, &shards, true).await? {
+                (super::leaf::LeafOutput::Encoded(bytes), cached) => Ok((bytes, cached)),
+                (super::leaf::LeafOutput::Partial(partial), cached) => {
+                    let encoded = super::leaf::blocking(
+                        &request.analysis,
+                        &tokio_util::sync::CancellationToken::new(),
+                        move || analysis.encode(partial),
+                    )
+                    .await?;
+                    Ok((encoded, cached))
+                }
+            }
         };
         match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work).await {
             Ok(result) => result,
