@@ -39,10 +39,33 @@ pub(crate) struct Leafed {
     pub kept: Vec<(String, Vec<u8>)>,
 }
 
-/// The reduced partial, as a value or encoded.
+/// The reduced partial, as a value or encoded (as `LeafTask::encode` asked).
 pub(crate) enum LeafOutput {
     Partial(DynPartial),
     Encoded(Vec<u8>),
+}
+
+impl LeafOutput {
+    /// The partial of a task not asked to encode it.
+    pub(crate) fn partial(self, name: &str) -> Result<DynPartial, QueryError> {
+        match self {
+            LeafOutput::Partial(partial) => Ok(partial),
+            LeafOutput::Encoded(_) => Err(not_as_asked(name)),
+        }
+    }
+
+    /// The encoded partial of a task asked to encode it.
+    pub(crate) fn encoded(self, name: &str) -> Result<Vec<u8>, QueryError> {
+        match self {
+            LeafOutput::Encoded(bytes) => Ok(bytes),
+            LeafOutput::Partial(_) => Err(not_as_asked(name)),
+        }
+    }
+}
+
+fn not_as_asked(name: &str) -> QueryError {
+    let failed = AnalysisError::failed("internal error: a leaf's partial is not in the form asked");
+    QueryError::from_analysis(name, None, failed)
 }
 
 impl LeafTask {
@@ -117,23 +140,15 @@ impl LeafTask {
                 .await?,
             ),
             (true, _) => {
-                let _slot = self
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| QueryError::Cancelled)?;
                 let (analysis, params) = (self.analysis.clone(), self.params.clone());
-                LeafOutput::Encoded(
-                    blocking(&self.name, &self.cancel, move || {
-                        let partial = match partials.len() {
-                            1 => partials.pop().expect("one partial"),
-                            _ => analysis.reduce(&params, partials)?,
-                        };
-                        analysis.encode(partial)
-                    })
-                    .await?,
-                )
+                let encode = move || {
+                    let partial = match partials.len() {
+                        1 => partials.pop().expect("one partial"),
+                        _ => analysis.reduce(&params, partials)?,
+                    };
+                    analysis.encode(partial)
+                };
+                LeafOutput::Encoded(slotted(&self.name, &self.slots, &self.cancel, encode).await?)
             }
         };
         Ok(Leafed { output, kept })
@@ -149,13 +164,26 @@ pub(crate) async fn reduce(
     cancel: &CancellationToken,
     partials: Vec<DynPartial>,
 ) -> Result<DynPartial, QueryError> {
+    let (analysis, params) = (analysis.clone(), params.clone());
+    slotted(name, slots, cancel, move || {
+        analysis.reduce(&params, partials)
+    })
+    .await
+}
+
+/// `blocking`, holding one map slot.
+async fn slotted<T: Send + 'static>(
+    name: &str,
+    slots: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+    f: impl FnOnce() -> Result<T, AnalysisError> + Send + 'static,
+) -> Result<T, QueryError> {
     let _slot = slots
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| QueryError::Cancelled)?;
-    let (analysis, params) = (analysis.clone(), params.clone());
-    blocking(name, cancel, move || analysis.reduce(&params, partials)).await
+    blocking(name, cancel, f).await
 }
 
 /// Runs user code on the blocking pool, turning its errors and panics into

@@ -647,16 +647,8 @@ impl Queries {
         shard_ids: &[String],
     ) -> Result<root::Mapped, QueryError> {
         let (output, cached) = self.map_here_as(query, shard_ids, false).await?;
-        match output {
-            leaf::LeafOutput::Partial(partial) => Ok(root::Mapped { partial, cached }),
-            leaf::LeafOutput::Encoded(bytes) => {
-                let partial = query
-                    .analysis
-                    .decode(&bytes)
-                    .map_err(|e| QueryError::from_analysis(&query.analysis_name, None, e))?;
-                Ok(root::Mapped { partial, cached })
-            }
-        }
+        let partial = output.partial(&query.analysis_name)?;
+        Ok(root::Mapped { partial, cached })
     }
 
     /// `map_here`, the partial encoded for another member when `encode`

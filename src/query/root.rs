@@ -414,18 +414,8 @@ impl Queries {
             deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
         };
         let work = async {
-            match self.map_here_as(&query, &shards, true).await? {
-                (super::leaf::LeafOutput::Encoded(bytes), cached) => Ok((bytes, cached)),
-                (super::leaf::LeafOutput::Partial(partial), cached) => {
-                    let encoded = super::leaf::blocking(
-                        &request.analysis,
-                        &tokio_util::sync::CancellationToken::new(),
-                        move || analysis.encode(partial),
-                    )
-                    .await?;
-                    Ok((encoded, cached))
-                }
-            }
+            let (output, cached) = self.map_here_as(&query, &shards, true).await?;
+            Ok((output.encoded(&request.analysis)?, cached))
         };
         match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work).await {
             Ok(result) => result,
