@@ -6,7 +6,9 @@
 //! Every change that must be seen whole (a part becoming ready, an alias batch) is
 //! one write transaction: after a crash the catalog shows it entirely or not at all.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use redb::{
@@ -114,6 +116,9 @@ pub struct Catalog {
     db: RwLock<Option<Database>>,
     open: Opener,
     state: Mutex<Failure>,
+    /// Counts committed writes (and reopenings): what was read at one
+    /// generation is still true while it lasts (see [`Memo`]).
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -150,7 +155,14 @@ impl Catalog {
             db: RwLock::new(Some(db)),
             open,
             state: Mutex::default(),
+            generation: AtomicU64::new(0),
         })
+    }
+
+    /// The number of writes committed so far (and reopenings): a value read
+    /// at one generation holds until the next.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The I/O error that closed the catalog, until a write succeeds again.
@@ -178,7 +190,8 @@ impl Catalog {
                 match (self.open)() {
                     Ok(opened) => {
                         *db = Some(opened);
-                        state.poisoned = true;
+                        state.poisoned = false;
+                        self.generation.fetch_add(1, Ordering::SeqCst);
                         tracing::info!("catalog opened again after an I/O error");
                     }
                     Err(e) => state.error = Some(e.to_string()),
@@ -223,6 +236,7 @@ impl Catalog {
         let mut writer = Writer { txn };
         let out = f(&mut writer)?;
         writer.txn.commit().map_err(|e| self.noted(e))?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if self.failure_state().error.is_some() {
             self.failure_state().error = None;
             tracing::info!("catalog writes succeed again");
@@ -327,6 +341,62 @@ impl Reader {
     ) -> Result<Vec<(String, T)>, CatalogError> {
         let table = self.txn.open_table(table)?;
         scan_table(&table, prefix)
+    }
+}
+
+/// Values derived from the catalog, kept until its next write: the hot
+/// path of a query (an alias resolved, a ready version) reads no table
+/// while nothing changed. Holds at most `MEMO_ENTRIES` values (more are
+/// read each time); every write empties it.
+pub struct Memo<V> {
+    entries: Mutex<(u64, HashMap<String, V>)>,
+}
+
+const MEMO_ENTRIES: usize = 4096;
+
+impl<V> Default for Memo<V> {
+    fn default() -> Self {
+        Memo {
+            entries: Mutex::new((0, HashMap::new())),
+        }
+    }
+}
+
+impl<V: Clone> Memo<V> {
+    /// The value for `key`: kept, or `read` from `catalog` and kept when it
+    /// succeeds (errors are never kept).
+    pub fn get_or_read<E>(
+        &self,
+        catalog: &Catalog,
+        key: &str,
+        read: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, E> {
+        // Taken before reading: a write committed during the read leaves a
+        // newer generation, and the value kept under this one is not used.
+        let generation = catalog.generation();
+        {
+            let entries = self.lock();
+            if entries.0 == generation
+                && let Some(value) = entries.1.get(key)
+            {
+                return Ok(value.clone());
+            }
+        }
+        let value = read()?;
+        let mut entries = self.lock();
+        if entries.0 < generation {
+            *entries = (generation, HashMap::new());
+        }
+        if entries.0 == generation && entries.1.len() < MEMO_ENTRIES {
+            entries.1.insert(key.to_string(), value.clone());
+        }
+        Ok(value)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<String, V>)> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -484,8 +554,10 @@ mod tests {
     fn a_catalog_closed_by_a_full_disk_opens_again_once_writes_succeed() {
         let bytes = Arc::new(InMemoryBackend::new());
         let full = Arc::new(AtomicBool::new(false));
-        let (b, f) = (bytes.clone(), full.clone());
+        let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, f, o) = (bytes.clone(), full.clone(), opens.clone());
         let catalog = Catalog::open_with(Box::new(move || {
+            o.fetch_add(1, Ordering::SeqCst);
             let disk = FillingDisk {
                 bytes: b.clone(),
                 full: f.clone(),
@@ -513,6 +585,40 @@ mod tests {
         assert_eq!(catalog.get::<u32>(META, "a").unwrap(), Some(1));
         assert_eq!(catalog.get::<u32>(META, "b").unwrap(), Some(2));
         assert_eq!(catalog.get::<Vec<u8>>(META, "big0").unwrap(), None);
+        // Opened once more, not again on every use after that.
+        let reopened = opens.load(Ordering::SeqCst);
+        for i in 0..5 {
+            catalog.write(|w| w.put(META, "c", &i)).unwrap();
+            assert_eq!(catalog.get::<u32>(META, "c").unwrap(), Some(i));
+        }
+        assert_eq!(opens.load(Ordering::SeqCst), reopened);
+    }
+
+    #[test]
+    fn a_memo_holds_until_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.redb")).unwrap();
+        catalog.write(|w| w.put(META, "a", &1u32)).unwrap();
+        let memo: Memo<u32> = Memo::default();
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            catalog
+                .get::<u32>(META, "a")?
+                .ok_or_else(|| CatalogError::Closed("missing".into()))
+        };
+        assert_eq!(memo.get_or_read(&catalog, "a", read).unwrap(), 1);
+        assert_eq!(memo.get_or_read(&catalog, "a", read).unwrap(), 1);
+        assert_eq!(reads.get(), 1, "read again while nothing changed");
+        // A write (to any key) makes the memo read again, and see the change.
+        catalog.write(|w| w.put(META, "a", &2u32)).unwrap();
+        assert_eq!(memo.get_or_read(&catalog, "a", read).unwrap(), 2);
+        assert_eq!(reads.get(), 2);
+        // Errors are not kept.
+        catalog.write(|w| w.remove(META, "a")).unwrap();
+        assert!(memo.get_or_read(&catalog, "a", read).is_err());
+        catalog.write(|w| w.put(META, "a", &3u32)).unwrap();
+        assert_eq!(memo.get_or_read(&catalog, "a", read).unwrap(), 3);
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl Inner {
 
     /// A database name, or the database an alias points to.
     pub(super) fn resolve(&self, name: &str) -> Result<String, NodeError> {
+        self.resolved
+            .get_or_read(&self.catalog, name, || self.resolve_uncached(name))
+    }
+
+    fn resolve_uncached(&self, name: &str) -> Result<String, NodeError> {
         if self
             .catalog
             .get::<DatabaseRecord>(DATABASES, name)?

@@ -328,6 +328,15 @@ impl Inner {
 impl Local {
     /// The version of a database that is ready here (its manifest is known).
     pub(crate) fn ready_version(&self, database: &str) -> Result<String, NodeError> {
+        let inner = &self.inner;
+        inner
+            .ready_versions
+            .get_or_read(&inner.catalog, database, || {
+                self.ready_version_uncached(database)
+            })
+    }
+
+    fn ready_version_uncached(&self, database: &str) -> Result<String, NodeError> {
         let record: DatabaseRecord = self
             .catalog()
             .get(DATABASES, database)?
@@ -344,6 +353,18 @@ impl Local {
     /// The shards of `database` this node serves its own copy of (one scan of
     /// its part records).
     pub(crate) fn serving_shards(
+        &self,
+        database: &str,
+    ) -> Result<std::collections::HashSet<String>, NodeError> {
+        let inner = &self.inner;
+        inner
+            .serving_shards
+            .get_or_read(&inner.catalog, database, || {
+                self.serving_shards_uncached(database)
+            })
+    }
+
+    fn serving_shards_uncached(
         &self,
         database: &str,
     ) -> Result<std::collections::HashSet<String>, NodeError> {

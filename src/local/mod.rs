@@ -100,6 +100,15 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The background re-hash of every blob (see `scrub`).
     scrub: Arc<scrub::Scrubber>,
+    /// Names resolved to databases, and ready versions, until the catalog's
+    /// next write (a query's hot path).
+    resolved: crate::catalog::Memo<String>,
+    ready_versions: crate::catalog::Memo<String>,
+    /// Per `<database>\0<part key>`: the disk of the copy this node serves
+    /// and whether it is lazy (`None`: no global data).
+    serving_copies: crate::catalog::Memo<Option<(String, bool)>>,
+    /// Per database: the shards this node serves its own copy of.
+    serving_shards: crate::catalog::Memo<std::collections::HashSet<String>>,
 }
 
 impl Inner {
@@ -190,6 +199,10 @@ impl Local {
             shutdown_tx,
             tasks: Mutex::default(),
             scrub: Arc::default(),
+            resolved: Default::default(),
+            ready_versions: Default::default(),
+            serving_copies: Default::default(),
+            serving_shards: Default::default(),
             config,
         });
         let node = Local { inner };

@@ -138,23 +138,48 @@ impl Local {
 impl Inner {
     fn context(self: &Arc<Self>, database: &str, part: Part) -> Result<ShardContext, NodeError> {
         let name = self.resolve(database)?;
+        let copy =
+            self.serving_copies
+                .get_or_read(&self.catalog, &key(&[&name, &part.key()]), || {
+                    self.serving_copy(&name, &part)
+                })?;
+        // Kept too: most databases have no global data, and every query asks.
+        let Some((disk, lazy)) = copy else {
+            return Err(NodeError::not_found("global data of database", &name));
+        };
+        Ok(ShardContext {
+            inner: self.clone(),
+            disk: self.disk(&disk)?.clone(),
+            files: self.files(&name)?,
+            database: name,
+            part,
+            lazy,
+        })
+    }
+
+    /// The disk of this node's copy of `part` of the database `name`, and
+    /// whether it is lazy; `None` when the database has no global data (or
+    /// this node holds none of it), an error when it serves no such copy.
+    fn serving_copy(&self, name: &str, part: &Part) -> Result<Option<(String, bool)>, NodeError> {
         let record: DatabaseRecord = self
             .catalog
-            .get(DATABASES, &name)?
-            .ok_or_else(|| NodeError::not_found("database", &name))?;
+            .get(DATABASES, name)?
+            .ok_or_else(|| NodeError::not_found("database", name))?;
         if record.state != DbState::Ready {
             return Err(NodeError::NotReady(format!(
                 "database {name:?} is {}, not ready",
                 json_name(&record.state)
             )));
         }
-        let part_record: PartRecord = self
-            .catalog
-            .get(PARTS, &key(&[&name, &part.key()]))?
-            .ok_or_else(|| match &part {
-                Part::Global => NodeError::not_found("global data of database", &name),
+        let part_record: Option<PartRecord> =
+            self.catalog.get(PARTS, &key(&[name, &part.key()]))?;
+        if part_record.is_none() && *part == Part::Global {
+            return Ok(None);
+        }
+        let part_record = part_record.ok_or_else(|| match part {
+                Part::Global => NodeError::not_found("global data of database", name),
                 // Known from the manifest, placed on other members.
-                Part::Shard(id) if self.files(&name).is_ok_and(|f| f.parts.contains_key(&part)) => {
+                Part::Shard(id) if self.files(name).is_ok_and(|f| f.parts.contains_key(part)) => {
                     NodeError::NotReady(format!(
                         "this node holds no copy of shard {name}/{id}: placement put it on other members"
                     ))
@@ -178,14 +203,7 @@ impl Inner {
                 )));
             }
         };
-        Ok(ShardContext {
-            inner: self.clone(),
-            disk: self.disk(&part_record.disk)?.clone(),
-            files: self.files(&name)?,
-            database: name,
-            part,
-            lazy,
-        })
+        Ok(Some((part_record.disk, lazy)))
     }
 
     pub(super) fn files(&self, name: &str) -> Result<Arc<DatabaseFiles>, NodeError> {

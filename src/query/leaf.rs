@@ -24,9 +24,11 @@ pub(crate) struct LeafTask {
     /// Whether each mapped shard's partial is also handed back encoded, to
     /// be kept.
     pub keep: bool,
-    /// Whether the reduced partial is handed back encoded (for another
-    /// member): reduced and encoded in one trip to the blocking pool.
-    pub encode: bool,
+    /// What the reduced partial is handed back as: itself, encoded (for
+    /// another member), or finished (the whole answer, when this member
+    /// maps every shard of the query) — all in the same trip to the
+    /// blocking pool as the reduce.
+    pub form: LeafForm,
     pub slots: Arc<Semaphore>,
     pub cancel: CancellationToken,
 }
@@ -39,10 +41,20 @@ pub(crate) struct Leafed {
     pub kept: Vec<(String, Vec<u8>)>,
 }
 
-/// The reduced partial, as a value or encoded (as `LeafTask::encode` asked).
+/// What a leaf hands back (see `LeafTask::form`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeafForm {
+    Partial,
+    Encoded,
+    Finished,
+}
+
+/// The reduced partial, as a value, encoded, or finished (as
+/// `LeafTask::form` asked).
 pub(crate) enum LeafOutput {
     Partial(DynPartial),
     Encoded(Vec<u8>),
+    Finished(serde_json::Value),
 }
 
 impl LeafOutput {
@@ -50,7 +62,7 @@ impl LeafOutput {
     pub(crate) fn partial(self, name: &str) -> Result<DynPartial, QueryError> {
         match self {
             LeafOutput::Partial(partial) => Ok(partial),
-            LeafOutput::Encoded(_) => Err(not_as_asked(name)),
+            _ => Err(not_as_asked(name)),
         }
     }
 
@@ -58,9 +70,36 @@ impl LeafOutput {
     pub(crate) fn encoded(self, name: &str) -> Result<Vec<u8>, QueryError> {
         match self {
             LeafOutput::Encoded(bytes) => Ok(bytes),
-            LeafOutput::Partial(_) => Err(not_as_asked(name)),
+            _ => Err(not_as_asked(name)),
         }
     }
+
+    /// The answer of a task asked to finish it.
+    pub(crate) fn finished(self, name: &str) -> Result<serde_json::Value, QueryError> {
+        match self {
+            LeafOutput::Finished(answer) => Ok(answer),
+            _ => Err(not_as_asked(name)),
+        }
+    }
+}
+
+/// Hands `partials` back in `form`: reduced (unless there is one) and then
+/// encoded or finished. Runs on the blocking pool.
+fn conclude_partials(
+    analysis: &Arc<dyn DynAnalysis>,
+    params: &DynParams,
+    form: LeafForm,
+    mut partials: Vec<DynPartial>,
+) -> Result<LeafOutput, AnalysisError> {
+    let partial = match partials.len() {
+        1 => partials.pop().expect("one partial"),
+        _ => analysis.reduce(params, partials)?,
+    };
+    Ok(match form {
+        LeafForm::Partial => LeafOutput::Partial(partial),
+        LeafForm::Encoded => LeafOutput::Encoded(analysis.encode(partial)?),
+        LeafForm::Finished => LeafOutput::Finished(analysis.finish(params, partial)?),
+    })
 }
 
 fn not_as_asked(name: &str) -> QueryError {
@@ -71,7 +110,14 @@ fn not_as_asked(name: &str) -> QueryError {
 impl LeafTask {
     /// Maps every shard, decodes the cached partials and reduces them all
     /// into one.
-    pub async fn run(self) -> Result<Leafed, QueryError> {
+    pub async fn run(mut self) -> Result<Leafed, QueryError> {
+        // One shard and nothing kept to decode (most queries of a small
+        // database, most map requests of a member holding one shard): the
+        // map and what follows it share one trip to the blocking pool.
+        if self.shards.len() == 1 && self.cached.is_empty() {
+            let shard = self.shards.pop().expect("one shard");
+            return self.run_one(shard).await;
+        }
         let mut maps = JoinSet::new();
         for shard in self.shards {
             let analysis = self.analysis.clone();
@@ -126,32 +172,55 @@ impl LeafTask {
         }
         // One partial is its own reduction (reduce merges: the root reduces
         // what the leaves reduced): no second trip to the blocking pool.
-        let output = match (self.encode, partials.len()) {
-            (false, 1) => LeafOutput::Partial(partials.pop().expect("one partial")),
-            (false, _) => LeafOutput::Partial(
-                reduce(
-                    &self.name,
-                    &self.analysis,
-                    &self.params,
-                    &self.slots,
-                    &self.cancel,
-                    partials,
-                )
-                .await?,
-            ),
-            (true, _) => {
+        let output = match (self.form, partials.len()) {
+            (LeafForm::Partial, 1) => LeafOutput::Partial(partials.pop().expect("one partial")),
+            (form, _) => {
                 let (analysis, params) = (self.analysis.clone(), self.params.clone());
-                let encode = move || {
-                    let partial = match partials.len() {
-                        1 => partials.pop().expect("one partial"),
-                        _ => analysis.reduce(&params, partials)?,
-                    };
-                    analysis.encode(partial)
-                };
-                LeafOutput::Encoded(slotted(&self.name, &self.slots, &self.cancel, encode).await?)
+                let conclude = move || conclude_partials(&analysis, &params, form, partials);
+                slotted(&self.name, &self.slots, &self.cancel, conclude).await?
             }
         };
         Ok(Leafed { output, kept })
+    }
+
+    /// `run` for one shard: mapped, kept and handed back in one trip to the
+    /// blocking pool, holding one map slot.
+    async fn run_one(self, shard: Shard) -> Result<Leafed, QueryError> {
+        let id = shard.id().to_string();
+        let _slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.map_err(|_| QueryError::Cancelled)?,
+            () = self.cancel.cancelled() => return Err(QueryError::Cancelled),
+        };
+        let (analysis, params, form, keep) = (
+            self.analysis.clone(),
+            self.params.clone(),
+            self.form,
+            self.keep,
+        );
+        let work = move || {
+            let _current = CurrentQuery::enter(shard.cancellation().clone());
+            shard.check_cancelled()?;
+            let partial = analysis.map(&params, &shard)?;
+            let (partial, kept) = if keep {
+                // Encoding takes the partial: it is decoded again to be
+                // handed on (partials need not be `Clone`).
+                let encoded = analysis.encode(partial)?;
+                (analysis.decode(&encoded)?, Some(encoded))
+            } else {
+                (partial, None)
+            };
+            // The map's errors name the shard, those after it do not.
+            Ok(conclude_partials(&analysis, &params, form, vec![partial]).map(|o| (o, kept)))
+        };
+        let (output, kept) = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| panicked(&self.name, Some(&id), e))?
+            .map_err(|e: AnalysisError| QueryError::from_analysis(&self.name, Some(&id), e))?
+            .map_err(|e| QueryError::from_analysis(&self.name, None, e))?;
+        Ok(Leafed {
+            output,
+            kept: kept.map(|encoded| (id, encoded)).into_iter().collect(),
+        })
     }
 }
 

@@ -627,7 +627,7 @@ impl Queries {
             &query,
             Some(&self.local.map_slots()),
             timeout_ms,
-            self.gather(&query, shard_ids),
+            self.gather_or_finish(&query, shard_ids, true),
         )
         .await?;
         Ok(QueryResponse {
@@ -636,29 +636,20 @@ impl Queries {
         })
     }
 
-    /// Maps `shard_ids` of a database on this node and pre-reduces them into one
-    /// partial. Every handle is opened before any map runs: the query reads this
-    /// version whatever happens to the alias meanwhile. A shard whose partial
-    /// this member's result cache keeps is not mapped again; the partials of
-    /// those mapped are kept (when the query may use the cache).
-    pub(crate) async fn map_here(
-        &self,
-        query: &root::RootQuery,
-        shard_ids: &[String],
-    ) -> Result<root::Mapped, QueryError> {
-        let (output, cached) = self.map_here_as(query, shard_ids, false).await?;
-        let partial = output.partial(&query.analysis_name)?;
-        Ok(root::Mapped { partial, cached })
-    }
-
-    /// `map_here`, the partial encoded for another member when `encode`
-    /// (reduced and encoded in one trip to the blocking pool); with how many
-    /// shards' partials came from the cache.
+    /// Maps `shard_ids` of a database on this node and reduces them into one
+    /// partial, handed back in `form` (itself, encoded for another member,
+    /// or finished when this member maps every shard of the query: in the
+    /// same trip to the blocking pool as the reduce); with how many shards'
+    /// partials came from the cache. Every handle is opened before any map
+    /// runs: the query reads this version whatever happens to the alias
+    /// meanwhile. A shard whose partial this member's result cache keeps is
+    /// not mapped again; the partials of those mapped are kept (when the
+    /// query may use the cache).
     pub(crate) async fn map_here_as(
         &self,
         query: &root::RootQuery,
         shard_ids: &[String],
-        encode: bool,
+        form: leaf::LeafForm,
     ) -> Result<(leaf::LeafOutput, usize), QueryError> {
         let partials = query.partials
             && self.inner.cache.enabled()
@@ -721,7 +712,7 @@ impl Queries {
             shards,
             cached,
             keep: partials,
-            encode,
+            form,
             slots: self.local.map_slots(),
             cancel: cancel.clone(),
         };

@@ -125,6 +125,9 @@ fn is_yes(value: &bool) -> bool {
 #[derive(Default)]
 pub(crate) struct Gathered {
     pub partials: Vec<DynPartial>,
+    /// The answer itself, when this member mapped every shard and finished
+    /// it in the same trip (then `partials` is empty).
+    pub finished: Option<serde_json::Value>,
     pub meta: GatheredMeta,
 }
 
@@ -143,6 +146,9 @@ pub(crate) async fn conclude(
     let _cancel_on_drop = cancel.clone().drop_guard();
     let work = async {
         let mut gathered = gather.await?;
+        if let Some(result) = gathered.finished.take() {
+            return Ok((result, gathered.meta));
+        }
         let (analysis, params) = (query.analysis.clone(), query.params.clone());
         // One partial (one member mapped every shard) is its own reduction.
         let single = match gathered.partials.len() {
@@ -226,23 +232,46 @@ impl Queries {
         query: &RootQuery,
         shard_ids: Vec<String>,
     ) -> Result<Gathered, QueryError> {
+        self.gather_or_finish(query, shard_ids, false).await
+    }
+
+    /// `gather`; when `finish` and this member holds every shard, the answer
+    /// is finished in the same trip to the blocking pool as the maps' reduce
+    /// (`Gathered::finished`).
+    pub(crate) async fn gather_or_finish(
+        &self,
+        query: &RootQuery,
+        shard_ids: Vec<String>,
+        finish: bool,
+    ) -> Result<Gathered, QueryError> {
         let here = self.local.serving_shards(&query.database)?;
         let (local, remote): (Vec<String>, Vec<String>) =
             shard_ids.into_iter().partition(|id| here.contains(id));
+        let form = match finish && remote.is_empty() {
+            true => super::leaf::LeafForm::Finished,
+            false => super::leaf::LeafForm::Partial,
+        };
         let local_work = async {
             if local.is_empty() {
                 return Ok(None);
             }
             let started = Instant::now();
-            let mapped = self.map_here(query, &local).await?;
+            let mapped = self.map_here_as(query, &local, form).await?;
             Ok::<_, QueryError>(Some((mapped, started.elapsed().as_millis() as u64)))
         };
         let (local_result, remote_result) = tokio::join!(local_work, self.fan_out(query, remote));
         let mut gathered = remote_result?;
-        if let Some((mapped, took_ms)) = local_result? {
-            gathered.partials.push(mapped.partial);
+        if let Some(((output, cached), took_ms)) = local_result? {
+            match form {
+                super::leaf::LeafForm::Finished => {
+                    gathered.finished = Some(output.finished(&query.analysis_name)?)
+                }
+                _ => gathered
+                    .partials
+                    .push(output.partial(&query.analysis_name)?),
+            }
             gathered.meta.shards += local.len();
-            gathered.meta.cached_shards += mapped.cached;
+            gathered.meta.cached_shards += cached;
             gathered.meta.nodes.insert(
                 0,
                 NodeMeta {
@@ -414,7 +443,9 @@ impl Queries {
             deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
         };
         let work = async {
-            let (output, cached) = self.map_here_as(&query, &shards, true).await?;
+            let (output, cached) = self
+                .map_here_as(&query, &shards, super::leaf::LeafForm::Encoded)
+                .await?;
             Ok((output.encoded(&request.analysis)?, cached))
         };
         match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work).await {

@@ -552,8 +552,8 @@ impl Run {
                 };
                 let off: Vec<String> = (0..data.shards)
                     .map(|s| s.to_string())
-                    .filter(|s| copies.get(s).copied().unwrap_or(0) != want)
-                    .map(|s| format!("{s}:{}", copies.get(&s).copied().unwrap_or(0)))
+                    .filter(|s| copies.ready(s) != want)
+                    .map(|s| format!("{s}: {}", copies.describe(&s)))
                     .collect();
                 if !off.is_empty() {
                     return Ok(Some(format!(

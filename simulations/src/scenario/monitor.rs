@@ -122,11 +122,34 @@ async fn get(client: &Client, path: &str) -> Option<Value> {
         .ok()
 }
 
-/// Ready copies of each shard of `database` on the running members, or `None`
+/// One snapshot of where the copies of a database's shards are.
+#[derive(Default)]
+pub struct Copies {
+    /// Per shard: each running member's copy, as `n<i>:<state>`.
+    pub held: BTreeMap<String, Vec<String>>,
+}
+
+impl Copies {
+    /// Ready copies of `shard`.
+    pub fn ready(&self, shard: &str) -> usize {
+        self.held
+            .get(shard)
+            .map_or(0, |h| h.iter().filter(|c| c.ends_with(":ready")).count())
+    }
+
+    /// Every copy of `shard`, for a report.
+    pub fn describe(&self, shard: &str) -> String {
+        self.held
+            .get(shard)
+            .map_or("none".to_string(), |h| h.join(" "))
+    }
+}
+
+/// The copies of each shard of `database` on the running members, or `None`
 /// when a member did not answer (it may have just been stopped) or the
 /// database is being deleted (a member has it in its trash).
-pub async fn ready_copies(topo: &Topology, database: &str) -> Option<BTreeMap<String, usize>> {
-    let mut copies = BTreeMap::new();
+pub async fn ready_copies(topo: &Topology, database: &str) -> Option<Copies> {
+    let mut copies = Copies::default();
     for index in topo.running() {
         let client = topo.clients[index].as_ref()?;
         let info = match tokio::time::timeout(
@@ -144,12 +167,19 @@ pub async fn ready_copies(topo: &Topology, database: &str) -> Option<BTreeMap<St
             return None;
         }
         for part in info["shards"].as_array().into_iter().flatten() {
-            if part["state"] == "ready"
-                && part["trashed_ms"].is_null()
-                && let Some(id) = part["id"].as_str()
-            {
-                *copies.entry(id.to_string()).or_default() += 1;
-            }
+            let Some(id) = part["id"].as_str() else {
+                continue;
+            };
+            let state = match part["state"].as_str() {
+                Some("ready") if !part["trashed_ms"].is_null() => "trashed",
+                Some(state) => state,
+                None => "unknown",
+            };
+            copies
+                .held
+                .entry(id.to_string())
+                .or_default()
+                .push(format!("n{}:{state}", index + 1));
         }
     }
     Some(copies)
@@ -176,14 +206,15 @@ async fn check_copies(
             .saturating_sub(total - running)
             .max(1);
         for shard in shards {
-            let held = copies.get(shard).copied().unwrap_or(0);
+            let held = copies.ready(shard);
             if held < floor {
                 let key = (database.clone(), shard.clone());
                 if suspects.contains(&key) {
                     verdicts.fail(
                         "copies",
                         format!(
-                            "{database}/{shard}: {held} ready copies on {running} running of {total} members, at least {floor} promised"
+                            "{database}/{shard}: {held} ready copies on {running} running of {total} members, at least {floor} promised (copies: {})",
+                            copies.describe(shard)
                         ),
                     );
                 }
