@@ -85,7 +85,7 @@ impl LeafOutput {
 
 /// Hands `partials` back in `form`: reduced (unless there is one) and then
 /// encoded or finished. Runs on the blocking pool.
-fn conclude_partials(
+pub(crate) fn conclude_partials(
     analysis: &Arc<dyn DynAnalysis>,
     params: &DynParams,
     form: LeafForm,
@@ -224,24 +224,8 @@ impl LeafTask {
     }
 }
 
-/// Reduces partials on the blocking pool, holding one map slot.
-pub(crate) async fn reduce(
-    name: &str,
-    analysis: &Arc<dyn DynAnalysis>,
-    params: &DynParams,
-    slots: &Arc<Semaphore>,
-    cancel: &CancellationToken,
-    partials: Vec<DynPartial>,
-) -> Result<DynPartial, QueryError> {
-    let (analysis, params) = (analysis.clone(), params.clone());
-    slotted(name, slots, cancel, move || {
-        analysis.reduce(&params, partials)
-    })
-    .await
-}
-
 /// `blocking`, holding one map slot.
-async fn slotted<T: Send + 'static>(
+pub(crate) async fn slotted<T: Send + 'static>(
     name: &str,
     slots: &Arc<Semaphore>,
     cancel: &CancellationToken,

@@ -18,6 +18,7 @@ use super::Queries;
 use super::analysis::{DynAnalysis, DynParams, DynPartial};
 use super::fanout::{FanOut, Hedging, send_map};
 use super::latency::MIN_PATIENCE;
+use super::leaf::LeafForm;
 use super::{NodeMeta, QueryError};
 use crate::local::NodeError;
 use std::sync::Arc;
@@ -150,26 +151,19 @@ pub(crate) async fn conclude(
             return Ok((result, gathered.meta));
         }
         let (analysis, params) = (query.analysis.clone(), query.params.clone());
-        // One partial (one member mapped every shard) is its own reduction.
-        let single = match gathered.partials.len() {
-            1 => gathered.partials.pop(),
-            _ => None,
+        // Reduced (one partial is its own reduction) and finished in one trip
+        // to the blocking pool; a reduce of several holds a map slot, as the
+        // leaves' do.
+        let several = gathered.partials.len() > 1;
+        let partials = gathered.partials;
+        let finish = move || {
+            super::leaf::conclude_partials(&analysis, &params, LeafForm::Finished, partials)
         };
-        let partial = match (single, slots) {
-            (Some(partial), _) => partial,
-            (None, Some(slots)) => {
-                super::leaf::reduce(name, &analysis, &params, slots, &cancel, gathered.partials)
-                    .await?
-            }
-            (None, None) => {
-                let (analysis, params) = (analysis.clone(), params.clone());
-                let partials = gathered.partials;
-                super::leaf::blocking(name, &cancel, move || analysis.reduce(&params, partials))
-                    .await?
-            }
+        let output = match slots {
+            Some(slots) if several => super::leaf::slotted(name, slots, &cancel, finish).await?,
+            _ => super::leaf::blocking(name, &cancel, finish).await?,
         };
-        let result =
-            super::leaf::blocking(name, &cancel, move || analysis.finish(&params, partial)).await?;
+        let result = output.finished(name)?;
         Ok::<_, QueryError>((result, gathered.meta))
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
@@ -248,8 +242,8 @@ impl Queries {
         let (local, remote): (Vec<String>, Vec<String>) =
             shard_ids.into_iter().partition(|id| here.contains(id));
         let form = match finish && remote.is_empty() {
-            true => super::leaf::LeafForm::Finished,
-            false => super::leaf::LeafForm::Partial,
+            true => LeafForm::Finished,
+            false => LeafForm::Partial,
         };
         let local_work = async {
             if local.is_empty() {
@@ -263,7 +257,7 @@ impl Queries {
         let mut gathered = remote_result?;
         if let Some(((output, cached), took_ms)) = local_result? {
             match form {
-                super::leaf::LeafForm::Finished => {
+                LeafForm::Finished => {
                     gathered.finished = Some(output.finished(&query.analysis_name)?)
                 }
                 _ => gathered
@@ -443,9 +437,7 @@ impl Queries {
             deadline: Deadline::now() + std::time::Duration::from_millis(timeout_ms),
         };
         let work = async {
-            let (output, cached) = self
-                .map_here_as(&query, &shards, super::leaf::LeafForm::Encoded)
-                .await?;
+            let (output, cached) = self.map_here_as(&query, &shards, LeafForm::Encoded).await?;
             Ok((output.encoded(&request.analysis)?, cached))
         };
         match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work).await {
