@@ -9,13 +9,15 @@
 //! cargo run -p simulations --release -- bench --only http
 //! ```
 
+use std::sync::{Arc, OnceLock};
+
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde_json::json;
 use warp::Filter;
 
 use super::measure::{post, run as measure};
-use super::nodes::{config, post_json, publish, runtime, start, wait_placed};
+use super::nodes::{config, post_json, publish, runtime, wait_placed};
 use super::{Settings, Table, ratio};
 
 pub fn run(settings: &Settings) -> Result<Vec<Table>> {
@@ -30,7 +32,30 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     std::fs::create_dir_all(&folder)?;
     std::fs::write(folder.join("rows.csv"), "n\n1\n2\n")?;
     publish(&folder, &store_url, "tiny", &[]).await?;
-    let node = start(config(dir.path(), "n1", &store_url, "bench", &[])?).await?;
+    // The node also serves the bare route (`POST /bare`, the same bytes)
+    // through its own server: what dram's accept loop, guard and routing
+    // cost without the query.
+    let bare_reply: Arc<OnceLock<Bytes>> = Arc::default();
+    let slot = bare_reply.clone();
+    let node = dram::builtin::register(dram::Node::builder(config(
+        dir.path(),
+        "n1",
+        &store_url,
+        "bench",
+        &[],
+    )?))
+    .routes(move |_node| {
+        warp::post()
+            .and(warp::path!("bare"))
+            .and(warp::body::bytes())
+            .map(move |_body: Bytes| {
+                warp::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(slot.get().cloned().unwrap_or_default())
+            })
+    })
+    .serve()
+    .await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
@@ -49,6 +74,8 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
         .bytes()
         .await?;
     let reply = answer.clone();
+    let _ = bare_reply.set(answer.clone());
+    let served_bare_url = format!("{}/bare", node.url());
     let route = warp::post()
         .and(warp::path!("v1" / "query" / "tiny" / "files"))
         .and(warp::body::bytes())
@@ -94,6 +121,7 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
             (&bare_url, r#"{"cache": false}"#),
             (&query_url, r#"{"cache": false}"#),
             (&query_url, "{}"),
+            (&served_bare_url, r#"{"cache": false}"#),
         ] {
             let (http, url) = (http.clone(), url.clone());
             figures.push(
@@ -104,7 +132,11 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
             );
         }
         let warp = &figures[0];
-        for (mode, dram) in [("computed", &figures[1]), ("cached", &figures[2])] {
+        for (mode, dram) in [
+            ("computed", &figures[1]),
+            ("cached", &figures[2]),
+            ("bare route", &figures[3]),
+        ] {
             table.row(vec![
                 concurrency.to_string(),
                 mode.to_string(),
@@ -122,7 +154,9 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
         "{} bytes per answer; reqwest client in the same process (it shares the cores); {secs} s \
          per figure. dram's path: accept loop with limits, auth guard, alias resolution, pinning \
          the version; computed: the map and finish in one trip to the blocking pool, JSON; \
-         cached: the key (sha256), its owner (this node), the kept bytes.",
+         cached: the key (sha256), its owner (this node), the kept bytes; bare route: the bare \
+         warp route mounted on the node (`POST /bare`), served through dram's accept loop, \
+         guard and routes, no query.",
         answer.len()
     ));
     table.note("command: cargo run -p simulations --release -- bench --only http");
