@@ -380,6 +380,9 @@ impl Run {
             Op::Start(n) => {
                 for _ in 0..*n {
                     self.cluster.add_node().await?;
+                    // Watched at once: copies move to a new member (and
+                    // are trashed elsewhere) while the next one starts.
+                    self.update_topology(|_| {});
                 }
             }
             Op::Publish {
