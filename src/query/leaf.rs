@@ -109,7 +109,7 @@ fn not_as_asked(name: &str) -> QueryError {
 
 impl LeafTask {
     /// Maps every shard, decodes the cached partials and reduces them all
-    /// into one.
+    /// into one, handed back in `form`.
     pub async fn run(mut self) -> Result<Leafed, QueryError> {
         // One shard and nothing kept to decode (most queries of a small
         // database, most map requests of a member holding one shard): the
