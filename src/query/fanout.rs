@@ -186,26 +186,40 @@ impl FanOut<'_> {
                 }
             }
         }
-        // One retry per failed shard, on its next holder.
-        let mut retry: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (shard, (node, _)) in &errors {
-            if asked_twice.contains(shard) {
-                continue;
-            }
-            if let Some(next) = candidates[shard].iter().find(|c| *c != node) {
-                retry.entry(next.clone()).or_default().push(shard.clone());
-                gathered.meta.retries += 1;
-            }
-        }
-        for answer in send_all(&send, retry).await {
-            let shards = answer.shards.clone();
-            match gathered.take(answer) {
-                Ok(()) => {
-                    for shard in &shards {
-                        errors.remove(shard);
-                    }
+        // A failed shard is asked of its other holders in turn, each once
+        // (the view a root chose from can be a moment old: a copy just
+        // trashed, a member just stopped); a hedged shard was asked of two
+        // already and is not asked again.
+        let mut tried: HashMap<String, HashSet<String>> = errors
+            .iter()
+            .map(|(shard, (node, _))| (shard.clone(), HashSet::from([node.clone()])))
+            .collect();
+        loop {
+            let mut retry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for shard in errors.keys() {
+                if asked_twice.contains(shard) {
+                    continue;
                 }
-                Err(e) => errors.extend(e),
+                let tried = tried.entry(shard.clone()).or_default();
+                if let Some(next) = candidates[shard].iter().find(|c| !tried.contains(*c)) {
+                    tried.insert(next.clone());
+                    retry.entry(next.clone()).or_default().push(shard.clone());
+                    gathered.meta.retries += 1;
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            for answer in send_all(&send, retry).await {
+                let shards = answer.shards.clone();
+                match gathered.take(answer) {
+                    Ok(()) => {
+                        for shard in &shards {
+                            errors.remove(shard);
+                        }
+                    }
+                    Err(e) => errors.extend(e),
+                }
             }
         }
         if !self.allow_partial
@@ -688,7 +702,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_holder_is_retried_once_elsewhere_and_missing_shards_fail_or_are_listed() {
+    async fn a_failed_holder_is_retried_on_each_other_holder_and_missing_shards_fail_or_are_listed()
+    {
         let map = holders(&[("0", &["a", "b"]), ("1", &["a"])]);
         let load = HashMap::from([("b".to_string(), LOAD_STEP)]);
         let (result, sent) = fan_out(&["0", "1"], &map, &load, &["a"], true).await;
@@ -706,6 +721,17 @@ mod tests {
         // Without allow_partial the holder's error is the answer.
         let (result, _) = fan_out(&["0", "1"], &map, &load, &["a"], false).await;
         assert!(matches!(result, Err(QueryError::Remote { .. })));
+        // Two holders failing in turn: the third answers.
+        let three = holders(&[("0", &["a", "b", "c"])]);
+        let ordered = HashMap::from([
+            ("b".to_string(), LOAD_STEP),
+            ("c".to_string(), 2 * LOAD_STEP),
+        ]);
+        let (result, sent) = fan_out(&["0"], &three, &ordered, &["a", "b"], false).await;
+        let gathered = result.unwrap();
+        assert_eq!(gathered.meta.retries, 2, "{sent:?}");
+        assert_eq!(gathered.meta.shards, 1);
+        assert!(gathered.meta.missing_shards.is_empty());
         // A shard nobody holds: 503 naming it.
         let (result, _) = fan_out(&["0", "9"], &map, &load, &[], false).await;
         match result {

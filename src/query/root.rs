@@ -280,7 +280,7 @@ impl Queries {
     }
 
     /// Sends the map requests for shards this node does not hold, retrying a
-    /// failed holder's shards once elsewhere.
+    /// failed holder's shards on their other holders in turn.
     async fn fan_out(
         &self,
         query: &RootQuery,

@@ -32,16 +32,21 @@ impl NodeProcess {
             .expect("spawn dram serve");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let mut said = Vec::new();
         let url = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some((_, url)) = line.split_once("listening on ") {
                         break url.trim().to_string();
                     }
+                    said.push(line);
                 }
                 _ => {
                     let _ = child.kill();
-                    panic!("dram serve exited before listening");
+                    panic!(
+                        "dram serve exited before listening; it said:\n{}",
+                        said.join("\n")
+                    );
                 }
             }
         };
