@@ -241,9 +241,10 @@ impl Queries {
         let here = self.local.serving_shards(&query.database)?;
         let (local, remote): (Vec<String>, Vec<String>) =
             shard_ids.into_iter().partition(|id| here.contains(id));
-        let form = match finish && remote.is_empty() {
-            true => LeafForm::Finished,
-            false => LeafForm::Partial,
+        let form = if finish && remote.is_empty() {
+            LeafForm::Finished
+        } else {
+            LeafForm::Partial
         };
         let local_work = async {
             if local.is_empty() {
