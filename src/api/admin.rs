@@ -4,6 +4,7 @@
 //! Any member answers them, from its own registry; `cluster::backup` does the
 //! work. Without `backup.url` they answer 409.
 
+use futures::FutureExt;
 use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -27,30 +28,36 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
     let write = warp::path!("v1" / "admin" / "backup")
         .and(warp::post())
         .and(with_node.clone())
-        .then(|node: Node| async move {
-            respond(
-                StatusCode::OK,
-                backup::backup_now(node.local(), node.membership().map(|m| &**m)).await,
-            )
+        .then(|node: Node| {
+            async move {
+                respond(
+                    StatusCode::OK,
+                    backup::backup_now(node.local(), node.membership().map(|m| &**m)).await,
+                )
+            }
+            .boxed()
         });
 
     let list = warp::path!("v1" / "admin" / "backups")
         .and(warp::get())
         .and(with_node.clone())
-        .then(
-            |node: Node| async move { respond(StatusCode::OK, backup::list(node.local()).await) },
-        );
+        .then(|node: Node| {
+            async move { respond(StatusCode::OK, backup::list(node.local()).await) }.boxed()
+        });
 
     let restore = warp::path!("v1" / "admin" / "restore")
         .and(warp::post())
         .and(body)
         .and(with_node.clone())
-        .then(|body: bytes::Bytes, node: Node| async move {
-            let result = match super::parse::<RestoreBody>(&body) {
-                Ok(request) => backup::restore(node.local(), &request.backup).await,
-                Err(e) => Err::<backup::RestoreReport, NodeError>(e),
-            };
-            respond(StatusCode::OK, super::acknowledged(&node, result).await)
+        .then(|body: bytes::Bytes, node: Node| {
+            async move {
+                let result = match super::parse::<RestoreBody>(&body) {
+                    Ok(request) => backup::restore(node.local(), &request.backup).await,
+                    Err(e) => Err::<backup::RestoreReport, NodeError>(e),
+                };
+                respond(StatusCode::OK, super::acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     let scrub = warp::path!("v1" / "admin" / "scrub")

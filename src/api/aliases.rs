@@ -2,6 +2,7 @@
 //! `GET|PUT|DELETE /v1/aliases/{name}`.
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -49,30 +50,35 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
         .and(warp::post())
         .and(body.clone())
         .and(with_node.clone())
-        .then(|body: Bytes, node: Node| async move {
-            let batch = match parse::<AliasBatch>(&body) {
-                Ok(batch) => batch,
-                Err(e) => return super::error::api_error_response(&e),
-            };
-            let warmed = match batch.warm {
-                true => match node
-                    .queries()
-                    .warm(&warm_moves(&node, &batch.actions))
-                    .await
-                {
-                    Ok(warmed) => Some(warmed),
+        .then(|body: Bytes, node: Node| {
+            async move {
+                let batch = match parse::<AliasBatch>(&body) {
+                    Ok(batch) => batch,
                     Err(e) => return super::error::api_error_response(&e),
-                },
-                false => None,
-            };
-            let result = node
-                .local()
-                .apply_aliases(&batch.actions)
-                .map(|aliases| match warmed {
-                    Some(warmed) => serde_json::json!({ "applied": aliases, "warmed": warmed }),
-                    None => serde_json::json!({ "applied": aliases }),
-                });
-            respond(StatusCode::OK, acknowledged(&node, result).await)
+                };
+                let warmed = match batch.warm {
+                    true => match node
+                        .queries()
+                        .warm(&warm_moves(&node, &batch.actions))
+                        .await
+                    {
+                        Ok(warmed) => Some(warmed),
+                        Err(e) => return super::error::api_error_response(&e),
+                    },
+                    false => None,
+                };
+                let result =
+                    node.local()
+                        .apply_aliases(&batch.actions)
+                        .map(|aliases| match warmed {
+                            Some(warmed) => {
+                                serde_json::json!({ "applied": aliases, "warmed": warmed })
+                            }
+                            None => serde_json::json!({ "applied": aliases }),
+                        });
+                respond(StatusCode::OK, acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     let get_alias = warp::path!("v1" / "aliases" / String)
@@ -84,18 +90,24 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
         .and(warp::put())
         .and(body.clone())
         .and(with_node.clone())
-        .then(|name: String, body: Bytes, node: Node| async move {
-            let result =
-                parse::<AliasBody>(&body).and_then(|b| node.local().set_alias(&name, &b.target));
-            respond(StatusCode::OK, acknowledged(&node, result).await)
+        .then(|name: String, body: Bytes, node: Node| {
+            async move {
+                let result = parse::<AliasBody>(&body)
+                    .and_then(|b| node.local().set_alias(&name, &b.target));
+                respond(StatusCode::OK, acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     let delete_alias = warp::path!("v1" / "aliases" / String)
         .and(warp::delete())
         .and(with_node.clone())
-        .then(|name: String, node: Node| async move {
-            let result = node.local().remove_alias(&name);
-            respond(StatusCode::OK, acknowledged(&node, result).await)
+        .then(|name: String, node: Node| {
+            async move {
+                let result = node.local().remove_alias(&name);
+                respond(StatusCode::OK, acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     list_aliases

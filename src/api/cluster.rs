@@ -2,6 +2,7 @@
 //! `GET /v1/cluster/shards?database=D`, `GET /v1/plan[?database=D&replicas=K]`
 //! and `GET /v1/gc`.
 
+use futures::FutureExt;
 use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -80,48 +81,57 @@ pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
     let status = warp::path!("v1" / "cluster")
         .and(warp::get())
         .and(with_node.clone())
-        .then(|node: Node| async move {
-            let result = match node.cluster_status().await {
-                Ok(Some(status)) => Ok(status),
-                Ok(None) => Err(not_clustered()),
-                Err(e) => Err(e),
-            };
-            respond(StatusCode::OK, result)
+        .then(|node: Node| {
+            async move {
+                let result = match node.cluster_status().await {
+                    Ok(Some(status)) => Ok(status),
+                    Ok(None) => Err(not_clustered()),
+                    Err(e) => Err(e),
+                };
+                respond(StatusCode::OK, result)
+            }
+            .boxed()
         });
 
     let shards = warp::path!("v1" / "cluster" / "shards")
         .and(warp::get())
         .and(warp::query::<ShardsQuery>())
         .and(with_node.clone())
-        .then(|query: ShardsQuery, node: Node| async move {
-            let result = match node.membership() {
-                Some(membership) => {
-                    membership
-                        .shard_holders(node.local(), &query.database)
-                        .await
-                }
-                None => Err(not_clustered()),
-            };
-            respond(StatusCode::OK, result)
+        .then(|query: ShardsQuery, node: Node| {
+            async move {
+                let result = match node.membership() {
+                    Some(membership) => {
+                        membership
+                            .shard_holders(node.local(), &query.database)
+                            .await
+                    }
+                    None => Err(not_clustered()),
+                };
+                respond(StatusCode::OK, result)
+            }
+            .boxed()
         });
 
     let plan = warp::path!("v1" / "plan")
         .and(warp::get())
         .and(warp::query::<PlanQuery>())
         .and(with_node.clone())
-        .then(|query: PlanQuery, node: Node| async move {
-            respond(StatusCode::OK, plan(&node, query).await)
+        .then(|query: PlanQuery, node: Node| {
+            async move { respond(StatusCode::OK, plan(&node, query).await) }.boxed()
         });
 
     let gc = warp::path!("v1" / "gc")
         .and(warp::get())
         .and(with_node.clone())
-        .then(|node: Node| async move {
-            let result = match clustered(&node) {
-                Ok((membership, role)) => role.gc_report(node.local(), membership).await,
-                Err(e) => Err(e),
-            };
-            respond(StatusCode::OK, result)
+        .then(|node: Node| {
+            async move {
+                let result = match clustered(&node) {
+                    Ok((membership, role)) => role.gc_report(node.local(), membership).await,
+                    Err(e) => Err(e),
+                };
+                respond(StatusCode::OK, result)
+            }
+            .boxed()
         });
 
     status

@@ -3,6 +3,7 @@
 //! `GET /v1/stats`.
 
 use bytes::Bytes;
+use futures::FutureExt;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -65,35 +66,45 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
         .and(warp::post())
         .and(body.clone())
         .and(with_node.clone())
-        .then(|body: Bytes, node: Node| async move {
-            let result = match parse::<AddDatabase>(&body) {
-                Ok(request) => node.local().add_database(request).await,
-                Err(e) => Err(e),
-            };
-            respond(StatusCode::ACCEPTED, acknowledged(&node, result).await)
+        .then(|body: Bytes, node: Node| {
+            async move {
+                let result = match parse::<AddDatabase>(&body) {
+                    Ok(request) => node.local().add_database(request).await,
+                    Err(e) => Err(e),
+                };
+                respond(StatusCode::ACCEPTED, acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     let get_database = warp::path!("v1" / "databases" / String)
         .and(warp::get())
         .and(with_node.clone())
-        .then(|name: String, node: Node| async move {
-            respond(StatusCode::OK, database_with_holders(&node, &name).await)
+        .then(|name: String, node: Node| {
+            async move { respond(StatusCode::OK, database_with_holders(&node, &name).await) }
+                .boxed()
         });
 
     let delete_database = warp::path!("v1" / "databases" / String)
         .and(warp::delete())
         .and(with_node.clone())
-        .then(|name: String, node: Node| async move {
-            let result = node.local().remove_database(&name).await;
-            respond(StatusCode::OK, acknowledged(&node, result).await)
+        .then(|name: String, node: Node| {
+            async move {
+                let result = node.local().remove_database(&name).await;
+                respond(StatusCode::OK, acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     let restore_database = warp::path!("v1" / "databases" / String / "restore")
         .and(warp::post())
         .and(with_node.clone())
-        .then(|name: String, node: Node| async move {
-            let result = node.local().restore_database(&name).await;
-            respond(StatusCode::OK, acknowledged(&node, result).await)
+        .then(|name: String, node: Node| {
+            async move {
+                let result = node.local().restore_database(&name).await;
+                respond(StatusCode::OK, acknowledged(&node, result).await)
+            }
+            .boxed()
         });
 
     let stats = warp::path!("v1" / "stats")

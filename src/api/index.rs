@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warp::Filter;
@@ -238,32 +239,32 @@ pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(warp::query::<ScopeQuery>())
         .and(with_node.clone())
-        .then(|sha: String, scope: ScopeQuery, node: Node| async move {
-            respond(StatusCode::OK, blob(&node, &sha, scope).await)
+        .then(|sha: String, scope: ScopeQuery, node: Node| {
+            async move { respond(StatusCode::OK, blob(&node, &sha, scope).await) }.boxed()
         });
 
     let database = warp::path!("v1" / "index" / "databases" / String)
         .and(warp::get())
         .and(warp::query::<ScopeQuery>())
         .and(with_node.clone())
-        .then(|name: String, scope: ScopeQuery, node: Node| async move {
-            respond(StatusCode::OK, database(&node, &name, scope).await)
+        .then(|name: String, scope: ScopeQuery, node: Node| {
+            async move { respond(StatusCode::OK, database(&node, &name, scope).await) }.boxed()
         });
 
     let disks = warp::path!("v1" / "index" / "disks")
         .and(warp::get())
         .and(warp::query::<ScopeQuery>())
         .and(with_node.clone())
-        .then(|scope: ScopeQuery, node: Node| async move {
-            respond(StatusCode::OK, disks(&node, scope).await)
+        .then(|scope: ScopeQuery, node: Node| {
+            async move { respond(StatusCode::OK, disks(&node, scope).await) }.boxed()
         });
 
     let events = warp::path!("v1" / "events")
         .and(warp::get())
         .and(warp::query::<EventsQuery>())
         .and(with_node)
-        .then(|query: EventsQuery, node: Node| async move {
-            respond(StatusCode::OK, events(&node, query).await)
+        .then(|query: EventsQuery, node: Node| {
+            async move { respond(StatusCode::OK, events(&node, query).await) }.boxed()
         });
 
     blob.or(database)

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -54,39 +55,42 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(body.clone())
         .and(warp::any().map(move || maps_running.clone()))
         .then(
-            move |node: Node, body: bytes::Bytes, running: Arc<Semaphore>| async move {
-                // Refused at once past the bound: each waits for a map slot.
-                let Ok(_running) = running.try_acquire_owned() else {
-                    return super::error::api_error_response(&QueryError::Overloaded {
-                        what: "map requests",
-                        limit: max_maps,
-                        field: "query.max_map_requests",
-                    });
-                };
-                let request: Result<MapRequest, QueryError> =
-                    super::parse(&body).map_err(QueryError::from);
-                let result = match request {
-                    Ok(request) => node.queries().map_request(request).await,
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok((bytes, cached)) => {
-                        let mut response = super::error::bytes_response(
-                            StatusCode::OK,
-                            PARTIAL_MEDIA_TYPE,
-                            None,
-                            bytes,
-                        );
-                        if cached > 0 {
-                            response.headers_mut().insert(
-                                crate::query::root::CACHED_SHARDS_HEADER,
-                                warp::http::HeaderValue::from(cached),
+            move |node: Node, body: bytes::Bytes, running: Arc<Semaphore>| {
+                async move {
+                    // Refused at once past the bound: each waits for a map slot.
+                    let Ok(_running) = running.try_acquire_owned() else {
+                        return super::error::api_error_response(&QueryError::Overloaded {
+                            what: "map requests",
+                            limit: max_maps,
+                            field: "query.max_map_requests",
+                        });
+                    };
+                    let request: Result<MapRequest, QueryError> =
+                        super::parse(&body).map_err(QueryError::from);
+                    let result = match request {
+                        Ok(request) => node.queries().map_request(request).await,
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok((bytes, cached)) => {
+                            let mut response = super::error::bytes_response(
+                                StatusCode::OK,
+                                PARTIAL_MEDIA_TYPE,
+                                None,
+                                bytes,
                             );
+                            if cached > 0 {
+                                response.headers_mut().insert(
+                                    crate::query::root::CACHED_SHARDS_HEADER,
+                                    warp::http::HeaderValue::from(cached),
+                                );
+                            }
+                            response
                         }
-                        response
+                        Err(e) => super::error::api_error_response(&e),
                     }
-                    Err(e) => super::error::api_error_response(&e),
                 }
+                .boxed()
             },
         );
     // A byte range of a file of a part this node holds, for a member whose
@@ -99,28 +103,31 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::get())
         .and(warp::header::optional::<String>("range"))
         .then(
-            |node: Node, tail: warp::path::Tail, range: Option<String>| async move {
-                let location = super::auth::percent_decode(tail.as_str())
-                    .unwrap_or_else(|| tail.as_str().to_string());
-                match crate::query::sql::remote::serve_range(
-                    node.local(),
-                    &location,
-                    range.as_deref(),
-                )
-                .await
-                {
-                    Ok(bytes) => super::error::bytes_response(
-                        if range.is_some() {
-                            StatusCode::PARTIAL_CONTENT
-                        } else {
-                            StatusCode::OK
-                        },
-                        "application/octet-stream",
-                        None,
-                        bytes,
-                    ),
-                    Err(e) => super::error::api_error_response(&e),
+            |node: Node, tail: warp::path::Tail, range: Option<String>| {
+                async move {
+                    let location = super::auth::percent_decode(tail.as_str())
+                        .unwrap_or_else(|| tail.as_str().to_string());
+                    match crate::query::sql::remote::serve_range(
+                        node.local(),
+                        &location,
+                        range.as_deref(),
+                    )
+                    .await
+                    {
+                        Ok(bytes) => super::error::bytes_response(
+                            if range.is_some() {
+                                StatusCode::PARTIAL_CONTENT
+                            } else {
+                                StatusCode::OK
+                            },
+                            "application/octet-stream",
+                            None,
+                            bytes,
+                        ),
+                        Err(e) => super::error::api_error_response(&e),
+                    }
                 }
+                .boxed()
             },
         );
     let trash = internal
@@ -128,15 +135,18 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .and(warp::path!("trash"))
         .and(warp::post())
         .and(body.clone())
-        .then(|node: Node, body: bytes::Bytes| async move {
-            let result = async {
-                let request: TrashRequest = super::parse(&body)?;
-                let (membership, role) = super::cluster::clustered(&node)?;
-                role.trash(node.local(), membership, &request).await?;
-                Ok::<_, NodeError>(serde_json::json!({"trashed": true}))
+        .then(|node: Node, body: bytes::Bytes| {
+            async move {
+                let result = async {
+                    let request: TrashRequest = super::parse(&body)?;
+                    let (membership, role) = super::cluster::clustered(&node)?;
+                    role.trash(node.local(), membership, &request).await?;
+                    Ok::<_, NodeError>(serde_json::json!({"trashed": true}))
+                }
+                .await;
+                respond(StatusCode::OK, result)
             }
-            .await;
-            respond(StatusCode::OK, result)
+            .boxed()
         });
 
     // The result cache's share this member owns (see `query::cache`).
@@ -180,11 +190,14 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(bytes::Bytes,)>) -> BoxedFil
         .clone()
         .and(warp::path!("warm" / String))
         .and(warp::post())
-        .then(|node: Node, database: String| async move {
-            respond(
-                StatusCode::OK,
-                node.local().fetch_lazy_copies(&database).await,
-            )
+        .then(|node: Node, database: String| {
+            async move {
+                respond(
+                    StatusCode::OK,
+                    node.local().fetch_lazy_copies(&database).await,
+                )
+            }
+            .boxed()
         });
     let cache_put = internal
         .and(warp::path!("cache" / String))

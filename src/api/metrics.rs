@@ -2,6 +2,7 @@
 //! the registry's counters and histograms and the gauges computed at scrape time
 //! (see `local::metrics`).
 
+use futures::FutureExt;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -17,7 +18,7 @@ pub(super) fn routes(node: Node) -> BoxedFilter<(Response,)> {
     warp::path!("metrics")
         .and(warp::get())
         .and(warp::any().map(move || node.clone()))
-        .then(|node: Node| async move { scrape(&node).await })
+        .then(|node: Node| async move { scrape(&node).await }.boxed())
         .boxed()
 }
 

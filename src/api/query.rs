@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -49,75 +50,81 @@ pub(super) fn routes(node: Node, body: BoxedFilter<(Bytes,)>) -> BoxedFilter<(Re
                   accept: Option<String>,
                   cache_control: Option<String>,
                   node: Node,
-                  running: Arc<tokio::sync::Semaphore>| async move {
-                // Refused at once past the bound: a queue would only grow.
-                let Ok(_running) = running.try_acquire_owned() else {
-                    return api_error_response(&QueryError::Overloaded {
-                        what: "queries",
-                        limit: max_queries,
-                        field: "query.max_concurrent_queries",
-                    });
-                };
-                let mut request = if body.is_empty() {
-                    Ok(QueryRequest::default())
-                } else {
-                    parse::<QueryRequest>(&body).map_err(QueryError::from)
-                };
-                // `Cache-Control: no-cache` (or `no-store`): computed anew,
-                // and not kept.
-                if let (Ok(request), Some(control)) = (&mut request, &cache_control)
-                    && control
-                        .split(',')
-                        .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
-                {
-                    request.cache = Some(false);
-                }
-                #[cfg(feature = "sql")]
-                if analysis == "sql"
-                    && accept
-                        .as_deref()
-                        .is_some_and(|a| a.contains(ARROW_STREAM_MEDIA_TYPE))
-                {
-                    let answer = match request {
-                        Ok(request) => node.queries().query_sql_arrow(&target, request).await,
+                  running: Arc<tokio::sync::Semaphore>| {
+                async move {
+                    // Refused at once past the bound: a queue would only grow.
+                    let Ok(_running) = running.try_acquire_owned() else {
+                        return api_error_response(&QueryError::Overloaded {
+                            what: "queries",
+                            limit: max_queries,
+                            field: "query.max_concurrent_queries",
+                        });
+                    };
+                    let mut request = if body.is_empty() {
+                        Ok(QueryRequest::default())
+                    } else {
+                        parse::<QueryRequest>(&body).map_err(QueryError::from)
+                    };
+                    // `Cache-Control: no-cache` (or `no-store`): computed anew,
+                    // and not kept.
+                    if let (Ok(request), Some(control)) = (&mut request, &cache_control)
+                        && control
+                            .split(',')
+                            .any(|d| matches!(d.trim(), "no-cache" | "no-store"))
+                    {
+                        request.cache = Some(false);
+                    }
+                    #[cfg(feature = "sql")]
+                    if analysis == "sql"
+                        && accept
+                            .as_deref()
+                            .is_some_and(|a| a.contains(ARROW_STREAM_MEDIA_TYPE))
+                    {
+                        let answer = match request {
+                            Ok(request) => node.queries().query_sql_arrow(&target, request).await,
+                            Err(e) => Err(e),
+                        };
+                        return match answer {
+                            Ok((bytes, meta)) => arrow_response(bytes, &meta),
+                            Err(e) => api_error_response(&e),
+                        };
+                    }
+                    // The JSON answer written straight from Arrow, when this
+                    // member runs it (else below: it may forward the query).
+                    #[cfg(feature = "sql")]
+                    if analysis == "sql" && node.queries().answers_sql(&target) {
+                        let answer = match request {
+                            Ok(request) => node.queries().query_sql_json(&target, request).await,
+                            Err(e) => Err(e),
+                        };
+                        return match answer {
+                            Ok((body, _)) => error::bytes_response(
+                                StatusCode::OK,
+                                "application/json",
+                                None,
+                                body,
+                            ),
+                            Err(e) => api_error_response(&e),
+                        };
+                    }
+                    #[cfg(not(feature = "sql"))]
+                    let _ = accept;
+                    let result = match request {
+                        Ok(request) => {
+                            node.queries()
+                                .query_json(&target, &analysis, request, forwarded.is_none())
+                                .await
+                        }
                         Err(e) => Err(e),
                     };
-                    return match answer {
-                        Ok((bytes, meta)) => arrow_response(bytes, &meta),
-                        Err(e) => api_error_response(&e),
-                    };
-                }
-                // The JSON answer written straight from Arrow, when this
-                // member runs it (else below: it may forward the query).
-                #[cfg(feature = "sql")]
-                if analysis == "sql" && node.queries().answers_sql(&target) {
-                    let answer = match request {
-                        Ok(request) => node.queries().query_sql_json(&target, request).await,
-                        Err(e) => Err(e),
-                    };
-                    return match answer {
-                        Ok((body, _)) => {
+                    match result {
+                        Ok(body) => {
                             error::bytes_response(StatusCode::OK, "application/json", None, body)
                         }
                         Err(e) => api_error_response(&e),
-                    };
-                }
-                #[cfg(not(feature = "sql"))]
-                let _ = accept;
-                let result = match request {
-                    Ok(request) => {
-                        node.queries()
-                            .query_json(&target, &analysis, request, forwarded.is_none())
-                            .await
                     }
-                    Err(e) => Err(e),
-                };
-                match result {
-                    Ok(body) => {
-                        error::bytes_response(StatusCode::OK, "application/json", None, body)
-                    }
-                    Err(e) => api_error_response(&e),
                 }
+                .boxed()
             },
         );
 

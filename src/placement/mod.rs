@@ -100,6 +100,12 @@ pub fn score(key: &str, member: &str, weight: u64) -> f64 {
     score_hashed(stable_hash(key), stable_hash(member), weight)
 }
 
+/// [`score`] for a key hashed once ([`stable_hash`]) and scored against
+/// several members.
+pub fn score_of_hashed(key_hash: u64, member: &str, weight: u64) -> f64 {
+    score_hashed(key_hash, stable_hash(member), weight)
+}
+
 /// Copies wanted of each shard: `Count(n)`, or every member for `All`.
 pub fn wanted(replicas: Replicas, members: usize) -> usize {
     match replicas {

@@ -185,7 +185,7 @@ pub(crate) fn key(
         }
     };
     let text = format!("{version}\0{analysis}\0{params}\0{shards}");
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    hex_digest(&text)
 }
 
 /// The key of one shard's partial (what `map` gave for it, encoded as the
@@ -199,7 +199,19 @@ pub(crate) fn partial_key(
 ) -> String {
     let params = canonical_params(params);
     let text = format!("partial\0{version}\0{analysis}\0{params}\0{shard}");
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    hex_digest(&text)
+}
+
+/// The sha256 of `text` in hex, written through a table (`hex::encode`
+/// collects one `char` at a time: a tenth of a cached answer's time).
+fn hex_digest(text: &str) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for byte in sha2::Sha256::digest(text.as_bytes()) {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    out
 }
 
 /// The params as a key holds them: object keys sorted; absent, `null` and
@@ -315,6 +327,17 @@ mod tests {
             shards: 1,
             database: "db".into(),
         }
+    }
+
+    #[test]
+    fn keys_are_the_sha256_in_lower_case_hex() {
+        for text in ["", "v1\0count\0{}\0*", "partial\0é\0x"] {
+            assert_eq!(
+                hex_digest(text),
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            );
+        }
+        assert!(is_key(&key("v1", "count", None, None)));
     }
 
     #[test]

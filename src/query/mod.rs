@@ -489,21 +489,25 @@ impl Queries {
     /// cache (rendezvous hashing over the live members); `None` when it is
     /// this member, or this member is alone.
     async fn cache_owner(&self, key: &str) -> Option<String> {
-        let membership = self.membership()?;
-        let addresses = membership.http_addresses().await;
+        let members = self.membership()?.members_for_queries().await;
         let own = self.local.id();
-        let owner = addresses
-            .keys()
-            .map(String::as_str)
-            .chain([own])
-            .max_by(|a, b| {
-                let score = |id: &str| crate::placement::score(key, id, 1);
-                score(a).total_cmp(&score(b)).then_with(|| a.cmp(b))
-            })?;
-        if owner == own {
+        let others: Vec<_> = members
+            .iter()
+            .filter(|m| m.live && m.id != own)
+            .filter_map(|m| Some((m.id.as_str(), m.node.as_ref()?)))
+            .collect();
+        if others.is_empty() {
             return None;
         }
-        addresses.get(owner).cloned()
+        let key_hash = crate::placement::stable_hash(key);
+        let score = |id: &str| crate::placement::score_of_hashed(key_hash, id, 1);
+        let (_, owner) = others
+            .iter()
+            .map(|(id, node)| (*id, Some(*node)))
+            .chain([(own, None)])
+            .map(|(id, node)| ((score(id), id), node))
+            .max_by(|(a, _), (b, _)| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))?;
+        owner.map(crate::cluster::membership::NodeInfo::url)
     }
 
     fn peer_client(&self) -> Option<&reqwest::Client> {

@@ -13,8 +13,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
-use super::measure::{Measured, post, run as measure};
+use super::measure::{Measured, post};
 use super::nodes::{config, post_json, publish, runtime, start, three_members, wait_placed};
+use super::turns::{Call, call, interleaved};
 use super::{Settings, Table, ratio};
 
 const SHARDS: usize = 12;
@@ -63,17 +64,16 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
     );
     for analysis in ["count", "files"] {
         for concurrency in [1usize, 32] {
-            let mut figures: Vec<Measured> = Vec::new();
-            for server in [&lone, &n1] {
-                let url = format!("{}/v1/query/events/{analysis}", server.url());
-                let http = http.clone();
-                figures.push(
-                    measure(concurrency, secs, move || {
-                        post(http.clone(), url.clone(), r#"{"cache": false}"#.to_string())
-                    })
-                    .await?,
-                );
-            }
+            // The lone node and the cluster take turns (see `interleaved`).
+            let calls: Vec<Call> = [&lone, &n1]
+                .into_iter()
+                .map(|server| {
+                    let url = format!("{}/v1/query/events/{analysis}", server.url());
+                    let http = http.clone();
+                    call(move || post(http.clone(), url.clone(), r#"{"cache": false}"#.to_string()))
+                })
+                .collect();
+            let figures: Vec<Measured> = interleaved(concurrency, secs, &calls).await?;
             let (one, three) = (&figures[0], &figures[1]);
             table.row(vec![
                 analysis.to_string(),
@@ -89,8 +89,8 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
         }
     }
     table.note(format!(
-        "{rows} rows per shard; shards per member of the cluster: {}; {secs} s per figure, \
-         client in the same process; all nodes share this machine's cores, so the cluster \
+        "{rows} rows per shard; shards per member of the cluster: {}; {secs} one-second turns per figure \
+         (one node and the cluster take turns), client in the same process; all nodes share this machine's cores, so the cluster \
          cannot be faster here: the ratios show what the fan-out costs.",
         spread.join(" ")
     ));

@@ -14,10 +14,11 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde_json::json;
-use warp::Filter;
+use warp::{Filter, Reply};
 
-use super::measure::{post, run as measure};
+use super::measure::post;
 use super::nodes::{config, post_json, publish, runtime, wait_placed};
+use super::turns::{Call, call, interleaved};
 use super::{Settings, Table, ratio};
 
 pub fn run(settings: &Settings) -> Result<Vec<Table>> {
@@ -114,23 +115,21 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
         ],
     );
     for concurrency in [1usize, 32] {
-        // Bare warp, then dram computing each answer, then dram answering
-        // from its result cache; warp is measured once per concurrency.
-        let mut figures = Vec::new();
-        for (url, body) in [
+        // Bare warp, dram computing each answer, dram answering from its
+        // result cache and the bare route on dram's server, in turn.
+        let calls: Vec<Call> = [
             (&bare_url, r#"{"cache": false}"#),
             (&query_url, r#"{"cache": false}"#),
             (&query_url, "{}"),
             (&served_bare_url, r#"{"cache": false}"#),
-        ] {
+        ]
+        .into_iter()
+        .map(|(url, body)| {
             let (http, url) = (http.clone(), url.clone());
-            figures.push(
-                measure(concurrency, secs, move || {
-                    post(http.clone(), url.clone(), body.into())
-                })
-                .await?,
-            );
-        }
+            call(move || post(http.clone(), url.clone(), body.into()))
+        })
+        .collect();
+        let figures = interleaved(concurrency, secs, &calls).await?;
         let warp = &figures[0];
         for (mode, dram) in [
             ("computed", &figures[1]),
@@ -151,12 +150,14 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
         }
     }
     table.note(format!(
-        "{} bytes per answer; reqwest client in the same process (it shares the cores); {secs} s \
-         per figure. dram's path: accept loop with limits, auth guard, alias resolution, pinning \
+        "{} bytes per answer; reqwest client in the same process (it shares the cores); {secs} \
+         one-second turns per figure, the four servers taking turns (`measure::interleaved`: \
+         measured one after the other, the same bare server differed by 1.3× between the start \
+         and the end of a run). dram's path: accept loop with limits, auth guard, alias resolution, pinning \
          the version; computed: the map and finish in one trip to the blocking pool, JSON; \
          cached: the key (sha256), its owner (this node), the kept bytes; bare route: the bare \
          warp route mounted on the node (`POST /bare`), served through dram's accept loop, \
-         guard and routes, no query.",
+         guard and routes (tried last, after every route of dram's), no query.",
         answer.len()
     ));
     table.note("command: cargo run -p simulations --release -- bench --only http");
@@ -164,6 +165,22 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     // The same requests handed to the filters directly (`warp::test`): no
     // socket, no client, no HTTP parsing — what dram's own code costs.
     let dram_filter = dram::api::routes(node.node.clone(), None);
+    let slot = bare_reply.clone();
+    let dram_with_bare = dram::api::routes(
+        node.node.clone(),
+        Some(
+            warp::post()
+                .and(warp::path!("bare"))
+                .and(warp::body::bytes())
+                .map(move |_body: Bytes| {
+                    warp::http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(slot.get().cloned().unwrap_or_default())
+                        .into_response()
+                })
+                .boxed(),
+        ),
+    );
     let path = "/v1/query/tiny/files";
     let mut filters = Table::new(
         "http in process: the same requests handed to the filters (warp::test, no socket, no client)",
@@ -171,15 +188,21 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     );
     let rounds = if settings.quick { 2_000 } else { 20_000 };
     let mut bare_us = 0.0;
-    for (name, cached) in [
-        ("bare warp", None),
-        ("dram computed", Some(false)),
-        ("dram cached", Some(true)),
+    for (name, case) in [
+        ("bare warp", InProcess::Bare),
+        ("bare route on dram", InProcess::BareOnDram),
+        ("dram computed", InProcess::Computed),
+        ("dram cached", InProcess::Cached),
     ] {
-        let body = if cached == Some(true) {
+        let body = if case == InProcess::Cached {
             "{}"
         } else {
             r#"{"cache": false}"#
+        };
+        let path = if case == InProcess::BareOnDram {
+            "/bare"
+        } else {
+            path
         };
         let started = std::time::Instant::now();
         for _ in 0..rounds {
@@ -189,14 +212,17 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
                 .header("content-type", "application/json")
                 .header("content-length", body.len())
                 .body(body);
-            let status = match cached {
-                None => request.reply(&in_process).await.status(),
-                Some(_) => request.reply(&dram_filter).await.status(),
+            let status = match case {
+                InProcess::Bare => request.reply(&in_process).await.status(),
+                InProcess::BareOnDram => request.reply(&dram_with_bare).await.status(),
+                InProcess::Computed | InProcess::Cached => {
+                    request.reply(&dram_filter).await.status()
+                }
             };
             anyhow::ensure!(status.is_success(), "{name}: HTTP {status}");
         }
         let us = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
-        if cached.is_none() {
+        if case == InProcess::Bare {
             bare_us = us;
         }
         filters.row(vec![
@@ -216,4 +242,13 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     let _ = bare.await;
     node.shutdown().await;
     Ok(vec![table, filters])
+}
+
+/// What the in-process table hands its requests to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InProcess {
+    Bare,
+    BareOnDram,
+    Computed,
+    Cached,
 }

@@ -33,11 +33,43 @@ where
     Fut: Future<Output = Result<()>> + Send,
 {
     let call = Arc::new(call);
+    warm_up(&*call).await?;
+    let mut latencies = Vec::new();
+    let elapsed = slice(
+        concurrency,
+        Duration::from_secs(secs),
+        &call,
+        &mut latencies,
+    )
+    .await?;
+    Ok(Measured::of(latencies, elapsed))
+}
+
+pub(crate) async fn warm_up<F, Fut>(call: &F) -> Result<()>
+where
+    F: Fn() -> Fut + ?Sized,
+    Fut: Future<Output = Result<()>>,
+{
     for _ in 0..50 {
         call().await?;
     }
+    Ok(())
+}
+
+/// Runs `call` from `concurrency` tasks for `length`, adding each call's
+/// latency (µs) to `latencies`; returns the seconds it took.
+pub(crate) async fn slice<F, Fut>(
+    concurrency: usize,
+    length: Duration,
+    call: &Arc<F>,
+    latencies: &mut Vec<u64>,
+) -> Result<f64>
+where
+    F: Fn() -> Fut + Send + Sync + 'static + ?Sized,
+    Fut: Future<Output = Result<()>> + Send,
+{
     let started = Instant::now();
-    let until = started + Duration::from_secs(secs);
+    let until = started + length;
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let call = call.clone();
@@ -51,16 +83,25 @@ where
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
     for worker in workers {
         latencies.extend(worker.await??);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Ok(Measured {
-        qps: latencies.len() as f64 / elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    })
+    Ok(started.elapsed().as_secs_f64())
+}
+
+impl Measured {
+    pub(crate) fn of(mut latencies: Vec<u64>, elapsed: f64) -> Measured {
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        Measured {
+            qps: latencies.len() as f64 / elapsed,
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub mod spread;
 pub mod sql;
 pub mod support;
 pub mod tpch;
+pub mod turns;
 
 use std::fmt::Write as _;
 
