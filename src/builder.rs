@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use chitchat::ProtocolVersion;
 use chitchat::transport::Transport;
 use object_store::ObjectStore;
 use warp::filters::BoxedFilter;
@@ -42,6 +43,7 @@ pub struct NodeBuilder {
     gossip_transport: Option<Arc<dyn Transport>>,
     store_layer: Option<StoreLayer>,
     clock: Arc<dyn Clock>,
+    gossip_reads: Vec<ProtocolVersion>,
     error: Option<String>,
 }
 
@@ -55,6 +57,7 @@ impl Node {
             gossip_transport: None,
             store_layer: None,
             clock: Arc::new(SystemClock),
+            gossip_reads: crate::cluster::wire::READS.to_vec(),
             error: None,
         }
     }
@@ -108,6 +111,19 @@ impl NodeBuilder {
         self
     }
 
+    /// The gossip wire versions the node reads and says it reads (default:
+    /// V0 and V1). Given `[V0]` alone it behaves as a member of a dram that
+    /// predates V1: the cluster keeps sending V0 while it is live (and a V1
+    /// datagram it gets is dropped). For tests of a rolling upgrade; see
+    /// `cluster::wire`. An empty list makes `serve` fail.
+    pub fn gossip_reads(mut self, versions: &[ProtocolVersion]) -> Self {
+        if !versions.contains(&ProtocolVersion::V0) && self.error.is_none() {
+            self.error = Some("gossip_reads must include V0: every dram reads it".into());
+        }
+        self.gossip_reads = versions.to_vec();
+        self
+    }
+
     /// Wraps the object store of every database source the node opens with
     /// `layer`: e.g. a store that fails or slows down on purpose, as the
     /// simulation harness does.
@@ -131,6 +147,7 @@ impl NodeBuilder {
             analyses: self.analyses.clone(),
             store_layer: self.store_layer.clone(),
             clock: self.clock.clone(),
+            gossip_reads: self.gossip_reads.clone(),
         }
     }
 

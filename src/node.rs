@@ -52,6 +52,8 @@ pub(crate) struct Setup {
     pub analyses: Analyses,
     pub store_layer: Option<crate::storage::StoreLayer>,
     pub clock: Arc<dyn Clock>,
+    /// The gossip wire versions the node reads (see `cluster::wire`).
+    pub gossip_reads: Vec<chitchat::ProtocolVersion>,
 }
 
 impl Default for Setup {
@@ -60,6 +62,7 @@ impl Default for Setup {
             analyses: Analyses::default(),
             store_layer: None,
             clock: Arc::new(SystemClock),
+            gossip_reads: crate::cluster::wire::READS.to_vec(),
         }
     }
 }
@@ -118,13 +121,14 @@ impl Node {
             )),
             (None, None) => Arc::new(UdpTransport),
         };
-        let membership = match Membership::start(&local, http_addr, &*transport).await {
-            Ok(membership) => membership,
-            Err(e) => {
-                local.shutdown().await;
-                return Err(e);
-            }
-        };
+        let membership =
+            match Membership::start(&local, http_addr, &*transport, &setup.gossip_reads).await {
+                Ok(membership) => membership,
+                Err(e) => {
+                    local.shutdown().await;
+                    return Err(e);
+                }
+            };
         let sql = match sql_worker(&local, &membership, http_addr).await {
             Ok(sql) => sql,
             Err(e) => {

@@ -14,6 +14,7 @@ pub mod health;
 pub mod membership;
 pub mod signed_gossip;
 pub mod view;
+pub mod wire;
 
 pub use crate::registry::{
     Changes, Definition, DefinitionRecord, PinRecord, Registry, RegistryDigest,

@@ -245,8 +245,8 @@ impl Config {
         }
         for (field, value) in [
             (
-                "cluster.dead_node_grace_period_secs",
-                self.cluster.dead_node_grace_period_secs,
+                "cluster.dead_member_grace_secs",
+                self.cluster.dead_member_grace_secs,
             ),
             (
                 "cluster.marked_for_deletion_grace_period_secs",

@@ -385,8 +385,13 @@ pub struct ClusterConfig {
     /// Gossip addresses (`host:port`) of nodes to join through.
     pub seeds: Vec<String>,
     pub gossip_interval_ms: u64,
-    /// How long a dead node is still listed before it is forgotten.
-    pub dead_node_grace_period_secs: u64,
+    /// How long a dead member stays in gossip (listed, and in every digest
+    /// sent) before it is forgotten: quickwit found members kept dead for
+    /// hours filling the digest of a large cluster. Also how long a
+    /// restarted member waits to hear from a majority of the members it
+    /// knew. Read under its old name, `dead_node_grace_period_secs`, too.
+    #[serde(alias = "dead_node_grace_period_secs")]
+    pub dead_member_grace_secs: u64,
     /// How long gossip keeps deleted keys before collecting them.
     pub marked_for_deletion_grace_period_secs: u64,
     /// How long registry tombstones (deleted aliases and databases) are kept: a
@@ -435,7 +440,7 @@ impl Default for ClusterConfig {
             gossip_advertise: None,
             seeds: Vec::new(),
             gossip_interval_ms: 1000,
-            dead_node_grace_period_secs: 3600,
+            dead_member_grace_secs: 15 * 60,
             marked_for_deletion_grace_period_secs: 3600,
             tombstone_lifetime_secs: 7 * 24 * 3600,
             disagreement_secs: 30,

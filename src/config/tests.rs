@@ -146,3 +146,10 @@ fn unknown_field_is_rejected() {
     let err = toml::from_str::<Config>("[node]\nidd = \"x\"\n").unwrap_err();
     assert!(err.to_string().contains("idd"), "{err}");
 }
+
+#[test]
+fn a_renamed_field_is_read_under_its_old_name() {
+    let config: Config = toml::from_str("[cluster]\ndead_node_grace_period_secs = 42\n").unwrap();
+    assert_eq!(config.cluster.dead_member_grace_secs, 42);
+    assert_eq!(Config::default().cluster.dead_member_grace_secs, 900);
+}

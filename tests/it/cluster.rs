@@ -36,6 +36,21 @@ pub(crate) async fn member_with(
     tweak: impl FnOnce(&mut dram::Config),
     transport: Option<chitchat::transport::ChannelTransport>,
 ) -> Member {
+    let (mut builder, gossip) = member_builder(dir, name, store, seeds, tweak);
+    if let Some(transport) = transport {
+        builder = builder.gossip_transport(transport);
+    }
+    member_of(builder, gossip).await
+}
+
+/// What `member_with` starts (with its gossip address), to build on.
+pub(crate) fn member_builder(
+    dir: &Path,
+    name: &str,
+    store: &Path,
+    seeds: &[&str],
+    tweak: impl FnOnce(&mut dram::Config),
+) -> (dram::NodeBuilder, String) {
     let mut config = config(&dir.join(name));
     config.node.id = name.to_string();
     config.store.url = format!("file://{}", store.display());
@@ -45,10 +60,11 @@ pub(crate) async fn member_with(
     config.auth.cluster_secret = Some(SECRET.into());
     tweak(&mut config);
     let gossip = config.cluster.gossip_listen.clone();
-    let mut builder = dram::builtin::register(dram::Node::builder(config));
-    if let Some(transport) = transport {
-        builder = builder.gossip_transport(transport);
-    }
+    (dram::builtin::register(dram::Node::builder(config)), gossip)
+}
+
+/// Serves `builder` as a member gossiping on `gossip`.
+pub(crate) async fn member_of(builder: dram::NodeBuilder, gossip: String) -> Member {
     let (server, client) = serve(builder).await;
     Member {
         server,
@@ -697,4 +713,105 @@ async fn a_change_outlives_the_member_that_took_it() {
         "n2 still serves the deleted database: {state:?}"
     );
     n2.server.shutdown().await;
+}
+
+/// A rolling upgrade: a member of a dram that predates compressed digests
+/// (it reads V0 only) joins a cluster already on V1, is heard, keeps the
+/// cluster on V0 while it is live and converges with it; once it has left,
+/// the others send V1 and still converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gossip_compresses_digests_once_every_live_member_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let store_config = dram::config::StoreConfig {
+        url: format!("file://{}", store.display()),
+        ..Default::default()
+    };
+    publish(
+        dir.path(),
+        &store_config,
+        "d",
+        &[("shards/a/x.csv", b"n\n1\n".as_slice())],
+    )
+    .await;
+    let n1 = member(dir.path(), "n1", &store, &[]).await;
+    let seed = n1.gossip.clone();
+    let n2 = member(dir.path(), "n2", &store, &[&seed]).await;
+    let (builder, gossip) = member_builder(dir.path(), "old", &store, &[&seed], |_| {});
+    let old = member_of(
+        builder.gossip_reads(&[chitchat::ProtocolVersion::V0]),
+        gossip,
+    )
+    .await;
+    let version = |status: &Value| status["gossip_version"].as_u64();
+
+    let all = [&n1.client, &n2.client, &old.client];
+    on_all(
+        &all,
+        20,
+        "three live members, each seen reading what it reads",
+        |c| {
+            Box::pin(async move {
+                let status = c.get("/v1/cluster").await.unwrap();
+                let reads = |id: &str| {
+                    status["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|m| m["id"] == id)
+                        .map(|m| m["node"]["gossip"].clone())
+                };
+                live_members(&status) == ["n1", "n2", "old"]
+                    && reads("n1") == Some(json!([0, 1]))
+                    && reads("old") == Some(json!([0]))
+            })
+        },
+    )
+    .await;
+    n1.client
+        .post("/v1/databases", &json!({"name": "d", "source": "d"}))
+        .await
+        .unwrap();
+    n2.client
+        .put("/v1/aliases/before", &json!({"target": "d"}))
+        .await
+        .unwrap();
+    on_all(
+        &all,
+        20,
+        "the alias set on n2 known to all, the old member included",
+        |c| Box::pin(async move { alias_target(c, "before").await.as_deref() == Some("d") }),
+    )
+    .await;
+    for member in [&n1, &n2, &old] {
+        let status = member.client.get("/v1/cluster").await.unwrap();
+        assert_eq!(version(&status), Some(0), "{status}");
+    }
+    // The old member leaves: the others move to V1 and keep converging.
+    old.server.shutdown().await;
+    let upgraded = [&n1.client, &n2.client];
+    on_all(
+        &upgraded,
+        20,
+        "V1 once only members reading it are live",
+        |c| {
+            Box::pin(async move {
+                let status = c.get("/v1/cluster").await.unwrap();
+                live_members(&status) == ["n1", "n2"] && version(&status) == Some(1)
+            })
+        },
+    )
+    .await;
+    n1.client
+        .put("/v1/aliases/after", &json!({"target": "d"}))
+        .await
+        .unwrap();
+    on_all(
+        &upgraded,
+        20,
+        "an alias set over V1 gossip known to both",
+        |c| Box::pin(async move { alias_target(c, "after").await.as_deref() == Some("d") }),
+    )
+    .await;
 }

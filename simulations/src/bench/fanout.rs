@@ -89,9 +89,10 @@ async fn fanout(settings: &Settings) -> Result<Vec<Table>> {
         }
     }
     table.note(format!(
-        "{rows} rows per shard; shards per member of the cluster: {}; {secs} one-second turns per figure \
-         (one node and the cluster take turns), client in the same process; all nodes share this machine's cores, so the cluster \
-         cannot be faster here: the ratios show what the fan-out costs.",
+        "{rows} rows per shard; shards per member of the cluster: {}; {secs} one-second turns \
+         per figure (one node and the cluster take turns), client in the same process; all \
+         nodes share this machine's cores, so the cluster cannot be faster here: the ratios \
+         show what the fan-out costs.",
         spread.join(" ")
     ));
     table.note("command: cargo run -p simulations --release -- bench --only fanout");

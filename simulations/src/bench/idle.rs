@@ -249,7 +249,8 @@ fn chitchat_cluster(n: usize, interval_ms: u64, window: Duration) -> Result<Idle
                 marked_for_deletion_grace_period: Duration::from_secs(3600),
                 catchup_callback: None,
                 extra_liveness_predicate: None,
-                protocol_version: chitchat::ProtocolVersion::V0,
+                // What dram sends once every member reads it (`cluster::wire`).
+                protocol_version: chitchat::ProtocolVersion::V1,
             };
             let value = format!(
                 "{{\"http\":\"127.0.0.1:{}\",\"pad\":\"{}\"}}",

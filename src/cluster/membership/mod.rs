@@ -41,6 +41,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::health::health;
+use super::wire::{self, VersionedTransport, WireVersion};
 use super::{Registry, RegistryDigest};
 use crate::local::{Inventory, InventoryDigest, Local, NodeError};
 use crate::storage::DiskStats;
@@ -85,6 +86,10 @@ pub struct Membership {
     /// The last reading of the members for queries, and the gossip state
     /// it was read from (see `members_for_queries`).
     recent_members: Mutex<Option<(u64, Arc<Vec<Member>>)>>,
+    /// The gossip wire version this member sends (see `cluster::wire`).
+    wire_version: WireVersion,
+    /// The versions this member reads, as gossiped.
+    reads: Vec<u8>,
     /// Connections to the other members, reused across queries.
     http_client: reqwest::Client,
     /// The client of the sync round's pulls (each bounded by `PULL_TIMEOUT`).
@@ -108,6 +113,8 @@ pub(crate) struct Peer {
     pub registry: Option<RegistryDigest>,
     inventory: Option<InventoryDigest>,
     pub primary: Option<PrimaryKey>,
+    /// The gossip wire versions it reads (empty: V0 only).
+    reads: Vec<u8>,
 }
 
 /// The live and dead members gossip knows, one entry per node id. A restarted
@@ -130,6 +137,11 @@ fn distinct_members(chitchat: &chitchat::Chitchat) -> (Vec<ChitchatId>, Vec<Chit
     }
     let dead = dead.into_values().cloned().collect();
     (live, dead)
+}
+
+/// Protocol versions as gossiped (their codes).
+fn codes(versions: &[chitchat::ProtocolVersion]) -> Vec<u8> {
+    versions.iter().map(|v| v.to_code()).collect()
 }
 
 /// What the members' reading depends on: who is live and who is dead, and
@@ -160,6 +172,7 @@ impl Membership {
         node: &Local,
         http_addr: SocketAddr,
         transport: &dyn chitchat::transport::Transport,
+        reads: &[chitchat::ProtocolVersion],
     ) -> Result<Arc<Membership>, NodeError> {
         let config = node.config().cluster.clone();
         let (listen, advertise) = config
@@ -178,7 +191,7 @@ impl Membership {
                 // rather than chitchat's default 5 s start.
                 initial_interval: interval,
                 max_interval: interval.max(Duration::from_secs(10)),
-                dead_node_grace_period: Duration::from_secs(config.dead_node_grace_period_secs),
+                dead_node_grace_period: Duration::from_secs(config.dead_member_grace_secs),
                 ..FailureDetectorConfig::default()
             },
             marked_for_deletion_grace_period: Duration::from_secs(
@@ -186,7 +199,11 @@ impl Membership {
             ),
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
+            // The budget of a message's delta is what is left of a
+            // datagram after the digest: sized for the compressed digest when
+            // this member reads V1 (the socket sets each message's version,
+            // see `cluster::wire`).
+            protocol_version: wire::agreed([codes(reads).as_slice()]),
         };
         let info = NodeInfo {
             sql: None,
@@ -200,13 +217,25 @@ impl Membership {
             started_ms: node.now_ms(),
             zone: node.config().node.zone.clone(),
             tls: node.config().http.tls(),
+            gossip: codes(reads),
         };
         let initial = vec![(KEY_NODE.to_string(), to_json(&info))];
-        let chitchat = spawn_chitchat(chitchat_config, initial, transport)
+        let failed = |e: anyhow::Error| {
+            NodeError::InvalidInput(format!("cannot start gossip on {listen}: {e:#}"))
+        };
+        let wire_version = WireVersion::new();
+        let transport = VersionedTransport::open(
+            transport,
+            listen,
+            wire_version.clone(),
+            reads,
+            node.metrics().gossip_rejected(),
+        )
+        .await
+        .map_err(failed)?;
+        let chitchat = spawn_chitchat(chitchat_config, initial, &transport)
             .await
-            .map_err(|e| {
-                NodeError::InvalidInput(format!("cannot start gossip on {listen}: {e:#}"))
-            })?;
+            .map_err(failed)?;
         let membership = Arc::new(Membership {
             time: node.clock(),
             handle: chitchat.chitchat(),
@@ -228,6 +257,8 @@ impl Membership {
             backups: crate::cluster::backup::Backups::new(node),
             failed_holders: Mutex::default(),
             recent_members: Mutex::default(),
+            wire_version,
+            reads: codes(reads),
             http_client: crate::net::peer_client(node.config())
                 .pool_max_idle_per_host(64)
                 .default_headers(peer_headers(&config.id))
@@ -397,6 +428,7 @@ impl Membership {
             registry: registry.digest(),
             disagreements,
             primary,
+            gossip_version: self.wire_version.get().to_code(),
         })
     }
 
@@ -451,15 +483,34 @@ impl Membership {
         ids.iter()
             .filter_map(|id| {
                 let state = chitchat.node_state(id)?;
+                let info = parse::<NodeInfo>(state.get(KEY_NODE));
                 Some(Peer {
                     id: id.node_id.to_string(),
-                    http: parse::<NodeInfo>(state.get(KEY_NODE)).map(|n| n.url()),
+                    http: info.as_ref().map(NodeInfo::url),
+                    reads: info.map(|n| n.gossip).unwrap_or_default(),
                     registry: parse(state.get(KEY_REGISTRY)),
                     inventory: parse(state.get(KEY_INVENTORY)),
                     primary: parse(state.get(KEY_PRIMARY)),
                 })
             })
             .collect()
+    }
+
+    /// Sends V1 from now on if every live member reads it, V0 otherwise.
+    fn agree_on_wire_version(&self, peers: &[Peer]) {
+        let version = wire::agreed(
+            peers
+                .iter()
+                .map(|p| p.reads.as_slice())
+                .chain([self.reads.as_slice()]),
+        );
+        if self.wire_version.set(version) {
+            info!(
+                version = version.to_code(),
+                live_peers = peers.len(),
+                "gossip wire version changed (V1 once every live member reads it)"
+            );
+        }
     }
 
     /// Members gossip knows, live or dead (a restarted member counts once).
@@ -502,6 +553,7 @@ impl Membership {
         let inventory = node.inventory()?.digest();
         self.publish(node, &registry, &inventory).await;
         let peers = self.live_peers().await;
+        self.agree_on_wire_version(&peers);
 
         let mut differing: Vec<&Peer> = peers
             .iter()
@@ -571,7 +623,7 @@ impl Membership {
         let grace_ms = node
             .config()
             .cluster
-            .dead_node_grace_period_secs
+            .dead_member_grace_secs
             .saturating_mul(1000);
         let waited_too_long = self.time.now_ms().saturating_sub(node.started_ms()) > grace_ms;
         let live = peers.iter().map(|p| p.id.as_str()).chain([self.node_id()]);

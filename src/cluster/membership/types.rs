@@ -26,6 +26,11 @@ pub struct NodeInfo {
     /// Address of its SQL worker (distributed SQL's node-to-node endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+    /// The gossip wire versions it reads (chitchat's protocol version
+    /// codes; see `cluster::wire`). Absent from members that predate V1:
+    /// V0 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gossip: Vec<u8>,
 }
 
 impl NodeInfo {
@@ -132,6 +137,10 @@ pub struct ClusterStatus {
     /// The primary confirmed by a majority of the known members, if any (none on
     /// the minority side of a partition).
     pub primary: Option<PrimaryStatus>,
+    /// The gossip wire version this member sends: 1 (zstd-compressed
+    /// digests) once every live member reads it, 0 before.
+    #[serde(default)]
+    pub gossip_version: u8,
 }
 
 /// One holder of a shard, as `GET /v1/cluster/shards` shows it.
