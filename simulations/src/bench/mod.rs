@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod dedup;
+pub mod digest;
 pub mod fanout;
 pub mod gossip;
 pub mod hedge;
@@ -184,6 +185,11 @@ pub fn cases() -> Vec<Case> {
             name: "gossip",
             about: "alias convergence on 5, 20, 50 nodes vs the epidemic model",
             run: gossip::run,
+        },
+        Case {
+            name: "digest",
+            about: "a gossip round's digest, uncompressed (V0) vs zstd (V1), 10 to 10,000 members",
+            run: digest::run,
         },
     ]
 }
