@@ -773,17 +773,8 @@ async fn gossip_compresses_digests_once_every_live_member_reads_them() {
         .post("/v1/databases", &json!({"name": "d", "source": "d"}))
         .await
         .unwrap();
-    n2.client
-        .put("/v1/aliases/before", &json!({"target": "d"}))
-        .await
-        .unwrap();
-    on_all(
-        &all,
-        20,
-        "the alias set on n2 known to all, the old member included",
-        |c| Box::pin(async move { alias_target(c, "before").await.as_deref() == Some("d") }),
-    )
-    .await;
+    // Set on n2, known to all, the old member included.
+    alias_everywhere(&n2.client, "before", &all).await;
     for member in [&n1, &n2, &old] {
         let status = member.client.get("/v1/cluster").await.unwrap();
         assert_eq!(version(&status), Some(0), "{status}");
@@ -803,15 +794,18 @@ async fn gossip_compresses_digests_once_every_live_member_reads_them() {
         },
     )
     .await;
-    n1.client
-        .put("/v1/aliases/after", &json!({"target": "d"}))
+    // Set over V1 gossip, known to both.
+    alias_everywhere(&n1.client, "after", &upgraded).await;
+}
+
+/// Points alias `name` at `d` through `on`, and waits until every client
+/// resolves it.
+async fn alias_everywhere(on: &Client, name: &'static str, clients: &[&Client]) {
+    on.put(&format!("/v1/aliases/{name}"), &json!({"target": "d"}))
         .await
         .unwrap();
-    on_all(
-        &upgraded,
-        20,
-        "an alias set over V1 gossip known to both",
-        |c| Box::pin(async move { alias_target(c, "after").await.as_deref() == Some("d") }),
-    )
+    on_all(clients, 20, &format!("alias {name} known to all"), |c| {
+        Box::pin(async move { alias_target(c, name).await.as_deref() == Some("d") })
+    })
     .await;
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde_json::json;
+use warp::filters::BoxedFilter;
 use warp::{Filter, Reply};
 
 use super::measure::post;
@@ -45,16 +46,7 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
         "bench",
         &[],
     )?))
-    .routes(move |_node| {
-        warp::post()
-            .and(warp::path!("bare"))
-            .and(warp::body::bytes())
-            .map(move |_body: Bytes| {
-                warp::http::Response::builder()
-                    .header("content-type", "application/json")
-                    .body(slot.get().cloned().unwrap_or_default())
-            })
-    })
+    .routes(move |_node| bare_route(slot))
     .serve()
     .await?;
     let http = reqwest::Client::builder()
@@ -151,7 +143,7 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     }
     table.note(format!(
         "{} bytes per answer; reqwest client in the same process (it shares the cores); {secs} \
-         one-second turns per figure, the four servers taking turns (`measure::interleaved`: \
+         one-second turns per figure, the four servers taking turns (`turns::interleaved`: \
          measured one after the other, the same bare server differed by 1.3× between the start \
          and the end of a run). dram's path: accept loop with limits, auth guard, alias resolution, pinning \
          the version; computed: the map and finish in one trip to the blocking pool, JSON; \
@@ -166,21 +158,7 @@ async fn http(settings: &Settings) -> Result<Vec<Table>> {
     // socket, no client, no HTTP parsing — what dram's own code costs.
     let dram_filter = dram::api::routes(node.node.clone(), None);
     let slot = bare_reply.clone();
-    let dram_with_bare = dram::api::routes(
-        node.node.clone(),
-        Some(
-            warp::post()
-                .and(warp::path!("bare"))
-                .and(warp::body::bytes())
-                .map(move |_body: Bytes| {
-                    warp::http::Response::builder()
-                        .header("content-type", "application/json")
-                        .body(slot.get().cloned().unwrap_or_default())
-                        .into_response()
-                })
-                .boxed(),
-        ),
-    );
+    let dram_with_bare = dram::api::routes(node.node.clone(), Some(bare_route(slot)));
     let path = "/v1/query/tiny/files";
     let mut filters = Table::new(
         "http in process: the same requests handed to the filters (warp::test, no socket, no client)",
@@ -251,4 +229,18 @@ enum InProcess {
     BareOnDram,
     Computed,
     Cached,
+}
+
+/// `POST /bare`, answering the bytes in `reply` (dram's answer, once known).
+fn bare_route(reply: Arc<OnceLock<Bytes>>) -> BoxedFilter<(warp::reply::Response,)> {
+    warp::post()
+        .and(warp::path!("bare"))
+        .and(warp::body::bytes())
+        .map(move |_body: Bytes| {
+            warp::http::Response::builder()
+                .header("content-type", "application/json")
+                .body(reply.get().cloned().unwrap_or_default())
+                .into_response()
+        })
+        .boxed()
 }
