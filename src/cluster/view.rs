@@ -133,6 +133,7 @@ mod tests {
             primary: None,
             load: None,
             leaving: false,
+            gossip_bytes: 0,
         }
     }
 

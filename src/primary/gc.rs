@@ -226,6 +226,7 @@ mod tests {
             primary: None,
             load: None,
             leaving: false,
+            gossip_bytes: 0,
         };
         let min_age_ms = 60_000;
         let report = |role: &Role| {

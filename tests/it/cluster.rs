@@ -809,3 +809,77 @@ async fn alias_everywhere(on: &Client, name: &'static str, clients: &[&Client]) 
     })
     .await;
 }
+
+/// A member's gossip stays the same size whatever it holds: its inventory
+/// travels as a digest (hash, shards ready, bytes), never a list. One
+/// shard, then 10,000 more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_members_gossip_stays_small_with_ten_thousand_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let store_config = dram::config::StoreConfig {
+        url: format!("file://{}", store.display()),
+        ..Default::default()
+    };
+    publish(
+        dir.path(),
+        &store_config,
+        "one",
+        &[("shards/a/x.csv", b"n\n1\n".as_slice())],
+    )
+    .await;
+    let many: Vec<(String, Vec<u8>)> = (0..10_000)
+        .map(|i| {
+            (
+                format!("shards/s{i:05}/x.csv"),
+                format!("n\n{i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    crate::support::publish_owned(dir.path(), &store_config, "many", &many, &[]).await;
+    let n1 = member(dir.path(), "n1", &store, &[]).await;
+    let client = &n1.client;
+
+    // The bytes of n1's gossip keys and values once it gossips `ready`
+    // shards.
+    let gossip_bytes = |ready: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = client.get("/v1/cluster").await.unwrap();
+            let me = status["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["self"] == true)
+                .cloned()
+                .unwrap_or(Value::Null);
+            // Once it names a primary too (a key of its own), so that both
+            // readings have the same keys.
+            if me["inventory"]["ready"] == ready && me["primary"]["names"].is_string() {
+                return me["gossip_bytes"].as_u64().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ready} shards never gossiped: {me}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    client
+        .post("/v1/databases", &json!({"name": "one", "source": "one"}))
+        .await
+        .unwrap();
+    let one = gossip_bytes(1).await;
+    client
+        .post("/v1/databases", &json!({"name": "many", "source": "many"}))
+        .await
+        .unwrap();
+    let more = gossip_bytes(10_001).await;
+    println!("n1's gossip keys and values: {one} bytes with 1 shard, {more} with 10,001");
+    // Only numbers grow (shards ready, bytes, disk use): a few digits.
+    assert!(
+        more <= one + 32 && more < 1024,
+        "gossip values: {one} bytes with 1 shard, {more} with 10,001"
+    );
+}

@@ -377,6 +377,10 @@ impl Membership {
                 primary: parse(state.get(KEY_PRIMARY)),
                 load: parse(state.get(KEY_LOAD)),
                 leaving: state.get(KEY_LEAVING).is_some(),
+                gossip_bytes: state
+                    .key_values()
+                    .map(|(key, value)| (key.len() + value.len()) as u64)
+                    .sum(),
             });
         }
         members.sort_by(|a, b| (!a.live, &a.id).cmp(&(!b.live, &b.id)));

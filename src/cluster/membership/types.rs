@@ -114,6 +114,10 @@ pub struct Member {
     /// The member is shutting down (`leaving` key): no new map requests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Bytes of its gossip keys and values, as gossip carries them: the
+    /// same whatever it holds (its inventory travels as a digest).
+    #[serde(default)]
+    pub gossip_bytes: u64,
 }
 
 /// A member whose registry digest has differed from the majority's for too long.
