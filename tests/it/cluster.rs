@@ -63,6 +63,17 @@ pub(crate) fn member_builder(
     (dram::builtin::register(dram::Node::builder(config)), gossip)
 }
 
+/// The `store` folder under `dir` the members share, and its configuration.
+fn shared_store(dir: &Path) -> (std::path::PathBuf, dram::config::StoreConfig) {
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let config = dram::config::StoreConfig {
+        url: format!("file://{}", store.display()),
+        ..Default::default()
+    };
+    (store, config)
+}
+
 /// Serves `builder` as a member gossiping on `gossip`.
 pub(crate) async fn member_of(builder: dram::NodeBuilder, gossip: String) -> Member {
     let (server, client) = serve(builder).await;
@@ -163,12 +174,7 @@ async fn database_state(client: &Client, name: &str) -> Option<String> {
 #[tokio::test]
 async fn nodes_share_definitions_and_aliases_through_gossip() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let store_config = dram::config::StoreConfig {
-        url: format!("file://{}", store.display()),
-        ..Default::default()
-    };
+    let (store, store_config) = shared_store(dir.path());
     for (name, rows) in [("daily-1", "1\n2\n"), ("daily-2", "3\n")] {
         publish(
             dir.path(),
@@ -722,12 +728,7 @@ async fn a_change_outlives_the_member_that_took_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gossip_compresses_digests_once_every_live_member_reads_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let store_config = dram::config::StoreConfig {
-        url: format!("file://{}", store.display()),
-        ..Default::default()
-    };
+    let (store, store_config) = shared_store(dir.path());
     publish(
         dir.path(),
         &store_config,
@@ -816,12 +817,7 @@ async fn alias_everywhere(on: &Client, name: &'static str, clients: &[&Client]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_members_gossip_stays_small_with_ten_thousand_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(&store).unwrap();
-    let store_config = dram::config::StoreConfig {
-        url: format!("file://{}", store.display()),
-        ..Default::default()
-    };
+    let (store, store_config) = shared_store(dir.path());
     publish(
         dir.path(),
         &store_config,
